@@ -1,0 +1,1 @@
+//! eBPF front end: the embedded object built by `build.rs` and its loader (issue 3).

@@ -1,0 +1,7 @@
+//! Switchyard: a single-port TLS routing proxy.
+//!
+//! The path of one connection (DESIGN.md §1): [`detect`] classifies the first bytes,
+//! [`hello`] parses a TLS ClientHello, [`route`] picks a route, [`server`] runs the
+//! per-connection handler, and [`relay`] moves the bytes.
+
+pub mod ebpf;
