@@ -1,1 +1,145 @@
 //! Test harness shared by the integration tests.
+//!
+//! Everything here starts REAL processes bound to 127.0.0.1 only and stops them on `Drop`:
+//! the `switchyard` binary ([`switchyard`]), an OpenSSH `sshd` ([`sshd`]), a PostgreSQL
+//! server ([`postgres`]), and real clients (`openssl s_client`, `curl`, `ssh`, `psql`,
+//! [`clients`]). Certificates come from [`pki::TestPki`], built on rcgen.
+//!
+//! Missing tools are a hard failure naming the Debian package to install (the xtask
+//! installs them); there are no silent skips, with or without `CI=true`.
+
+pub mod clients;
+pub mod pki;
+pub mod postgres;
+pub mod process;
+pub mod sshd;
+pub mod switchyard;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub use clients::{http_get, run_with_timeout, SClient, SClientOutput};
+pub use pki::TestPki;
+pub use postgres::Postgres;
+pub use process::Proc;
+pub use sshd::Sshd;
+pub use switchyard::{switchyard_bin, DemoUpstream, ProxyConfig, Switchyard};
+
+/// A loopback port that was free a moment ago (bind `127.0.0.1:0`, read it, close).
+///
+/// Only for servers that cannot bind `:0` and report the port themselves (sshd,
+/// postgres); fixtures using it retry on "address in use".
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Parses `127.0.0.1:PORT`-style text into an address.
+pub fn parse_addr(text: &str) -> Result<SocketAddr> {
+    text.trim()
+        .parse()
+        .with_context(|| format!("not a socket address: {text:?}"))
+}
+
+/// Finds `tool` on `PATH` or in `extra_dirs`; a missing tool is an error naming `package`.
+pub fn require_tool(tool: &str, package: &str, extra_dirs: &[&str]) -> Result<PathBuf> {
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path_var)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from))
+        .chain(extra_dirs.iter().map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(tool);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    bail!(
+        "required tool `{tool}` not found (CI={ci}): install the Debian package `{package}` \
+         (`cargo xtask` installs the test dependencies)"
+    )
+}
+
+/// Polls `check` every 20 ms until it yields a value or `timeout` passes.
+pub fn wait_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A directory under the system temp dir, removed on drop (kept when
+/// `SWITCHYARD_TEST_KEEP=1`, for debugging). Mode 0755 so unprivileged servers can
+/// traverse it.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh, uniquely named directory; `label` goes into its name.
+    pub fn new(label: &str) -> Result<TempDir> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "switchyard-test-{label}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        set_mode(&path, 0o755)?;
+        Ok(TempDir { path })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `self.path().join(name)`.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var("SWITCHYARD_TEST_KEEP").is_ok_and(|v| v == "1") {
+            eprintln!("keeping {}", self.path.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// `chmod mode path`.
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+/// The uid and gid of a local user, from `/etc/passwd`.
+pub fn user_ids(user: &str) -> Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("read /etc/passwd")?;
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 4 && fields[0] == user {
+            return Ok((fields[2].parse()?, fields[3].parse()?));
+        }
+    }
+    bail!("no local user `{user}` in /etc/passwd")
+}

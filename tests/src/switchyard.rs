@@ -1,0 +1,285 @@
+//! The `switchyard` binary under test: locating/building it ([`switchyard_bin`]), a
+//! config builder ([`ProxyConfig`]), the running proxy ([`Switchyard`]) and demo
+//! upstreams ([`DemoUpstream`]).
+//!
+//! Locating the binary: `env!("CARGO_BIN_EXE_switchyard")` only exists inside the
+//! `proxy-user` package, and a normal dependency on `proxy-user` builds its library,
+//! not its binary. So the harness runs `cargo build -p proxy-user --bin switchyard`
+//! once per test process (a no-op when fresh; same profile and target dir as the test
+//! executable, so the workspace target dir is shared) and uses
+//! `<target>/<profile>/switchyard`. `SWITCHYARD_BIN=/path` skips the build.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::pki::CertFiles;
+use crate::process::{Proc, Stream};
+use crate::{http_get, parse_addr, TempDir, TestPki};
+
+/// The `switchyard` executable, built on first use (see the module docs).
+pub fn switchyard_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_switchyard().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn build_switchyard() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SWITCHYARD_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    // <target>/<profile>/deps/<test-exe>
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable is not in <target>/<profile>/deps")?;
+    let target_dir = profile_dir.parent().context("no target dir")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "proxy-user",
+            "--bin",
+            "switchyard",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().context("run cargo build -p proxy-user")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build -p proxy-user failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(profile_dir.join("switchyard"))
+}
+
+/// The parts of a `serve` config a test varies; [`ProxyConfig::render`] writes the YAML
+/// of the binary contract (TLS files are copied next to it as `proxy.crt`,
+/// `proxy.key`, `ca.crt`).
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// `proxy_service.proxy_protocol`: `Some("on")`, `Some("off")`, or omitted.
+    pub proxy_protocol: Option<String>,
+    /// `limits.handshake_timeout`.
+    pub handshake_timeout: String,
+    /// `upstreams.<key>: <value>` (value is YAML: an address or a flow map).
+    pub upstreams: Vec<(String, String)>,
+    /// `routes:` entries, each a YAML flow map.
+    pub routes: Vec<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            proxy_protocol: None,
+            handshake_timeout: "2s".into(),
+            upstreams: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Sets `upstreams.<key>` to a plain address.
+    pub fn upstream(mut self, key: &str, addr: SocketAddr) -> Self {
+        self.upstreams.push((key.into(), addr.to_string()));
+        self
+    }
+
+    /// Sets `proxy_service.proxy_protocol`.
+    pub fn proxy_protocol(mut self, value: &str) -> Self {
+        self.proxy_protocol = Some(value.into());
+        self
+    }
+
+    /// The config file text.
+    pub fn render(&self) -> String {
+        let mut y = String::from(
+            "version: v2\n\
+             auth_service:\n  cluster_name: example\n  proxy_listener_mode: multiplex\n\
+             proxy_service:\n  web_listen_addr: 127.0.0.1:0\n\
+             \x20 public_addr: proxy.example.test:3080\n\
+             \x20 https_keypairs: [{cert_file: proxy.crt, key_file: proxy.key}]\n\
+             \x20 client_ca_file: ca.crt\n\
+             \x20 trust_x_forwarded_for: false\n",
+        );
+        if let Some(pp) = &self.proxy_protocol {
+            y += &format!("  proxy_protocol: \"{pp}\"\n");
+        }
+        y += &format!(
+            "limits: {{handshake_timeout: {}, max_connections: 1000}}\n",
+            self.handshake_timeout
+        );
+        y += "upstreams:\n";
+        for (key, value) in &self.upstreams {
+            y += &format!("  {key}: {value}\n");
+        }
+        if !self.routes.is_empty() {
+            y += "routes:\n";
+            for route in &self.routes {
+                y += &format!("  - {route}\n");
+            }
+        }
+        y += "diag_addr: 127.0.0.1:0\n";
+        y
+    }
+}
+
+/// A running `switchyard serve`. Dropping it stops the process.
+pub struct Switchyard {
+    /// The single proxy port.
+    pub web: SocketAddr,
+    /// Diagnostics: /metrics, /healthz, /readyz.
+    pub diag: SocketAddr,
+    proc: Proc,
+    _dir: TempDir,
+}
+
+impl Switchyard {
+    /// Writes `config` (with `pki`'s server cert and CA) and starts the proxy; waits
+    /// for `switchyard ready web=… diag=…` on stdout.
+    pub fn start(pki: &TestPki, config: &ProxyConfig) -> Result<Switchyard> {
+        let (dir, config_path) = write_config(pki, &config.render())?;
+        let mut proc = spawn_serve(&dir, &config_path)?;
+        let (web, diag) = proc.wait_for_line(Stream::Stdout, Duration::from_secs(15), |l| {
+            let rest = l.strip_prefix("switchyard ready web=")?;
+            let (web, diag) = rest.split_once(" diag=")?;
+            Some((parse_addr(web).ok()?, parse_addr(diag).ok()?))
+        })?;
+        Ok(Switchyard {
+            web,
+            diag,
+            proc,
+            _dir: dir,
+        })
+    }
+
+    /// Runs `serve` with raw config text expected to be rejected; returns the exit
+    /// status and stderr.
+    pub fn expect_exit(pki: &TestPki, config_text: &str) -> Result<(ExitStatus, String)> {
+        let (dir, config_path) = write_config(pki, config_text)?;
+        let mut proc = spawn_serve(&dir, &config_path)?;
+        let status = proc
+            .wait_exit(Duration::from_secs(10))?
+            .with_context(|| format!("serve kept running\n{}", proc.logs()))?;
+        Ok((status, proc.stderr()))
+    }
+
+    /// The proxy's log (stderr) so far.
+    pub fn log(&self) -> String {
+        self.proc.stderr()
+    }
+
+    /// The text of `GET /metrics` on the diag address.
+    pub fn metrics(&self) -> Result<String> {
+        let (code, body) = http_get(self.diag, "/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered {code}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// Sum of the samples of `name` whose labels include every `key="value"` pair.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        Ok(metric_sum(&self.metrics()?, name, labels))
+    }
+}
+
+/// Sums Prometheus text samples of `name` carrying all `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest),
+                None => (series, ""),
+            };
+            let wanted = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+fn write_config(pki: &TestPki, text: &str) -> Result<(TempDir, PathBuf)> {
+    let dir = TempDir::new("switchyard")?;
+    std::fs::copy(&pki.server.cert, dir.join("proxy.crt"))?;
+    std::fs::copy(&pki.server.key, dir.join("proxy.key"))?;
+    std::fs::copy(pki.ca_cert(), dir.join("ca.crt"))?;
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text)?;
+    Ok((dir, path))
+}
+
+fn spawn_serve(dir: &TempDir, config: &Path) -> Result<Proc> {
+    let mut cmd = Command::new(switchyard_bin()?);
+    cmd.arg("serve").arg("--config").arg(config);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "debug");
+    }
+    Proc::spawn("switchyard", cmd, dir.path())
+}
+
+/// A running `switchyard demo-upstream`.
+pub struct DemoUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _proc: Proc,
+    _dir: TempDir,
+}
+
+impl DemoUpstream {
+    /// Echo kind: writes `upstream=NAME\n`, then echoes every byte.
+    pub fn echo(name: &str) -> Result<DemoUpstream> {
+        Self::start(name, &[])
+    }
+
+    /// HTTP/1.1 + h2c: answers `200 upstream=NAME path=PATH\n`.
+    pub fn http(name: &str) -> Result<DemoUpstream> {
+        Self::start(name, &["--http".into()])
+    }
+
+    /// Echo kind inside TLS terminated by the upstream with `tls`.
+    pub fn tls_echo(name: &str, tls: &CertFiles) -> Result<DemoUpstream> {
+        let args = [
+            "--tls-cert".into(),
+            tls.cert.display().to_string(),
+            "--tls-key".into(),
+            tls.key.display().to_string(),
+        ];
+        Self::start(name, &args)
+    }
+
+    fn start(name: &str, extra: &[String]) -> Result<DemoUpstream> {
+        let dir = TempDir::new("upstream")?;
+        let mut cmd = Command::new(switchyard_bin()?);
+        cmd.args(["demo-upstream", "--name", name, "--listen", "127.0.0.1:0"]);
+        cmd.args(extra);
+        let mut proc = Proc::spawn(&format!("upstream-{name}"), cmd, dir.path())?;
+        let addr = proc.wait_for_line(Stream::Stdout, Duration::from_secs(10), |l| {
+            parse_addr(l.strip_prefix("switchyard ready addr=")?).ok()
+        })?;
+        Ok(DemoUpstream {
+            addr,
+            _proc: proc,
+            _dir: dir,
+        })
+    }
+}
