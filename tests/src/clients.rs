@@ -1,5 +1,5 @@
 //! Real clients: any command with input and a timeout ([`run_with_timeout`]),
-//! `openssl s_client` ([`SClient`]), and a minimal HTTP/1.0 GET over TCP ([`http_get`]).
+//! `openssl s_client` ([`SClient`]), `curl` ([`curl`]), and a minimal HTTP/1.0 GET over TCP ([`http_get`]).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
@@ -186,6 +186,13 @@ impl SClient {
         cmd.args(&self.args);
         Ok(cmd)
     }
+}
+
+/// Runs the real `curl -sS --max-time 10` with `args`; 15 s timeout.
+pub fn curl<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Result<SClientOutput> {
+    let mut cmd = Command::new(crate::require_tool("curl", "curl", &[])?);
+    cmd.args(["-sS", "--max-time", "10"]).args(args);
+    run_with_timeout(cmd, b"", Duration::from_secs(15))
 }
 
 /// `GET path HTTP/1.0` over plain TCP; returns (status code, body).

@@ -12,6 +12,7 @@ pub mod clients;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+pub mod raw;
 pub mod sshd;
 pub mod switchyard;
 
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-pub use clients::{http_get, run_with_timeout, SClient, SClientOutput};
+pub use clients::{curl, http_get, run_with_timeout, SClient, SClientOutput};
 pub use pki::TestPki;
 pub use postgres::Postgres;
 pub use process::Proc;

@@ -75,6 +75,16 @@ impl Sshd {
 /// Runs `command` as [`SSH_USER`] with the real `ssh` client against `addr` (sshd itself
 /// or the proxy port), key authentication only, no known_hosts, 15 s timeout.
 pub fn ssh_exec(addr: SocketAddr, key: &Path, command: &str) -> Result<SClientOutput> {
+    ssh_exec_with(addr, key, &[], command)
+}
+
+/// [`ssh_exec`] with extra `-o` options (e.g. `ProxyCommand=…`).
+pub fn ssh_exec_with(
+    addr: SocketAddr,
+    key: &Path,
+    options: &[&str],
+    command: &str,
+) -> Result<SClientOutput> {
     let ssh = require_tool("ssh", "openssh-client", &[])?;
     let mut cmd = Command::new(ssh);
     cmd.args(["-F", "/dev/null", "-T"])
@@ -83,8 +93,11 @@ pub fn ssh_exec(addr: SocketAddr, key: &Path, command: &str) -> Result<SClientOu
         .args(["-o", "BatchMode=yes"])
         .args(["-o", "IdentitiesOnly=yes"])
         .args(["-o", "ConnectTimeout=5"])
-        .args(["-o", "LogLevel=ERROR"])
-        .arg("-i")
+        .args(["-o", "LogLevel=ERROR"]);
+    for option in options {
+        cmd.args(["-o", option]);
+    }
+    cmd.arg("-i")
         .arg(key)
         .args(["-p", &addr.port().to_string()])
         .arg(format!("{SSH_USER}@{}", addr.ip()))
