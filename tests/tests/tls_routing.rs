@@ -1,0 +1,146 @@
+//! TLS at the proxy port with real clients: the web upstream over h2 and http/1.1
+//! (`curl`), a `teleport-tcp` route that terminates TLS and requires a client cert from
+//! the cluster CA whose CN is on the allow list (`openssl s_client`), an SNI
+//! passthrough route where the client sees the upstream's own certificate, and a bad
+//! config rejected with exit code 64.
+
+use std::time::Duration;
+
+use switchyard_tests::pki::CertFiles;
+use switchyard_tests::{curl, DemoUpstream, ProxyConfig, SClient, Switchyard, TestPki};
+
+#[test]
+fn web_over_h2_and_http11_with_public_cert() {
+    let pki = TestPki::new().unwrap();
+    let web = DemoUpstream::http("web").unwrap();
+    let proxy = Switchyard::start(&pki, &ProxyConfig::default().upstream("web", web.addr)).unwrap();
+    let resolve = format!("proxy.example.test:{}:127.0.0.1", proxy.web.port());
+    let url = format!("https://proxy.example.test:{}/hello", proxy.web.port());
+    let ca = pki.ca_cert().display().to_string();
+    for version in ["--http2", "--http1.1"] {
+        let out = curl(["--resolve", &resolve, "--cacert", &ca, version, &url]).unwrap();
+        assert!(out.success(), "{version}: {out:?}\n{}", proxy.log());
+        assert_eq!(out.stdout, "upstream=web path=/hello\n", "{version}");
+    }
+}
+
+/// A proxy with one `teleport-tcp` route for grafana.example.test, allow [alice].
+fn tcp_route() -> (TestPki, DemoUpstream, Switchyard) {
+    let pki = TestPki::new().unwrap();
+    let app = DemoUpstream::echo("grafana").unwrap();
+    let mut config = ProxyConfig::default();
+    config.routes.push(format!(
+        "{{sni: \"grafana.example.test\", alpn: teleport-tcp, mode: terminate, \
+         upstream: \"{}\", allow: [alice]}}",
+        app.addr
+    ));
+    let proxy = Switchyard::start(&pki, &config).unwrap();
+    (pki, app, proxy)
+}
+
+fn tcp_client(proxy: &Switchyard, pki: &TestPki) -> SClient {
+    SClient::new(proxy.web)
+        .sni("grafana.example.test")
+        .alpn("teleport-tcp")
+        .verify(&pki.ca_cert())
+}
+
+#[test]
+fn teleport_tcp_route_with_allowed_client_cert_reaches_app() {
+    let (pki, _app, proxy) = tcp_route();
+    let out = tcp_client(&proxy, &pki)
+        .cert(&pki.client.cert, &pki.client.key)
+        .run(b"ping-123\n", "ping-123", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        out.stdout.contains("ALPN protocol: teleport-tcp"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("upstream=grafana\n"),
+        "{out:?}\n{}",
+        proxy.log()
+    );
+    assert!(out.stdout.contains("ping-123"), "{out:?}");
+}
+
+fn assert_refused(proxy: &Switchyard, pki: &TestPki, cert: Option<&CertFiles>) {
+    let mut client = tcp_client(proxy, pki);
+    if let Some(cert) = cert {
+        client = client.cert(&cert.cert, &cert.key);
+    }
+    let out = client
+        .run_to_end(b"ping-123\n", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        out.status.is_some(),
+        "proxy kept the connection open: {out:?}"
+    );
+    assert!(!out.stdout.contains("upstream=grafana"), "{out:?}");
+    assert!(out.stderr.contains("alert"), "no TLS alert: {out:?}");
+}
+
+#[test]
+fn teleport_tcp_route_refuses_wrong_ca_cert() {
+    let (pki, _app, proxy) = tcp_route();
+    assert_refused(&proxy, &pki, Some(&pki.wrong_client));
+}
+
+#[test]
+fn teleport_tcp_route_refuses_missing_cert() {
+    let (pki, _app, proxy) = tcp_route();
+    assert_refused(&proxy, &pki, None);
+}
+
+#[test]
+fn teleport_tcp_route_refuses_identity_not_allowed() {
+    let (pki, _app, proxy) = tcp_route();
+    let bob = pki.issue_client("bob", "bob", Some("devs")).unwrap();
+    let out = tcp_client(&proxy, &pki)
+        .cert(&bob.cert, &bob.key)
+        .run_to_end(b"ping-123\n", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        !out.stdout.contains("upstream=grafana"),
+        "bob got in: {out:?}"
+    );
+}
+
+#[test]
+fn wildcard_passthrough_route_shows_upstream_certificate() {
+    let pki = TestPki::new().unwrap();
+    let app_cert = pki
+        .issue_server("app", "upstream-app", &["app.apps.example.test"])
+        .unwrap();
+    let app = DemoUpstream::tls_echo("app", &app_cert).unwrap();
+    let mut config = ProxyConfig::default();
+    config.routes.push(format!(
+        "{{sni: \"*.apps.example.test\", mode: passthrough, upstream: \"{}\"}}",
+        app.addr
+    ));
+    let proxy = Switchyard::start(&pki, &config).unwrap();
+    let out = SClient::new(proxy.web)
+        .sni("app.apps.example.test")
+        .verify(&pki.ca_cert())
+        .run(b"through\n", "through", Duration::from_secs(10))
+        .unwrap();
+    assert!(out.stdout.contains("subject=CN = upstream-app"), "{out:?}");
+    assert!(
+        out.stdout.contains("upstream=app\n"),
+        "{out:?}\n{}",
+        proxy.log()
+    );
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let pki = TestPki::new().unwrap();
+    let mut text = ProxyConfig::default().render();
+    text = text.replace(
+        "web_listen_addr: 127.0.0.1:0",
+        "web_listen_addr: not-an-address",
+    );
+    let (status, stderr) = Switchyard::expect_exit(&pki, &text).unwrap();
+    assert_eq!(status.code(), Some(64), "stderr: {stderr}");
+    assert!(stderr.contains("web_listen_addr"), "stderr: {stderr}");
+}
