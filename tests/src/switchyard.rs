@@ -124,7 +124,11 @@ impl ProxyConfig {
             "limits: {{handshake_timeout: {}, max_connections: 1000}}\n",
             self.handshake_timeout
         );
-        y += "upstreams:\n";
+        y += if self.upstreams.is_empty() {
+            "upstreams: {}\n"
+        } else {
+            "upstreams:\n"
+        };
         for (key, value) in &self.upstreams {
             y += &format!("  {key}: {value}\n");
         }
