@@ -1,1 +1,90 @@
-fn main() {}
+//! `cargo xtask`: the project's own tasks, so that a fresh machine, a developer and CI run
+//! the same steps. `setup` installs the toolchain pieces and system packages, `run` starts
+//! the proxy in dev mode, `test` runs the checks cheapest-first.
+
+mod setup;
+
+use std::{
+    env,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Switchyard project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the project needs (apt packages, nightly rust-src, bpf-linker), skipping
+    /// whatever is already present.
+    Setup,
+    /// Set up, build the release binary and exec `switchyard serve --dev .dev`.
+    Run {
+        /// Extra arguments for `switchyard serve`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then `cargo fmt --check`, `cargo clippy -D warnings` and `cargo test`.
+    Test,
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root()?;
+    env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => run(&root, &args),
+        Task::Test => test(),
+    }
+}
+
+/// Builds the release binary and replaces this process with it, so Ctrl-C and SIGTERM
+/// reach the proxy directly.
+fn run(root: &Path, args: &[String]) -> Result<()> {
+    setup::run()?;
+    cargo(&["build", "--release", "-p", "proxy-user"])?;
+    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let binary = target.join("release").join("switchyard");
+    let mut command = Command::new(&binary);
+    command.args(["serve", "--dev", ".dev"]).args(args);
+    // Only returns on failure.
+    Err(command.exec()).with_context(|| format!("exec {}", binary.display()))
+}
+
+/// The checks CI runs, cheapest first; stops at the first failure.
+fn test() -> Result<()> {
+    setup::run()?;
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&["test"])
+}
+
+/// Runs the cargo that runs us, with output going straight to the terminal.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("spawn cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The workspace root: xtask lives one level below it.
+fn workspace_root() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}

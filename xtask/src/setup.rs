@@ -1,0 +1,157 @@
+//! `cargo xtask setup`: installs what building and testing Switchyard needs, skipping
+//! whatever is already there, and prints one line per thing it actually installs.
+//!
+//! The eBPF chain (DESIGN.md §6): nightly with `rust-src` for `proxy-ebpf` only, and
+//! `bpf-linker` 0.13 built against Debian's LLVM 22. The rest are the real clients and
+//! servers the integration tests drive.
+
+use std::process::{Command, Output};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Debian packages: bpf-linker's build inputs, then the tests' clients and servers.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "openssl",
+    "curl",
+    "openssh-server",
+    "openssh-client",
+    "postgresql",
+    "postgresql-client",
+    "bpftool",
+    "iproute2",
+];
+
+/// Major.minor of bpf-linker that works with LLVM 22 and our aya versions.
+const BPF_LINKER_VERSION: &str = "0.13";
+
+pub fn run() -> Result<()> {
+    apt()?;
+    nightly()?;
+    bpf_linker()
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !dpkg_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let sudo = !is_root()?;
+    quiet(&mut apt_get(sudo, &["update", "-qq"]))?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    quiet(&mut apt_get(sudo, &install))?;
+    for package in missing {
+        println!("installed {package} (apt)");
+    }
+    Ok(())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| out.status.success() && out.stdout.ends_with(b" installed"))
+}
+
+fn is_root() -> Result<bool> {
+    let out = quiet(Command::new("id").arg("-u"))?;
+    Ok(out.stdout.trim_ascii() == b"0")
+}
+
+fn apt_get(sudo: bool, args: &[&str]) -> Command {
+    let mut command = if sudo {
+        let mut sudo = Command::new("sudo");
+        sudo.arg("apt-get");
+        sudo
+    } else {
+        Command::new("apt-get")
+    };
+    command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    command
+}
+
+fn nightly() -> Result<()> {
+    let toolchains = quiet(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|line| line.starts_with("nightly"))
+    {
+        quiet(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        println!("installed nightly toolchain (rustup)");
+    }
+    let components = quiet(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if !String::from_utf8_lossy(&components.stdout)
+        .lines()
+        .any(|line| line.trim() == "rust-src")
+    {
+        quiet(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+        println!("installed rust-src for nightly (rustup)");
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let installed = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(out) = installed {
+        let prefix = format!("bpf-linker {BPF_LINKER_VERSION}.");
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with(&prefix) {
+            return Ok(());
+        }
+    }
+    // Say so first: building LLVM bindings takes minutes on two cores.
+    println!("installing bpf-linker {BPF_LINKER_VERSION} (cargo install, several minutes)");
+    quiet(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                &format!("^{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )?;
+    Ok(())
+}
+
+/// Runs `command` with its output captured; on failure prints that output and errors.
+fn quiet(command: &mut Command) -> Result<Output> {
+    let out = command
+        .output()
+        .with_context(|| format!("spawn {command:?}"))?;
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("{command:?} failed: {}", out.status);
+    }
+    Ok(out)
+}
