@@ -5,3 +5,5 @@
 //! per-connection handler, and [`relay`] moves the bytes.
 
 pub mod ebpf;
+pub mod detect;
+pub mod hello;
