@@ -4,6 +4,8 @@
 //! [`hello`] parses a TLS ClientHello, [`route`] picks a route, [`server`] runs the
 //! per-connection handler, and [`relay`] moves the bytes.
 
-pub mod ebpf;
+pub mod config;
 pub mod detect;
+pub mod ebpf;
 pub mod hello;
+pub mod route;

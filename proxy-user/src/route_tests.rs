@@ -1,0 +1,144 @@
+//! Precedence tests for the router.
+
+use super::*;
+use std::path::Path;
+
+const CONFIG: &str = "
+auth_service: {cluster_name: root}
+proxy_service: {web_listen_addr: '127.0.0.1:0'}
+upstreams:
+  web: web:80
+  ssh: ssh:22
+  tunnel: tunnel:3024
+  postgres: pg:5432
+  kube: kube:443
+  auth: {root: auth-root:3025, leaf: auth-leaf:3025}
+routes:
+  - {name: grafana, sni: grafana.example.com, alpn: teleport-tcp, mode: terminate, upstream: 'grafana:3000', allow: [alice]}
+  - {name: wild, sni: '*.apps.example.com', mode: passthrough, upstream: 'apps:443'}
+  - {name: exact-app, sni: 'one.apps.example.com', mode: terminate, upstream: 'one:80'}
+  - {name: first, sni: dup.example.com, mode: terminate, upstream: 'first:1'}
+  - {name: second, sni: dup.example.com, mode: terminate, upstream: 'second:1'}
+  - {name: pg-special, sni: db1.example.com, alpn: teleport-postgres, mode: terminate, upstream: 'db1:5432'}
+";
+
+fn table() -> Table {
+    Table::new(&Config::parse(CONFIG, Path::new(".")).unwrap())
+}
+
+fn name(t: &Table, sni: Option<&str>, alpn: &[&str]) -> String {
+    let hello = ClientHello {
+        sni: sni.map(str::to_owned),
+        alpn: alpn.iter().map(|s| s.to_string()).collect(),
+    };
+    match t.route(&hello) {
+        Decision::Route(i) => t.entries[i].name.clone(),
+        Decision::Reject { reason, .. } => format!("reject: {reason}"),
+    }
+}
+
+#[test]
+fn builtin_alpn_table() {
+    let t = table();
+    assert_eq!(name(&t, Some("proxy"), &["teleport-proxy-ssh"]), "ssh");
+    assert_eq!(name(&t, None, &["teleport-reversetunnel"]), "tunnel");
+    assert_eq!(name(&t, None, &["teleport-reversetunnelv2"]), "tunnel");
+    assert_eq!(
+        name(&t, None, &["teleport-postgres-ping", "teleport-postgres"]),
+        "postgres"
+    );
+    assert_eq!(name(&t, None, &["h2", "http/1.1"]), "web");
+    assert_eq!(name(&t, None, &[]), "web");
+    assert_eq!(name(&t, Some("proxy"), &["http/1.1"]), "web");
+}
+
+#[test]
+fn unconfigured_and_unknown_protocols_are_rejected_with_reason() {
+    let t = table();
+    assert!(name(&t, None, &["teleport-mysql"]).contains("upstreams.mysql"));
+    assert!(name(&t, None, &["spdy/3"]).starts_with("reject: no route for ALPN"));
+    assert!(name(&t, Some("nope.example.com"), &["teleport-tcp"]).contains("no TCP app route"));
+}
+
+#[test]
+fn kube_sni_wins_before_alpn() {
+    let t = table();
+    assert_eq!(
+        name(&t, Some("kube-teleport-proxy-alpn.example.com"), &["h2"]),
+        "kube"
+    );
+    assert_eq!(
+        name(
+            &t,
+            Some("kube-teleport-proxy-alpn.x"),
+            &["teleport-proxy-ssh"]
+        ),
+        "kube"
+    );
+    assert_eq!(
+        t.entries.iter().find(|e| e.name == "kube").unwrap().mode,
+        Mode::Passthrough
+    );
+}
+
+#[test]
+fn auth_by_cluster_passthrough() {
+    let t = table();
+    let alpn = |c: &str| format!("teleport-auth@{}.teleport.cluster.local", hex::encode(c));
+    assert_eq!(name(&t, None, &[&alpn("root")]), "auth:root");
+    assert_eq!(name(&t, None, &[&alpn("leaf")]), "auth:leaf");
+    assert!(name(&t, None, &[&alpn("other")]).starts_with("reject"));
+    assert!(name(&t, None, &["teleport-auth@zz.teleport.cluster.local"]).starts_with("reject"));
+    let i = match t.route(&ClientHello {
+        sni: None,
+        alpn: vec![alpn("root")],
+    }) {
+        Decision::Route(i) => i,
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(t.entries[i].mode, Mode::Passthrough);
+    assert_eq!(t.entries[i].upstream, "auth-root:3025");
+}
+
+#[test]
+fn routes_precedence() {
+    let t = table();
+    assert_eq!(
+        name(&t, Some("grafana.example.com"), &["teleport-tcp"]),
+        "grafana"
+    );
+    // Without the route's ALPN the SNI route does not match: falls to web.
+    assert_eq!(name(&t, Some("grafana.example.com"), &["h2"]), "web");
+    // Exact beats wildcard, whatever the order in the file.
+    assert_eq!(name(&t, Some("one.apps.example.com"), &["h2"]), "exact-app");
+    assert_eq!(name(&t, Some("two.apps.example.com"), &["h2"]), "wild");
+    // Wildcards match exactly one label.
+    assert_eq!(name(&t, Some("a.b.apps.example.com"), &[]), "web");
+    assert_eq!(name(&t, Some("apps.example.com"), &[]), "web");
+    // First identical match wins.
+    assert_eq!(name(&t, Some("dup.example.com"), &[]), "first");
+    // A route naming SNI and ALPN beats the built-in table.
+    assert_eq!(
+        name(&t, Some("db1.example.com"), &["teleport-postgres"]),
+        "pg-special"
+    );
+    assert_eq!(
+        name(&t, Some("db2.example.com"), &["teleport-postgres"]),
+        "postgres"
+    );
+}
+
+#[test]
+fn route_entries_carry_mode_and_auth() {
+    let t = table();
+    let get = |n: &str| t.entries.iter().find(|e| e.name == n).unwrap().clone();
+    assert_eq!(get("grafana").mode, Mode::Terminate { client_auth: true });
+    assert_eq!(get("grafana").alpn, ["teleport-tcp"]);
+    assert_eq!(
+        get("exact-app").mode,
+        Mode::Terminate { client_auth: false }
+    );
+    assert_eq!(get("web").alpn, ["h2", "http/1.1"]);
+    assert_eq!(get("ssh").mode, Mode::Terminate { client_auth: true });
+    assert_eq!(get("postgres").alpn[0], "teleport-postgres");
+}
