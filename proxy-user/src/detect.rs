@@ -180,11 +180,17 @@ fn proxy_v1(buf: &[u8]) -> Detected {
             let (source, destination) = match header.addresses {
                 ppp::v1::Addresses::Tcp4(a) => (
                     Some(SocketAddr::from((a.source_address, a.source_port))),
-                    Some(SocketAddr::from((a.destination_address, a.destination_port))),
+                    Some(SocketAddr::from((
+                        a.destination_address,
+                        a.destination_port,
+                    ))),
                 ),
                 ppp::v1::Addresses::Tcp6(a) => (
                     Some(SocketAddr::from((a.source_address, a.source_port))),
-                    Some(SocketAddr::from((a.destination_address, a.destination_port))),
+                    Some(SocketAddr::from((
+                        a.destination_address,
+                        a.destination_port,
+                    ))),
                 ),
                 ppp::v1::Addresses::Unknown => (None, None),
             };
@@ -220,11 +226,17 @@ fn proxy_v2(buf: &[u8]) -> Detected {
                 (ppp::v2::Command::Local, _) => (None, None),
                 (_, ppp::v2::Addresses::IPv4(a)) => (
                     Some(SocketAddr::from((a.source_address, a.source_port))),
-                    Some(SocketAddr::from((a.destination_address, a.destination_port))),
+                    Some(SocketAddr::from((
+                        a.destination_address,
+                        a.destination_port,
+                    ))),
                 ),
                 (_, ppp::v2::Addresses::IPv6(a)) => (
                     Some(SocketAddr::from((a.source_address, a.source_port))),
-                    Some(SocketAddr::from((a.destination_address, a.destination_port))),
+                    Some(SocketAddr::from((
+                        a.destination_address,
+                        a.destination_port,
+                    ))),
                 ),
                 _ => (None, None),
             };

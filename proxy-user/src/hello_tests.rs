@@ -38,8 +38,14 @@ fn resplit(bytes: &[u8], chunk: usize) -> Vec<u8> {
 
 #[test]
 fn captured_hellos() {
-    every_prefix(SSH, &hello(Some("proxy.example.test"), &["teleport-proxy-ssh"]));
-    every_prefix(KUBE, &hello(Some("kube-teleport-proxy-alpn.example.test"), &[]));
+    every_prefix(
+        SSH,
+        &hello(Some("proxy.example.test"), &["teleport-proxy-ssh"]),
+    );
+    every_prefix(
+        KUBE,
+        &hello(Some("kube-teleport-proxy-alpn.example.test"), &[]),
+    );
     every_prefix(CURL, &hello(Some("app.example.test"), &["h2", "http/1.1"]));
     every_prefix(NOEXT, &hello(None, &[]));
     every_prefix(

@@ -8,4 +8,7 @@ pub mod config;
 pub mod detect;
 pub mod ebpf;
 pub mod hello;
+pub mod metrics;
+pub mod relay;
 pub mod route;
+pub mod tls;

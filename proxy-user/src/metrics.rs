@@ -1,0 +1,198 @@
+//! Prometheus metrics (DESIGN.md §7): the metric families, and the text encoding served on
+//! `diag_addr` `/metrics`.
+//!
+//! Label values are `&'static str` where the set is fixed and `String` where it comes from
+//! the configuration (route names), so the label sets stay bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Accepted {
+    /// `direct` or `proxy_protocol`.
+    pub ingress_path: &'static str,
+    /// Detected protocol: `tls`, `ssh`, `http`, `postgres`, `unknown`, or a legacy listener.
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Protocol {
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteAction {
+    pub route: String,
+    /// `passthrough`, `terminate`, `relay` (plaintext) or `reject`.
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeFailure {
+    pub route: String,
+    /// `no_certificate`, `bad_certificate`, `not_allowed`, `timeout`, `other`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Bytes {
+    /// `client_to_upstream` or `upstream_to_client`.
+    pub direction: &'static str,
+    /// `userspace` today; `kernel_splice` and `splice` with the eBPF front end.
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub route: String,
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    pub accepted: Family<Accepted, Counter>,
+    pub active: Family<Protocol, Gauge>,
+    pub detect: Family<Outcome, Counter>,
+    pub routes: Family<RouteAction, Counter>,
+    pub handshake_seconds: Histogram,
+    pub handshake_failures: Family<HandshakeFailure, Counter>,
+    pub relay_bytes: Family<Bytes, Counter>,
+    pub upstream_errors: Family<UpstreamLabel, Counter>,
+    pub ebpf_loaded: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            accepted: Family::default(),
+            active: Family::default(),
+            detect: Family::default(),
+            routes: Family::default(),
+            handshake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            handshake_failures: Family::default(),
+            relay_bytes: Family::default(),
+            upstream_errors: Family::default(),
+            ebpf_loaded: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "switchyard_accepted_connections",
+            "Connections accepted, by ingress path and detected protocol",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "switchyard_active_connections",
+            "Connections being handled, by protocol",
+            m.active.clone(),
+        );
+        registry.register(
+            "switchyard_detect_outcomes",
+            "Outcomes of first-bytes detection",
+            m.detect.clone(),
+        );
+        registry.register(
+            "switchyard_route_decisions",
+            "Routing decisions, by route and action",
+            m.routes.clone(),
+        );
+        registry.register(
+            "switchyard_tls_handshake_seconds",
+            "Time from accept to a completed TLS handshake on terminated routes",
+            m.handshake_seconds.clone(),
+        );
+        registry.register(
+            "switchyard_tls_handshake_failures",
+            "Failed TLS handshakes on terminated routes, by reason",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "switchyard_relay_bytes",
+            "Bytes relayed, by direction and relay mode",
+            m.relay_bytes.clone(),
+        );
+        registry.register(
+            "switchyard_upstream_connect_errors",
+            "Failed connections to upstreams, by route",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "switchyard_ebpf_loaded",
+            "1 when the eBPF front end is loaded and attached",
+            m.ebpf_loaded.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn detect(&self, outcome: &'static str) {
+        self.detect.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub fn route(&self, route: &str, action: &'static str) {
+        self.routes
+            .get_or_create(&RouteAction {
+                route: route.to_owned(),
+                action,
+            })
+            .inc();
+    }
+
+    pub fn handshake_failed(&self, route: &str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&HandshakeFailure {
+                route: route.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn bytes(&self, mode: &'static str, to_upstream: u64, to_client: u64) {
+        for (direction, n) in [
+            ("client_to_upstream", to_upstream),
+            ("upstream_to_client", to_client),
+        ] {
+            self.relay_bytes
+                .get_or_create(&Bytes { direction, mode })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a connection as active for `protocol` until the guard is dropped.
+    pub fn active_guard(&self, protocol: &'static str) -> ActiveGuard {
+        let gauge = self.active.get_or_create(&Protocol { protocol }).clone();
+        gauge.inc();
+        ActiveGuard(gauge)
+    }
+}
+
+/// Decrements `switchyard_active_connections` on drop.
+pub struct ActiveGuard(Gauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

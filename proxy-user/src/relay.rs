@@ -1,0 +1,185 @@
+//! Moving bytes between a client and its upstream once a route is chosen.
+//!
+//! [`relay`] is the userspace copy: two directions with bounded buffers, half-close passed
+//! on (EOF from one side becomes a write shutdown on the other while the reverse direction
+//! keeps flowing), an error on either side ending both, and byte counts kept even when the
+//! connection ends in an error. The eBPF front end (issue 3) replaces it for plaintext pairs
+//! with a kernel splice behind the same signature: `relay_plain` is that seam.
+//!
+//! [`Prefixed`] replays bytes already read during detection to the next reader (the TLS
+//! acceptor), the "peek, then replay" of DESIGN.md §8.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What a finished relay moved, and how it ended.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+    /// `userspace` (or, later, `kernel_splice` / `splice`): the `mode` label of the metrics.
+    pub mode: &'static str,
+    /// The first I/O error, if the relay did not end with both sides closing cleanly.
+    pub error: Option<io::Error>,
+}
+
+/// Relays two plaintext TCP sockets: the seam where the kernel splice plugs in.
+pub async fn relay_plain(client: TcpStream, upstream: TcpStream, buffer: usize) -> RelayStats {
+    relay(client, upstream, buffer).await
+}
+
+/// Copies both directions until both have ended or either fails.
+pub async fn relay<A, B>(client: A, upstream: B, buffer: usize) -> RelayStats
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut upstream_r, mut upstream_w) = tokio::io::split(upstream);
+    let to_upstream = AtomicU64::new(0);
+    let to_client = AtomicU64::new(0);
+    let mut error = None;
+    {
+        let up = copy_half(&mut client_r, &mut upstream_w, buffer, &to_upstream);
+        let down = copy_half(&mut upstream_r, &mut client_w, buffer, &to_client);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        while !(up_done && down_done) {
+            let result = tokio::select! {
+                r = &mut up, if !up_done => { up_done = true; r }
+                r = &mut down, if !down_done => { down_done = true; r }
+            };
+            if let Err(e) = result {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    RelayStats {
+        client_to_upstream: to_upstream.load(Ordering::Relaxed),
+        upstream_to_client: to_client.load(Ordering::Relaxed),
+        mode: "userspace",
+        error,
+    }
+}
+
+/// Copies `r` to `w` until EOF, then shuts `w` down (passing the half-close on).
+async fn copy_half<R, W>(r: &mut R, w: &mut W, buffer: usize, count: &AtomicU64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; buffer];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// An I/O object whose reads first return `prefix`, then the inner reads.
+pub struct Prefixed<T> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.pos);
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    #[tokio::test]
+    async fn prefixed_replays_then_reads_inner() {
+        let (a, mut b) = duplex(64);
+        b.write_all(b" world").await.unwrap();
+        drop(b);
+        let mut p = Prefixed::new(b"hello".to_vec(), a);
+        let mut out = String::new();
+        p.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn relay_counts_and_passes_half_close() {
+        let (client, mut client_peer) = duplex(1024);
+        let (upstream, mut upstream_peer) = duplex(1024);
+        let task = tokio::spawn(relay(client, upstream, 16));
+        client_peer.write_all(b"request").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        // The upstream sees the request then EOF, and can still answer.
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request");
+        upstream_peer
+            .write_all(b"response after half-close")
+            .await
+            .unwrap();
+        upstream_peer.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client_peer.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"response after half-close");
+        let stats = task.await.unwrap();
+        assert_eq!(
+            (stats.client_to_upstream, stats.upstream_to_client),
+            (7, 25)
+        );
+        assert!(stats.error.is_none());
+    }
+}

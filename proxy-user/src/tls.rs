@@ -1,0 +1,340 @@
+//! TLS termination set-up: the proxy's certificates chosen by SNI, the client-certificate
+//! verifier (cluster CA plus a route's allow list), one rustls `ServerConfig` per terminated
+//! route, and the identity read back from a verified client certificate.
+//!
+//! A client certificate that fails the allow list is refused *inside* the handshake, so the
+//! client gets a TLS alert (`access_denied`) rather than a silent close.
+
+use crate::config::{Config, ConfigError};
+use crate::route::{Mode, Table};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The crypto provider used everywhere (ring: no C toolchain beyond cc needed).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Who a verified client certificate says it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Subject common name.
+    pub cn: Option<String>,
+    /// Subject organisations.
+    pub orgs: Vec<String>,
+}
+
+impl Identity {
+    /// Reads CN and O from a DER certificate.
+    pub fn from_der(der: &[u8]) -> Option<Identity> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject = cert.subject();
+        let identity = Identity {
+            cn: subject
+                .iter_common_name()
+                .next()
+                .and_then(|a| a.as_str().ok())
+                .map(str::to_owned),
+            orgs: subject
+                .iter_organization()
+                .filter_map(|a| a.as_str().ok())
+                .map(str::to_owned)
+                .collect(),
+        };
+        Some(identity)
+    }
+
+    /// True when the CN or one of the organisations is in `allow` (an empty list allows all).
+    pub fn allowed(&self, allow: &[String]) -> bool {
+        allow.is_empty()
+            || allow
+                .iter()
+                .any(|a| self.cn.as_deref() == Some(a) || self.orgs.contains(a))
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CN={}", self.cn.as_deref().unwrap_or("-"))?;
+        for o in &self.orgs {
+            write!(f, ",O={o}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads a PEM certificate chain and key, naming `key_prefix` in errors.
+pub fn load_certified_key(
+    cert_path: &Path,
+    key_path: &Path,
+    key_prefix: &str,
+) -> Result<Arc<CertifiedKey>, ConfigError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|it| it.collect())
+        .map_err(|e| {
+            ConfigError::invalid(
+                format!("{key_prefix}.cert_file"),
+                format!("{}: {e}", cert_path.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{key_prefix}.cert_file"),
+            format!("{}: no PEM certificate found", cert_path.display()),
+        ));
+    }
+    let key_err = |m: String| ConfigError::invalid(format!("{key_prefix}.key_file"), m);
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| key_err(format!("{}: {e}", key_path.display())))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| key_err(format!("{}: {e}", key_path.display())))?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match().map_err(|e| {
+        key_err(format!(
+            "{} does not match {}: {e}",
+            key_path.display(),
+            cert_path.display()
+        ))
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Chooses the proxy's certificate by SNI: a certificate whose DNS names match (exactly or
+/// by wildcard), else the first configured one.
+#[derive(Debug)]
+pub struct SniResolver {
+    keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+}
+
+impl SniResolver {
+    pub fn new(keys: Vec<Arc<CertifiedKey>>) -> SniResolver {
+        let keys = keys
+            .into_iter()
+            .map(|k| (dns_names(k.end_entity_cert().ok()), k))
+            .collect();
+        SniResolver { keys }
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(sni) = sni {
+            let sni = sni.to_ascii_lowercase();
+            for (names, key) in &self.keys {
+                if names.iter().any(|n| name_matches(n, &sni)) {
+                    return Some(key.clone());
+                }
+            }
+        }
+        self.keys.first().map(|(_, k)| k.clone())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+fn dns_names(cert: Option<&CertificateDer<'_>>) -> Vec<String> {
+    let Some(Ok((_, cert))) = cert.map(|c| x509_parser::parse_x509_certificate(c)) else {
+        return vec![];
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return vec![];
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn name_matches(pattern: &str, sni: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => sni
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        None => pattern == sni,
+    }
+}
+
+/// The cluster CA verifier plus a route's allow list.
+#[derive(Debug)]
+struct AllowListVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allow: Vec<String>,
+}
+
+impl ClientCertVerifier for AllowListVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let identity = Identity::from_der(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::BadEncoding,
+        ))?;
+        if identity.allowed(&self.allow) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// One `ServerConfig` per route entry (`None` for passthrough entries), built at start-up.
+pub fn server_configs(
+    config: &Config,
+    table: &Table,
+) -> Result<Vec<Option<Arc<ServerConfig>>>, ConfigError> {
+    let p = &config.proxy_service;
+    let needs_tls = table
+        .entries
+        .iter()
+        .any(|e| matches!(e.mode, Mode::Terminate { .. }));
+    if needs_tls && p.https_keypairs.is_empty() {
+        return Err(ConfigError::invalid(
+            "proxy_service.https_keypairs",
+            "at least one certificate is needed for terminated routes (web, teleport-*, routes with mode: terminate)",
+        ));
+    }
+    let mut keys = Vec::new();
+    for (i, kp) in p.https_keypairs.iter().enumerate() {
+        keys.push(load_certified_key(
+            &config.path(&kp.cert_file),
+            &config.path(&kp.key_file),
+            &format!("proxy_service.https_keypairs[{i}]"),
+        )?);
+    }
+    let resolver = Arc::new(SniResolver::new(keys));
+    let needs_ca = table
+        .entries
+        .iter()
+        .any(|e| e.mode == Mode::Terminate { client_auth: true });
+    let client_verifier =
+        match (&p.client_ca_file, needs_ca) {
+            (Some(path), _) => Some(client_ca_verifier(&config.path(path))?),
+            (None, true) => return Err(ConfigError::invalid(
+                "proxy_service.client_ca_file",
+                "required: routes need client certificates (teleport-* protocols or allow lists)",
+            )),
+            (None, false) => None,
+        };
+    let mut out = Vec::with_capacity(table.entries.len());
+    for entry in &table.entries {
+        let Mode::Terminate { client_auth } = entry.mode else {
+            out.push(None);
+            continue;
+        };
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::invalid("proxy_service.https_keypairs", e.to_string()))?;
+        let builder = match (&client_verifier, client_auth) {
+            (Some(inner), true) => builder.with_client_cert_verifier(Arc::new(AllowListVerifier {
+                inner: inner.clone(),
+                allow: entry.allow.clone(),
+            })),
+            _ => builder.with_no_client_auth(),
+        };
+        let mut server = builder.with_cert_resolver(resolver.clone());
+        server.alpn_protocols = entry.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        out.push(Some(Arc::new(server)));
+    }
+    Ok(out)
+}
+
+fn client_ca_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
+    let key = "proxy_service.client_ca_file";
+    let mut roots = RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect())
+        .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{}: no PEM certificate found", path.display()),
+        ));
+    }
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| ConfigError::invalid(key, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_names_match_one_label() {
+        assert!(name_matches("*.example.com", "a.example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(name_matches("proxy.example.com", "proxy.example.com"));
+    }
+
+    #[test]
+    fn allow_list_by_cn_or_org() {
+        let id = Identity {
+            cn: Some("alice".into()),
+            orgs: vec!["devs".into()],
+        };
+        assert!(id.allowed(&[]));
+        assert!(id.allowed(&["alice".into()]));
+        assert!(id.allowed(&["devs".into()]));
+        assert!(!id.allowed(&["bob".into(), "ops".into()]));
+        assert_eq!(id.to_string(), "CN=alice,O=devs");
+    }
+}
