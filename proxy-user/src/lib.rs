@@ -4,11 +4,16 @@
 //! [`hello`] parses a TLS ClientHello, [`route`] picks a route, [`server`] runs the
 //! per-connection handler, and [`relay`] moves the bytes.
 
+pub mod ca;
 pub mod config;
+pub mod conn;
+pub mod demo;
 pub mod detect;
+pub mod diag;
 pub mod ebpf;
 pub mod hello;
 pub mod metrics;
 pub mod relay;
 pub mod route;
+pub mod server;
 pub mod tls;

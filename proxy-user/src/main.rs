@@ -1,1 +1,282 @@
-fn main() {}
+//! The `switchyard` command line: `serve`, `ca`, `demo-upstream`.
+//!
+//! Exit codes: 0 after a clean drain, 64 for a configuration that is refused at start
+//! (the message names the key), 1 for any other start-up failure.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use switchyard::config::{self, Config, ConfigError};
+use switchyard::metrics::Metrics;
+use switchyard::server::{self, Ingress, Proxy};
+use switchyard::{ca, demo, diag};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Exit code for a configuration refused at start.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Single-port TLS routing proxy")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// YAML configuration file (see docs/config.md).
+        #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+        config: Option<PathBuf>,
+        /// Dev mode: generate a PKI and demo upstreams under DIR and serve the embedded
+        /// default config on --listen.
+        #[arg(long, value_name = "DIR")]
+        dev: Option<PathBuf>,
+        /// Listen address in dev mode.
+        #[arg(long, default_value = "127.0.0.1:3080", requires = "dev")]
+        listen: SocketAddr,
+        /// Diagnostics address in dev mode.
+        #[arg(long, default_value = "127.0.0.1:3081", requires = "dev")]
+        diag: SocketAddr,
+    },
+    /// Certificate authority for trying Switchyard on one machine.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// A demo upstream that identifies itself (used by dev mode and the tests).
+    DemoUpstream {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Terminate TLS with this certificate (PEM).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Speak HTTP/1.1 and h2c instead of echo.
+        #[arg(long, conflicts_with = "tls_cert")]
+        http: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create DIR/ca.crt and DIR/ca.key.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Cluster name written into the CA subject.
+        #[arg(long, default_value = "switchyard")]
+        cluster: String,
+    },
+    /// Issue DIR/NAME.crt and DIR/NAME.key: a server certificate with --dns/--ip, else a
+    /// client certificate with CN=NAME.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        dns: Vec<String>,
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Subject organisation(s), matched by route allow lists.
+        #[arg(long)]
+        org: Vec<String>,
+        /// Validity, e.g. 24h, 30d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let result = match cli.command {
+        Command::Ca(c) => run_ca(c),
+        command => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")
+            .and_then(|rt| rt.block_on(run(command))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run_ca(c: CaCommand) -> anyhow::Result<()> {
+    match c {
+        CaCommand::Init { dir, cluster } => {
+            ca::init(&dir, &cluster)?;
+            println!("created {0}/ca.crt and {0}/ca.key", dir.display());
+        }
+        CaCommand::Issue {
+            dir,
+            name,
+            dns,
+            ip,
+            org,
+            ttl,
+        } => {
+            let req = ca::IssueRequest {
+                name,
+                dns,
+                ips: ip,
+                orgs: org,
+                ttl,
+            };
+            let (crt, key) = ca::issue(&dir, &req)?;
+            println!("created {} and {}", crt.display(), key.display());
+        }
+    }
+    Ok(())
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            config,
+            dev,
+            listen,
+            diag,
+        } => {
+            let (path, dev) = match (config, dev) {
+                (Some(path), _) => (path, None),
+                (None, Some(dir)) => {
+                    let d = demo::setup(&dir, listen, diag).await?;
+                    (d.config_path.clone(), Some(d))
+                }
+                (None, None) => unreachable!("clap requires --config or --dev"),
+            };
+            serve(Config::load(&path)?, dev).await
+        }
+        Command::DemoUpstream {
+            name,
+            listen,
+            tls_cert,
+            tls_key,
+            http,
+        } => {
+            let kind = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => demo::Kind::TlsEcho(demo::tls_config(&c, &k)?),
+                _ if http => demo::Kind::Http,
+                _ => demo::Kind::Echo,
+            };
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("switchyard ready addr={}", listener.local_addr()?);
+            demo::run(listener, name, kind).await;
+            Ok(())
+        }
+        Command::Ca(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    let a = config::listen_addr(key, addr)?;
+    TcpListener::bind(a)
+        .await
+        .with_context(|| format!("cannot listen on {a} ({key})"))
+}
+
+async fn serve(config: Config, dev: Option<demo::Dev>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let web = bind(
+        "proxy_service.web_listen_addr",
+        &config.proxy_service.web_listen_addr,
+    )
+    .await?;
+    let mut legacy = Vec::new();
+    for (key, addr) in config.legacy_listeners() {
+        let route = server::legacy_route(&config, key)?;
+        legacy.push((bind(&format!("proxy_service.{key}"), &addr).await?, route));
+    }
+    let diag_listener = match &config.diag_addr {
+        Some(a) => Some(bind("diag_addr", a).await?),
+        None => None,
+    };
+    let proxy = Arc::new(Proxy::new(config, metrics.clone())?);
+    match switchyard::ebpf::check_object() {
+        Ok(_) => info!("eBPF object embedded; kernel splice arrives with the eBPF front end, relaying in userspace"),
+        Err(e) => warn!(error = %e, "eBPF object unusable; relaying in userspace"),
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let web_addr = web.local_addr()?;
+    let diag_addr = diag_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    if let Some(l) = diag_listener {
+        tokio::spawn(diag::serve(l, metrics, stop_rx.clone()));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(server::serve(
+        web,
+        Ingress::Multiplex,
+        proxy.clone(),
+        stop_rx.clone(),
+    ));
+    for (listener, route) in legacy {
+        info!(listen = %listener.local_addr()?, route = %route.name, upstream = %route.upstream, "legacy listener");
+        tasks.spawn(server::serve(
+            listener,
+            Ingress::Fixed(route),
+            proxy.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    info!(web = %web_addr, diag = ?diag_addr, routes = proxy.table.entries.len(), "switchyard serving");
+    println!(
+        "switchyard ready web={web_addr} diag={}",
+        diag_addr.map_or("-".to_owned(), |a| a.to_string())
+    );
+    if let (Some(dev), Some(diag)) = (&dev, diag_addr) {
+        println!("{}", demo::instructions(dev, web_addr, diag));
+    }
+
+    shutdown_signal().await;
+    info!("shutdown requested: no new connections, draining live ones");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

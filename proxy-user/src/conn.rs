@@ -1,0 +1,385 @@
+//! One client connection, from accept to close: detect (stripping a PROXY header), read the
+//! ClientHello, route, terminate or pass TLS through, connect the upstream, relay.
+//!
+//! Everything before the relay runs under one deadline (`limits.handshake_timeout`), so a
+//! slow or silent client costs a timer, not a thread. Each failure is a [`ConnError`] with
+//! the metric outcome it counts as; the caller logs it once in the connection's span.
+
+use crate::config::ProxyProtocol;
+use crate::detect::{detect, Detected, PgRequest, ProxyHeader};
+use crate::hello::{self, HelloError};
+use crate::relay::{relay, relay_plain, Prefixed, RelayStats};
+use crate::route::{Decision, Mode, RejectAlert, RouteEntry};
+use crate::server::Proxy;
+use crate::tls::Identity;
+use std::io;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{debug, Span};
+
+/// Room for a PROXY v2 header with TLVs in front of the preface.
+const PROXY_HEADER_ALLOWANCE: usize = 4096;
+
+/// Why a connection ended before (or instead of) relaying.
+#[derive(Debug, Error)]
+pub enum ConnError {
+    #[error("no complete {0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    #[error("client closed the connection during {0}")]
+    ClosedEarly(&'static str),
+    #[error("unrecognised first bytes: {0}")]
+    Unknown(String),
+    #[error("bad PROXY header: {0}")]
+    BadProxy(String),
+    #[error("PROXY header required (proxy_service.proxy_protocol: on) but the connection started without one")]
+    ProxyRequired,
+    #[error("PROXY header refused (proxy_service.proxy_protocol: off)")]
+    ProxyForbidden,
+    #[error("a second PROXY header is not allowed")]
+    SecondProxy,
+    #[error("preface larger than {0} bytes (limits.max_hello_bytes)")]
+    TooLarge(usize),
+    #[error("bad ClientHello: {0}")]
+    BadHello(#[from] HelloError),
+    #[error("no route: {0}")]
+    NoRoute(String),
+    #[error("TLS handshake failed on route {route}: {error}")]
+    Handshake {
+        route: String,
+        reason: &'static str,
+        error: io::Error,
+    },
+    #[error("upstream {upstream} of route {route} unreachable: {error}")]
+    Upstream {
+        route: String,
+        upstream: String,
+        error: io::Error,
+    },
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl ConnError {
+    /// The `switchyard_detect_outcomes_total{outcome}` label for failures before routing.
+    pub fn detect_outcome(&self) -> Option<&'static str> {
+        Some(match self {
+            ConnError::Timeout(..) => "timeout",
+            ConnError::ClosedEarly(_) => "eof",
+            ConnError::Unknown(_) => "unknown",
+            ConnError::BadProxy(_) => "bad_proxy_header",
+            ConnError::ProxyRequired => "proxy_required",
+            ConnError::ProxyForbidden => "proxy_forbidden",
+            ConnError::SecondProxy => "second_proxy_header",
+            ConnError::TooLarge(_) => "too_large",
+            ConnError::BadHello(_) => "bad_client_hello",
+            _ => return None,
+        })
+    }
+}
+
+/// A finished connection, for the closing log line.
+pub struct Finished {
+    pub route: String,
+    pub stats: RelayStats,
+}
+
+/// The bytes read so far and where the protocol starts (after any PROXY header).
+struct Preface {
+    buf: Vec<u8>,
+    start: usize,
+    deadline: Instant,
+    limit: usize,
+    timeout: Duration,
+}
+
+impl Preface {
+    fn rest(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Reads more bytes before the deadline, within the size limit.
+    async fn read_more(
+        &mut self,
+        stream: &mut TcpStream,
+        stage: &'static str,
+    ) -> Result<(), ConnError> {
+        if self.buf.len() >= self.limit {
+            return Err(ConnError::TooLarge(self.limit - PROXY_HEADER_ALLOWANCE));
+        }
+        let mut chunk = [0u8; 4096];
+        let room = (self.limit - self.buf.len()).min(chunk.len());
+        let n = timeout_at(self.deadline, stream.read(&mut chunk[..room]))
+            .await
+            .map_err(|_| ConnError::Timeout(stage, self.timeout))??;
+        if n == 0 {
+            return Err(ConnError::ClosedEarly(stage));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+/// Handles one accepted connection.
+pub async fn handle(proxy: &Proxy, mut stream: TcpStream) -> Result<Finished, ConnError> {
+    let limits = &proxy.config.limits;
+    let mut pre = Preface {
+        buf: Vec::with_capacity(2048),
+        start: 0,
+        deadline: Instant::now() + limits.handshake_timeout,
+        limit: limits.max_hello_bytes + PROXY_HEADER_ALLOWANCE,
+        timeout: limits.handshake_timeout,
+    };
+    let policy = proxy.config.proxy_service.proxy_protocol;
+    let mut header: Option<ProxyHeader> = None;
+    let detected = loop {
+        match detect(pre.rest()) {
+            Detected::NeedMore => pre.read_more(&mut stream, "protocol preface").await?,
+            Detected::Proxy(h) => {
+                if policy == Some(ProxyProtocol::Off) {
+                    return Err(ConnError::ProxyForbidden);
+                }
+                if header.is_some() {
+                    return Err(ConnError::SecondProxy);
+                }
+                proxy.metrics.detect(if h.version == 1 {
+                    "proxy_v1"
+                } else {
+                    "proxy_v2"
+                });
+                if let Some(src) = h.source {
+                    Span::current().record("real_client", tracing::field::display(src));
+                }
+                pre.start += h.len;
+                header = Some(h);
+            }
+            Detected::BadProxy(m) => return Err(ConnError::BadProxy(m)),
+            Detected::Unknown => return Err(ConnError::Unknown(hex_preview(pre.rest()))),
+            other => break other,
+        }
+    };
+    if policy == Some(ProxyProtocol::On) && header.is_none() {
+        return Err(ConnError::ProxyRequired);
+    }
+    let ingress = if header.is_some() {
+        "proxy_protocol"
+    } else {
+        "direct"
+    };
+    let protocol = protocol_label(&detected);
+    proxy.metrics.detect(detected.outcome());
+    proxy
+        .metrics
+        .accepted
+        .get_or_create(&crate::metrics::Accepted {
+            ingress_path: ingress,
+            protocol,
+        })
+        .inc();
+    let _active = proxy.metrics.active_guard(protocol);
+
+    match detected {
+        Detected::Tls => tls(proxy, stream, pre).await,
+        Detected::Ssh => plaintext(proxy, stream, pre.rest(), "ssh").await,
+        Detected::Http => plaintext(proxy, stream, pre.rest(), "web").await,
+        Detected::Postgres(_) => plaintext(proxy, stream, pre.rest(), "postgres").await,
+        _ => unreachable!("detection loop only breaks on routable protocols"),
+    }
+}
+
+fn protocol_label(d: &Detected) -> &'static str {
+    match d {
+        Detected::Tls => "tls",
+        Detected::Ssh => "ssh",
+        Detected::Http => "http",
+        Detected::Postgres(PgRequest::Ssl | PgRequest::GssEnc | PgRequest::Cancel) => "postgres",
+        _ => "unknown",
+    }
+}
+
+/// Legacy plaintext protocols: relay to the named built-in upstream, bytes already read first.
+async fn plaintext(
+    proxy: &Proxy,
+    client: TcpStream,
+    read: &[u8],
+    route: &str,
+) -> Result<Finished, ConnError> {
+    let Some(entry) = proxy.table.entries.iter().find(|e| e.name == route) else {
+        proxy.metrics.route(route, "reject");
+        return Err(ConnError::NoRoute(format!(
+            "plaintext {route} but no upstreams.{route} is configured"
+        )));
+    };
+    Span::current().record("route", route);
+    proxy.metrics.route(route, "relay");
+    let mut upstream = connect(proxy, entry).await?;
+    upstream.write_all(read).await?;
+    let mut stats = relay_plain(client, upstream, proxy.config.limits.relay_buffer_bytes).await;
+    stats.client_to_upstream += read.len() as u64;
+    Ok(Finished {
+        route: route.to_owned(),
+        stats,
+    })
+}
+
+/// TLS: read the whole ClientHello, route it, then pass through or terminate.
+async fn tls(
+    proxy: &Proxy,
+    mut client: TcpStream,
+    mut pre: Preface,
+) -> Result<Finished, ConnError> {
+    let max = proxy.config.limits.max_hello_bytes;
+    let hello = loop {
+        match hello::parse(pre.rest(), max)? {
+            Some(h) => break h,
+            None => pre.read_more(&mut client, "ClientHello").await?,
+        }
+    };
+    let span = Span::current();
+    if let Some(sni) = &hello.sni {
+        span.record("sni", sni.as_str());
+    }
+    span.record("alpn", tracing::field::debug(&hello.alpn));
+    let entry = match proxy.table.route(&hello) {
+        Decision::Route(i) => i,
+        Decision::Reject { reason, alert } => {
+            proxy.metrics.route("none", "reject");
+            send_alert(&mut client, alert).await;
+            return Err(ConnError::NoRoute(reason));
+        }
+    };
+    let route = &proxy.table.entries[entry];
+    span.record("route", route.name.as_str());
+    match route.mode {
+        Mode::Passthrough => {
+            proxy.metrics.route(&route.name, "passthrough");
+            let mut upstream = connect(proxy, route).await?;
+            upstream.write_all(pre.rest()).await?;
+            let mut stats =
+                relay_plain(client, upstream, proxy.config.limits.relay_buffer_bytes).await;
+            stats.client_to_upstream += pre.rest().len() as u64;
+            Ok(Finished {
+                route: route.name.clone(),
+                stats,
+            })
+        }
+        Mode::Terminate { .. } => {
+            proxy.metrics.route(&route.name, "terminate");
+            let config = proxy.tls[entry]
+                .clone()
+                .expect("terminated routes have a TLS config");
+            let started = Instant::now();
+            let replay = Prefixed::new(pre.rest().to_vec(), client);
+            let accept = tokio_rustls::TlsAcceptor::from(config).accept(replay);
+            let tls = match timeout_at(pre.deadline, accept).await {
+                Err(_) => {
+                    proxy.metrics.handshake_failed(&route.name, "timeout");
+                    return Err(ConnError::Timeout("TLS handshake", pre.timeout));
+                }
+                Ok(Err(error)) => {
+                    let reason = handshake_reason(&error);
+                    proxy.metrics.handshake_failed(&route.name, reason);
+                    return Err(ConnError::Handshake {
+                        route: route.name.clone(),
+                        reason,
+                        error,
+                    });
+                }
+                Ok(Ok(tls)) => tls,
+            };
+            proxy
+                .metrics
+                .handshake_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let (_, session) = tls.get_ref();
+            if let Some(id) = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| Identity::from_der(c))
+            {
+                span.record("identity", tracing::field::display(&id));
+            }
+            if let Some(p) = session.alpn_protocol() {
+                span.record("negotiated", String::from_utf8_lossy(p).as_ref());
+            }
+            let upstream = connect(proxy, route).await?;
+            let stats = relay(tls, upstream, proxy.config.limits.relay_buffer_bytes).await;
+            Ok(Finished {
+                route: route.name.clone(),
+                stats,
+            })
+        }
+    }
+}
+
+/// Connects to a route's upstream within `limits.connect_timeout`.
+async fn connect(proxy: &Proxy, route: &RouteEntry) -> Result<TcpStream, ConnError> {
+    let fail = |error| {
+        proxy
+            .metrics
+            .upstream_errors
+            .get_or_create(&crate::metrics::UpstreamLabel {
+                route: route.name.clone(),
+            })
+            .inc();
+        ConnError::Upstream {
+            route: route.name.clone(),
+            upstream: route.upstream.clone(),
+            error,
+        }
+    };
+    let t = proxy.config.limits.connect_timeout;
+    let stream = match timeout(t, TcpStream::connect(&route.upstream)).await {
+        Err(_) => {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {t:?}"),
+            )))
+        }
+        Ok(Err(e)) => return Err(fail(e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    debug!(upstream = %route.upstream, "upstream connected");
+    Ok(stream)
+}
+
+/// Classifies a failed handshake for the metric and the log line.
+fn handshake_reason(e: &io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => "no_certificate",
+        Some(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)) => {
+            "not_allowed"
+        }
+        Some(Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(Error::NoApplicationProtocol) => "no_application_protocol",
+        Some(Error::AlertReceived(_)) => "client_alert",
+        _ if e.kind() == io::ErrorKind::UnexpectedEof => "client_closed",
+        _ => "other",
+    }
+}
+
+/// Sends a fatal TLS alert record, best effort, before closing an unroutable connection.
+async fn send_alert(client: &mut TcpStream, alert: RejectAlert) {
+    let code = match alert {
+        RejectAlert::UnrecognizedName => 112,
+        RejectAlert::NoApplicationProtocol => 120,
+    };
+    let _ = client
+        .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, code])
+        .await;
+    let _ = client.shutdown().await;
+}
+
+/// The first bytes in hex, for the log line of unknown protocols.
+pub fn hex_preview(bytes: &[u8]) -> String {
+    let n = bytes.len().min(32);
+    let mut s = hex::encode(&bytes[..n]);
+    if bytes.len() > n {
+        s.push('…');
+    }
+    s
+}

@@ -1,0 +1,181 @@
+//! Demo upstreams and the dev mode behind `cargo xtask run`.
+//!
+//! `switchyard demo-upstream` runs one small server that identifies itself (echo, TLS echo
+//! with its own certificate, or HTTP/1.1 + h2c); tests start them as real processes. `serve
+//! --dev DIR` generates a dev PKI, starts one of each in-process, and writes the embedded
+//! default configuration (`dev.yaml`) with their addresses.
+
+use crate::ca::{self, IssueRequest};
+use crate::tls;
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ServerConfig;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What a demo upstream speaks.
+#[derive(Clone)]
+pub enum Kind {
+    /// Writes `upstream=NAME\n`, then echoes.
+    Echo,
+    /// The same inside TLS terminated with this configuration.
+    TlsEcho(Arc<ServerConfig>),
+    /// HTTP/1.1 and h2 prior knowledge: `200 upstream=NAME path=PATH\n`.
+    Http,
+}
+
+/// A TLS server configuration from PEM files, for a TLS demo upstream.
+pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    let ck = tls::load_certified_key(cert, key, "--tls")?;
+    let config = ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(tls::SniResolver::new(vec![ck])));
+    Ok(Arc::new(config))
+}
+
+/// Serves `kind` on `listener` forever.
+pub async fn run(listener: TcpListener, name: String, kind: Kind) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let name = name.clone();
+        let kind = kind.clone();
+        tokio::spawn(async move {
+            match kind {
+                Kind::Echo => echo(stream, &name).await,
+                Kind::TlsEcho(config) => {
+                    if let Ok(s) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                        echo(s, &name).await;
+                    }
+                }
+                Kind::Http => http(stream, name).await,
+            }
+        });
+    }
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S, name: &str) {
+    let (mut r, mut w) = tokio::io::split(stream);
+    if w.write_all(format!("upstream={name}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
+}
+
+async fn http(stream: tokio::net::TcpStream, name: String) {
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let body = format!("upstream={name} path={}\n", req.uri().path());
+        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// The dev environment: where its files are and what to print.
+pub struct Dev {
+    pub config_path: PathBuf,
+    pub pki: PathBuf,
+}
+
+/// Creates the dev PKI (once), starts the demo upstreams, writes `DIR/switchyard.yaml`.
+pub async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> anyhow::Result<Dev> {
+    let pki = dir.join("pki");
+    if !pki.join("ca.crt").exists() {
+        ca::init(&pki, "dev").context("creating the dev CA")?;
+        let day = Duration::from_secs(30 * 86400);
+        let server = |name: &str, dns: &[&str]| IssueRequest {
+            name: name.into(),
+            dns: dns.iter().map(|s| s.to_string()).collect(),
+            ips: vec!["127.0.0.1".parse().expect("literal")],
+            ttl: day,
+            ..Default::default()
+        };
+        ca::issue(&pki, &server("proxy", &["localhost", "*.localhost"]))?;
+        ca::issue(&pki, &server("kube", &["kube.internal"]))?;
+        ca::issue(&pki, &server("auth", &["auth.internal"]))?;
+        for (user, org) in [("alice", "dev"), ("bob", "guests")] {
+            ca::issue(
+                &pki,
+                &IssueRequest {
+                    name: user.into(),
+                    orgs: vec![org.into()],
+                    ttl: day,
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
+    let mut text = include_str!("dev.yaml")
+        .replace("{listen}", &listen.to_string())
+        .replace("{port}", &listen.port().to_string())
+        .replace("{diag}", &diag.to_string());
+    let kube_tls = tls_config(&pki.join("kube.crt"), &pki.join("kube.key"))?;
+    let auth_tls = tls_config(&pki.join("auth.crt"), &pki.join("auth.key"))?;
+    for (name, kind) in [
+        ("web", Kind::Http),
+        ("ssh", Kind::Echo),
+        ("tunnel", Kind::Echo),
+        ("postgres", Kind::Echo),
+        ("mysql", Kind::Echo),
+        ("mongodb", Kind::Echo),
+        ("kube", Kind::TlsEcho(kube_tls)),
+        ("auth", Kind::TlsEcho(auth_tls)),
+        ("grafana", Kind::Echo),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        text = text.replace(&format!("{{{name}}}"), &listener.local_addr()?.to_string());
+        tokio::spawn(run(listener, name.to_owned(), kind));
+    }
+    let config_path = dir.join("switchyard.yaml");
+    std::fs::write(&config_path, text).with_context(|| config_path.display().to_string())?;
+    Ok(Dev { config_path, pki })
+}
+
+/// Copy-paste commands that show each route working.
+pub fn instructions(dev: &Dev, web: SocketAddr, diag: SocketAddr) -> String {
+    let p = dev.pki.display();
+    let port = web.port();
+    let tls = format!("openssl s_client -quiet -connect 127.0.0.1:{port} -CAfile {p}/ca.crt");
+    let user = format!("-cert {p}/alice.crt -key {p}/alice.key");
+    let auth_alpn = format!(
+        "teleport-auth@{}.teleport.cluster.local",
+        hex::encode("dev")
+    );
+    format!(
+        "\nSwitchyard dev proxy on {web} (config {cfg}); metrics on http://{diag}/metrics\n\
+         Try (each demo upstream greets with upstream=NAME, then echoes what you type):\n\
+         \n  # web (HTTP/1.1 and h2), no client certificate\n\
+         \x20 curl --cacert {p}/ca.crt https://localhost:{port}/hello\n\
+         \x20 curl --http2 --cacert {p}/ca.crt https://localhost:{port}/hello\n\
+         \n  # SSH, Postgres, reverse tunnel: TLS terminated, client certificate required\n\
+         \x20 {tls} -servername localhost -alpn teleport-proxy-ssh {user}\n\
+         \x20 {tls} -servername localhost -alpn teleport-postgres {user}\n\
+         \x20 {tls} -servername localhost -alpn teleport-reversetunnel {user}\n\
+         \x20 {tls} -servername localhost -alpn teleport-proxy-ssh     # no certificate: refused\n\
+         \n  # TCP app by SNI, only alice may use it (bob is refused)\n\
+         \x20 {tls} -servername grafana.localhost -alpn teleport-tcp {user}\n\
+         \x20 {tls} -servername grafana.localhost -alpn teleport-tcp -cert {p}/bob.crt -key {p}/bob.key\n\
+         \n  # passthrough: the upstream's own certificate (CN=kube / CN=auth) answers\n\
+         \x20 openssl s_client -connect 127.0.0.1:{port} -servername kube-teleport-proxy-alpn.localhost </dev/null | grep subject\n\
+         \x20 openssl s_client -connect 127.0.0.1:{port} -alpn {auth_alpn} </dev/null | grep subject\n\
+         \n  # legacy plaintext\n\
+         \x20 curl http://127.0.0.1:{port}/plain\n\
+         \x20 printf 'SSH-2.0-demo\\r\\n' | curl -s --max-time 1 telnet://127.0.0.1:{port}\n",
+        cfg = dev.config_path.display(),
+    )
+}
