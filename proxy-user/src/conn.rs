@@ -206,7 +206,11 @@ async fn plaintext(
     read: &[u8],
     route: &str,
 ) -> Result<Finished, ConnError> {
-    let Some(entry) = proxy.table.entries.iter().find(|e| e.name == route) else {
+    let Some(entry) = proxy
+        .table
+        .plaintext(route)
+        .map(|i| &proxy.table.entries[i])
+    else {
         proxy.metrics.route(route, "reject");
         return Err(ConnError::NoRoute(format!(
             "plaintext {route} but no upstreams.{route} is configured"
@@ -315,7 +319,7 @@ async fn tls(
 }
 
 /// Connects to a route's upstream within `limits.connect_timeout`.
-async fn connect(proxy: &Proxy, route: &RouteEntry) -> Result<TcpStream, ConnError> {
+pub async fn connect(proxy: &Proxy, route: &RouteEntry) -> Result<TcpStream, ConnError> {
     let fail = |error| {
         proxy
             .metrics

@@ -6,7 +6,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use switchyard::config::{self, Config, ConfigError};
@@ -14,8 +14,10 @@ use switchyard::metrics::Metrics;
 use switchyard::server::{self, Ingress, Proxy};
 use switchyard::{ca, demo, diag};
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::sync::Semaphore;
+use tracing::{error, info, warn};
 
 /// Exit code for a configuration refused at start.
 const EXIT_CONFIG: u8 = 64;
@@ -178,7 +180,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
                 (None, None) => unreachable!("clap requires --config or --dev"),
             };
-            serve(Config::load(&path)?, dev).await
+            serve(&path, dev).await
         }
         Command::DemoUpstream {
             name,
@@ -210,7 +212,8 @@ async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {a} ({key})"))
 }
 
-async fn serve(config: Config, dev: Option<demo::Dev>) -> anyhow::Result<()> {
+async fn serve(path: &Path, dev: Option<demo::Dev>) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
     let metrics = Arc::new(Metrics::new());
     let web = bind(
         "proxy_service.web_listen_addr",
@@ -226,6 +229,7 @@ async fn serve(config: Config, dev: Option<demo::Dev>) -> anyhow::Result<()> {
         Some(a) => Some(bind("diag_addr", a).await?),
         None => None,
     };
+    let limits = config.limits.clone();
     let proxy = Arc::new(Proxy::new(config, metrics.clone())?);
     match switchyard::ebpf::check_object() {
         Ok(_) => info!("eBPF object embedded; kernel splice arrives with the eBPF front end, relaying in userspace"),
@@ -233,26 +237,27 @@ async fn serve(config: Config, dev: Option<demo::Dev>) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (proxy_tx, proxy_rx) = watch::channel(proxy.clone());
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let web_addr = web.local_addr()?;
     let diag_addr = diag_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     if let Some(l) = diag_listener {
-        tokio::spawn(diag::serve(l, metrics, stop_rx.clone()));
+        tokio::spawn(diag::serve(l, metrics.clone(), stop_rx.clone()));
     }
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(server::serve(
-        web,
-        Ingress::Multiplex,
-        proxy.clone(),
-        stop_rx.clone(),
-    ));
+    let accept = |listener, ingress| {
+        server::serve(
+            listener,
+            ingress,
+            proxy_rx.clone(),
+            permits.clone(),
+            stop_rx.clone(),
+        )
+    };
+    tasks.spawn(accept(web, Ingress::Multiplex));
     for (listener, route) in legacy {
         info!(listen = %listener.local_addr()?, route = %route.name, upstream = %route.upstream, "legacy listener");
-        tasks.spawn(server::serve(
-            listener,
-            Ingress::Fixed(route),
-            proxy.clone(),
-            stop_rx.clone(),
-        ));
+        tasks.spawn(accept(listener, Ingress::Fixed(route)));
     }
     info!(web = %web_addr, diag = ?diag_addr, routes = proxy.table.entries.len(), "switchyard serving");
     println!(
@@ -263,16 +268,36 @@ async fn serve(config: Config, dev: Option<demo::Dev>) -> anyhow::Result<()> {
         println!("{}", demo::instructions(dev, web_addr, diag));
     }
 
-    shutdown_signal().await;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(path, &metrics, &proxy_tx),
+            _ = shutdown_signal() => break,
+        }
+    }
     info!("shutdown requested: no new connections, draining live ones");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    server::drain(&permits, limits.max_connections, limits.drain_timeout).await;
     info!("stopped");
     Ok(())
 }
 
+/// SIGHUP: reload certificates and routes; live connections keep the old ones. Listener
+/// addresses and limits need a restart.
+fn reload(path: &Path, metrics: &Arc<Metrics>, proxies: &watch::Sender<Arc<Proxy>>) {
+    match Config::load(path).and_then(|c| Proxy::new(c, metrics.clone())) {
+        Ok(p) => {
+            info!(routes = p.table.entries.len(), config = %path.display(), "reloaded certificates and routes");
+            let _ = proxies.send(Arc::new(p));
+        }
+        Err(e) => {
+            error!(config = %path.display(), "reload refused, keeping the running configuration: {e}")
+        }
+    }
+}
+
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
     tokio::select! {

@@ -214,6 +214,17 @@ impl Table {
         t
     }
 
+    /// The built-in entry that receives a legacy plaintext protocol: `web` (HTTP), `ssh`
+    /// (`SSH-`) or `postgres` (SSLRequest and friends).
+    pub fn plaintext(&self, protocol: &str) -> Option<usize> {
+        match protocol {
+            "web" => self.web,
+            "ssh" => self.builtin.get("teleport-proxy-ssh").copied(),
+            "postgres" => self.builtin.get("teleport-postgres").copied(),
+            _ => None,
+        }
+    }
+
     fn push(&mut self, e: RouteEntry) -> usize {
         self.entries.push(e);
         self.entries.len() - 1

@@ -85,15 +85,16 @@ pub fn legacy_route(config: &Config, key: &str) -> Result<RouteEntry, ConfigErro
     })
 }
 
-/// Accepts connections until `shutdown` turns true, then drains.
+/// Accepts connections until `shutdown` turns true. Each connection uses the [`Proxy`]
+/// current when it was accepted (SIGHUP swaps it), and holds one of the process-wide
+/// `permits` (`limits.max_connections`) while it lives.
 pub async fn serve(
     listener: TcpListener,
     ingress: Ingress,
-    proxy: Arc<Proxy>,
+    proxies: watch::Receiver<Arc<Proxy>>,
+    permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limits = &proxy.config.limits;
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
@@ -111,17 +112,17 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        let proxy = proxy.clone();
+        let proxy = proxies.borrow().clone();
         let ingress = ingress.clone();
         tokio::spawn(async move {
             connection(proxy, ingress, stream, peer).await;
             drop(permit);
         });
     }
-    drain(&permits, limits.max_connections, limits.drain_timeout).await;
 }
 
-async fn drain(permits: &Semaphore, max: usize, deadline: Duration) {
+/// Waits, up to `deadline`, until every connection permit has come back.
+pub async fn drain(permits: &Semaphore, max: usize, deadline: Duration) {
     let live = max - permits.available_permits();
     if live > 0 {
         info!(live, "draining: waiting for live connections to finish");
