@@ -209,25 +209,35 @@ async fn fixed(
 }
 
 impl Proxy {
-    /// Counts and logs a failed connection; input errors are rate-limited.
+    /// Counts and logs a failed connection. Refusals are rate-limited (a flood of bad
+    /// clients must not become a flood of log lines); the count of suppressed lines is
+    /// reported with the next line that passes.
     fn log_failure(&self, e: &ConnError, duration_ms: u64) {
-        if let Some(outcome) = e.detect_outcome() {
+        let outcome = e.detect_outcome();
+        if let Some(outcome) = outcome {
             self.metrics.detect(outcome);
-            if let Some(suppressed) = self.noise.allow() {
-                if suppressed > 0 {
-                    warn!(suppressed, "similar messages were suppressed");
-                }
-                warn!(outcome, duration_ms, "connection refused: {e}");
-            }
+        }
+        let quiet = matches!(e, ConnError::Io(_));
+        if quiet {
+            info!(duration_ms, "connection ended: {e}");
             return;
+        }
+        let Some(suppressed) = self.noise.allow() else {
+            return;
+        };
+        if suppressed > 0 {
+            warn!(suppressed, "similar messages were suppressed");
         }
         match e {
             ConnError::Handshake { reason, .. } => {
                 warn!(reason, duration_ms, "connection refused: {e}")
             }
-            ConnError::NoRoute(_) => warn!(duration_ms, "connection refused: {e}"),
             ConnError::Upstream { .. } => error!(duration_ms, "{e}"),
-            _ => info!(duration_ms, "connection ended: {e}"),
+            _ => warn!(
+                outcome = outcome.unwrap_or("no_route"),
+                duration_ms,
+                "connection refused: {e}"
+            ),
         }
     }
 }
