@@ -235,8 +235,7 @@ impl Proxy {
             ConnError::Upstream { .. } => error!(duration_ms, "{e}"),
             _ => warn!(
                 outcome = outcome.unwrap_or("no_route"),
-                duration_ms,
-                "connection refused: {e}"
+                duration_ms, "connection refused: {e}"
             ),
         }
     }
