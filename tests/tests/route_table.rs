@@ -120,7 +120,11 @@ fn every_terminated_alpn_refuses_no_cert_and_wrong_ca() {
                 c = c.cert(&cert.cert, &cert.key);
             }
             let out = c.run_to_end(b"echo-check\n", T).unwrap();
-            let which = if cert.is_some() { "wrong CA" } else { "no cert" };
+            let which = if cert.is_some() {
+                "wrong CA"
+            } else {
+                "no cert"
+            };
             assert!(out.status.is_some(), "{alpn} {which}: left open {out:?}");
             assert!(
                 !out.stdout.contains(&format!("upstream={upstream}")),
