@@ -14,10 +14,10 @@ use time::OffsetDateTime;
 
 #[derive(Debug, Error)]
 pub enum CaError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0} already exists; refusing to overwrite a CA (remove it first)")]
     Exists(PathBuf),
@@ -28,9 +28,9 @@ pub enum CaError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
-    move |source| CaError::Io {
+    move |error| CaError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

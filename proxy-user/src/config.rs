@@ -15,10 +15,10 @@ use thiserror::Error;
 /// Why a configuration was refused. Every variant names the key at fault.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -285,9 +285,9 @@ pub const V1_TUNNEL_LISTEN: &str = "0.0.0.0:3024";
 impl Config {
     /// Reads, parses and validates `path`; relative paths inside resolve against its directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new(".")).to_owned();
         Config::parse(&text, &base).map_err(|e| match e {
