@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use switchyard_tests::raw::{connect, exchange, expect_closed, http_request, proxy_v1, proxy_v2};
-use switchyard_tests::{curl, DemoUpstream, ProxyConfig, Switchyard, TestPki};
+use switchyard_tests::{curl, wait_until, DemoUpstream, ProxyConfig, Switchyard, TestPki};
 
 /// A proxy whose `web` upstream is a demo HTTP server named `web`.
 struct Setup {
@@ -54,15 +54,19 @@ fn assert_closed_promptly(s: &Setup, bytes: &[u8]) {
 fn garbage_is_closed_promptly_and_counted() {
     let s = setup("10s", None);
     assert_closed_promptly(&s, b"ZZZZ this is no protocol at all\r\n\r\n");
-    let outcomes = s.proxy.metrics().unwrap();
-    let unknown = switchyard_tests::switchyard::metric_sum(
-        &outcomes,
-        "switchyard_detect_outcomes_total",
-        &[("outcome", "unknown")],
-    );
+    // The count may land just after the close the client saw: poll briefly.
+    let counted = wait_until(Duration::from_secs(2), "outcome=\"unknown\"", || {
+        let n = s.proxy.metric(
+            "switchyard_detect_outcomes_total",
+            &[("outcome", "unknown")],
+        )?;
+        Ok((n >= 1.0).then_some(()))
+    });
     assert!(
-        unknown >= 1.0,
-        "no outcome=\"unknown\" counted:\n{outcomes}"
+        counted.is_ok(),
+        "{:?}\n{}",
+        counted,
+        s.proxy.metrics().unwrap()
     );
 }
 
