@@ -57,6 +57,24 @@ fn build_switchyard() -> Result<PathBuf> {
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
+    // `cargo test` gives the test process this package's CARGO_PKG_NAME,
+    // CARGO_MANIFEST_DIR, …; build scripts (ring's) rerun when those change, so passing
+    // them on would rebuild half the workspace on every run.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_package = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CRATE_"]
+            .iter()
+            .any(|prefix| key.starts_with(prefix));
+        let others = [
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ];
+        if per_package || others.contains(&key.as_ref()) {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     let out = cmd.output().context("run cargo build -p proxy-user")?;
     if !out.status.success() {
         bail!(
