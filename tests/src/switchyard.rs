@@ -62,9 +62,14 @@ fn build_switchyard() -> Result<PathBuf> {
     // them on would rebuild half the workspace on every run.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        let per_package = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CRATE_"]
-            .iter()
-            .any(|prefix| key.starts_with(prefix));
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix));
         let others = [
             "CARGO_PRIMARY_PACKAGE",
             "CARGO_TARGET_TMPDIR",
