@@ -71,6 +71,24 @@ fn echo_roundtrip(s: &mut TcpStream, r: &mut BufReader<TcpStream>, msg: &str) {
     assert_eq!(back, msg.as_bytes());
 }
 
+/// The first line a new legacy-SSH connection receives.
+fn greeting(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"SSH-2.0-test\r\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+fn wait_for_log(proc: &Proc, text: &str) {
+    let deadline = Instant::now() + T;
+    while !proc.stderr().contains(text) {
+        assert!(Instant::now() < deadline, "no {text:?} in\n{}", proc.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn signal(proc: &Proc, sig: i32) {
     // SAFETY: kill(2) on a child we own.
     assert_eq!(unsafe { libc::kill(proc.pid() as i32, sig) }, 0);
@@ -124,33 +142,15 @@ fn sighup_reloads_routes_without_dropping_live_connections() {
     )
     .unwrap();
     signal(&p.proc, libc::SIGHUP);
-    let deadline = Instant::now() + T;
-    while !p.proc.stderr().contains("reloaded") {
-        assert!(Instant::now() < deadline, "{}", p.proc.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(&p.proc, "reloaded");
     // The live connection still talks to the old upstream; a new one goes to the new.
     echo_roundtrip(&mut s, &mut r, "old route\n");
-    let mut n = TcpStream::connect(p.web).unwrap();
-    n.set_read_timeout(Some(T)).unwrap();
-    n.write_all(b"SSH-2.0-test\r\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(n).read_line(&mut line).unwrap();
-    assert_eq!(line, "upstream=other\n");
+    assert_eq!(greeting(p.web), "upstream=other\n");
     // A broken file is refused and the running routes kept.
     std::fs::write(&path, "proxy_service: {nonsense: 1}\n").unwrap();
     signal(&p.proc, libc::SIGHUP);
-    let deadline = Instant::now() + T;
-    while !p.proc.stderr().contains("reload refused") {
-        assert!(Instant::now() < deadline, "{}", p.proc.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut m = TcpStream::connect(p.web).unwrap();
-    m.set_read_timeout(Some(T)).unwrap();
-    m.write_all(b"SSH-2.0-test\r\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(m).read_line(&mut line).unwrap();
-    assert_eq!(line, "upstream=other\n");
+    wait_for_log(&p.proc, "reload refused");
+    assert_eq!(greeting(p.web), "upstream=other\n");
 }
 
 #[test]
