@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's own tasks, so that a fresh machine, a developer and CI run
 //! the same steps. `setup` installs the toolchain pieces and system packages, `run` starts
-//! the proxy in dev mode, `test` runs the checks cheapest-first.
+//! the proxy in dev mode, `test` runs the checks cheapest-first, `bench` measures the proxy
+//! against direct connections (docs/benchmarks.md).
 
+mod bench;
 mod setup;
 
 use std::{
@@ -34,6 +36,9 @@ enum Task {
     },
     /// Set up, then `cargo fmt --check`, `cargo clippy -D warnings` and `cargo test`.
     Test,
+    /// Build release, then measure new connections per second and latency on loopback,
+    /// direct to the upstreams vs through Switchyard (docs/benchmarks.md).
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -43,6 +48,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Run { args } => run(&root, &args),
         Task::Test => test(),
+        Task::Bench(opts) => bench::run(&root, &opts),
     }
 }
 

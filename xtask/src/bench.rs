@@ -1,0 +1,276 @@
+//! `cargo xtask bench`: speed is measured, not asserted. Starts the release `switchyard` and
+//! its upstreams as real processes on 127.0.0.1, drives them with a tokio + rustls load
+//! client, and reports each scenario DIRECT (client straight to the upstream) next to THROUGH
+//! a peer (Switchyard today), in one run, so the numbers share a machine and a moment.
+//!
+//! The shape is a list of scenarios × loads × peers; every cell is measured `--runs` times,
+//! interleaved across peers so drift hits them alike, and reported as median and min–max.
+//! Bulk-throughput scenarios (the eBPF splice) and HAProxy/nginx peers slot into `SCENARIOS`
+//! and `Peer` without changing the loop.
+
+mod env;
+mod load;
+mod quiet;
+mod report;
+mod upstream;
+
+use std::{
+    env as std_env,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use self::{env::Env, load::Target, report::Cell};
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Runs per scenario, load and peer; the report gives their median and min–max.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Clients of the concurrent load.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Leave docs/benchmarks.md alone (results still go to target/bench/).
+    #[arg(long)]
+    no_docs: bool,
+}
+
+/// What a scenario does on each connection. The eBPF issue adds bulk throughput here.
+#[derive(Clone, Copy)]
+pub enum Workload {
+    /// TCP connect, full TLS handshake, write 1 byte, read the upstream's greeting line, close.
+    NewConnections(Route),
+}
+
+/// How Switchyard handles the scenario's TLS.
+#[derive(Clone, Copy)]
+pub enum Route {
+    /// SNI `kube-teleport-proxy-alpn.*`: raw TLS forwarded to a TLS upstream.
+    Passthrough,
+    /// ALPN `teleport-proxy-ssh` with a client certificate: TLS ends at the proxy, plaintext
+    /// to the upstream.
+    Terminated,
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    /// One line for the report: what the client does and what DIRECT is.
+    pub about: &'static str,
+    pub workload: Workload,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "passthrough",
+        about: "TLS handshake (SNI kube-teleport-proxy-alpn.bench.test) + 1 byte + greeting; \
+                direct = the same TLS upstream without the proxy",
+        workload: Workload::NewConnections(Route::Passthrough),
+    },
+    Scenario {
+        name: "terminated",
+        about: "mTLS handshake (ALPN teleport-proxy-ssh, client cert) + 1 byte + greeting; \
+                direct = an mTLS echo upstream doing the same TLS work",
+        workload: Workload::NewConnections(Route::Terminated),
+    },
+];
+
+/// Whom the client connects to. HAProxy and nginx join here as further peers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Straight to the upstream: the baseline every peer is compared with.
+    Direct,
+    Switchyard,
+}
+
+pub const PEERS: &[Peer] = &[Peer::Direct, Peer::Switchyard];
+
+impl Peer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Direct => "direct",
+            Peer::Switchyard => "switchyard",
+        }
+    }
+}
+
+/// How many clients run at once.
+#[derive(Clone, Copy)]
+pub enum Load {
+    /// One client, one connection after the other: latency without queueing.
+    Sequential,
+    /// N clients in parallel: connections per second at saturation.
+    Concurrent(usize),
+}
+
+impl Load {
+    pub fn name(self) -> &'static str {
+        match self {
+            Load::Sequential => "sequential",
+            Load::Concurrent(_) => "concurrent",
+        }
+    }
+
+    pub fn clients(self) -> usize {
+        match self {
+            Load::Sequential => 1,
+            Load::Concurrent(n) => n,
+        }
+    }
+}
+
+/// Warm-up per scenario, load and peer before the measured runs (not reported).
+const WARMUP: Duration = Duration::from_millis(500);
+/// Attempts per run when other work shares the CPUs during it.
+const ATTEMPTS: usize = 3;
+
+pub fn run(root: &Path, opts: &Options) -> Result<()> {
+    if opts.runs == 0 || opts.concurrency == 0 || opts.seconds <= 0.0 {
+        bail!("--runs, --concurrency and --seconds must be positive");
+    }
+    let target_dir =
+        std_env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    forget_package_env();
+    if cfg!(debug_assertions) {
+        // The load client shares two cores with what it measures: run it optimised.
+        crate::setup::run()?;
+        crate::cargo(&["build", "--release", "-p", "proxy-user", "-p", "xtask"])?;
+        let exe = target_dir.join("release").join("xtask");
+        eprintln!("xtask: running the bench from {}", exe.display());
+        let err = Command::new(&exe).args(std_env::args_os().skip(1)).exec();
+        return Err(err).with_context(|| format!("exec {}", exe.display()));
+    }
+    crate::cargo(&["build", "--release", "-p", "proxy-user"])?;
+    let binary = target_dir.join("release").join("switchyard");
+    let out = target_dir.join("bench");
+    let env = Env::start(&binary, &out)?;
+    let pids = env.pids();
+    let duration = Duration::from_secs_f64(opts.seconds);
+    let loads = [Load::Sequential, Load::Concurrent(opts.concurrency)];
+    let started = Instant::now();
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the load client runtime")?;
+    let mut cells = Vec::new();
+    for scenario in SCENARIOS {
+        let targets = PEERS
+            .iter()
+            .map(|&peer| Ok((peer, Arc::new(env.target(scenario, peer)?))))
+            .collect::<Result<Vec<(Peer, Arc<Target>)>>>()?;
+        for load in loads {
+            let mut row: Vec<Cell> = targets
+                .iter()
+                .map(|(peer, _)| Cell::new(scenario, load, *peer))
+                .collect();
+            for (_, target) in &targets {
+                quiet::wait()?;
+                runtime.block_on(load::measure(target.clone(), load.clients(), WARMUP))?;
+            }
+            for run in 1..=opts.runs {
+                for ((peer, target), cell) in targets.iter().zip(&mut row) {
+                    let stats = measure_quietly(&runtime, target, load, duration, &pids)?;
+                    eprintln!(
+                        "xtask: {} {} {} run {run}/{}: {:.0} conn/s, p50 {:.0} us, p99 {:.0} us",
+                        scenario.name,
+                        load.name(),
+                        peer.name(),
+                        opts.runs,
+                        stats.conn_per_sec,
+                        stats.p50_us,
+                        stats.p99_us
+                    );
+                    cell.runs.push(stats);
+                }
+            }
+            cells.extend(row);
+        }
+    }
+    drop(runtime);
+    drop(env);
+    eprintln!(
+        "xtask: measured in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
+    let table = report::table(&cells);
+    println!("{}\n{table}", facts.markdown());
+    let json = out.join("results.json");
+    std::fs::write(&json, report::json(&facts, &cells)?)
+        .with_context(|| format!("write {}", json.display()))?;
+    eprintln!("xtask: wrote {}", json.display());
+    if !opts.no_docs {
+        let doc = root.join("docs").join("benchmarks.md");
+        report::update_doc(&doc, &format!("{}\n{table}", facts.markdown()))?;
+        eprintln!("xtask: updated the results block of {}", doc.display());
+    }
+    Ok(())
+}
+
+/// One measured run, redone when other work took more than `quiet::FOREIGN` of the CPUs
+/// during it (the machine is shared).
+fn measure_quietly(
+    runtime: &tokio::runtime::Runtime,
+    target: &Arc<Target>,
+    load: Load,
+    duration: Duration,
+    pids: &[u32],
+) -> Result<load::RunStats> {
+    for attempt in 1..=ATTEMPTS {
+        quiet::wait()?;
+        let before = quiet::Sample::take(pids);
+        let stats = runtime.block_on(load::measure(target.clone(), load.clients(), duration))?;
+        let foreign = quiet::Sample::take(pids).foreign_since(&before);
+        let stats = load::RunStats {
+            foreign_cpu: foreign,
+            ..stats
+        };
+        if foreign <= quiet::FOREIGN {
+            return Ok(stats);
+        }
+        eprintln!(
+            "xtask: other processes used {:.0}% of the CPUs during the run; {}",
+            foreign * 100.0,
+            if attempt < ATTEMPTS {
+                "redoing it"
+            } else {
+                "keeping it anyway"
+            }
+        );
+        if attempt == ATTEMPTS {
+            return Ok(stats);
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// `cargo run` gives xtask its own CARGO_PKG_NAME, CARGO_MANIFEST_DIR, …; ring's build
+/// script reruns when those change, so a nested `cargo build` that inherits them would
+/// rebuild what a plain `cargo build --release` already built (and the other way round).
+fn forget_package_env() {
+    const PREFIXES: [&str; 4] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_BIN_",
+        "CARGO_CRATE_",
+    ];
+    const KEYS: [&str; 4] = [
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    for (key, _) in std_env::vars_os() {
+        let k = key.to_string_lossy();
+        if PREFIXES.iter().any(|p| k.starts_with(p)) || KEYS.contains(&k.as_ref()) {
+            std_env::remove_var(&key);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The servers a bench run talks to: a fresh PKI from `switchyard ca`, the plaintext
+//! `demo-upstream` and `switchyard serve` as child processes (killed when `Env` drops, also
+//! on error), and the in-process TLS echo upstreams of `upstream.rs`.
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{
+    load::{self, Target},
+    upstream::TlsEchoes,
+    Peer, Route, Scenario, Workload,
+};
+
+/// How long a child may take to print its `switchyard ready` line.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// SNI of the passthrough scenario: the Kubernetes route, before ALPN is looked at.
+const KUBE_SNI: &str = "kube-teleport-proxy-alpn.bench.test";
+/// SNI of the terminated scenario (any name the proxy certificate covers).
+const SSH_SNI: &str = "ssh.bench.test";
+const SSH_ALPN: &str = "teleport-proxy-ssh";
+
+pub struct Env {
+    pki: PathBuf,
+    /// `switchyard serve`: kube passthrough to `tls.kube`, ssh terminated to a plaintext
+    /// `demo-upstream`.
+    proxy: SocketAddr,
+    children: Children,
+    tls: TlsEchoes,
+}
+
+impl Env {
+    /// Creates `out/pki`, `out/logs` and `out/switchyard.yaml`, and starts every server.
+    pub fn start(binary: &Path, out: &Path) -> Result<Env> {
+        if !binary.exists() {
+            bail!(
+                "{} is missing; build it with cargo build --release -p proxy-user",
+                binary.display()
+            );
+        }
+        let pki = out.join("pki");
+        let logs = out.join("logs");
+        if pki.exists() {
+            std::fs::remove_dir_all(&pki).with_context(|| format!("remove {}", pki.display()))?;
+        }
+        std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+        let dir = pki.to_str().context("non-UTF-8 target dir")?;
+        run(binary, &["ca", "init", "--dir", dir, "--cluster", "bench"])?;
+        #[rustfmt::skip]
+        run(binary, &["ca", "issue", "--dir", dir, "--name", "proxy",
+            "--dns", "localhost", "--dns", "*.bench.test", "--ip", "127.0.0.1"])?;
+        // The kube upstream also covers *.bench.test: the client verifies it under the
+        // passthrough SNI, direct and through the proxy alike.
+        #[rustfmt::skip]
+        run(binary, &["ca", "issue", "--dir", dir, "--name", "kube",
+            "--dns", "kube.internal", "--dns", "*.bench.test", "--ip", "127.0.0.1"])?;
+        run(binary, &["ca", "issue", "--dir", dir, "--name", "alice"])?;
+
+        let mut children = Children {
+            logs,
+            list: Vec::new(),
+        };
+        let tls = TlsEchoes::start(&pki, SSH_ALPN)?;
+        let kube = tls.kube;
+        let ssh = children.spawn(
+            binary,
+            "ssh",
+            "addr",
+            &["demo-upstream", "--name", "ssh", "--listen", "127.0.0.1:0"],
+        )?;
+        let config = pki.join("switchyard.yaml");
+        let yaml = format!(
+            "version: v2\n\
+             auth_service: {{cluster_name: bench}}\n\
+             proxy_service:\n  web_listen_addr: 127.0.0.1:0\n  \
+             https_keypairs: [{{cert_file: proxy.crt, key_file: proxy.key}}]\n  \
+             client_ca_file: ca.crt\n\
+             upstreams: {{ssh: {ssh}, kube: {kube}}}\n\
+             limits: {{max_connections: 10000}}\n"
+        );
+        std::fs::write(&config, yaml).with_context(|| format!("write {}", config.display()))?;
+        let proxy = children.spawn(
+            binary,
+            "switchyard",
+            "web",
+            &["serve", "--config", path(&config)?],
+        )?;
+        Ok(Env {
+            proxy,
+            pki,
+            children,
+            tls,
+        })
+    }
+
+    /// Our processes for CPU accounting: this one (0, with the TLS echoes) and the children.
+    pub fn pids(&self) -> Vec<u32> {
+        let children = self.children.list.iter().map(|c| c.id());
+        std::iter::once(0).chain(children).collect()
+    }
+
+    /// Where and how the client connects for `scenario` through `peer`.
+    pub fn target(&self, scenario: &Scenario, peer: Peer) -> Result<Target> {
+        let Workload::NewConnections(route) = scenario.workload;
+        let (direct, sni, greeting, tls) = match route {
+            Route::Passthrough => (
+                self.tls.kube,
+                KUBE_SNI,
+                "upstream=kube\n",
+                load::client_config(&self.pki, None, None)?,
+            ),
+            Route::Terminated => (
+                self.tls.ssh,
+                SSH_SNI,
+                "upstream=ssh\n",
+                load::client_config(&self.pki, Some("alice"), Some(SSH_ALPN))?,
+            ),
+        };
+        let addr = match peer {
+            Peer::Direct => direct,
+            Peer::Switchyard => self.proxy,
+        };
+        Target::new(addr, tls, sni, greeting)
+    }
+}
+
+fn path(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("non-UTF-8 path {}", p.display()))
+}
+
+/// Runs a short `switchyard` command to completion.
+fn run(binary: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new(binary)
+        .args(args)
+        .output()
+        .with_context(|| format!("spawn {}", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "switchyard {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Child processes, killed and reaped on drop.
+struct Children {
+    logs: PathBuf,
+    list: Vec<Child>,
+}
+
+impl Children {
+    /// Spawns `binary args` with stderr to `logs/NAME.log`, and returns the address in the
+    /// `KEY=` field of its `switchyard ready` line.
+    fn spawn(&mut self, binary: &Path, name: &str, key: &str, args: &[&str]) -> Result<SocketAddr> {
+        let log_path = self.logs.join(format!("{name}.log"));
+        let log =
+            File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+        let mut child = Command::new(binary)
+            .args(args)
+            .env("SWITCHYARD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {} {}", binary.display(), args.join(" ")))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        self.list.push(child);
+        let (tx, rx) = mpsc::channel();
+        // Reads the ready line, then keeps draining so the child never writes to a closed pipe.
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            lines.for_each(drop);
+        });
+        let line = rx
+            .recv_timeout(READY_TIMEOUT)
+            .with_context(|| format!("{name} printed no ready line; see {}", log_path.display()))?;
+        let field = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+            .with_context(|| format!("{name}: no {key}= in {line:?}"))?;
+        field
+            .parse()
+            .with_context(|| format!("{name}: bad address in {line:?}"))
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.list {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
