@@ -138,7 +138,6 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     let target_dir =
         std_env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    forget_package_env();
     if cfg!(debug_assertions) {
         // The load client shares two cores with what it measures: run it optimised.
         crate::setup::run()?;
@@ -249,28 +248,4 @@ fn measure_quietly(
         }
     }
     unreachable!("the last attempt returns")
-}
-
-/// `cargo run` gives xtask its own CARGO_PKG_NAME, CARGO_MANIFEST_DIR, …; ring's build
-/// script reruns when those change, so a nested `cargo build` that inherits them would
-/// rebuild what a plain `cargo build --release` already built (and the other way round).
-fn forget_package_env() {
-    const PREFIXES: [&str; 4] = [
-        "CARGO_PKG_",
-        "CARGO_MANIFEST_",
-        "CARGO_BIN_",
-        "CARGO_CRATE_",
-    ];
-    const KEYS: [&str; 4] = [
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-        "OUT_DIR",
-    ];
-    for (key, _) in std_env::vars_os() {
-        let k = key.to_string_lossy();
-        if PREFIXES.iter().any(|p| k.starts_with(p)) || KEYS.contains(&k.as_ref()) {
-            std_env::remove_var(&key);
-        }
-    }
 }

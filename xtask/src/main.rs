@@ -42,6 +42,7 @@ enum Task {
 }
 
 fn main() -> Result<()> {
+    forget_package_env();
     let root = workspace_root()?;
     env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
     match Cli::parse().task {
@@ -93,4 +94,28 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .map(Path::to_path_buf)
         .context("xtask has no parent directory")
+}
+
+/// `cargo run` gives xtask its own CARGO_PKG_NAME, CARGO_MANIFEST_DIR, …; ring's build
+/// script reruns when those change, so a nested `cargo build` that inherits them would
+/// rebuild what a plain `cargo build --release` already built (and the other way round).
+fn forget_package_env() {
+    const PREFIXES: [&str; 4] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_BIN_",
+        "CARGO_CRATE_",
+    ];
+    const KEYS: [&str; 4] = [
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    for (key, _) in env::vars_os() {
+        let k = key.to_string_lossy();
+        if PREFIXES.iter().any(|p| k.starts_with(p)) || KEYS.contains(&k.as_ref()) {
+            env::remove_var(&key);
+        }
+    }
 }
