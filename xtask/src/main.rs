@@ -71,7 +71,53 @@ fn test() -> Result<()> {
     setup::run()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-    cargo(&["test"])
+    cargo_test()
+}
+
+/// `cargo test --no-fail-fast`, passing its output through, then one closing line that
+/// totals every test binary: `summary: N passed, N failed` (the last binary cargo runs is
+/// often one with no tests, so its own closing line says nothing about the run).
+fn cargo_test() -> Result<()> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("xtask: cargo test --no-fail-fast");
+    let mut child = Command::new(cargo)
+        .args(["test", "--no-fail-fast"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawn cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count(rest, " passed");
+            failed += count(rest, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("summary: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("cargo test failed: {status}");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
+/// The number before `label` in a `test result:` line (`ok. 12 passed; 0 failed; …`).
+fn count(result: &str, label: &str) -> u64 {
+    result
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs the cargo that runs us, with output going straight to the terminal.
