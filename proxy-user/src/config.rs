@@ -185,8 +185,13 @@ pub struct Upstreams {
     /// Plaintext HTTP server for `http/1.1`, `h2` and no-ALPN connections (must accept h2
     /// prior knowledge when clients negotiate `h2`), and for plaintext HTTP.
     pub web: Option<String>,
-    /// Plaintext SSH server: `teleport-proxy-ssh` and legacy `SSH-` connections.
+    /// Plaintext SSH server: `teleport-proxy-ssh` connections that name no node, and legacy
+    /// `SSH-` connections.
     pub ssh: Option<String>,
+    /// SSH nodes by name: `teleport-proxy-ssh` with SNI `<node>.ssh.<proxy name>` goes to
+    /// the node's address; an unknown node is refused.
+    #[serde(default)]
+    pub ssh_nodes: BTreeMap<String, String>,
     /// Reverse-tunnel service: `teleport-reversetunnel(v2)`.
     pub tunnel: Option<String>,
     /// Postgres: `teleport-postgres` and plaintext SSLRequest/GSSENCRequest/CancelRequest.
@@ -361,6 +366,16 @@ impl Config {
                 host_port(&format!("upstreams.{key}"), v)?;
             }
         }
+        for (node, a) in &u.ssh_nodes {
+            let key = format!("upstreams.ssh_nodes.{node}");
+            if !dns_label(node) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "a node name is one DNS label: letters, digits and inner '-'",
+                ));
+            }
+            host_port(&key, a)?;
+        }
         match &u.auth {
             Some(AuthUpstreams::One(a)) => {
                 host_port("upstreams.auth", a)?;
@@ -470,6 +485,15 @@ pub fn listen_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| ConfigError::invalid(key, format!("`{value}` does not resolve")))
+}
+
+/// One DNS label: letters, digits and inner hyphens, at most 63 bytes.
+pub fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Checks a `host:port` string without resolving it.

@@ -1,4 +1,5 @@
-//! The `switchyard` command line: `serve`, `ca`, `demo-upstream`.
+//! The `switchyard` command line: `serve`, `ca`, `demo-upstream`, and the client side
+//! (`proxy`, `config`, `db`, `kube`: see `switchyard::client::cli`).
 //!
 //! Exit codes: 0 after a clean drain, 64 for a configuration that is refused at start
 //! (the message names the key), 1 for any other start-up failure.
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use switchyard::client::cli;
 use switchyard::config::{self, Config, ConfigError};
 use switchyard::metrics::Metrics;
 use switchyard::server::{self, Ingress, Proxy};
@@ -53,6 +55,18 @@ enum Command {
     /// Certificate authority for trying Switchyard on one machine.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Local proxies for OpenSSH, database clients, kubectl and apps.
+    #[command(subcommand)]
+    Proxy(cli::ProxyCommand),
+    /// Print client configuration (OpenSSH).
+    #[command(subcommand)]
+    Config(cli::ConfigCommand),
+    /// Database clients through a temporary local proxy.
+    #[command(subcommand)]
+    Db(cli::DbCommand),
+    /// Kubernetes client configuration.
+    #[command(subcommand)]
+    Kube(cli::KubeCommand),
     /// A demo upstream that identifies itself (used by dev mode and the tests).
     DemoUpstream {
         #[arg(long)]
@@ -105,6 +119,10 @@ fn main() -> ExitCode {
     init_logging(&cli.log_format);
     let result = match cli.command {
         Command::Ca(c) => run_ca(c),
+        Command::Proxy(c) => return client_exit(cli::proxy(c)),
+        Command::Config(c) => return client_exit(cli::config(c)),
+        Command::Db(c) => return client_exit(cli::db(c)),
+        Command::Kube(c) => return client_exit(cli::kube(c)),
         command => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")
             .and_then(|rt| rt.block_on(run(command))),
@@ -120,6 +138,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Client commands report their error in one line and exit 1, or with the client's code.
+fn client_exit(result: Result<ExitCode, switchyard::client::ClientError>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("switchyard: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn init_logging(format: &str) {
@@ -202,7 +228,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             demo::run(listener, name, kind).await;
             Ok(())
         }
-        Command::Ca(_) => unreachable!("handled before the runtime starts"),
+        Command::Ca(_)
+        | Command::Proxy(_)
+        | Command::Config(_)
+        | Command::Db(_)
+        | Command::Kube(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

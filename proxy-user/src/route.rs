@@ -5,7 +5,8 @@
 //! 1. SNI `kube-teleport-proxy-alpn.*` → the Kubernetes upstream, passthrough, before ALPN;
 //! 2. `routes:` entries that match (exact SNI beats `*.` wildcard beats no SNI; a route that
 //!    also names an ALPN beats one that does not; among equals the first in the file);
-//! 3. the built-in ALPN table, in the client's order of preference;
+//! 3. the built-in ALPN table, in the client's order of preference; for
+//!    `teleport-proxy-ssh` an SNI `<node>.ssh.<anything>` picks `upstreams.ssh_nodes[node]`;
 //! 4. the web upstream for `http/1.1`, `h2`, or no ALPN.
 //!
 //! [`Table::new`] turns the configuration into [`RouteEntry`]s once; [`Table::route`] only
@@ -20,6 +21,10 @@ pub const KUBE_SNI_PREFIX: &str = "kube-teleport-proxy-alpn.";
 /// ALPN prefix and suffix of direct auth dials.
 pub const AUTH_ALPN_PREFIX: &str = "teleport-auth@";
 pub const AUTH_ALPN_SUFFIX: &str = ".teleport.cluster.local";
+/// ALPN of SSH inside TLS.
+pub const SSH_ALPN: &str = "teleport-proxy-ssh";
+/// Second SNI label that marks the first one as an SSH node name: `<node>.ssh.<proxy>`.
+pub const SSH_NODE_LABEL: &str = "ssh";
 /// ALPN values of the web route, in server preference order.
 pub const WEB_ALPN: &[&str] = &["h2", "http/1.1"];
 
@@ -129,6 +134,8 @@ pub struct Table {
     builtin: BTreeMap<String, usize>,
     /// Cluster name → auth entry.
     auth: BTreeMap<String, usize>,
+    /// SSH node name → entry.
+    ssh_nodes: BTreeMap<String, usize>,
 }
 
 impl Table {
@@ -197,6 +204,16 @@ impl Table {
                 }
             }
         }
+        for (node, addr) in &u.ssh_nodes {
+            let entry = t.push(RouteEntry {
+                name: format!("ssh:{node}"),
+                mode: Mode::Terminate { client_auth: true },
+                upstream: addr.clone(),
+                alpn: vec![SSH_ALPN.into()],
+                allow: vec![],
+            });
+            t.ssh_nodes.insert(node.to_ascii_lowercase(), entry);
+        }
         let clusters: Vec<(String, String)> = match &u.auth {
             Some(AuthUpstreams::One(a)) => config
                 .auth_service
@@ -246,6 +263,15 @@ impl Table {
             return Decision::Route(i);
         }
         for protocol in &hello.alpn {
+            if let Some(node) = ssh_node(sni).filter(|_| protocol == SSH_ALPN) {
+                return match self.ssh_nodes.get(node) {
+                    Some(&i) => Decision::Route(i),
+                    None => reject(
+                        &format!("SSH node {node:?} is not in upstreams.ssh_nodes"),
+                        RejectAlert::UnrecognizedName,
+                    ),
+                };
+            }
             if let Some(&i) = self.builtin.get(protocol) {
                 return Decision::Route(i);
             }
@@ -320,6 +346,13 @@ pub fn auth_cluster(protocol: &str) -> Option<Option<String>> {
             .and_then(|h| hex::decode(h).ok())
             .and_then(|b| String::from_utf8(b).ok()),
     )
+}
+
+/// The node of an SSH SNI `<node>.ssh.<rest>` (already lowercase, as parsed).
+pub fn ssh_node(sni: &str) -> Option<&str> {
+    let (node, rest) = sni.split_once('.')?;
+    let (label, rest) = rest.split_once('.')?;
+    (label == SSH_NODE_LABEL && !node.is_empty() && !rest.is_empty()).then_some(node)
 }
 
 /// The upstream key of a built-in protocol, whether or not it is configured.

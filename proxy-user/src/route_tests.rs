@@ -9,6 +9,7 @@ proxy_service: {web_listen_addr: '127.0.0.1:0'}
 upstreams:
   web: web:80
   ssh: ssh:22
+  ssh_nodes: {node1: 'node1:22', Node2: 'node2:2222'}
   tunnel: tunnel:3024
   postgres: pg:5432
   kube: kube:443
@@ -141,4 +142,27 @@ fn route_entries_carry_mode_and_auth() {
     assert_eq!(get("web").alpn, ["h2", "http/1.1"]);
     assert_eq!(get("ssh").mode, Mode::Terminate { client_auth: true });
     assert_eq!(get("postgres").alpn[0], "teleport-postgres");
+}
+
+#[test]
+fn ssh_nodes_by_sni_label() {
+    let t = table();
+    let ssh = &["teleport-proxy-ssh"];
+    assert_eq!(
+        name(&t, Some("node1.ssh.proxy.example.com"), ssh),
+        "ssh:node1"
+    );
+    assert_eq!(name(&t, Some("node2.ssh.localhost"), ssh), "ssh:Node2");
+    assert!(name(&t, Some("node3.ssh.proxy.example.com"), ssh)
+        .contains("\"node3\" is not in upstreams.ssh_nodes"));
+    // No node label: the default ssh upstream; the label only counts for SSH.
+    assert_eq!(name(&t, Some("proxy.example.com"), ssh), "ssh");
+    assert_eq!(name(&t, Some("ssh.example.com"), ssh), "ssh");
+    assert_eq!(
+        name(&t, Some("node1.ssh.proxy.example.com"), &["h2"]),
+        "web"
+    );
+    let get = |n: &str| t.entries.iter().find(|e| e.name == n).unwrap().clone();
+    assert_eq!(get("ssh:node1").upstream, "node1:22");
+    assert_eq!(get("ssh:node1").mode, Mode::Terminate { client_auth: true });
 }

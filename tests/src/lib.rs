@@ -9,6 +9,8 @@
 //! installs them); there are no silent skips, with or without `CI=true`.
 
 pub mod clients;
+pub mod local_proxy;
+pub mod mariadb;
 pub mod pki;
 pub mod postgres;
 pub mod process;

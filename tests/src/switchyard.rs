@@ -123,6 +123,17 @@ impl ProxyConfig {
         self
     }
 
+    /// Adds an SSH node: `upstreams.ssh_nodes.<node>`.
+    pub fn node(mut self, node: &str, addr: SocketAddr) -> Self {
+        match self.upstreams.iter_mut().find(|(k, _)| k == "ssh_nodes") {
+            Some((_, map)) => *map = format!("{}, {node}: '{addr}'}}", map.trim_end_matches('}')),
+            None => self
+                .upstreams
+                .push(("ssh_nodes".into(), format!("{{{node}: '{addr}'}}"))),
+        }
+        self
+    }
+
     /// Sets `proxy_service.proxy_protocol`.
     pub fn proxy_protocol(mut self, value: &str) -> Self {
         self.proxy_protocol = Some(value.into());

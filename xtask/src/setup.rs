@@ -21,9 +21,15 @@ const APT_PACKAGES: &[&str] = &[
     "openssh-client",
     "postgresql",
     "postgresql-client",
+    "mariadb-server",
+    "mariadb-client",
     "bpftool",
     "iproute2",
 ];
+
+/// Tools the tests need and the Debian package that provides them when they are not on
+/// `PATH` already (a newer kubectl from another source is fine).
+const TOOL_PACKAGES: &[(&str, &str)] = &[("kubectl", "kubernetes-client")];
 
 /// Major.minor of bpf-linker that works with LLVM 22 and our aya versions.
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -35,10 +41,22 @@ pub fn run() -> Result<()> {
 }
 
 fn apt() -> Result<()> {
+    let on_path = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
         .filter(|package| !dpkg_installed(package))
+        .chain(
+            TOOL_PACKAGES
+                .iter()
+                .filter(|(tool, _)| !on_path(tool))
+                .map(|(_, package)| *package),
+        )
         .collect();
     if missing.is_empty() {
         return Ok(());

@@ -1,0 +1,222 @@
+//! One TLS connection to the proxy: TCP connect within a deadline, then a rustls client
+//! handshake with the user's certificate, an SNI and an ALPN list. Failures are named —
+//! proxy unreachable, client certificate refused, proxy certificate not trusted, no route —
+//! so a local proxy can report each connection in one line.
+//!
+//! SNI and the name the proxy's certificate is checked against may differ: SSH node and
+//! app names travel as SNI labels under the proxy's name, while the certificate is the
+//! proxy's own ([`Verify::Proxy`]). Passthrough routes (Kubernetes) check the upstream's
+//! certificate against the SNI itself ([`Verify::Sni`]).
+
+use super::identity::Identity;
+use super::ClientError;
+use crate::tls::provider;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::SingleCertAndKey;
+use rustls::{AlertDescription, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Deadline for TCP connect plus TLS handshake.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which name the server certificate must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// The proxy's host name (or IP) from `--proxy`.
+    Proxy,
+    /// The SNI sent (passthrough routes, whose upstream terminates TLS).
+    Sni,
+}
+
+/// The user's identity and the proxy's address: makes [`Connector`]s.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    /// `host:port` from `--proxy` / `SWITCHYARD_PROXY`.
+    pub proxy: String,
+    /// The host part, the proxy's public name.
+    pub host: String,
+    pub identity: Identity,
+}
+
+impl Dialer {
+    /// Checks `proxy` is `host:port`.
+    pub fn new(proxy: &str, identity: Identity) -> Result<Dialer, ClientError> {
+        crate::config::host_port("--proxy", proxy)
+            .map_err(|e| ClientError::Usage(format!("{e} (set --proxy or SWITCHYARD_PROXY)")))?;
+        let (host, _) = proxy.rsplit_once(':').expect("checked host:port");
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Ok(Dialer {
+            proxy: proxy.to_owned(),
+            host,
+            identity,
+        })
+    }
+
+    /// A connector for one kind of connection: SNI (`None`: the proxy's name), ALPN list.
+    pub fn connector(
+        &self,
+        sni: Option<&str>,
+        alpn: &[&str],
+        verify: Verify,
+    ) -> Result<Connector, ClientError> {
+        let sni = sni.unwrap_or(&self.host).to_owned();
+        let server_name = ServerName::try_from(sni.clone())
+            .map_err(|_| ClientError::Usage(format!("`{sni}` is not a valid TLS server name")))?;
+        let proxy_name = ServerName::try_from(self.host.clone())
+            .map_err(|_| ClientError::Usage(format!("`{}` is not a host name or IP", self.host)))?;
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(self.identity.roots.clone(), provider())
+                .build()
+                .map_err(|e| ClientError::Usage(format!("cluster CA unusable: {e}")))?;
+        let verifier = NamedVerifier {
+            inner: webpki,
+            name: (verify == Verify::Proxy).then_some(proxy_name),
+        };
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Usage(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(self.identity.key.clone())));
+        config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        Ok(Connector {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+            proxy: self.proxy.clone(),
+            sni,
+            alpn: alpn.iter().map(|a| a.to_string()).collect(),
+            subject: self.identity.subject.clone(),
+        })
+    }
+}
+
+/// Dials one kind of TLS connection to the proxy, as often as needed.
+#[derive(Clone)]
+pub struct Connector {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+    pub proxy: String,
+    pub sni: String,
+    pub alpn: Vec<String>,
+    subject: String,
+}
+
+impl Connector {
+    /// TCP connect and TLS handshake within [`DIAL_TIMEOUT`].
+    pub async fn dial(&self) -> Result<TlsStream<TcpStream>, ClientError> {
+        let unreachable = |error| ClientError::Unreachable {
+            proxy: self.proxy.clone(),
+            error,
+        };
+        let attempt = async {
+            let tcp = TcpStream::connect(&self.proxy).await.map_err(unreachable)?;
+            let _ = tcp.set_nodelay(true);
+            self.connector
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|e| self.classify(e))
+        };
+        tokio::time::timeout(DIAL_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(unreachable(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no TLS session within {DIAL_TIMEOUT:?}"),
+                )))
+            })
+    }
+
+    /// Names a TLS-level failure: during the handshake, or (TLS 1.3 decides on the client
+    /// certificate after the client's handshake is done) on the first read.
+    pub fn classify(&self, error: io::Error) -> ClientError {
+        let proxy = self.proxy.clone();
+        match error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::AlertReceived(alert)) => match alert {
+                AlertDescription::UnrecognisedName | AlertDescription::NoApplicationProtocol => {
+                    ClientError::NoRoute {
+                        proxy,
+                        sni: self.sni.clone(),
+                        alpn: self.alpn.clone(),
+                        alert: format!("{alert:?}"),
+                    }
+                }
+                AlertDescription::BadCertificate
+                | AlertDescription::CertificateRequired
+                | AlertDescription::UnknownCA
+                | AlertDescription::AccessDenied
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::UnsupportedCertificate => ClientError::CertRefused {
+                    proxy,
+                    subject: self.subject.clone(),
+                    alert: format!("{alert:?}"),
+                },
+                _ => ClientError::Tls { proxy, error },
+            },
+            Some(rustls::Error::InvalidCertificate(e)) => ClientError::ServerCert {
+                proxy,
+                name: format!("{:?}", self.server_name),
+                error: format!("{e:?}"),
+            },
+            _ => ClientError::Tls { proxy, error },
+        }
+    }
+}
+
+/// Checks the server's chain against the cluster CA and `name` (or, without it, the SNI).
+#[derive(Debug)]
+struct NamedVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: Option<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for NamedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = self.name.as_ref().unwrap_or(server_name);
+        self.inner
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

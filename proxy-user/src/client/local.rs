@@ -1,0 +1,174 @@
+//! A local listener on 127.0.0.1: every accepted client connection gets its own TLS
+//! connection to the proxy, after the protocol's local handshake ([`Local`]), and a relay.
+//! A failure (proxy down, certificate refused, no route) is reported for that connection
+//! in one line and the listener keeps accepting; SIGINT/SIGTERM stop it cleanly.
+
+use super::dial::Connector;
+use super::{mysql, pg, ClientError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+/// What happens on the local side before bytes are carried.
+#[derive(Clone)]
+pub enum Local {
+    /// Nothing: TCP apps, MongoDB.
+    Raw,
+    /// Postgres: answer SSLRequest/GSSENCRequest with `N` here, forward the startup packet.
+    Postgres,
+    /// MySQL: relay the server greeting with the TLS capability cleared.
+    Mysql,
+    /// Terminate the client's TLS with a local certificate (kubectl).
+    Tls(TlsAcceptor),
+}
+
+/// How long live connections may finish after a stop before they are closed.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// Bytes carried by one connection: (client → proxy, proxy → client).
+pub type Carried = (u64, u64);
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn interrupted() {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+/// Accepts until `stop` resolves ([`interrupted`] for a foreground local proxy), then
+/// closes live connections.
+pub async fn serve(
+    listener: TcpListener,
+    connector: Connector,
+    local: Local,
+    verbose: bool,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ClientError> {
+    let connector = Arc::new(connector);
+    let mut conns = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => { warn!("accept failed: {e}"); continue; }
+                };
+                let (connector, local) = (connector.clone(), local.clone());
+                conns.spawn(async move {
+                    match handle(stream, &connector, local).await {
+                        Ok((up, down)) if verbose => info!(
+                            "connection from {peer} via {} (SNI {}, ALPN {:?}) closed: {up} bytes sent, {down} received",
+                            connector.proxy, connector.sni, connector.alpn),
+                        Ok(_) => {}
+                        Err(e) => warn!("connection from {peer}: {e}"),
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = &mut stop => break,
+        }
+    }
+    // Connections that are ending anyway (the client exited) get a moment to finish.
+    let finish = async { while conns.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(STOP_GRACE, finish).await;
+    match conns.len() {
+        0 => info!("local proxy stopped"),
+        open => info!("local proxy stopped, closing {open} open connections"),
+    }
+    conns.shutdown().await;
+    Ok(())
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    connector: &Connector,
+    local: Local,
+) -> Result<Carried, ClientError> {
+    let _ = stream.set_nodelay(true);
+    match local {
+        Local::Raw => relay(stream, connector.dial().await?, connector).await,
+        Local::Postgres => {
+            let startup = pg::local_startup(&mut stream).await?;
+            let mut tls = connector.dial().await?;
+            tls.write_all(&startup)
+                .await
+                .map_err(|e| connector.classify(e))?;
+            let (up, down) = relay(stream, tls, connector).await?;
+            Ok((up + startup.len() as u64, down))
+        }
+        Local::Mysql => {
+            let mut tls = connector.dial().await?;
+            let greeting = mysql::relay_greeting(&mut tls, &mut stream, connector).await?;
+            let (up, down) = relay(stream, tls, connector).await?;
+            Ok((up, down + greeting))
+        }
+        Local::Tls(acceptor) => {
+            let client = acceptor
+                .accept(stream)
+                .await
+                .map_err(ClientError::io("local TLS handshake with the client"))?;
+            relay(client, connector.dial().await?, connector).await
+        }
+    }
+}
+
+/// Copies both ways until both directions end (see [`relay_until`]).
+pub async fn relay<L, R>(local: L, remote: R, connector: &Connector) -> Result<Carried, ClientError>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_until(local, remote, connector, false).await
+}
+
+/// Copies both ways. An error from the proxy side (an alert such as a refused certificate
+/// arrives on the first read under TLS 1.3) ends the connection at once and is named by
+/// [`Connector::classify`]; so does the proxy's end of stream when `remote_ends` is set
+/// (a ProxyCommand's stdin stays open until OpenSSH is done with it).
+pub async fn relay_until<L, R>(
+    local: L,
+    remote: R,
+    connector: &Connector,
+    remote_ends: bool,
+) -> Result<Carried, ClientError>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut lr, mut lw) = tokio::io::split(local);
+    let (mut rr, mut rw) = tokio::io::split(remote);
+    let up = async {
+        let n = tokio::io::copy(&mut lr, &mut rw).await;
+        let _ = rw.shutdown().await;
+        n
+    };
+    let down = async {
+        let n = tokio::io::copy(&mut rr, &mut lw).await;
+        let _ = lw.shutdown().await;
+        n
+    };
+    tokio::pin!(up, down);
+    let (up, down) = tokio::select! {
+        d = &mut down => match d {
+            Err(e) => return Err(connector.classify(e)),
+            Ok(d) if remote_ends => return Ok((0, d)),
+            Ok(d) => (up.await, d),
+        },
+        u = &mut up => (u, down.await.map_err(|e| connector.classify(e))?),
+    };
+    let up = up.map_err(|e| connector.classify(e))?;
+    Ok((up, down))
+}

@@ -1,0 +1,82 @@
+//! Client side (DESIGN.md §5): local proxies that let clients which cannot set ALPN
+//! themselves — OpenSSH, psql, mysql, kubectl, browsers — reach the proxy's single port.
+//! Each wraps its client's bytes in TLS with the right SNI and ALPN and the user's
+//! certificate.
+//!
+//! [`identity`] loads and checks the user's files before any traffic, [`dial`] opens one
+//! TLS connection to the proxy and names its failures, [`local`] runs a local listener
+//! (one TLS connection per client connection), and the protocol modules ([`ssh`], [`db`],
+//! [`kube`], [`app`]) add what their clients need; [`cli`] is their command line.
+
+pub mod app;
+pub mod cli;
+pub mod db;
+pub mod dial;
+pub mod identity;
+pub mod kube;
+pub mod local;
+pub mod mysql;
+pub mod pg;
+pub mod ssh;
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Why a client command or one of its connections failed; each renders as one line.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("identity file {path}: {message}")]
+    Identity { path: PathBuf, message: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("proxy {proxy} unreachable: {error}")]
+    Unreachable {
+        proxy: String,
+        error: std::io::Error,
+    },
+    #[error("proxy {proxy} refused the client certificate {subject}: {alert}")]
+    CertRefused {
+        proxy: String,
+        subject: String,
+        alert: String,
+    },
+    #[error(
+        "proxy {proxy} presented a certificate the cluster CA does not vouch for ({name}): {error}"
+    )]
+    ServerCert {
+        proxy: String,
+        name: String,
+        error: String,
+    },
+    #[error("proxy {proxy} has no route for SNI {sni:?} ALPN {alpn:?}: {alert}")]
+    NoRoute {
+        proxy: String,
+        sni: String,
+        alpn: Vec<String>,
+        alert: String,
+    },
+    #[error("TLS with proxy {proxy}: {error}")]
+    Tls {
+        proxy: String,
+        error: std::io::Error,
+    },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn identity(path: &Path, message: impl Display) -> ClientError {
+        ClientError::Identity {
+            path: path.to_owned(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
+        let what = what.into();
+        move |error| ClientError::Io { what, error }
+    }
+}
