@@ -53,11 +53,11 @@ fn psql_prefer_and_disable_through_proxy_db() {
         let out = c.join().unwrap().unwrap();
         assert_eq!(out, format!("{}|", i + 100));
     }
-    let log = local.log();
-    assert!(
-        log.lines().filter(|l| l.contains("closed:")).count() >= 6,
-        "{log}"
-    );
+    // One -v line per connection, written when the proxy side has closed too.
+    wait_until(Duration::from_secs(5), "six connection lines", || {
+        Ok((local.log().matches("closed:").count() >= 6).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", local.logs()));
     assert_eq!(local.stop().unwrap().map(|s| s.code()), Some(Some(0)));
 }
 
