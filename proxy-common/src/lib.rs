@@ -1,36 +1,72 @@
 //! Types shared by the kernel programs (`proxy-ebpf`) and userspace (`proxy-user`).
 //!
-//! Everything here is `#[repr(C)]` and padding-free so that the same bytes mean the same
-//! thing on both sides of a BPF map. The `user` feature implements `aya::Pod` for the map
-//! keys and values; the kernel side never enables it.
+//! Everything stored in a map is `#[repr(C)]` and padding-free so that the same bytes mean
+//! the same thing on both sides. The `user` feature implements `aya::Pod` for the map keys
+//! and values; the kernel side never enables it. [`classify`] is the first-bytes classifier
+//! the kernel runs (`cgroup_skb/ingress`), a pure function here so host tests feed it bytes.
 #![no_std]
+
+mod classify;
+
+pub use classify::{classify, CLASSIFY_BYTES};
 
 /// Name of the `SockHash` holding the proxy's accepted and upstream sockets.
 pub const SOCKETS_MAP: &str = "SOCKETS";
 /// Name of the per-CPU array of [`Tally`] values indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the hash map [`SockKey`] → [`SockStats`] (written by the kernel only).
+pub const STATS_MAP: &str = "SOCK_STATS";
+/// Name of the hash map [`SockKey`] → [`Splice`] (written by userspace only).
+pub const SPLICE_MAP: &str = "SPLICED";
+/// Name of the hash map of the proxy's listening ports (host order `u32` → 1).
+pub const PORTS_MAP: &str = "PORTS";
 /// Name of the `sock_ops` program that fills [`SOCKETS_MAP`].
 pub const SOCK_OPS_PROGRAM: &str = "switchyard_sock_ops";
 /// Name of the `sk_skb` stream verdict program attached to [`SOCKETS_MAP`].
 pub const STREAM_VERDICT_PROGRAM: &str = "switchyard_stream_verdict";
+/// Name of the `cgroup_skb/ingress` program that classifies first bytes.
+pub const FIRST_BYTES_PROGRAM: &str = "switchyard_first_bytes";
 
-/// Key of [`SOCKETS_MAP`]: one TCP socket as seen from the proxy's side.
-///
-/// Addresses are in network byte order exactly as the kernel context gives them (IPv4 in
-/// `local_ip[0]`/`remote_ip[0]`, the rest zero); ports are in host byte order.
+/// [`SockStats::role`] of a socket accepted on one of the [`PORTS_MAP`] ports.
+pub const ROLE_ACCEPTED: u32 = 1;
+/// [`SockStats::role`] of a socket the proxy connected (an upstream).
+pub const ROLE_UPSTREAM: u32 = 2;
+
+/// Key of every per-socket map: the kernel's socket cookie (`SO_COOKIE` in userspace,
+/// `bpf_get_socket_cookie` in the programs), unique for the life of the host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockKey {
-    /// `AF_INET` (2) or `AF_INET6` (10).
-    pub family: u32,
-    /// The proxy's own address.
-    pub local_ip: [u32; 4],
-    /// The peer's address.
-    pub remote_ip: [u32; 4],
-    /// The proxy's own port.
-    pub local_port: u32,
-    /// The peer's port.
-    pub remote_port: u32,
+    pub cookie: u64,
+}
+
+/// What the stream verdict program saw on one socket. Created by `sock_ops` when the
+/// socket is established, removed by `sock_ops` when it closes unless userspace still owns
+/// a [`Splice`] for it (userspace then removes both).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockStats {
+    /// Bytes passed up to the socket's receive queue (read by userspace).
+    pub passed: u64,
+    /// Bytes redirected to the peer socket's egress.
+    pub spliced: u64,
+    /// [`ROLE_ACCEPTED`], [`ROLE_UPSTREAM`], or 0 when unknown.
+    pub role: u32,
+    /// 1 once the first bytes have been classified (accepted sockets only).
+    pub classified: u32,
+}
+
+/// A socket that userspace marked spliced: where its bytes go, and how many of the bytes
+/// passed to userspace it has already written to the peer.
+///
+/// The verdict program redirects an skb only when `forwarded == SockStats::passed`, i.e.
+/// when nothing passed earlier is still waiting in userspace: that is what keeps the byte
+/// stream in order across the switch from userspace copy to kernel redirect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Splice {
+    pub peer: SockKey,
+    pub forwarded: u64,
 }
 
 /// Slot of [`COUNTERS_MAP`]; [`Counter::index`] is the array index.
@@ -39,13 +75,38 @@ pub struct SockKey {
 pub enum Counter {
     /// `sock_ops` callbacks seen.
     SockOps = 0,
-    /// Skbs seen by the stream verdict program, with their bytes.
-    Verdicts = 1,
+    /// Sockets added to [`SOCKETS_MAP`].
+    Registered = 1,
+    /// First bytes of accepted connections, by class.
+    ClassTls = 2,
+    ClassSsh = 3,
+    ClassHttp = 4,
+    ClassPostgres = 5,
+    ClassProxy = 6,
+    ClassUnknown = 7,
+    /// Skbs (and bytes) passed up to userspace.
+    Passed = 8,
+    /// Skbs (and bytes) redirected to the peer socket.
+    Spliced = 9,
+    /// Redirects the kernel refused (the skb was passed instead).
+    RedirectFailed = 10,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 2] = [Counter::SockOps, Counter::Verdicts];
+    pub const ALL: [Counter; 11] = [
+        Counter::SockOps,
+        Counter::Registered,
+        Counter::ClassTls,
+        Counter::ClassSsh,
+        Counter::ClassHttp,
+        Counter::ClassPostgres,
+        Counter::ClassProxy,
+        Counter::ClassUnknown,
+        Counter::Passed,
+        Counter::Spliced,
+        Counter::RedirectFailed,
+    ];
     /// Number of slots in [`COUNTERS_MAP`].
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -53,13 +114,26 @@ impl Counter {
     pub const fn index(self) -> u32 {
         self as u32
     }
+
+    /// The `class` label of a first-bytes counter, `None` for the others.
+    pub const fn class(self) -> Option<&'static str> {
+        Some(match self {
+            Counter::ClassTls => "tls",
+            Counter::ClassSsh => "ssh",
+            Counter::ClassHttp => "http",
+            Counter::ClassPostgres => "postgres",
+            Counter::ClassProxy => "proxy",
+            Counter::ClassUnknown => "unknown",
+            _ => return None,
+        })
+    }
 }
 
 /// Value of one [`COUNTERS_MAP`] slot on one CPU; userspace sums the CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// Events (callbacks or skbs).
+    /// Events (callbacks, connections or skbs).
     pub events: u64,
     /// Payload bytes, where the event carries any.
     pub bytes: u64,
@@ -69,6 +143,10 @@ pub struct Tally {
 mod user {
     // SAFETY: `#[repr(C)]`, only integer fields, no padding (checked in the tests below).
     unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Splice {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Tally {}
 }
@@ -81,7 +159,9 @@ mod tests {
 
     #[test]
     fn shared_types_have_no_padding() {
-        assert_eq!(size_of::<SockKey>(), 4 + 16 + 16 + 4 + 4);
+        assert_eq!(size_of::<SockKey>(), 8);
+        assert_eq!(size_of::<SockStats>(), 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<Splice>(), 8 + 8);
         assert_eq!(size_of::<Tally>(), 8 + 8);
     }
 

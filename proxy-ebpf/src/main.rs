@@ -2,27 +2,60 @@
 //! `proxy-user/build.rs` and embedded in the `switchyard` binary.
 //!
 //! Owns the maps shared with userspace (types in `proxy-common`) and the program entry
-//! points. Entry points stay thin: `match try_x(ctx) { Ok(r) | Err(r) => r }`. Today both
-//! programs only count and pass; classification and splicing arrive with the loader.
+//! points; entry points stay thin: `match try_x(ctx) { Ok(r) | Err(r) => r }`.
+//!
+//! - `sock_ops` (attached to the proxy's own cgroup v2): every socket the proxy accepts on
+//!   one of its listening ports (`PORTS`) or connects (an upstream) gets a `SOCK_STATS`
+//!   entry keyed by its cookie, and upstream sockets join `SOCKETS` at once (accepted ones
+//!   join at the splice, from userspace); when a socket closes, its entry goes unless
+//!   userspace still owns a splice for it.
+//! - `stream_verdict` (attached to `SOCKETS`): redirects each skb of a socket userspace
+//!   marked spliced to the peer's egress once userspace has forwarded everything passed to
+//!   it before. Anything else, a failed redirect included, is passed up: never dropped.
+//! - `cgroup_skb/ingress` ([`first_bytes`]): classifies the first payload of each accepted
+//!   connection into per-class counters; it never drops either.
+//!
 //! On a non-bpf target this is an empty binary so host builds of the workspace succeed.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 use aya_ebpf::{
-    bindings::sk_action,
+    bindings::{
+        sk_action, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+    },
+    helpers::bpf_get_socket_cookie,
     macros::{map, sock_ops, stream_verdict},
-    maps::{PerCpuArray, SockHash},
+    maps::{HashMap, PerCpuArray, SockHash},
     programs::{SkBuffContext, SockOpsContext},
+    EbpfContext as _,
 };
-use proxy_common::{Counter, SockKey, Tally};
+use proxy_common::{Counter, SockKey, SockStats, Splice, Tally, ROLE_ACCEPTED, ROLE_UPSTREAM};
+
+mod first_bytes;
 
 /// `sock_ops` return value: the callback was handled.
 const SOCK_OPS_OK: u32 = 1;
-/// Capacity of `SOCKETS`: two sockets per spliced connection.
+/// Capacity of the per-socket maps: two sockets per spliced connection.
 const MAX_SOCKETS: u32 = 65_536;
+/// `TCP_CLOSE` from the kernel's TCP state enum (the new state in `args[1]`).
+const TCP_CLOSE: u32 = 7;
 
 /// The proxy's accepted and upstream sockets (`proxy_common::SOCKETS_MAP`).
 #[map]
 static SOCKETS: SockHash<SockKey> = SockHash::with_max_entries(MAX_SOCKETS, 0);
+
+/// Per-socket counters (`proxy_common::STATS_MAP`), written here only.
+#[map]
+pub(crate) static SOCK_STATS: HashMap<SockKey, SockStats> =
+    HashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Spliced sockets → peer (`proxy_common::SPLICE_MAP`), written by userspace only.
+#[map]
+static SPLICED: HashMap<SockKey, Splice> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// The proxy's listening ports, host order (`proxy_common::PORTS_MAP`).
+#[map]
+static PORTS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
 /// Per-CPU tallies indexed by `Counter` (`proxy_common::COUNTERS_MAP`).
 #[map]
@@ -30,7 +63,7 @@ static COUNTERS: PerCpuArray<Tally> = PerCpuArray::with_max_entries(Counter::COU
 
 /// Adds one event (and `bytes`) to `counter` on this CPU.
 #[inline(always)]
-fn bump(counter: Counter, bytes: u64) {
+pub(crate) fn bump(counter: Counter, bytes: u64) {
     if let Some(tally) = COUNTERS.get_ptr_mut(counter.index()) {
         // SAFETY: per-CPU slot returned by the kernel, valid for this program run; no other
         // program touches this CPU's slot concurrently.
@@ -41,7 +74,7 @@ fn bump(counter: Counter, bytes: u64) {
     }
 }
 
-/// Watches the proxy's TCP sockets (attached to the proxy's own cgroup v2).
+/// Watches the proxy's TCP sockets.
 #[sock_ops]
 pub fn switchyard_sock_ops(ctx: SockOpsContext) -> u32 {
     match try_sock_ops(&ctx) {
@@ -49,13 +82,59 @@ pub fn switchyard_sock_ops(ctx: SockOpsContext) -> u32 {
     }
 }
 
-fn try_sock_ops(_ctx: &SockOpsContext) -> Result<u32, u32> {
+fn try_sock_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
     bump(Counter::SockOps, 0);
+    // SAFETY: the context pointer is the program's own argument.
+    let key = SockKey {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+    };
+    let role = match ctx.op() {
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            // SAFETY: plain map lookup; the value is not dereferenced.
+            if unsafe { PORTS.get(ctx.local_port()) }.is_none() {
+                return Ok(SOCK_OPS_OK);
+            }
+            ROLE_ACCEPTED
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => ROLE_UPSTREAM,
+        BPF_SOCK_OPS_STATE_CB => {
+            // SAFETY: plain map lookup; the value is not dereferenced.
+            if ctx.arg(1) == TCP_CLOSE && unsafe { SPLICED.get(key) }.is_none() {
+                let _ = SOCK_STATS.remove(key);
+            }
+            return Ok(SOCK_OPS_OK);
+        }
+        _ => return Ok(SOCK_OPS_OK),
+    };
+    SOCK_STATS
+        .insert(
+            key,
+            SockStats {
+                role,
+                ..SockStats::default()
+            },
+            0,
+        )
+        .map_err(|_| SOCK_OPS_OK)?;
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    if role == ROLE_UPSTREAM {
+        // Accepted sockets join at the splice (userspace): see `ebpf::splice::join`.
+        let mut map_key = key;
+        // SAFETY: the context pointer is the program's own argument, valid for this run.
+        let ops = unsafe { &mut *ctx.ops };
+        if SOCKETS
+            .update(&mut map_key, ops, u64::from(BPF_NOEXIST))
+            .is_err()
+        {
+            let _ = SOCK_STATS.remove(key);
+            return Err(SOCK_OPS_OK);
+        }
+        bump(Counter::Registered, 0);
+    }
     Ok(SOCK_OPS_OK)
 }
 
-/// Decides the fate of each skb arriving on a socket in `SOCKETS`; anything not
-/// redirected, including a failed redirect, is passed to userspace, never dropped.
+/// Decides the fate of each skb arriving on a socket in `SOCKETS`.
 #[stream_verdict]
 pub fn switchyard_stream_verdict(ctx: SkBuffContext) -> u32 {
     match try_stream_verdict(&ctx) {
@@ -64,7 +143,32 @@ pub fn switchyard_stream_verdict(ctx: SkBuffContext) -> u32 {
 }
 
 fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
-    bump(Counter::Verdicts, u64::from(ctx.len()));
+    let len = u64::from(ctx.len());
+    // SAFETY: the context pointer is the program's own argument.
+    let key = SockKey {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+    };
+    if SOCK_STATS.get_ptr_mut(key).is_none() {
+        let _ = SOCK_STATS.insert(key, SockStats::default(), u64::from(BPF_NOEXIST));
+    }
+    let stats = SOCK_STATS.get_ptr_mut(key).ok_or(sk_action::SK_PASS)?;
+    // SAFETY: the kernel runs the verdict of one socket under its lock, and only this
+    // program writes SOCK_STATS values, so this is the only writer of `stats`.
+    let stats = unsafe { &mut *stats };
+    // SAFETY: read-only copy of a value userspace replaces whole.
+    if let Some(splice) = unsafe { SPLICED.get(key) }.copied() {
+        if splice.forwarded == stats.passed {
+            let mut peer = splice.peer;
+            if SOCKETS.redirect_skb(ctx, &mut peer, 0) == i64::from(sk_action::SK_PASS) {
+                stats.spliced += len;
+                bump(Counter::Spliced, len);
+                return Ok(sk_action::SK_PASS);
+            }
+            bump(Counter::RedirectFailed, len);
+        }
+    }
+    stats.passed += len;
+    bump(Counter::Passed, len);
     Ok(sk_action::SK_PASS)
 }
 
@@ -74,8 +178,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// The kernel's license string for this object. None of the helpers used here (maps, sockmap
-/// update and redirect) is GPL-only; one that is would need a GPL-compatible string.
+/// The kernel's license string for this object. `bpf_sk_redirect_hash` and the sockmap
+/// update are not GPL-only; none of the helpers used here is.
 #[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

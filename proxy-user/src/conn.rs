@@ -182,9 +182,9 @@ pub async fn handle(proxy: &Proxy, mut stream: TcpStream) -> Result<Finished, Co
 
     match detected {
         Detected::Tls => tls(proxy, stream, pre).await,
-        Detected::Ssh => plaintext(proxy, stream, pre.rest(), "ssh").await,
-        Detected::Http => plaintext(proxy, stream, pre.rest(), "web").await,
-        Detected::Postgres(_) => plaintext(proxy, stream, pre.rest(), "postgres").await,
+        Detected::Ssh => plaintext(proxy, stream, &pre, "ssh").await,
+        Detected::Http => plaintext(proxy, stream, &pre, "web").await,
+        Detected::Postgres(_) => plaintext(proxy, stream, &pre, "postgres").await,
         _ => unreachable!("detection loop only breaks on routable protocols"),
     }
 }
@@ -203,9 +203,10 @@ fn protocol_label(d: &Detected) -> &'static str {
 async fn plaintext(
     proxy: &Proxy,
     client: TcpStream,
-    read: &[u8],
+    pre: &Preface,
     route: &str,
 ) -> Result<Finished, ConnError> {
+    let read = pre.rest();
     let Some(entry) = proxy
         .table
         .plaintext(route)
@@ -220,7 +221,9 @@ async fn plaintext(
     proxy.metrics.route(route, "relay");
     let mut upstream = connect(proxy, entry).await?;
     upstream.write_all(read).await?;
-    let mut stats = relay_plain(client, upstream, proxy.config.limits.relay_buffer_bytes).await;
+    let consumed = pre.buf.len() as u64;
+    let buffer = proxy.config.limits.relay_buffer_bytes;
+    let mut stats = relay_plain(client, upstream, consumed, buffer).await;
     stats.client_to_upstream += read.len() as u64;
     Ok(Finished {
         route: route.to_owned(),
@@ -261,8 +264,9 @@ async fn tls(
             proxy.metrics.route(&route.name, "passthrough");
             let mut upstream = connect(proxy, route).await?;
             upstream.write_all(pre.rest()).await?;
-            let mut stats =
-                relay_plain(client, upstream, proxy.config.limits.relay_buffer_bytes).await;
+            let consumed = pre.buf.len() as u64;
+            let buffer = proxy.config.limits.relay_buffer_bytes;
+            let mut stats = relay_plain(client, upstream, consumed, buffer).await;
             stats.client_to_upstream += pre.rest().len() as u64;
             Ok(Finished {
                 route: route.name.clone(),

@@ -14,12 +14,12 @@ use switchyard::client::cli;
 use switchyard::config::{self, Config, ConfigError};
 use switchyard::metrics::Metrics;
 use switchyard::server::{self, Ingress, Proxy};
-use switchyard::{ca, demo, diag};
+use switchyard::{ca, demo, diag, ebpf};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::sync::Semaphore;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 /// Exit code for a configuration refused at start.
 const EXIT_CONFIG: u8 = 64;
@@ -51,6 +51,10 @@ enum Command {
         /// Diagnostics address in dev mode.
         #[arg(long, default_value = "127.0.0.1:3081", requires = "dev")]
         diag: SocketAddr,
+        /// Kernel splice of plaintext pairs (eBPF): `auto` uses it when the kernel and
+        /// privileges allow, `require` refuses to start without it, `off` never loads it.
+        #[arg(long, value_enum, default_value_t = ebpf::Mode::Auto)]
+        ebpf: ebpf::Mode,
     },
     /// Certificate authority for trying Switchyard on one machine.
     #[command(subcommand)]
@@ -198,6 +202,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             dev,
             listen,
             diag,
+            ebpf,
         } => {
             let (path, dev) = match (config, dev) {
                 (Some(path), _) => (path, None),
@@ -207,7 +212,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
                 (None, None) => unreachable!("clap requires --config or --dev"),
             };
-            serve(&path, dev).await
+            serve(&path, dev, ebpf).await
         }
         Command::DemoUpstream {
             name,
@@ -245,9 +250,16 @@ async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {a} ({key})"))
 }
 
-async fn serve(path: &Path, dev: Option<demo::Dev>) -> anyhow::Result<()> {
+async fn serve(path: &Path, dev: Option<demo::Dev>, mode: ebpf::Mode) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let metrics = Arc::new(Metrics::new());
+    // Before any listener: sockets belong to the cgroup of the process that creates them.
+    let frontend = ebpf::start(mode).context("--ebpf require")?;
+    let mut metrics = Metrics::new();
+    if let Some(f) = frontend {
+        metrics.ebpf_loaded.set(1);
+        metrics.register_collector(Box::new(ebpf::metrics::FrontendCollector(f)));
+    }
+    let metrics = Arc::new(metrics);
     let web = bind(
         "proxy_service.web_listen_addr",
         &config.proxy_service.web_listen_addr,
@@ -264,9 +276,12 @@ async fn serve(path: &Path, dev: Option<demo::Dev>) -> anyhow::Result<()> {
     };
     let limits = config.limits.clone();
     let proxy = Arc::new(Proxy::new(config, metrics.clone())?);
-    match switchyard::ebpf::check_object() {
-        Ok(_) => info!("eBPF object embedded; kernel splice arrives with the eBPF front end, relaying in userspace"),
-        Err(e) => warn!(error = %e, "eBPF object unusable; relaying in userspace"),
+    if let Some(f) = frontend {
+        let ports = std::iter::once(&web).chain(legacy.iter().map(|(l, _)| l));
+        for listener in ports {
+            f.watch_port(listener.local_addr()?.port())
+                .context("registering a listening port with the eBPF front end")?;
+        }
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -312,6 +327,7 @@ async fn serve(path: &Path, dev: Option<demo::Dev>) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     server::drain(&permits, limits.max_connections, limits.drain_timeout).await;
+    ebpf::stop();
     info!("stopped");
     Ok(())
 }

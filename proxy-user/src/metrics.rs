@@ -47,7 +47,7 @@ pub struct HandshakeFailure {
 pub struct Bytes {
     /// `client_to_upstream` or `upstream_to_client`.
     pub direction: &'static str,
-    /// `userspace` today; `kernel_splice` and `splice` with the eBPF front end.
+    /// `userspace`, or `kernel_splice` for bytes the eBPF front end redirected.
     pub mode: &'static str,
 }
 
@@ -169,7 +169,29 @@ impl Metrics {
             .inc();
     }
 
-    pub fn bytes(&self, mode: &'static str, to_upstream: u64, to_client: u64) {
+    /// Counts a finished relay: the kernel's share as `kernel_splice`, the rest under the
+    /// relay's mode when it copied everything, else as `userspace`.
+    pub fn relayed(&self, s: &crate::relay::RelayStats) {
+        let kernel = (s.kernel_to_upstream, s.kernel_to_client);
+        if kernel != (0, 0) {
+            self.bytes("kernel_splice", kernel.0, kernel.1);
+        }
+        self.bytes(
+            "userspace",
+            s.client_to_upstream - kernel.0,
+            s.upstream_to_client - kernel.1,
+        );
+    }
+
+    /// Registers a collector read at each scrape (the eBPF front end's map counters).
+    pub fn register_collector(
+        &mut self,
+        collector: Box<dyn prometheus_client::collector::Collector>,
+    ) {
+        self.registry.register_collector(collector);
+    }
+
+    fn bytes(&self, mode: &'static str, to_upstream: u64, to_client: u64) {
         for (direction, n) in [
             ("client_to_upstream", to_upstream),
             ("upstream_to_client", to_client),

@@ -3,8 +3,8 @@
 //! [`relay`] is the userspace copy: two directions with bounded buffers, half-close passed
 //! on (EOF from one side becomes a write shutdown on the other while the reverse direction
 //! keeps flowing), an error on either side ending both, and byte counts kept even when the
-//! connection ends in an error. The eBPF front end (issue 3) replaces it for plaintext pairs
-//! with a kernel splice behind the same signature: `relay_plain` is that seam.
+//! connection ends in an error. [`relay_plain`] is the seam for plaintext pairs: the kernel
+//! splice of the eBPF front end (`ebpf::splice`) when it is attached, this copy otherwise.
 //!
 //! [`Prefixed`] replays bytes already read during detection to the next reader (the TLS
 //! acceptor), the "peek, then replay" of DESIGN.md §8.
@@ -19,17 +19,35 @@ use tokio::net::TcpStream;
 /// What a finished relay moved, and how it ended.
 #[derive(Debug, Default)]
 pub struct RelayStats {
+    /// Every byte each way, however it moved.
     pub client_to_upstream: u64,
     pub upstream_to_client: u64,
-    /// `userspace` (or, later, `kernel_splice` / `splice`): the `mode` label of the metrics.
+    /// Of those, the bytes the kernel redirected (zero unless `mode` is `kernel_splice`).
+    pub kernel_to_upstream: u64,
+    pub kernel_to_client: u64,
+    /// `userspace` or `kernel_splice`: the `mode` label of the metrics (bytes a kernel
+    /// splice still copied in userspace, such as those sent before the switch, count as
+    /// `userspace`).
     pub mode: &'static str,
     /// The first I/O error, if the relay did not end with both sides closing cleanly.
     pub error: Option<io::Error>,
 }
 
 /// Relays two plaintext TCP sockets: the seam where the kernel splice plugs in.
-pub async fn relay_plain(client: TcpStream, upstream: TcpStream, buffer: usize) -> RelayStats {
-    relay(client, upstream, buffer).await
+/// `client_read` is how many bytes were read from the client before (detection, PROXY
+/// header, ClientHello) and already dealt with; the splice needs it to switch over in order.
+pub async fn relay_plain(
+    client: TcpStream,
+    upstream: TcpStream,
+    client_read: u64,
+    buffer: usize,
+) -> RelayStats {
+    match crate::ebpf::frontend() {
+        Some(f) => {
+            crate::ebpf::splice::relay_spliced(f, client, upstream, client_read, buffer).await
+        }
+        None => relay(client, upstream, buffer).await,
+    }
 }
 
 /// Copies both directions until both have ended or either fails.
@@ -62,6 +80,8 @@ where
     RelayStats {
         client_to_upstream: to_upstream.load(Ordering::Relaxed),
         upstream_to_client: to_client.load(Ordering::Relaxed),
+        kernel_to_upstream: 0,
+        kernel_to_client: 0,
         mode: "userspace",
         error,
     }

@@ -162,15 +162,15 @@ async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer
         match result {
             Ok(done) => {
                 let s = &done.stats;
-                proxy
-                    .metrics
-                    .bytes(s.mode, s.client_to_upstream, s.upstream_to_client);
+                proxy.metrics.relayed(s);
                 info!(
                     target: "switchyard::audit",
                     route = %done.route,
                     bytes_to_upstream = s.client_to_upstream,
                     bytes_to_client = s.upstream_to_client,
                     relay = s.mode,
+                    kernel_to_upstream = s.kernel_to_upstream,
+                    kernel_to_client = s.kernel_to_client,
                     duration_ms = ms,
                     error = s.error.as_ref().map(field::display),
                     "connection closed"
@@ -201,7 +201,7 @@ async fn fixed(
                 error,
             })?;
     let _ = upstream.set_nodelay(true);
-    let stats = relay_plain(stream, upstream, proxy.config.limits.relay_buffer_bytes).await;
+    let stats = relay_plain(stream, upstream, 0, proxy.config.limits.relay_buffer_bytes).await;
     Ok(conn::Finished {
         route: route.name.clone(),
         stats,

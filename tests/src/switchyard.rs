@@ -103,6 +103,8 @@ pub struct ProxyConfig {
     pub upstreams: Vec<(String, String)>,
     /// `routes:` entries, each a YAML flow map.
     pub routes: Vec<String>,
+    /// `serve --ebpf <mode>` (`auto`, `require`, `off`); omitted uses the binary's default.
+    pub ebpf: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -112,6 +114,7 @@ impl Default for ProxyConfig {
             handshake_timeout: "2s".into(),
             upstreams: Vec::new(),
             routes: Vec::new(),
+            ebpf: None,
         }
     }
 }
@@ -192,7 +195,7 @@ impl Switchyard {
     /// for `switchyard ready web=… diag=…` on stdout.
     pub fn start(pki: &TestPki, config: &ProxyConfig) -> Result<Switchyard> {
         let (dir, config_path) = write_config(pki, &config.render())?;
-        let mut proc = spawn_serve(&dir, &config_path)?;
+        let mut proc = spawn_serve(&dir, &config_path, config.ebpf.as_deref())?;
         let (web, diag) = proc.wait_for_line(Stream::Stdout, Duration::from_secs(15), |l| {
             let rest = l.strip_prefix("switchyard ready web=")?;
             let (web, diag) = rest.split_once(" diag=")?;
@@ -210,11 +213,21 @@ impl Switchyard {
     /// status and stderr.
     pub fn expect_exit(pki: &TestPki, config_text: &str) -> Result<(ExitStatus, String)> {
         let (dir, config_path) = write_config(pki, config_text)?;
-        let mut proc = spawn_serve(&dir, &config_path)?;
+        let mut proc = spawn_serve(&dir, &config_path, None)?;
         let status = proc
             .wait_exit(Duration::from_secs(10))?
             .with_context(|| format!("serve kept running\n{}", proc.logs()))?;
         Ok((status, proc.stderr()))
+    }
+
+    /// The proxy's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Waits up to `timeout` for the proxy to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        self.proc.wait_exit(timeout)
     }
 
     /// The proxy's log (stderr) so far.
@@ -266,9 +279,12 @@ fn write_config(pki: &TestPki, text: &str) -> Result<(TempDir, PathBuf)> {
     Ok((dir, path))
 }
 
-fn spawn_serve(dir: &TempDir, config: &Path) -> Result<Proc> {
+fn spawn_serve(dir: &TempDir, config: &Path, ebpf: Option<&str>) -> Result<Proc> {
     let mut cmd = Command::new(switchyard_bin()?);
     cmd.arg("serve").arg("--config").arg(config);
+    if let Some(mode) = ebpf {
+        cmd.args(["--ebpf", mode]);
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "debug");
     }

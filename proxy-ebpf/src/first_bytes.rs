@@ -1,0 +1,73 @@
+//! `cgroup_skb/ingress`: the first payload bytes of each connection the proxy accepted,
+//! classified with `proxy_common::classify` into the per-class counters. It sees every
+//! packet the proxy's sockets receive (IPv4 or IPv6, then TCP), looks only at sockets
+//! `sock_ops` marked accepted and not yet classified, and always lets the packet through.
+
+use aya_ebpf::{
+    helpers::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext, EbpfContext as _,
+};
+use proxy_common::{classify, SockKey, CLASSIFY_BYTES, ROLE_ACCEPTED};
+
+use crate::{bump, SOCK_STATS};
+
+/// `cgroup_skb` verdict: let the packet through.
+const ALLOW: i32 = 1;
+const IPPROTO_TCP: u8 = 6;
+
+#[cgroup_skb(ingress)]
+pub fn switchyard_first_bytes(ctx: SkBuffContext) -> i32 {
+    match try_first_bytes(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_first_bytes(ctx: &SkBuffContext) -> Result<i32, i32> {
+    // SAFETY: the context pointer is the program's own argument.
+    let key = SockKey {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+    };
+    let stats = SOCK_STATS.get_ptr_mut(key).ok_or(ALLOW)?;
+    // SAFETY: a map value of a live entry; `classified` is written here only.
+    let stats = unsafe { &mut *stats };
+    if stats.role != ROLE_ACCEPTED || stats.classified != 0 {
+        return Ok(ALLOW);
+    }
+    let payload = payload_offset(ctx).ok_or(ALLOW)?;
+    let len = (ctx.len() as usize).saturating_sub(payload);
+    if len == 0 {
+        return Ok(ALLOW);
+    }
+    let mut b = [0u8; CLASSIFY_BYTES];
+    let n = if len >= CLASSIFY_BYTES {
+        b = ctx
+            .load::<[u8; CLASSIFY_BYTES]>(payload)
+            .map_err(|_| ALLOW)?;
+        CLASSIFY_BYTES
+    } else if len >= 4 {
+        let head = ctx.load::<[u8; 4]>(payload).map_err(|_| ALLOW)?;
+        b[..4].copy_from_slice(&head);
+        4
+    } else {
+        b[0] = ctx.load::<u8>(payload).map_err(|_| ALLOW)?;
+        1
+    };
+    stats.classified = 1;
+    bump(classify(&b, n), 0);
+    Ok(ALLOW)
+}
+
+/// Offset of the TCP payload in a packet that starts with its IP header.
+#[inline(always)]
+fn payload_offset(ctx: &SkBuffContext) -> Option<usize> {
+    let first = ctx.load::<u8>(0).ok()?;
+    let (ip_len, proto) = match first >> 4 {
+        4 => (usize::from(first & 0x0f) * 4, ctx.load::<u8>(9).ok()?),
+        6 => (40, ctx.load::<u8>(6).ok()?),
+        _ => return None,
+    };
+    if proto != IPPROTO_TCP || ip_len < 20 {
+        return None;
+    }
+    let data_offset = ctx.load::<u8>(ip_len + 12).ok()?;
+    Some(ip_len + usize::from(data_offset >> 4) * 4)
+}

@@ -1,0 +1,101 @@
+//! The few socket facts the splice needs from the kernel, by raw `getsockopt`/`ioctl`:
+//! the socket cookie (the key of every per-socket map) and how many bytes have been
+//! written into a TCP socket so far, by anyone (userspace `write`s and kernel redirects).
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, RawFd};
+
+/// `SO_COOKIE` (asm-generic socket option 57): the socket's 64-bit cookie.
+const SO_COOKIE: libc::c_int = 57;
+/// `SIOCOUTQ` (= `TIOCOUTQ`): bytes in the send queue not yet acknowledged.
+const SIOCOUTQ: libc::Ioctl = libc::TIOCOUTQ;
+
+/// TCP states (the kernel's `enum tcp_state`) where the socket still sends.
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE_WAIT: u8 = 8;
+/// Closed: a socket in a sockmap has lost its psock (and what was queued in it).
+const TCP_CLOSE: u8 = 7;
+
+/// The socket cookie, as `bpf_get_socket_cookie` sees it.
+pub fn cookie(socket: &impl AsRawFd) -> io::Result<u64> {
+    let mut value: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, a live u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_COOKIE,
+            (&mut value as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// Bytes written into the socket so far and whether it can still send: acknowledged
+/// bytes plus what waits in the send queue (`tcpi_bytes_acked` + `SIOCOUTQ`). The count
+/// may include the SYN, so only differences between two readings are meaningful.
+pub struct Written {
+    pub bytes: u64,
+    pub sending: bool,
+    pub closed: bool,
+}
+
+/// Reads [`Written`] for a TCP socket.
+pub fn written(fd: RawFd) -> io::Result<Written> {
+    let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, zero-initialised.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised plain integers, partly filled by the kernel.
+    let info = unsafe { info.assume_init() };
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    if unsafe { libc::ioctl(fd, SIOCOUTQ, &mut queued) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Written {
+        bytes: info.tcpi_bytes_acked + queued.max(0) as u64,
+        sending: matches!(info.tcpi_state, TCP_ESTABLISHED | TCP_CLOSE_WAIT),
+        closed: info.tcpi_state == TCP_CLOSE,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn cookies_differ_and_written_counts_bytes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut b, _) = listener.accept().unwrap();
+        assert_ne!(cookie(&a).unwrap(), cookie(&b).unwrap());
+        // Only differences matter: the acknowledged SYN may count as one byte.
+        let before = written(a.as_raw_fd()).unwrap().bytes;
+        a.write_all(&[7u8; 1000]).unwrap();
+        let mut got = [0u8; 1000];
+        b.read_exact(&mut got).unwrap();
+        let w = written(a.as_raw_fd()).unwrap();
+        assert_eq!(w.bytes - before, 1000);
+        assert!(w.sending);
+    }
+}

@@ -1,0 +1,151 @@
+//! Shared by the `ebpf_*` tests: starting a proxy with `--ebpf require` (a kernel refusal
+//! fails under `CI=true` and skips loudly elsewhere), a patterned byte stream whose every
+//! byte is checked on arrival (loss, duplication and reordering all show), and a plain TCP
+//! upstream run by the test itself.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+
+use switchyard_tests::{ProxyConfig, Switchyard, TestPki};
+
+/// Starts the proxy with `--ebpf require`. `None` (after a loud message) when the kernel
+/// refuses and this is not CI; under `CI=true` a refusal panics.
+pub fn start_spliced(pki: &TestPki, config: &ProxyConfig) -> Option<Switchyard> {
+    let config = ProxyConfig {
+        ebpf: Some("require".into()),
+        ..config.clone()
+    };
+    match Switchyard::start(pki, &config) {
+        Ok(proxy) => {
+            let loaded = proxy.metric("switchyard_ebpf_loaded", &[]).unwrap();
+            assert_eq!(loaded, 1.0, "ebpf_loaded gauge\n{}", proxy.log());
+            Some(proxy)
+        }
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and the eBPF front end did not start: {e:#}")
+        }
+        Err(e) => {
+            eprintln!("\n*** SKIPPED: the eBPF front end cannot start here (not CI): {e:#}\n");
+            None
+        }
+    }
+}
+
+/// Block size of the pattern.
+const BLOCK: usize = 1 << 20;
+
+/// A deterministic stream: 1 MiB blocks of pseudo-random bytes, each starting with its
+/// own index and the stream's seed, so that any lost, repeated or swapped byte shows.
+pub struct Pattern {
+    block: Vec<u8>,
+    seed: u64,
+}
+
+impl Pattern {
+    pub fn new(seed: u64) -> Pattern {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let block = (0..BLOCK)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        Pattern { block, seed }
+    }
+
+    /// The `i`-th block.
+    fn block(&self, i: u64) -> Vec<u8> {
+        let mut b = self.block.clone();
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        b[8..16].copy_from_slice(&self.seed.to_le_bytes());
+        b
+    }
+
+    /// Writes the first `len` bytes of the stream.
+    pub fn send(&self, w: &mut impl Write, len: u64) -> std::io::Result<()> {
+        let mut sent = 0u64;
+        let mut i = 0;
+        while sent < len {
+            let b = self.block(i);
+            let n = (len - sent).min(BLOCK as u64) as usize;
+            w.write_all(&b[..n])?;
+            sent += n as u64;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// The first `len` bytes of the stream behind `prefix`, in one buffer (one write).
+    pub fn render(&self, prefix: &[u8], len: u64) -> Vec<u8> {
+        let mut v = prefix.to_vec();
+        self.send(&mut v, len).expect("writing to a Vec");
+        v
+    }
+
+    /// Reads until EOF and checks every byte; returns the length read.
+    pub fn receive(&self, r: &mut impl Read) -> Result<u64, String> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut pos = 0u64;
+        let mut expected = self.block(0);
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok(pos),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read error after {pos} bytes: {e}")),
+            };
+            let mut got = &buf[..n];
+            while !got.is_empty() {
+                let at = (pos % BLOCK as u64) as usize;
+                let take = got.len().min(BLOCK - at);
+                if got[..take] != expected[at..at + take] {
+                    return Err(format!(
+                        "stream differs within bytes {pos}..{}",
+                        pos + take as u64
+                    ));
+                }
+                pos += take as u64;
+                got = &got[take..];
+                if pos.is_multiple_of(BLOCK as u64) {
+                    expected = self.block(pos / BLOCK as u64);
+                }
+            }
+        }
+    }
+}
+
+/// Reads exactly `want.len()` bytes and checks them.
+pub fn expect_bytes(r: &mut impl Read, want: &[u8]) {
+    let mut got = vec![0u8; want.len()];
+    r.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
+
+/// A TCP upstream run by the test: accepts `count` connections and runs `serve` on each
+/// in its own thread.
+pub fn upstream<F>(count: usize, serve: F) -> (SocketAddr, JoinHandle<Vec<String>>)
+where
+    F: Fn(TcpStream) -> Result<(), String> + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = std::sync::Arc::new(serve);
+    let handle = std::thread::spawn(move || {
+        let mut threads = Vec::new();
+        for _ in 0..count {
+            let (stream, _) = listener.accept().unwrap();
+            let serve = serve.clone();
+            threads.push(std::thread::spawn(move || serve(stream)));
+        }
+        threads
+            .into_iter()
+            .filter_map(|t| t.join().unwrap().err())
+            .collect()
+    });
+    (addr, handle)
+}

@@ -1,0 +1,234 @@
+//! The kernel splice (`--ebpf require`), end to end through a real proxy: ≥200 MB each
+//! way, both at once, through a TLS passthrough route and a legacy SSH route, every byte
+//! checked; the kernel counters account for the bytes while the proxy's userspace copy
+//! stays near zero; half-close in each direction; a client that sends before the pair is
+//! spliced loses nothing. Under `CI=true` a kernel that refuses the programs fails these.
+
+mod ebpf_common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use ebpf_common::{expect_bytes, start_spliced, upstream, Pattern};
+use switchyard_tests::{wait_until, ProxyConfig, Switchyard, TestPki};
+
+const KUBE_HELLO: &[u8] = include_bytes!("../../proxy-user/tests/fixtures/hello_openssl_kube.bin");
+const MB: u64 = 1 << 20;
+const BULK: u64 = 200 * MB;
+const T: Duration = Duration::from_secs(30);
+
+/// What crossed the proxy for one direction, from `/metrics`.
+fn relayed(proxy: &Switchyard, direction: &str, mode: &str) -> f64 {
+    proxy
+        .metric(
+            "switchyard_relay_bytes_total",
+            &[("direction", direction), ("mode", mode)],
+        )
+        .unwrap()
+}
+
+/// Client: `preface`, then `len` bytes of stream 1, then FIN; upstream: `banner`, then
+/// `len` bytes of stream 2, then FIN; each side checks everything it receives. Returns the
+/// proxy for the caller's counter checks once the connection has closed.
+fn bulk(
+    route: &str,
+    preface: &'static [u8],
+    banner: &'static [u8],
+    len: u64,
+) -> Option<Switchyard> {
+    let pki = TestPki::new().unwrap();
+    let (addr, server) = upstream(1, move |mut s| {
+        let mut r = s.try_clone().unwrap();
+        let check = std::thread::spawn(move || {
+            expect_bytes(&mut r, preface);
+            Pattern::new(1).receive(&mut r)
+        });
+        s.write_all(banner).map_err(|e| e.to_string())?;
+        Pattern::new(2)
+            .send(&mut s, len)
+            .map_err(|e| e.to_string())?;
+        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        let got = check.join().unwrap()?;
+        (got == len)
+            .then_some(())
+            .ok_or(format!("upstream got {got} of {len}"))
+    });
+    let proxy = start_spliced(&pki, &ProxyConfig::default().upstream(route, addr))?;
+    let mut client = TcpStream::connect(proxy.web).unwrap();
+    let mut r = client.try_clone().unwrap();
+    let check = std::thread::spawn(move || {
+        expect_bytes(&mut r, banner);
+        Pattern::new(2).receive(&mut r)
+    });
+    if len <= 16 * MB {
+        // All of it in one write right behind the preface: most is queued before the proxy
+        // has even detected the protocol, and crosses the switch to the kernel.
+        client
+            .write_all(&Pattern::new(1).render(preface, len))
+            .unwrap();
+    } else {
+        client.write_all(preface).unwrap();
+        Pattern::new(1).send(&mut client, len).unwrap();
+    }
+    client.shutdown(Shutdown::Write).unwrap();
+    let got = check
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    assert_eq!(got, len, "client got {got} of {len}");
+    let errors = server.join().unwrap();
+    assert!(errors.is_empty(), "upstream: {errors:?}\n{}", proxy.log());
+    let up_total = (preface.len() as u64 + len) as f64;
+    let down_total = (banner.len() as u64 + len) as f64;
+    wait_until(T, "the audit of the relay", || {
+        let k = relayed(&proxy, "client_to_upstream", "kernel_splice")
+            + relayed(&proxy, "client_to_upstream", "userspace");
+        Ok((k >= up_total).then_some(()))
+    })
+    .unwrap();
+    for (direction, total) in [
+        ("client_to_upstream", up_total),
+        ("upstream_to_client", down_total),
+    ] {
+        let kernel = relayed(&proxy, direction, "kernel_splice");
+        let user = relayed(&proxy, direction, "userspace");
+        eprintln!("{direction}: kernel_splice={kernel} userspace={user} total={total}");
+        assert_eq!(kernel + user, total, "{direction}: every byte counted once");
+        // Bulk streams switch to the kernel at once; an eager client's queued bytes are
+        // forwarded in userspace first.
+        let most = if len > 16 * MB { 4 * MB } else { len + 4096 };
+        assert!(
+            user <= most as f64,
+            "{direction}: {user} bytes copied in userspace"
+        );
+    }
+    Some(proxy)
+}
+
+#[test]
+fn passthrough_route_200mb_each_way_is_byte_exact_and_spliced() {
+    let Some(proxy) = bulk("kube", KUBE_HELLO, b"", BULK) else {
+        return;
+    };
+    let spliced = proxy
+        .metric("switchyard_ebpf_spliced_bytes_total", &[])
+        .unwrap();
+    assert!(
+        spliced >= (2 * BULK - 8 * MB) as f64,
+        "kernel counter {spliced}"
+    );
+    let log = proxy.log();
+    assert!(log.contains("relay=\"kernel_splice\""), "{log}");
+}
+
+#[test]
+fn legacy_ssh_route_200mb_each_way_is_byte_exact_and_spliced() {
+    let banner = b"SSH-2.0-upstream\r\n";
+    let Some(proxy) = bulk("ssh", b"SSH-2.0-client\r\n", banner, BULK) else {
+        return;
+    };
+    let ssh = proxy
+        .metric("switchyard_ebpf_first_bytes_total", &[("class", "ssh")])
+        .unwrap();
+    assert_eq!(ssh, 1.0, "first bytes classified in the kernel");
+}
+
+#[test]
+fn client_sending_before_the_splice_loses_nothing() {
+    let Some(proxy) = bulk("ssh", b"SSH-2.0-eager\r\n", b"", 16 * MB) else {
+        return;
+    };
+    // What was queued before the switch crossed it in userspace, in order (the pair falls
+    // back to userspace entirely when the client's FIN is already in).
+    let user = relayed(&proxy, "client_to_upstream", "userspace");
+    assert!(
+        user > 8192.0,
+        "queued bytes forwarded before the switch: {user}"
+    );
+}
+
+/// A proxy in front of an upstream that runs `serve` on one connection.
+fn one_ssh<F>(serve: F) -> Option<(TestPki, Switchyard, std::thread::JoinHandle<Vec<String>>)>
+where
+    F: Fn(TcpStream) -> Result<(), String> + Send + Sync + 'static,
+{
+    let pki = TestPki::new().unwrap();
+    let (addr, server) = upstream(1, serve);
+    let proxy = start_spliced(&pki, &ProxyConfig::default().upstream("ssh", addr))?;
+    Some((pki, proxy, server))
+}
+
+fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn half_close_from_the_client_reaches_the_upstream_which_can_still_answer() {
+    let Some((_pki, proxy, server)) = one_ssh(|mut s| {
+        let got = read_to_end(&mut s);
+        if got != b"SSH-2.0-c\r\nrequest" {
+            return Err(format!("upstream got {:?}", String::from_utf8_lossy(&got)));
+        }
+        s.write_all(b"answer after EOF").map_err(|e| e.to_string())
+    }) else {
+        return;
+    };
+    let mut c = TcpStream::connect(proxy.web).unwrap();
+    c.write_all(b"SSH-2.0-c\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // spliced by now
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut c), b"answer after EOF");
+    assert!(server.join().unwrap().is_empty());
+}
+
+#[test]
+fn half_close_from_the_upstream_reaches_the_client_which_can_still_send() {
+    let Some((_pki, proxy, server)) = one_ssh(|mut s| {
+        s.write_all(b"SSH-2.0-u\r\nbye")
+            .map_err(|e| e.to_string())?;
+        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        let got = read_to_end(&mut s);
+        (got == b"SSH-2.0-c\r\nlate words")
+            .then_some(())
+            .ok_or(format!("upstream got {:?}", String::from_utf8_lossy(&got)))
+    }) else {
+        return;
+    };
+    let mut c = TcpStream::connect(proxy.web).unwrap();
+    c.write_all(b"SSH-2.0-c\r\n").unwrap();
+    assert_eq!(read_to_end(&mut c), b"SSH-2.0-u\r\nbye");
+    c.write_all(b"late words").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(server.join().unwrap().is_empty(), "{}", proxy.log());
+}
+
+#[test]
+fn ebpf_off_relays_in_userspace() {
+    let pki = TestPki::new().unwrap();
+    let (addr, server) = upstream(1, |mut s| {
+        let got = read_to_end(&mut s);
+        s.write_all(&got).map_err(|e| e.to_string())
+    });
+    let config = ProxyConfig {
+        ebpf: Some("off".into()),
+        ..ProxyConfig::default().upstream("ssh", addr)
+    };
+    let proxy = Switchyard::start(&pki, &config).unwrap();
+    assert_eq!(proxy.metric("switchyard_ebpf_loaded", &[]).unwrap(), 0.0);
+    let mut c = TcpStream::connect(proxy.web).unwrap();
+    c.write_all(b"SSH-2.0-off\r\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut c), b"SSH-2.0-off\r\n");
+    assert!(server.join().unwrap().is_empty());
+    let _: SocketAddr = proxy.web;
+    wait_until(T, "userspace bytes", || {
+        Ok((relayed(&proxy, "client_to_upstream", "userspace") == 13.0).then_some(()))
+    })
+    .unwrap();
+    assert_eq!(relayed(&proxy, "client_to_upstream", "kernel_splice"), 0.0);
+}
