@@ -102,6 +102,7 @@ pub enum ProxyCommand {
     Db {
         #[command(flatten)]
         client: ClientArgs,
+        /// Database protocol: sets the ALPN and what the local side does.
         #[arg(long, value_enum)]
         protocol: DbProtocol,
         /// Local port on 127.0.0.1 (0: any free port).
@@ -162,6 +163,7 @@ pub enum DbCommand {
     Connect {
         #[command(flatten)]
         client: ClientArgs,
+        /// Database protocol: sets the ALPN and what the local side does.
         #[arg(long, value_enum)]
         protocol: DbProtocol,
         /// The client and its arguments, after `--`.
@@ -191,7 +193,12 @@ pub fn proxy(c: ProxyCommand) -> Result<ExitCode, ClientError> {
             target,
         } => {
             let dialer = client.dialer()?;
-            block_on(ssh::proxy_ssh(&dialer, cluster.as_deref(), &target))
+            block_on(ssh::proxy_ssh(
+                &dialer,
+                cluster.as_deref(),
+                &target,
+                client.verbose,
+            ))
         }
         ProxyCommand::Db {
             client,

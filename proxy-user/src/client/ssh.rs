@@ -53,17 +53,27 @@ pub fn target_host(target: &str) -> Result<&str, ClientError> {
     Ok(host)
 }
 
-/// `switchyard proxy ssh`: stdin/stdout over TLS to the node named by `target`.
+/// `switchyard proxy ssh`: stdin/stdout over TLS to the node named by `target`; with
+/// `verbose`, one line on stderr when the connection ends.
 pub async fn proxy_ssh(
     dialer: &Dialer,
     cluster: Option<&str>,
     target: &str,
+    verbose: bool,
 ) -> Result<(), ClientError> {
     let sni = node_sni(target_host(target)?, cluster, &dialer.host)?;
     let connector = dialer.connector(Some(&sni), &[SSH_ALPN], Verify::Proxy)?;
     let tls = connector.dial().await?;
     let stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    relay_until(stdio, tls, &connector, true).await.map(|_| ())
+    // OpenSSH keeps stdin open until it is done: the count of bytes sent is not final here.
+    let (_, down) = relay_until(stdio, tls, &connector, true).await?;
+    if verbose {
+        tracing::info!(
+            "ssh to {target} via {} (SNI {sni}) closed: {down} bytes received",
+            connector.proxy
+        );
+    }
+    Ok(())
 }
 
 /// What `config ssh` needs to write the block.
