@@ -5,13 +5,16 @@
 //!
 //! The shape is a list of scenarios × loads × peers; every cell is measured `--runs` times,
 //! interleaved across peers so drift hits them alike, and reported as median and min–max.
-//! Bulk-throughput scenarios (the eBPF splice) and HAProxy/nginx peers slot into `SCENARIOS`
-//! and `Peer` without changing the loop.
+//! Bulk throughput (`bulk.rs`: direct, kernel splice, userspace relay, HAProxy, nginx,
+//! single and parallel streams, CPU per GB) follows the connection scenarios.
 
+mod bulk;
 mod env;
 mod load;
+mod peers;
 mod quiet;
 mod report;
+mod throughput;
 mod upstream;
 
 use std::{
@@ -42,6 +45,12 @@ pub struct Options {
     /// Leave docs/benchmarks.md alone (results still go to target/bench/).
     #[arg(long)]
     no_docs: bool,
+    /// Parallel streams of the parallel throughput rows.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Measure only throughput (skip the new-connection scenarios).
+    #[arg(long)]
+    throughput_only: bool,
 }
 
 /// What a scenario does on each connection. The eBPF issue adds bulk throughput here.
@@ -158,7 +167,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("starting the load client runtime")?;
     let mut cells = Vec::new();
-    for scenario in SCENARIOS {
+    let scenarios = if opts.throughput_only { &[] } else { SCENARIOS };
+    for scenario in scenarios {
         let targets = PEERS
             .iter()
             .map(|&peer| Ok((peer, Arc::new(env.target(scenario, peer)?))))
@@ -193,13 +203,14 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     drop(runtime);
     drop(env);
+    let bulk = bulk::run(&binary, &out, opts.seconds, opts.runs, opts.streams)?;
     eprintln!(
         "xtask: measured in {:.0} s",
         started.elapsed().as_secs_f64()
     );
 
     let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
-    let table = report::table(&cells);
+    let table = report::table(&cells) + &bulk;
     println!("{}\n{table}", facts.markdown());
     let json = out.join("results.json");
     std::fs::write(&json, report::json(&facts, &cells)?)

@@ -151,24 +151,12 @@ async fn join(
     }
     let fail = |e: io::Error| (drained, e);
     let read = client_read + drained;
-    f.mark(
-        ck,
-        Splice {
-            peer: uk,
-            forwarded: read,
-        },
-    )
-    .and_then(|()| {
-        f.mark(
-            uk,
-            Splice {
-                peer: ck,
-                forwarded: 0,
-            },
-        )
-    })
-    .and_then(|()| f.register(ck, client, read))
-    .map_err(|e| fail(io::Error::other(e)))?;
+    // Client first, so that the upstream's first redirect already finds it in SOCKETS.
+    let to = |peer, forwarded| Splice { peer, forwarded };
+    f.mark(ck, to(uk, read))
+        .and_then(|()| f.register(ck, client, read))
+        .and_then(|()| f.mark(uk, to(ck, 0)))
+        .map_err(|e| fail(io::Error::other(e)))?;
     Ok((drained, bases))
 }
 

@@ -58,6 +58,15 @@ impl Sample {
         foreign.max(0.0) / capacity(self.at - earlier.at)
     }
 
+    /// CPU seconds the whole machine, and `pids`, spent since `earlier`.
+    pub fn cpu_seconds_since(&self, earlier: &Sample) -> (f64, f64) {
+        let secs = |ticks: u64| ticks as f64 / 100.0;
+        (
+            secs(self.busy.saturating_sub(earlier.busy)),
+            secs(self.ours.saturating_sub(earlier.ours)),
+        )
+    }
+
     fn busy_since(&self, earlier: &Sample) -> f64 {
         self.busy.saturating_sub(earlier.busy) as f64 / capacity(self.at - earlier.at)
     }

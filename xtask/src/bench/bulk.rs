@@ -1,0 +1,141 @@
+//! The throughput part of `cargo xtask bench`: every peer of `peers.rs` in front of one
+//! sink, single stream and parallel streams, runs interleaved across peers, and the table
+//! (median and min–max of the runs, ratios to direct and to HAProxy, CPU seconds per GB)
+//! plus `target/bench/throughput.json`.
+
+use std::{fmt::Write as _, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+
+use super::{
+    peers::{self, Via},
+    quiet,
+    throughput::{self, Run},
+};
+
+/// Warm-up per peer and load before the measured runs.
+const WARMUP: Duration = Duration::from_millis(500);
+
+/// The runs of one peer under one load.
+struct Row {
+    streams: usize,
+    via: Via,
+    runs: Vec<Run>,
+}
+
+/// Median, min and max of one number over the runs.
+fn spread(runs: &[Run], f: fn(&Run) -> f64) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = runs.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (median, v[0], v[v.len() - 1])
+}
+
+/// Measures and returns the Markdown table; writes `out/throughput.json`.
+pub fn run(binary: &Path, out: &Path, seconds: f64, runs: usize, streams: usize) -> Result<String> {
+    peers::install()?;
+    let sink = throughput::sink()?;
+    let logs = out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut started = Vec::new();
+    for via in peers::ALL {
+        started.push((
+            via,
+            peers::start(via, sink, binary, &logs, throughput::SNI)?,
+        ));
+    }
+    let duration = Duration::from_secs_f64(seconds);
+    let mut rows = Vec::new();
+    for n in [1, streams] {
+        let mut row: Vec<Row> = peers::ALL
+            .iter()
+            .map(|&via| Row {
+                streams: n,
+                via,
+                runs: Vec::new(),
+            })
+            .collect();
+        for (via, peer) in &started {
+            quiet::wait()?;
+            throughput::measure(peer.addr, n, WARMUP, &[])
+                .with_context(|| format!("warm-up of {} ×{n}", via.name()))?;
+        }
+        for i in 1..=runs {
+            for ((via, peer), r) in started.iter().zip(&mut row) {
+                quiet::wait()?;
+                let m = throughput::measure(peer.addr, n, duration, &peer.pids())
+                    .with_context(|| format!("{} ×{n}", via.name()))?;
+                eprintln!(
+                    "xtask: throughput ×{n} {} run {i}/{runs}: {:.2} Gbit/s, peer {:.2} CPU s/GB, machine {:.2} CPU s/GB",
+                    via.name(),
+                    m.gbit_per_s,
+                    m.peer_cpu_per_gb,
+                    m.machine_cpu_per_gb
+                );
+                r.runs.push(m);
+            }
+        }
+        rows.extend(row);
+    }
+    drop(started);
+    let json = out.join("throughput.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&to_json(&rows))?)
+        .with_context(|| format!("write {}", json.display()))?;
+    eprintln!("xtask: wrote {}", json.display());
+    Ok(table(&rows, seconds, runs))
+}
+
+fn median_of(rows: &[Row], streams: usize, via: Via) -> f64 {
+    rows.iter()
+        .find(|r| r.streams == streams && r.via == via)
+        .map_or(f64::NAN, |r| spread(&r.runs, |x| x.gbit_per_s).0)
+}
+
+fn table(rows: &[Row], seconds: f64, runs: usize) -> String {
+    let mut t = format!(
+        "\nThroughput through a TLS passthrough route (ClientHello, then raw bytes to a sink), \
+         {runs} runs of {seconds} s per row, median (min–max). CPU s/GB: the peer's own \
+         processes / the whole machine (client, sink and kernel work included).\n\n\
+         | streams | via | Gbit/s | × direct | × haproxy | peer CPU s/GB | machine CPU s/GB |\n\
+         |---|---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        let (g, lo, hi) = spread(&r.runs, |x| x.gbit_per_s);
+        let direct = median_of(rows, r.streams, Via::Direct);
+        let haproxy = median_of(rows, r.streams, Via::Haproxy);
+        let _ = writeln!(
+            t,
+            "| {} | {} | {g:.2} ({lo:.2}–{hi:.2}) | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.streams,
+            r.via.name(),
+            g / direct,
+            g / haproxy,
+            spread(&r.runs, |x| x.peer_cpu_per_gb).0,
+            spread(&r.runs, |x| x.machine_cpu_per_gb).0,
+        );
+    }
+    t
+}
+
+fn to_json(rows: &[Row]) -> serde_json::Value {
+    json!(rows
+        .iter()
+        .map(|r| json!({
+            "streams": r.streams,
+            "via": r.via.name(),
+            "runs": r.runs.iter().map(|x| json!({
+                "gbit_per_s": x.gbit_per_s,
+                "bytes": x.bytes,
+                "seconds": x.seconds,
+                "peer_cpu_s_per_gb": x.peer_cpu_per_gb,
+                "machine_cpu_s_per_gb": x.machine_cpu_per_gb,
+            })).collect::<Vec<_>>(),
+        }))
+        .collect::<Vec<_>>())
+}
