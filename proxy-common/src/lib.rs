@@ -10,7 +10,7 @@ mod classify;
 
 pub use classify::{classify, CLASSIFY_BYTES};
 
-/// Name of the `SockHash` holding the proxy's accepted and upstream sockets.
+/// Name of the `SockHash` holding the sockets of spliced pairs.
 pub const SOCKETS_MAP: &str = "SOCKETS";
 /// Name of the per-CPU array of [`Tally`] values indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
@@ -75,7 +75,7 @@ pub struct Splice {
 pub enum Counter {
     /// `sock_ops` callbacks seen.
     SockOps = 0,
-    /// Sockets added to [`SOCKETS_MAP`].
+    /// Sockets `sock_ops` registered (a [`SockStats`] entry with a role).
     Registered = 1,
     /// First bytes of accepted connections, by class.
     ClassTls = 2,

@@ -6,9 +6,9 @@
 //!
 //! - `sock_ops` (attached to the proxy's own cgroup v2): every socket the proxy accepts on
 //!   one of its listening ports (`PORTS`) or connects (an upstream) gets a `SOCK_STATS`
-//!   entry keyed by its cookie, and upstream sockets join `SOCKETS` at once (accepted ones
-//!   join at the splice, from userspace); when a socket closes, its entry goes unless
-//!   userspace still owns a splice for it.
+//!   entry keyed by its cookie and its role; both sockets of a pair join `SOCKETS` at the
+//!   splice, from userspace, once their receive queues are empty; when a socket closes, its
+//!   entry goes unless userspace still owns a splice for it.
 //! - `stream_verdict` (attached to `SOCKETS`): redirects each skb of a socket userspace
 //!   marked spliced to the peer's egress once userspace has forwarded everything passed to
 //!   it before. Anything else, a failed redirect included, is passed up: never dropped.
@@ -40,7 +40,7 @@ const MAX_SOCKETS: u32 = 65_536;
 /// `TCP_CLOSE` from the kernel's TCP state enum (the new state in `args[1]`).
 const TCP_CLOSE: u32 = 7;
 
-/// The proxy's accepted and upstream sockets (`proxy_common::SOCKETS_MAP`).
+/// The sockets of spliced pairs (`proxy_common::SOCKETS_MAP`), inserted by userspace.
 #[map]
 static SOCKETS: SockHash<SockKey> = SockHash::with_max_entries(MAX_SOCKETS, 0);
 
@@ -117,20 +117,9 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
         )
         .map_err(|_| SOCK_OPS_OK)?;
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
-    if role == ROLE_UPSTREAM {
-        // Accepted sockets join at the splice (userspace): see `ebpf::splice::join`.
-        let mut map_key = key;
-        // SAFETY: the context pointer is the program's own argument, valid for this run.
-        let ops = unsafe { &mut *ctx.ops };
-        if SOCKETS
-            .update(&mut map_key, ops, u64::from(BPF_NOEXIST))
-            .is_err()
-        {
-            let _ = SOCK_STATS.remove(key);
-            return Err(SOCK_OPS_OK);
-        }
-        bump(Counter::Registered, 0);
-    }
+    // Both sockets of a pair join SOCKETS at the splice, from userspace, once their
+    // receive queues are empty: see `ebpf::splice::join` in proxy-user.
+    bump(Counter::Registered, 0);
     Ok(SOCK_OPS_OK)
 }
 

@@ -16,7 +16,7 @@ use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SkSkb, Soc
 use aya::Ebpf;
 use proxy_common::{
     Counter, SockKey, SockStats, Splice, Tally, COUNTERS_MAP, FIRST_BYTES_PROGRAM, PORTS_MAP,
-    ROLE_ACCEPTED, SOCKETS_MAP, SOCK_OPS_PROGRAM, SPLICE_MAP, STATS_MAP, STREAM_VERDICT_PROGRAM,
+    SOCKETS_MAP, SOCK_OPS_PROGRAM, SPLICE_MAP, STATS_MAP, STREAM_VERDICT_PROGRAM,
 };
 
 use super::cgroup::Cgroup;
@@ -132,19 +132,20 @@ impl Frontend {
         lock(&self.splice).insert(key, splice, 0)
     }
 
-    /// Adds an accepted socket to `SOCKETS`, its counters starting with `passed` bytes
-    /// already read (inserted first: no verdict runs on it before it is in the map).
+    /// Adds a socket to `SOCKETS`, its counters starting with `passed` bytes already read
+    /// (inserted first: no verdict runs on it before it is in the map).
     pub fn register(
         &self,
         key: SockKey,
         socket: &impl AsRawFd,
         passed: u64,
+        role: u32,
     ) -> Result<(), MapError> {
         let mut map = lock(&self.stats);
         let stats = SockStats {
             passed,
             spliced: 0,
-            role: ROLE_ACCEPTED,
+            role,
             // Keep what `first_bytes` recorded: the first payload came long before.
             classified: map.get(&key, 0).map_or(0, |s| s.classified),
         };

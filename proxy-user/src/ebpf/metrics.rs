@@ -62,7 +62,7 @@ impl Collector for FrontendCollector {
         for (name, help, value) in [
             (
                 "switchyard_ebpf_sockets",
-                "Entries in the SOCKETS sockhash (registered proxy sockets)",
+                "Entries in the SOCKETS sockhash (sockets of spliced pairs)",
                 sockets,
             ),
             (

@@ -1,13 +1,13 @@
 //! The kernel splice of one client/upstream pair, behind the same contract as the
 //! userspace relay (`relay::relay`): same half-close, same error handling, byte counts.
 //!
-//! Both sockets are in `SOCKETS` from the moment they were established (`sock_ops`), so
-//! every byte they receive went through the verdict program, which counts what it passes
-//! up (`SockStats::passed`). Marking a socket spliced records how many of those bytes
-//! userspace has read and written to the peer (`Splice::forwarded`); the verdict redirects
-//! only while the two are equal. So whatever arrived before or during the switch is still
-//! read and forwarded here, in order, and the kernel takes over at the first skb that
-//! arrives with nothing pending — nothing lost, nothing reordered.
+//! Both sockets join `SOCKETS` at the switch ([`join`]) with their counters set to what
+//! userspace has read; from then on the verdict counts what it passes up
+//! (`SockStats::passed`), and the mark records how much userspace has read and written to
+//! the peer (`Splice::forwarded`). The verdict redirects only while the two are equal, so
+//! whatever is still pending is read and forwarded here first, in order, and the kernel
+//! takes over at the first skb that arrives with nothing pending — nothing lost, nothing
+//! reordered.
 //!
 //! The kernel does not forward FIN through a sockmap: each direction waits here for EOF,
 //! then for every byte bound for the other socket (forwarded here or redirected) to be in
@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use proxy_common::{SockKey, Splice};
+use proxy_common::{SockKey, Splice, ROLE_ACCEPTED, ROLE_UPSTREAM};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -47,27 +47,30 @@ pub async fn relay_spliced(
         return relay(client, upstream, buffer).await;
     }
     let mut pair = Pair { f, keys: [ck, uk] };
-    let (drained, joined) =
-        match join(f, &client, &mut upstream, [ck, uk], client_read, buffer).await {
-            Ok(j) => (j.0, Ok(j.1)),
-            Err((n, e)) => (n, Err(e)),
-        };
+    let (drained, joined) = match join(f, &client, &upstream, [ck, uk], client_read, buffer).await {
+        Ok(j) => (j.0, Ok(j.1)),
+        Err((n, e)) => (n, Err(e)),
+    };
     let bases = match joined {
         Ok(bases) => bases,
         Err(e) => {
             tracing::debug!("pair not spliced, relaying in userspace: {e}");
             drop(pair);
             let mut stats = relay(client, upstream, buffer).await;
-            stats.client_to_upstream += drained;
+            stats.client_to_upstream += drained[0];
+            stats.upstream_to_client += drained[1];
             return stats;
         }
     };
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
     let (client_r, client_w) = client.split();
     let (upstream_r, upstream_w) = upstream.split();
-    let copied = [AtomicU64::new(drained), AtomicU64::new(0)];
+    let copied = drained.map(AtomicU64::new);
     // Bytes read from the client and from the upstream (before the relay, then here).
-    let consumed = [AtomicU64::new(client_read + drained), AtomicU64::new(0)];
+    let consumed = [
+        AtomicU64::new(client_read + drained[0]),
+        AtomicU64::new(drained[1]),
+    ];
     let up = Half {
         f,
         keys: [ck, uk],
@@ -113,51 +116,79 @@ pub async fn relay_spliced(
     }
 }
 
-/// Hands the pair to the kernel. The client socket joins `SOCKETS` only now (an accepted
-/// socket's psock cannot take the large coalesced skbs that pile up before `accept`): first
-/// its receive queue is read dry and forwarded here, then it is marked with everything read
-/// so far counted as passed and forwarded, then inserted. Whatever arrives in between waits
-/// in the receive queue and goes through the verdict, first in line, when the next skb
-/// arrives or the relay next reads. Returns the bytes forwarded here and the bytes written
-/// into each socket before it started, or what was forwarded and why not.
+/// Hands the pair to the kernel. Both sockets join `SOCKETS` only now: their receive
+/// queues are first read empty and forwarded here (data passed up to a psock's own socket
+/// stalled on 6.18, while redirects work), then each is marked with everything read so far
+/// counted as passed and forwarded, then inserted — client first, so that the upstream's
+/// first redirect finds it. Whatever arrives in between waits in the receive queue and goes
+/// through the verdict, first in line, at the next skb or the relay's next read. Returns
+/// the bytes forwarded here each way and the bytes written into each socket before, or what
+/// was forwarded and why the pair stays in userspace.
 async fn join(
     f: &Frontend,
     client: &TcpStream,
-    upstream: &mut TcpStream,
+    upstream: &TcpStream,
     [ck, uk]: [SockKey; 2],
     client_read: u64,
     buffer: usize,
-) -> Result<(u64, [u64; 2]), (u64, io::Error)> {
+) -> Result<([u64; 2], [u64; 2]), ([u64; 2], io::Error)> {
     // Before anything moves: no redirect can happen until both sockets are marked.
     let base = |s: &TcpStream| written(s.as_raw_fd()).map(|w| w.bytes);
     let bases = base(client)
         .and_then(|c| Ok([c, base(upstream)?]))
-        .map_err(|e| (0, e))?;
-    let mut drained = 0u64;
+        .map_err(|e| ([0, 0], e))?;
+    let mut drained = [0u64; 2];
     let mut buf = vec![0u8; buffer];
+    let up = drain(client, upstream, &mut drained[0], &mut buf).await;
+    up.map_err(|e| (drained, e))?;
+    let down = drain(upstream, client, &mut drained[1], &mut buf).await;
+    down.map_err(|e| (drained, e))?;
+    let read = [client_read + drained[0], drained[1]];
+    let to = |peer, forwarded| Splice { peer, forwarded };
+    f.mark(ck, to(uk, read[0]))
+        .and_then(|()| f.register(ck, client, read[0], ROLE_ACCEPTED))
+        .and_then(|()| f.mark(uk, to(ck, read[1])))
+        .and_then(|()| f.register(uk, upstream, read[1], ROLE_UPSTREAM))
+        .map_err(|e| (drained, io::Error::other(e)))?;
+    Ok((drained, bases))
+}
+
+/// Reads `src` until its receive queue is empty, writing everything to `dst`: not merely
+/// what it held, as a partly read skb would later reach the verdict whole (bytes twice).
+/// A peer that keeps the queue full past `DRAIN_LIMIT` keeps the pair in userspace.
+async fn drain(
+    src: &TcpStream,
+    dst: &TcpStream,
+    drained: &mut u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
     loop {
-        match client.try_read(&mut buf) {
-            Ok(0) => return Err((drained, io::Error::other("client closed before the splice"))),
+        if *drained >= DRAIN_LIMIT {
+            return Err(io::Error::other("the peer kept the receive queue full"));
+        }
+        match src.try_read(buf) {
+            Ok(0) => return Err(io::Error::other("closed before the splice")),
             Ok(n) => {
-                upstream
-                    .write_all(&buf[..n])
-                    .await
-                    .map_err(|e| (drained, e))?;
-                drained += n as u64;
+                write_all(dst, &buf[..n]).await?;
+                *drained += n as u64;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err((drained, e)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
         }
     }
-    let fail = |e: io::Error| (drained, e);
-    let read = client_read + drained;
-    // Client first, so that the upstream's first redirect already finds it in SOCKETS.
-    let to = |peer, forwarded| Splice { peer, forwarded };
-    f.mark(ck, to(uk, read))
-        .and_then(|()| f.register(ck, client, read))
-        .and_then(|()| f.mark(uk, to(ck, 0)))
-        .map_err(|e| fail(io::Error::other(e)))?;
-    Ok((drained, bases))
+}
+
+/// `write_all` on a shared `TcpStream`.
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The map entries of one spliced pair; removed when the relay ends, however it ends.
@@ -193,6 +224,9 @@ struct Half<'a> {
     /// Bytes this direction copied in userspace.
     copied: &'a AtomicU64,
 }
+
+/// Most bytes the splice forwards in userspace before giving the pair to the kernel.
+const DRAIN_LIMIT: u64 = 16 << 20;
 
 /// Pause between looks at the kernel's counters while waiting for it.
 const POLL: Duration = Duration::from_millis(1);
