@@ -160,7 +160,10 @@ impl Connector {
                 | AlertDescription::CertificateExpired
                 | AlertDescription::CertificateRevoked
                 | AlertDescription::CertificateUnknown
-                | AlertDescription::UnsupportedCertificate => ClientError::CertRefused {
+                | AlertDescription::UnsupportedCertificate
+                // A chain from another CA whose name matches the cluster CA's fails on the
+                // signature: the proxy answers decrypt_error.
+                | AlertDescription::DecryptError => ClientError::CertRefused {
                     proxy,
                     subject: self.subject.clone(),
                     alert: format!("{alert:?}"),
