@@ -84,8 +84,17 @@ impl Peer {
 }
 
 impl Drop for Peer {
+    /// SIGTERM first, so that nginx's master stops its workers (SIGKILL would orphan them),
+    /// then SIGKILL whatever is left.
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
