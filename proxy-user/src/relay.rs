@@ -60,23 +60,11 @@ where
     let (mut upstream_r, mut upstream_w) = tokio::io::split(upstream);
     let to_upstream = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
-    let mut error = None;
-    {
-        let up = copy_half(&mut client_r, &mut upstream_w, buffer, &to_upstream);
-        let down = copy_half(&mut upstream_r, &mut client_w, buffer, &to_client);
-        tokio::pin!(up, down);
-        let (mut up_done, mut down_done) = (false, false);
-        while !(up_done && down_done) {
-            let result = tokio::select! {
-                r = &mut up, if !up_done => { up_done = true; r }
-                r = &mut down, if !down_done => { down_done = true; r }
-            };
-            if let Err(e) = result {
-                error = Some(e);
-                break;
-            }
-        }
-    }
+    let error = both_directions(
+        copy_half(&mut client_r, &mut upstream_w, buffer, &to_upstream),
+        copy_half(&mut upstream_r, &mut client_w, buffer, &to_client),
+    )
+    .await;
     RelayStats {
         client_to_upstream: to_upstream.load(Ordering::Relaxed),
         upstream_to_client: to_client.load(Ordering::Relaxed),
@@ -85,6 +73,27 @@ where
         mode: "userspace",
         error,
     }
+}
+
+/// Drives both directions of a relay until each has ended; the first error ends both
+/// (the other direction's future is dropped) and is returned.
+pub async fn both_directions<U, D>(up: U, down: D) -> Option<io::Error>
+where
+    U: std::future::Future<Output = io::Result<()>>,
+    D: std::future::Future<Output = io::Result<()>>,
+{
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        let result = tokio::select! {
+            r = &mut up, if !up_done => { up_done = true; r }
+            r = &mut down, if !down_done => { down_done = true; r }
+        };
+        if let Err(e) = result {
+            return Some(e);
+        }
+    }
+    None
 }
 
 /// Copies `r` to `w` until EOF, then shuts `w` down (passing the half-close on).

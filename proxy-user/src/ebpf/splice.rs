@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 
 use super::sockopt::{cookie, written};
 use super::Frontend;
-use crate::relay::{relay, RelayStats};
+use crate::relay::{both_directions, relay, RelayStats};
 
 /// Relays `client` and `upstream` through the kernel; `client_read` is how many bytes
 /// were read from the client before (detection, ClientHello) and have been dealt with.
@@ -87,23 +87,11 @@ pub async fn relay_spliced(
         consumed: [&consumed[1], &consumed[0]],
         copied: &copied[1],
     };
-    let mut error = None;
-    {
-        let up = up.run(client_r, upstream_w, buffer);
-        let down = down.run(upstream_r, client_w, buffer);
-        tokio::pin!(up, down);
-        let (mut up_done, mut down_done) = (false, false);
-        while !(up_done && down_done) {
-            let result = tokio::select! {
-                r = &mut up, if !up_done => { up_done = true; r }
-                r = &mut down, if !down_done => { down_done = true; r }
-            };
-            if let Err(e) = result {
-                error = Some(e);
-                break;
-            }
-        }
-    }
+    let error = both_directions(
+        up.run(client_r, upstream_w, buffer),
+        down.run(upstream_r, client_w, buffer),
+    )
+    .await;
     let [spliced_up, spliced_down] = pair.finish();
     let [copied_up, copied_down] = copied.map(|c| c.load(Ordering::Relaxed));
     RelayStats {
