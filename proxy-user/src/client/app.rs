@@ -5,7 +5,6 @@
 use super::dial::{Dialer, Verify};
 use super::local::{self, Local};
 use super::ClientError;
-use tokio::net::TcpListener;
 
 /// ALPN of TCP apps.
 pub const TCP_ALPN: &str = "teleport-tcp";
@@ -36,14 +35,7 @@ pub async fn proxy_tcp(
     verbose: bool,
 ) -> Result<(), ClientError> {
     let connector = dialer.connector(Some(sni), &[alpn], Verify::Proxy)?;
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(ClientError::io(format!(
-            "cannot listen on 127.0.0.1:{port}"
-        )))?;
-    let addr = listener
-        .local_addr()
-        .map_err(ClientError::io("local address"))?;
+    let (listener, addr) = local::bind(port).await?;
     println!("switchyard ready addr={addr}");
     println!("local proxy for SNI {sni} ALPN {alpn} via {}", dialer.proxy);
     local::serve(

@@ -7,7 +7,6 @@ use super::local::{self, Local};
 use super::ClientError;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// A database protocol and what the local side does for it.
@@ -64,14 +63,6 @@ impl DbProtocol {
     }
 }
 
-async fn bind(port: u16) -> Result<TcpListener, ClientError> {
-    TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(ClientError::io(format!(
-            "cannot listen on 127.0.0.1:{port}"
-        )))
-}
-
 /// `switchyard proxy db`: serves until SIGINT/SIGTERM.
 pub async fn proxy_db(
     dialer: &Dialer,
@@ -80,10 +71,7 @@ pub async fn proxy_db(
     verbose: bool,
 ) -> Result<(), ClientError> {
     let connector = dialer.connector(None, &[protocol.alpn()], Verify::Proxy)?;
-    let listener = bind(port).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(ClientError::io("local address"))?;
+    let (listener, addr) = local::bind(port).await?;
     println!("switchyard ready addr={addr}");
     println!(
         "local proxy for {protocol:?} via {} (ALPN {}); connect with:\n  {}",
@@ -109,10 +97,7 @@ pub async fn connect(
     verbose: bool,
 ) -> Result<ExitCode, ClientError> {
     let connector = dialer.connector(None, &[protocol.alpn()], Verify::Proxy)?;
-    let listener = bind(0).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(ClientError::io("local address"))?;
+    let (listener, addr) = local::bind(0).await?;
     // Ctrl-C belongs to the client (psql cancels a query with it): keep it from killing us.
     let _int = signal(SignalKind::interrupt()).map_err(ClientError::io("SIGINT handler"))?;
     let (program, args) = command.split_first().expect("clap requires a command");

@@ -20,7 +20,6 @@ use rustls::{RootCertStore, ServerConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 /// Both TLS legs carry HTTP/1.1, so the bytes relayed between them agree.
@@ -39,14 +38,7 @@ pub async fn proxy_kube(dialer: &Dialer, port: u16, verbose: bool) -> Result<(),
         .map_err(|e| ClientError::Protocol(format!("generating local certificates: {e}")))?;
     let config = local_pki.server_config()?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(ClientError::io(format!(
-            "cannot listen on 127.0.0.1:{port}"
-        )))?;
-    let addr = listener
-        .local_addr()
-        .map_err(ClientError::io("local address"))?;
+    let (listener, addr) = local::bind(port).await?;
     let path = std::env::temp_dir().join(format!(
         "switchyard-kube-{}-{}.yaml",
         std::process::id(),

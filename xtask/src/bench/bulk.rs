@@ -26,15 +26,7 @@ struct Row {
 
 /// Median, min and max of one number over the runs.
 fn spread(runs: &[Run], f: fn(&Run) -> f64) -> (f64, f64, f64) {
-    let mut v: Vec<f64> = runs.iter().map(f).collect();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    let median = if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    };
-    (median, v[0], v[v.len() - 1])
+    super::report::median_min_max(runs.iter().map(f).collect())
 }
 
 /// Measures and returns the Markdown table; writes `out/throughput.json`.

@@ -31,24 +31,25 @@ impl Cell {
     }
 
     fn spread(&self, metric: Metric) -> Spread {
-        let mut v: Vec<f64> = self.runs.iter().map(metric).collect();
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        let median = if v.len() % 2 == 1 {
-            v[mid]
-        } else {
-            (v[mid - 1] + v[mid]) / 2.0
-        };
-        Spread {
-            median,
-            min: v[0],
-            max: v[v.len() - 1],
-        }
+        let (median, min, max) = median_min_max(self.runs.iter().map(metric).collect());
+        Spread { median, min, max }
     }
 
     fn label(&self) -> String {
         format!("{} ×{}", self.load.name(), self.load.clients())
     }
+}
+
+/// Median, minimum and maximum of a non-empty sample.
+pub fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (median, v[0], v[v.len() - 1])
 }
 
 /// Reads one number off a run.
