@@ -19,3 +19,4 @@ pub mod relay;
 pub mod route;
 pub mod server;
 pub mod tls;
+pub mod wire;
