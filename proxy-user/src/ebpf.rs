@@ -75,7 +75,8 @@ static FRONTEND: OnceLock<Frontend> = OnceLock::new();
 /// once, before creating listeners.
 pub fn start(mode: Mode) -> Result<Option<&'static Frontend>, EbpfError> {
     if mode == Mode::Off {
-        tracing::info!("eBPF front end off (--ebpf off): relaying in userspace");
+        let how = crate::relay::PlainRelay::chosen().describe();
+        tracing::info!("eBPF front end off (--ebpf off): relaying in userspace with {how}");
         return Ok(None);
     }
     match Frontend::load() {
@@ -85,7 +86,8 @@ pub fn start(mode: Mode) -> Result<Option<&'static Frontend>, EbpfError> {
             Ok(Some(f))
         }
         Err(e) if mode == Mode::Auto => {
-            tracing::warn!("eBPF front end unavailable, relaying in userspace: {e}");
+            let how = crate::relay::PlainRelay::chosen().describe();
+            tracing::warn!("eBPF front end unavailable, relaying in userspace with {how}: {e}");
             Ok(None)
         }
         Err(e) => Err(e),

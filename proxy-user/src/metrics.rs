@@ -169,15 +169,15 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a finished relay: the kernel's share as `kernel_splice`, the rest under the
-    /// relay's mode when it copied everything, else as `userspace`.
+    /// Counts a finished relay: the kernel's share as `kernel_splice`, the rest as `splice`
+    /// when the `splice(2)` relay moved it, else as `userspace`.
     pub fn relayed(&self, s: &crate::relay::RelayStats) {
         let kernel = (s.kernel_to_upstream, s.kernel_to_client);
         if kernel != (0, 0) {
             self.bytes("kernel_splice", kernel.0, kernel.1);
         }
         self.bytes(
-            "userspace",
+            if s.mode == "splice" { "splice" } else { "userspace" },
             s.client_to_upstream - kernel.0,
             s.upstream_to_client - kernel.1,
         );

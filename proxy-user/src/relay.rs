@@ -4,7 +4,9 @@
 //! on (EOF from one side becomes a write shutdown on the other while the reverse direction
 //! keeps flowing), an error on either side ending both, and byte counts kept even when the
 //! connection ends in an error. [`relay_plain`] is the seam for plaintext pairs: the kernel
-//! splice of the eBPF front end (`ebpf::splice`) when it is attached, this copy otherwise.
+//! splice of the eBPF front end (`ebpf::splice`) when it is attached, otherwise `splice(2)`
+//! through a pipe per direction ([`splice_pipe`]), or this copy when `SWITCHYARD_RELAY=copy`
+//! asks for it ([`PlainRelay`]).
 //!
 //! [`Prefixed`] replays bytes already read during detection to the next reader (the TLS
 //! acceptor), the "peek, then replay" of DESIGN.md §8.
@@ -16,6 +18,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+pub mod splice_pipe;
+
 /// What a finished relay moved, and how it ended.
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -25,9 +29,9 @@ pub struct RelayStats {
     /// Of those, the bytes the kernel redirected (zero unless `mode` is `kernel_splice`).
     pub kernel_to_upstream: u64,
     pub kernel_to_client: u64,
-    /// `userspace` or `kernel_splice`: the `mode` label of the metrics (bytes a kernel
-    /// splice still copied in userspace, such as those sent before the switch, count as
-    /// `userspace`).
+    /// `userspace`, `splice` (`splice(2)` through pipes) or `kernel_splice`: the `mode`
+    /// label of the metrics (bytes a kernel splice still copied in userspace, such as those
+    /// sent before the switch, count as `userspace`).
     pub mode: &'static str,
     /// The first I/O error, if the relay did not end with both sides closing cleanly.
     pub error: Option<io::Error>,
@@ -46,7 +50,46 @@ pub async fn relay_plain(
         Some(f) => {
             crate::ebpf::splice::relay_spliced(f, client, upstream, client_read, buffer).await
         }
-        None => relay(client, upstream, buffer).await,
+        None => match PlainRelay::chosen() {
+            PlainRelay::Splice => splice_pipe::relay_splice(client, upstream, buffer).await,
+            PlainRelay::Copy => relay(client, upstream, buffer).await,
+        },
+    }
+}
+
+/// How plaintext pairs are relayed when the eBPF front end is not attached:
+/// `SWITCHYARD_RELAY=copy` forces the userspace copy (for measurements and as an escape
+/// hatch); anything else, or nothing, means `splice(2)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlainRelay {
+    Splice,
+    Copy,
+}
+
+impl PlainRelay {
+    /// The environment variable read once per process.
+    pub const ENV: &'static str = "SWITCHYARD_RELAY";
+
+    /// Parses the variable's value (`None` when unset).
+    pub fn parse(value: Option<&str>) -> PlainRelay {
+        match value.map(str::trim) {
+            Some(v) if v.eq_ignore_ascii_case("copy") => PlainRelay::Copy,
+            _ => PlainRelay::Splice,
+        }
+    }
+
+    /// The process's choice, from [`PlainRelay::ENV`] at first use.
+    pub fn chosen() -> PlainRelay {
+        static CHOSEN: std::sync::OnceLock<PlainRelay> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| PlainRelay::parse(std::env::var(Self::ENV).ok().as_deref()))
+    }
+
+    /// What the start-up log line calls it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PlainRelay::Splice => "splice(2) through pipes",
+            PlainRelay::Copy => "userspace copies (SWITCHYARD_RELAY=copy)",
+        }
     }
 }
 
@@ -173,6 +216,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 mod tests {
     use super::*;
     use tokio::io::duplex;
+
+    #[test]
+    fn plain_relay_is_splice_unless_copy_is_asked_for() {
+        assert_eq!(PlainRelay::parse(None), PlainRelay::Splice);
+        assert_eq!(PlainRelay::parse(Some("splice")), PlainRelay::Splice);
+        assert_eq!(PlainRelay::parse(Some("")), PlainRelay::Splice);
+        assert_eq!(PlainRelay::parse(Some("copy")), PlainRelay::Copy);
+        assert_eq!(PlainRelay::parse(Some(" COPY ")), PlainRelay::Copy);
+    }
 
     #[tokio::test]
     async fn prefixed_replays_then_reads_inner() {

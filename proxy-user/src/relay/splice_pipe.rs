@@ -1,0 +1,310 @@
+//! The `splice(2)` relay: the plaintext relay when the eBPF front end is not attached.
+//!
+//! Each direction owns a pipe; bytes go from the source socket into the pipe and from the
+//! pipe into the destination socket with `splice(2)`, so the kernel moves page references
+//! instead of the proxy copying through a userspace buffer. The contract is the userspace
+//! relay's (`relay::relay`): EOF from one side becomes a write shutdown on the other while
+//! the reverse direction keeps flowing, the first error ends both, and the byte counts
+//! (bytes written to the destination) are kept even when the relay ends in an error.
+//!
+//! Readiness comes from tokio (`TcpStream::readable`/`writable` + `try_io`); the sockets
+//! are non-blocking and every `splice` call carries `SPLICE_F_NONBLOCK`, so `EAGAIN` always
+//! means "the socket is not ready" — a direction empties its pipe before it reads again,
+//! so the pipe is never what blocks.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::{both_directions, RelayStats};
+
+/// Pipe capacity asked for with `F_SETPIPE_SZ` (the unprivileged maximum by default,
+/// `/proc/sys/fs/pipe-max-size`); a refusal keeps the kernel's default (64 KiB).
+pub const PIPE_SIZE: usize = 1 << 20;
+
+/// Why the `splice(2)` relay could not be set up (the caller falls back to plain copies).
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    #[error("pipe2: {0}")]
+    Pipe(#[source] io::Error),
+}
+
+/// One direction's pipe: `[read end, write end]`, and its capacity.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    /// A non-blocking, close-on-exec pipe of up to `size` bytes.
+    pub fn new(size: usize) -> Result<Pipe, SpliceError> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(SpliceError::Pipe(io::Error::last_os_error()));
+        }
+        // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let want = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: F_SETPIPE_SZ / F_GETPIPE_SZ on a pipe descriptor we own.
+        let capacity = unsafe {
+            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want);
+            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        Ok(Pipe {
+            read,
+            write,
+            capacity: usize::try_from(capacity).unwrap_or(0).max(4096),
+        })
+    }
+
+    /// The pipe's capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// `splice(from → to)` of up to `len` bytes, non-blocking; `EINTR` retried.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: plain descriptors, null offsets (sockets and pipes have no offset).
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Relays `client` and `upstream` with `splice(2)`; falls back to the userspace copy when
+/// the pipes cannot be made (descriptor limits).
+pub async fn relay_splice(client: TcpStream, upstream: TcpStream, buffer: usize) -> RelayStats {
+    let pipes = Pipe::new(PIPE_SIZE).and_then(|up| Ok((up, Pipe::new(PIPE_SIZE)?)));
+    let (up_pipe, down_pipe) = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!("splice(2) relay unavailable, copying: {e}");
+            return super::relay(client, upstream, buffer).await;
+        }
+    };
+    let to_upstream = AtomicU64::new(0);
+    let to_client = AtomicU64::new(0);
+    let error = both_directions(
+        half(&client, &upstream, &up_pipe, &to_upstream),
+        half(&upstream, &client, &down_pipe, &to_client),
+    )
+    .await;
+    RelayStats {
+        client_to_upstream: to_upstream.load(Ordering::Relaxed),
+        upstream_to_client: to_client.load(Ordering::Relaxed),
+        kernel_to_upstream: 0,
+        kernel_to_client: 0,
+        mode: "splice",
+        error,
+    }
+}
+
+/// One direction: `src` → pipe → `dst` until EOF, then `dst`'s write side is shut down.
+/// `count` is the bytes that reached `dst`.
+async fn half(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &AtomicU64) -> io::Result<()> {
+    let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    loop {
+        // The pipe is empty here, so EAGAIN can only be the socket's.
+        let n = loop {
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, pipe.capacity)) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return shutdown_write(dst);
+        }
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || splice(pipe_r, dst_fd, left)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => {
+                    left -= m;
+                    count.fetch_add(m as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Passes the half-close on: `shutdown(SHUT_WR)`, as `AsyncWriteExt::shutdown` does on a
+/// `TcpStream`.
+fn shutdown_write(s: &TcpStream) -> io::Result<()> {
+    // SAFETY: shutdown on a socket descriptor that `s` keeps open.
+    let rc = unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_WR) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected loopback pair: (the proxy's side, the peer's side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (a, b) = tokio::join!(l.accept(), TcpStream::connect(addr));
+        (a.unwrap().0, b.unwrap())
+    }
+
+    /// A deterministic byte stream, different per seed.
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u64).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+            .collect()
+    }
+
+    /// `SO_LINGER` with a zero timeout: closing the socket sends an RST.
+    fn reset_on_close(s: &TcpStream) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt with a valid `linger` of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn pipe_has_at_least_the_default_capacity() {
+        let p = Pipe::new(PIPE_SIZE).unwrap();
+        assert!(p.capacity() >= 4096, "{}", p.capacity());
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_byte_exact_and_passes_half_close() {
+        let (client, mut client_peer) = pair().await;
+        let (upstream, mut upstream_peer) = pair().await;
+        let task = tokio::spawn(relay_splice(client, upstream, 64 * 1024));
+        let up = pattern(1, 5 << 20);
+        let down = pattern(2, 3 << 20);
+        let (up2, down2) = (up.clone(), down.clone());
+        // The client sends everything then half-closes; the upstream reads to EOF while
+        // sending, then answers after the EOF.
+        let client_side = tokio::spawn(async move {
+            let (mut r, mut w) = client_peer.split();
+            let send = async {
+                w.write_all(&up2).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let mut got = Vec::new();
+            let recv = r.read_to_end(&mut got);
+            let ((), n) = tokio::join!(send, recv);
+            n.unwrap();
+            got
+        });
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got == up,
+            "upstream got {} of {} bytes",
+            got.len(),
+            up.len()
+        );
+        upstream_peer.write_all(&down2).await.unwrap();
+        upstream_peer.shutdown().await.unwrap();
+        let back = client_side.await.unwrap();
+        assert!(
+            back == down,
+            "client got {} of {} bytes",
+            back.len(),
+            down.len()
+        );
+        let stats = task.await.unwrap();
+        assert_eq!(
+            (stats.client_to_upstream, stats.upstream_to_client),
+            (up.len() as u64, down.len() as u64)
+        );
+        assert_eq!(stats.mode, "splice");
+        assert!(stats.error.is_none(), "{:?}", stats.error);
+    }
+
+    #[tokio::test]
+    async fn upstream_half_close_leaves_the_client_direction_open() {
+        let (client, mut client_peer) = pair().await;
+        let (upstream, mut upstream_peer) = pair().await;
+        let task = tokio::spawn(relay_splice(client, upstream, 1024));
+        upstream_peer.write_all(b"bye").await.unwrap();
+        upstream_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        client_peer.write_all(b"late words").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut late = Vec::new();
+        upstream_peer.read_to_end(&mut late).await.unwrap();
+        assert_eq!(late, b"late words");
+        let stats = task.await.unwrap();
+        assert_eq!(
+            (stats.client_to_upstream, stats.upstream_to_client),
+            (10, 3)
+        );
+        assert!(stats.error.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_both_directions_and_keeps_the_counts() {
+        let (client, mut client_peer) = pair().await;
+        let (upstream, upstream_peer) = pair().await;
+        let task = tokio::spawn(relay_splice(client, upstream, 1024));
+        client_peer.write_all(b"hello").await.unwrap();
+        let mut upstream_peer = upstream_peer;
+        let mut got = [0u8; 5];
+        upstream_peer.read_exact(&mut got).await.unwrap();
+        // An RST from the upstream: linger 0, then close.
+        reset_on_close(&upstream_peer);
+        drop(upstream_peer);
+        let stats = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the relay ends after the reset")
+            .unwrap();
+        assert_eq!(stats.client_to_upstream, 5);
+        assert!(stats.error.is_some(), "a reset is an error");
+        // The client side was closed by the relay ending: it reads EOF or a reset.
+        let mut rest = Vec::new();
+        let _ = client_peer.read_to_end(&mut rest).await;
+        assert!(rest.is_empty());
+    }
+}
