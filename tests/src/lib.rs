@@ -8,6 +8,7 @@
 //! Missing tools are a hard failure naming the Debian package to install (the xtask
 //! installs them); there are no silent skips, with or without `CI=true`.
 
+pub mod balancer;
 pub mod clients;
 pub mod local_proxy;
 pub mod mariadb;

@@ -194,8 +194,14 @@ impl Switchyard {
     /// Writes `config` (with `pki`'s server cert and CA) and starts the proxy; waits
     /// for `switchyard ready web=… diag=…` on stdout.
     pub fn start(pki: &TestPki, config: &ProxyConfig) -> Result<Switchyard> {
-        let (dir, config_path) = write_config(pki, &config.render())?;
-        let mut proc = spawn_serve(&dir, &config_path, config.ebpf.as_deref())?;
+        Self::start_text(pki, &config.render(), config.ebpf.as_deref())
+    }
+
+    /// [`Switchyard::start`] with the config text as given (e.g. a rendered
+    /// [`ProxyConfig`] with keys it does not model) and `serve --ebpf <mode>`.
+    pub fn start_text(pki: &TestPki, text: &str, ebpf: Option<&str>) -> Result<Switchyard> {
+        let (dir, config_path) = write_config(pki, text)?;
+        let mut proc = spawn_serve(&dir, &config_path, ebpf)?;
         let (web, diag) = proc.wait_for_line(Stream::Stdout, Duration::from_secs(15), |l| {
             let rest = l.strip_prefix("switchyard ready web=")?;
             let (web, diag) = rest.split_once(" diag=")?;

@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "mariadb-client",
     "bpftool",
     "iproute2",
+    "nginx",
+    "haproxy",
 ];
 
 /// Tools the tests need and the Debian package that provides them when they are not on

@@ -1,0 +1,661 @@
+//! Behind real load balancers (DESIGN.md §4): nginx and HAProxy terminating TLS in front
+//! of the proxy, so SNI/ALPN never reach it; the local proxies detect that on their own
+//! (no environment override) and tunnel their TLS through `GET /webapi/connectionupgrade`.
+//! OpenSSH, psql, kubectl and a TCP client work through nginx; ssh and psql through HAProxy
+//! `mode http`; the proxy learns the client address from `X-Forwarded-For`. HAProxy
+//! `mode tcp` with `send-proxy-v2` keeps direct TLS routing and the PROXY header's address.
+//! Pings keep an idle tunnel alive through nginx's `proxy_read_timeout`; without them nginx
+//! cuts it. `switchyard probe` reports each set-up. The fixtures are proven first with curl.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use switchyard_tests::balancer::{Balancer, HAProxy, Nginx, BALANCER_SOURCE};
+use switchyard_tests::local_proxy::{switchyard_cmd, LocalProxy};
+use switchyard_tests::pki::CertFiles;
+use switchyard_tests::postgres::psql;
+use switchyard_tests::process::Proc;
+use switchyard_tests::{
+    curl, free_port, require_tool, run_with_timeout, wait_until, DemoUpstream, Postgres,
+    ProxyConfig, SClient, SClientOutput, Sshd, Switchyard, TempDir, TestPki,
+};
+
+/// What the proxy logs for a connection whose client address came from nginx's or
+/// HAProxy's `X-Forwarded-For` (the local proxy's address as the balancer saw it).
+const REAL_FROM_XFF: &str = "real_client=127.0.0.1";
+
+/// Starts the proxy with `config`, plus `proxy_service.trust_x_forwarded_for: true` when
+/// `trust_xff`, and `limits` keys (`key: value`) the harness config does not model.
+fn start_proxy(
+    pki: &TestPki,
+    config: &ProxyConfig,
+    trust_xff: bool,
+    limits: &[&str],
+) -> Switchyard {
+    let mut text = config.render();
+    if trust_xff {
+        let (off, on) = (
+            "trust_x_forwarded_for: false",
+            "trust_x_forwarded_for: true",
+        );
+        assert!(text.contains(off), "harness config changed: {text}");
+        text = text.replace(off, on);
+    }
+    for key in limits {
+        assert!(text.contains("limits: {"), "harness config changed: {text}");
+        text = text.replacen("limits: {", &format!("limits: {{{key}, "), 1);
+    }
+    Switchyard::start_text(pki, &text, config.ebpf.as_deref())
+        .unwrap_or_else(|e| panic!("proxy did not start: {e:#}\nconfig:\n{text}"))
+}
+
+/// The balancer's server certificate, from the cluster CA, for `localhost`/127.0.0.1.
+fn front_cert(pki: &TestPki) -> CertFiles {
+    pki.issue_server(
+        "balancer",
+        "balancer.localhost",
+        &["localhost", "127.0.0.1"],
+    )
+    .unwrap()
+}
+
+fn nginx(pki: &TestPki, dir: &TempDir, proxy: &Switchyard, timeout: Option<Duration>) -> Balancer {
+    let front = front_cert(pki);
+    Nginx::layer7(dir.path(), &front.cert, &front.key, proxy.web, timeout).unwrap()
+}
+
+fn haproxy_http(pki: &TestPki, dir: &TempDir, proxy: &Switchyard) -> Balancer {
+    HAProxy::http(dir.path(), &front_cert(pki), proxy.web).unwrap()
+}
+
+/// `--proxy=localhost:PORT --identity=…/client`: the client pointed at the balancer.
+fn client_args(pki: &TestPki, front: SocketAddr) -> Vec<String> {
+    vec![
+        format!("--proxy=localhost:{}", front.port()),
+        format!("--identity={}", pki.dir().join("client").display()),
+    ]
+}
+
+fn local_proxy(kind: &[&str], pki: &TestPki, front: SocketAddr) -> LocalProxy {
+    let mut args: Vec<String> = kind.iter().map(|s| s.to_string()).collect();
+    args.extend(client_args(pki, front));
+    LocalProxy::start(&args).unwrap()
+}
+
+/// Waits until the proxy logged the upgrade with the client address from
+/// `X-Forwarded-For`, and the balancer logged `GET /webapi/connectionupgrade` → 101.
+fn assert_upgraded(proxy: &Switchyard, balancer: &Balancer, client: &str) {
+    let done = wait_until(Duration::from_secs(10), "upgrade in both logs", || {
+        let log = proxy.log();
+        let front = balancer.log();
+        Ok((log.to_lowercase().contains("upgrade")
+            && log.contains(REAL_FROM_XFF)
+            && front.contains("/webapi/connectionupgrade")
+            && front.contains(" 101 "))
+        .then_some(()))
+    });
+    if let Err(e) = done {
+        panic!(
+            "{e}: expected the proxy log to mention the upgrade and {REAL_FROM_XFF:?}, and \
+             the balancer to log GET /webapi/connectionupgrade answered 101\n\
+             --- proxy log ---\n{}\n--- balancer ---\n{}\n--- client ---\n{client}",
+            proxy.log(),
+            balancer.logs()
+        );
+    }
+}
+
+// ---- fixtures, proven with curl and openssl -------------------------------------------
+
+fn web_proxy(pki: &TestPki, web: &DemoUpstream, proxy_protocol: Option<&str>) -> Switchyard {
+    let mut config = ProxyConfig::default().upstream("web", web.addr);
+    config.proxy_protocol = proxy_protocol.map(String::from);
+    Switchyard::start(pki, &config).unwrap()
+}
+
+fn curl_hello(pki: &TestPki, front: &Balancer, path: &str) -> SClientOutput {
+    let url = format!("https://localhost:{}{path}", front.addr.port());
+    let ca = pki.ca_cert().display().to_string();
+    curl(["--cacert", &ca, &url]).unwrap()
+}
+
+/// What a client offering only `teleport-reversetunnel` gets: nginx refuses with the
+/// `no_application_protocol` alert, HAProxy (no `alpn` on its bind) negotiates none.
+fn alpn_probe(pki: &TestPki, front: &Balancer) -> SClientOutput {
+    SClient::new(front.addr)
+        .sni("localhost")
+        .alpn("teleport-reversetunnel")
+        .verify(&pki.ca_cert())
+        .run_to_end(b"", Duration::from_secs(10))
+        .unwrap()
+}
+
+#[test]
+fn fixture_nginx_layer7_reaches_the_web_route_and_strips_alpn() {
+    let pki = TestPki::new().unwrap();
+    let web = DemoUpstream::http("web").unwrap();
+    let proxy = web_proxy(&pki, &web, None);
+    let dir = TempDir::new("nginx").unwrap();
+    let front = nginx(&pki, &dir, &proxy, None);
+    let out = curl_hello(&pki, &front, "/through-nginx");
+    assert!(
+        out.stdout.contains("upstream=web path=/through-nginx"),
+        "{out:?}\n{}\n{}",
+        front.logs(),
+        proxy.log()
+    );
+    assert!(
+        proxy.log().contains(&format!("client={BALANCER_SOURCE}:")),
+        "nginx did not connect from {BALANCER_SOURCE}\n{}",
+        proxy.log()
+    );
+    let out = alpn_probe(&pki, &front);
+    let text = format!("{}{}", out.stdout, out.stderr).to_lowercase();
+    assert!(
+        text.contains("no application protocol") || text.contains("no alpn negotiated"),
+        "nginx negotiated an ALPN it should not know: {out:?}"
+    );
+}
+
+#[test]
+fn fixture_haproxy_http_reaches_the_web_route_and_strips_alpn() {
+    let pki = TestPki::new().unwrap();
+    let web = DemoUpstream::http("web").unwrap();
+    let proxy = web_proxy(&pki, &web, None);
+    let dir = TempDir::new("haproxy-http").unwrap();
+    let front = haproxy_http(&pki, &dir, &proxy);
+    let out = curl_hello(&pki, &front, "/through-haproxy");
+    assert!(
+        out.stdout.contains("upstream=web path=/through-haproxy"),
+        "{out:?}\n{}\n{}",
+        front.logs(),
+        proxy.log()
+    );
+    wait_until(Duration::from_secs(5), "HAProxy request log", || {
+        Ok(front.log().contains("/through-haproxy").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", front.logs()));
+    let out = alpn_probe(&pki, &front);
+    let text = format!("{}{}", out.stdout, out.stderr).to_lowercase();
+    assert!(
+        text.contains("no alpn negotiated") || text.contains("no application protocol"),
+        "HAProxy negotiated an ALPN it should not know: {out:?}"
+    );
+}
+
+#[test]
+fn fixture_haproxy_tcp_sends_proxy_v2_with_the_client_address() {
+    let pki = TestPki::new().unwrap();
+    let web = DemoUpstream::http("web").unwrap();
+    let proxy = web_proxy(&pki, &web, Some("on"));
+    let dir = TempDir::new("haproxy-tcp").unwrap();
+    let front = HAProxy::tcp_proxy_v2(dir.path(), proxy.web).unwrap();
+    let out = curl_hello(&pki, &front, "/through-l4");
+    assert!(
+        out.stdout.contains("upstream=web path=/through-l4"),
+        "{out:?}\n{}\n{}",
+        front.logs(),
+        proxy.log()
+    );
+    let log = proxy.log();
+    assert!(
+        log.contains(&format!("client={BALANCER_SOURCE}:"))
+            && log.contains("real_client=127.0.0.1:"),
+        "expected client={BALANCER_SOURCE} (HAProxy) and real_client=127.0.0.1:PORT (curl)\n{log}"
+    );
+}
+
+// ---- nginx (layer 7) in front ----------------------------------------------------------
+
+/// The block `switchyard config ssh --cluster test` prints for a proxy at `front`, plus
+/// sshd's client key.
+fn ssh_config(pki: &TestPki, front: SocketAddr, sshd: &Sshd, dir: &TempDir) -> PathBuf {
+    let mut args = vec!["config".to_owned(), "ssh".into(), "--cluster=test".into()];
+    args.extend(client_args(pki, front));
+    args.push(format!(
+        "--known-hosts={}",
+        dir.join("known_hosts").display()
+    ));
+    let out =
+        run_with_timeout(switchyard_cmd(&args).unwrap(), b"", Duration::from_secs(10)).unwrap();
+    assert!(out.success(), "config ssh: {out:?}");
+    let text = format!(
+        "{}    IdentityFile {}\n    IdentitiesOnly yes\n    BatchMode yes\n    \
+         StrictHostKeyChecking accept-new\n    LogLevel ERROR\n",
+        out.stdout,
+        sshd.client_key.display()
+    );
+    let path = dir.join("ssh_config");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `ssh -F config root@node1.test -- echo through-the-balancer`.
+fn ssh_echo(config: &Path) -> SClientOutput {
+    let mut cmd = Command::new(require_tool("ssh", "openssh-client", &[]).unwrap());
+    cmd.arg("-F").arg(config);
+    cmd.args(["root@node1.test", "--", "echo", "through-the-balancer"]);
+    // No override: the client must detect the balancer itself.
+    cmd.env_remove("SWITCHYARD_TLS_ROUTING_CONN_UPGRADE");
+    run_with_timeout(cmd, b"", Duration::from_secs(30)).unwrap()
+}
+
+fn check_ssh(pki: &TestPki, proxy: &Switchyard, front: &Balancer, sshd: &Sshd) {
+    let dir = TempDir::new("ssh-via-balancer").unwrap();
+    let config = ssh_config(pki, front.addr, sshd, &dir);
+    let out = ssh_echo(&config);
+    assert!(
+        out.success() && out.stdout.trim() == "through-the-balancer",
+        "ssh through the balancer: {out:?}\n--- proxy ---\n{}\n--- balancer ---\n{}",
+        proxy.log(),
+        front.logs()
+    );
+    assert!(proxy.log().contains("ssh:node1"), "{}", proxy.log());
+    assert_upgraded(proxy, front, &out.stderr);
+}
+
+fn check_psql(pki: &TestPki, proxy: &Switchyard, front: &Balancer) {
+    let local = local_proxy(&["proxy", "db", "--protocol=postgres"], pki, front.addr);
+    let answer = psql(local.addr, "disable", "select 40 + 2");
+    assert_eq!(
+        answer.as_deref().ok(),
+        Some("42"),
+        "psql through the balancer: {answer:?}\n{}\n--- proxy ---\n{}\n--- balancer ---\n{}",
+        local.logs(),
+        proxy.log(),
+        front.logs()
+    );
+    assert!(proxy.log().contains("teleport-postgres"), "{}", proxy.log());
+    assert_upgraded(proxy, front, &local.logs());
+}
+
+#[test]
+fn nginx_openssh_through_proxy_ssh_detects_and_upgrades() {
+    let pki = TestPki::new().unwrap();
+    let sshd = Sshd::start().unwrap();
+    let proxy = start_proxy(
+        &pki,
+        &ProxyConfig::default().node("node1", sshd.addr),
+        true,
+        &[],
+    );
+    let dir = TempDir::new("nginx").unwrap();
+    let front = nginx(&pki, &dir, &proxy, None);
+    check_ssh(&pki, &proxy, &front, &sshd);
+}
+
+#[test]
+fn nginx_psql_through_proxy_db_detects_and_upgrades() {
+    let pki = TestPki::new().unwrap();
+    let pg = Postgres::start(&pki.server).unwrap();
+    let config = ProxyConfig::default().upstream("postgres", pg.addr);
+    let proxy = start_proxy(&pki, &config, true, &[]);
+    let dir = TempDir::new("nginx").unwrap();
+    let front = nginx(&pki, &dir, &proxy, None);
+    check_psql(&pki, &proxy, &front);
+}
+
+const KUBE_VERSION: &str = r#"{"major":"1","minor":"31","gitVersion":"v1.31.0-behind-nginx"}"#;
+
+/// `openssl s_server -WWW` serving the Kubernetes `/version` document with a certificate
+/// for the kube SNI (as in client_kube.rs).
+fn kube_api(pki: &TestPki, dir: &TempDir) -> (SocketAddr, Proc) {
+    let tls = pki
+        .issue_server("kube", "kube", &["kube-teleport-proxy-alpn.localhost"])
+        .unwrap();
+    std::fs::write(dir.join("version"), KUBE_VERSION).unwrap();
+    let openssl = require_tool("openssl", "openssl", &[]).unwrap();
+    for _ in 0..3 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(&openssl);
+        cmd.args(["s_server", "-WWW", "-quiet", "-accept"])
+            .arg(addr.to_string())
+            .arg("-cert")
+            .arg(&tls.cert)
+            .arg("-key")
+            .arg(&tls.key)
+            .current_dir(dir.path());
+        let mut proc = Proc::spawn("kube-api", cmd, dir.path()).unwrap();
+        let up = wait_until(Duration::from_secs(5), "s_server listening", || {
+            Ok(TcpStream::connect(addr).is_ok().then_some(()))
+        });
+        if up.is_ok() && proc.wait_exit(Duration::ZERO).unwrap().is_none() {
+            return (addr, proc);
+        }
+    }
+    panic!("openssl s_server did not start");
+}
+
+#[test]
+fn nginx_kubectl_through_proxy_kube_detects_and_upgrades() {
+    let pki = TestPki::new().unwrap();
+    let api_dir = TempDir::new("kube-api").unwrap();
+    let (api, _api_proc) = kube_api(&pki, &api_dir);
+    let proxy = start_proxy(
+        &pki,
+        &ProxyConfig::default().upstream("kube", api),
+        true,
+        &[],
+    );
+    let dir = TempDir::new("nginx").unwrap();
+    let front = nginx(&pki, &dir, &proxy, None);
+    let local = local_proxy(&["proxy", "kube"], &pki, front.addr);
+    let kubeconfig = local
+        .printed("kubeconfig")
+        .unwrap_or_else(|| panic!("no kubeconfig= line\n{}", local.logs()));
+    let mut cmd = Command::new(require_tool("kubectl", "kubernetes-client", &[]).unwrap());
+    cmd.arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "--raw", "/version"])
+        .env("HOME", dir.path());
+    let out = run_with_timeout(cmd, b"", Duration::from_secs(30)).unwrap();
+    assert!(
+        out.success() && out.stdout.contains("v1.31.0-behind-nginx"),
+        "kubectl through nginx: {out:?}\n{}\n--- proxy ---\n{}\n--- balancer ---\n{}",
+        local.logs(),
+        proxy.log(),
+        front.logs()
+    );
+    assert!(
+        proxy.log().contains("kube-teleport-proxy-alpn.localhost"),
+        "{}",
+        proxy.log()
+    );
+    drop(local);
+    assert_upgraded(&proxy, &front, "");
+}
+
+/// A proxy with the TCP app `echo.localhost` (ALPN teleport-tcp) → a demo echo upstream.
+fn echo_app_config(echo: &DemoUpstream) -> ProxyConfig {
+    let mut config = ProxyConfig::default();
+    config.routes.push(format!(
+        "{{name: echo-app, sni: echo.localhost, alpn: teleport-tcp, mode: terminate, upstream: '{}'}}",
+        echo.addr
+    ));
+    config
+}
+
+/// A TCP connection to a local `proxy tcp` for the echo app: greeting read, one line echoed.
+struct EchoClient {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl EchoClient {
+    fn connect(local: &LocalProxy) -> EchoClient {
+        let stream = TcpStream::connect(local.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut client = EchoClient { stream, reader };
+        let greeting = client.line();
+        assert_eq!(
+            greeting.as_deref().ok(),
+            Some("upstream=echo\n"),
+            "{}",
+            local.logs()
+        );
+        client
+    }
+
+    fn line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        Ok(line)
+    }
+
+    /// Sends `text` and returns what came back (empty at EOF), or the I/O error.
+    fn echo(&mut self, text: &str) -> std::io::Result<String> {
+        self.stream.write_all(format!("{text}\n").as_bytes())?;
+        self.line()
+    }
+}
+
+fn proxy_tcp_echo(pki: &TestPki, front: SocketAddr) -> LocalProxy {
+    let args = [
+        "proxy",
+        "tcp",
+        "--alpn=teleport-tcp",
+        "--sni=echo.localhost",
+    ];
+    local_proxy(&args, pki, front)
+}
+
+#[test]
+fn nginx_tcp_client_through_proxy_tcp_detects_and_upgrades() {
+    let pki = TestPki::new().unwrap();
+    let echo = DemoUpstream::echo("echo").unwrap();
+    let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[]);
+    let dir = TempDir::new("nginx").unwrap();
+    let front = nginx(&pki, &dir, &proxy, None);
+    let local = proxy_tcp_echo(&pki, front.addr);
+    let mut client = EchoClient::connect(&local);
+    let echoed = client.echo("hello through nginx");
+    assert_eq!(
+        echoed.as_deref().ok(),
+        Some("hello through nginx\n"),
+        "{}\n{}",
+        local.logs(),
+        proxy.log()
+    );
+    drop(client);
+    assert!(proxy.log().contains("echo-app"), "{}", proxy.log());
+    assert_upgraded(&proxy, &front, &local.logs());
+}
+
+// ---- HAProxy in front ------------------------------------------------------------------
+
+#[test]
+fn haproxy_http_openssh_through_proxy_ssh_detects_and_upgrades() {
+    let pki = TestPki::new().unwrap();
+    let sshd = Sshd::start().unwrap();
+    let proxy = start_proxy(
+        &pki,
+        &ProxyConfig::default().node("node1", sshd.addr),
+        true,
+        &[],
+    );
+    let dir = TempDir::new("haproxy-http").unwrap();
+    let front = haproxy_http(&pki, &dir, &proxy);
+    check_ssh(&pki, &proxy, &front, &sshd);
+}
+
+#[test]
+fn haproxy_http_psql_through_proxy_db_detects_and_upgrades() {
+    let pki = TestPki::new().unwrap();
+    let pg = Postgres::start(&pki.server).unwrap();
+    let config = ProxyConfig::default().upstream("postgres", pg.addr);
+    let proxy = start_proxy(&pki, &config, true, &[]);
+    let dir = TempDir::new("haproxy-http").unwrap();
+    let front = haproxy_http(&pki, &dir, &proxy);
+    check_psql(&pki, &proxy, &front);
+}
+
+#[test]
+fn haproxy_tcp_proxy_v2_keeps_direct_tls_routing_and_the_client_address() {
+    let pki = TestPki::new().unwrap();
+    let sshd = Sshd::start().unwrap();
+    let config = ProxyConfig::default()
+        .node("node1", sshd.addr)
+        .proxy_protocol("on");
+    let proxy = start_proxy(&pki, &config, false, &[]);
+    let dir = TempDir::new("haproxy-tcp").unwrap();
+    let front = HAProxy::tcp_proxy_v2(dir.path(), proxy.web).unwrap();
+    let ssh_dir = TempDir::new("ssh-via-l4").unwrap();
+    let config = ssh_config(&pki, front.addr, &sshd, &ssh_dir);
+    let out = ssh_echo(&config);
+    assert!(
+        out.success() && out.stdout.trim() == "through-the-balancer",
+        "ssh through HAProxy tcp: {out:?}\n--- proxy ---\n{}\n--- balancer ---\n{}",
+        proxy.log(),
+        front.logs()
+    );
+    let log = proxy.log();
+    assert!(log.contains("ssh:node1"), "{log}");
+    assert!(
+        log.contains(&format!("client={BALANCER_SOURCE}:"))
+            && log.contains("real_client=127.0.0.1:"),
+        "expected client={BALANCER_SOURCE}:PORT (HAProxy) and real_client=127.0.0.1:PORT (from \
+         the PROXY v2 header)\n{log}"
+    );
+    // A layer-4 balancer passes ALPN through: no upgrade is needed.
+    assert!(
+        !log.contains("/webapi/connectionupgrade"),
+        "the client upgraded through a layer-4 balancer\n{log}"
+    );
+}
+
+// ---- idle tunnels and pings ------------------------------------------------------------
+
+/// nginx cuts an upgraded connection after `proxy_read_timeout` (5 s) without bytes from
+/// the proxy; the proxy's pings (`limits.ping_interval`) are such bytes.
+fn idle_echo(ping_interval: &str) -> (std::io::Result<String>, String) {
+    let pki = TestPki::new().unwrap();
+    let echo = DemoUpstream::echo("echo").unwrap();
+    let ping = format!("ping_interval: {ping_interval}");
+    let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[&ping]);
+    let dir = TempDir::new("nginx-idle").unwrap();
+    let front = nginx(&pki, &dir, &proxy, Some(Duration::from_secs(5)));
+    let local = proxy_tcp_echo(&pki, front.addr);
+    let mut client = EchoClient::connect(&local);
+    let first = client.echo("before idle");
+    assert_eq!(
+        first.as_deref().ok(),
+        Some("before idle\n"),
+        "{}\n{}",
+        local.logs(),
+        proxy.log()
+    );
+    std::thread::sleep(Duration::from_secs(20));
+    let after = client.echo("after 20s idle");
+    let logs = format!(
+        "{}\n--- proxy ---\n{}\n--- balancer ---\n{}",
+        local.logs(),
+        proxy.log(),
+        front.logs()
+    );
+    (after, logs)
+}
+
+#[test]
+fn idle_tunnel_through_nginx_survives_with_pings() {
+    let (after, logs) = idle_echo("2s");
+    assert_eq!(
+        after.as_deref().ok(),
+        Some("after 20s idle\n"),
+        "with limits.ping_interval 2s the tunnel should outlive nginx's 5s read timeout\n{logs}"
+    );
+}
+
+#[test]
+fn idle_tunnel_through_nginx_is_cut_without_pings() {
+    let (after, logs) = idle_echo("0s");
+    let cut = match &after {
+        Ok(text) => text.is_empty(),
+        Err(_) => true,
+    };
+    assert!(
+        cut,
+        "with pings off nginx should have closed the idle tunnel after 5s, got {after:?}\n{logs}"
+    );
+}
+
+// ---- switchyard probe ------------------------------------------------------------------
+
+/// Runs `switchyard probe https://localhost:PORT --ca CA`, prints its output and saves it
+/// as target/probe-NAME.txt.
+fn probe(pki: &TestPki, name: &str, port: u16) -> (SClientOutput, String) {
+    let url = format!("https://localhost:{port}");
+    let mut cmd = switchyard_cmd(["probe", &url, "--ca"]).unwrap();
+    cmd.arg(pki.ca_cert());
+    cmd.env_remove("SWITCHYARD_TLS_ROUTING_CONN_UPGRADE");
+    let out = run_with_timeout(cmd, b"", Duration::from_secs(60)).unwrap();
+    let text = format!("{}{}", out.stdout, out.stderr);
+    println!(
+        "--- switchyard probe {url} ({name}) ---\n{text}--- end ({:?}) ---",
+        out.status
+    );
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let _ = std::fs::write(target.join(format!("probe-{name}.txt")), &text);
+    let lower = text.to_lowercase();
+    (out, lower)
+}
+
+/// The first line of `text` mentioning every one of `words`.
+fn line_about<'a>(text: &'a str, words: &[&str]) -> Option<&'a str> {
+    text.lines().find(|l| words.iter().all(|w| l.contains(w)))
+}
+
+fn assert_upgrades_work(text: &str, what: &str) {
+    for kind in ["websocket", "legacy"] {
+        let line = line_about(text, &[kind, "upgrade"])
+            .unwrap_or_else(|| panic!("{what}: no line about the {kind} upgrade:\n{text}"));
+        assert!(
+            line.contains("works") && !line.contains("not") && !line.contains("fail"),
+            "{what}: the {kind} upgrade should work: {line:?}\n{text}"
+        );
+    }
+    assert!(text.contains("ms"), "{what}: no round-trip times:\n{text}");
+}
+
+fn probe_proxy(pki: &TestPki) -> (DemoUpstream, Switchyard) {
+    let web = DemoUpstream::http("web").unwrap();
+    let proxy = start_proxy(
+        pki,
+        &ProxyConfig::default().upstream("web", web.addr),
+        true,
+        &[],
+    );
+    (web, proxy)
+}
+
+#[test]
+fn probe_direct_proxy_reports_direct_routing() {
+    let pki = TestPki::new().unwrap();
+    let (_web, proxy) = probe_proxy(&pki);
+    let (out, text) = probe(&pki, "direct", proxy.web.port());
+    assert!(out.success(), "probe exited {:?}\n{text}", out.status);
+    assert!(text.contains("reachable"), "{text}");
+    assert!(
+        !text.contains("upgrade required"),
+        "direct ALPN routing should work against the proxy itself:\n{text}\n{}",
+        proxy.log()
+    );
+    assert_upgrades_work(&text, "direct");
+}
+
+#[test]
+fn probe_through_nginx_reports_upgrade_required_and_working() {
+    let pki = TestPki::new().unwrap();
+    let (_web, proxy) = probe_proxy(&pki);
+    let dir = TempDir::new("nginx-probe").unwrap();
+    let front = nginx(&pki, &dir, &proxy, None);
+    let (out, text) = probe(&pki, "nginx", front.addr.port());
+    assert!(out.success(), "probe exited {:?}\n{text}", out.status);
+    assert!(text.contains("reachable"), "{text}");
+    assert!(
+        text.contains("upgrade required"),
+        "nginx strips ALPN:\n{text}"
+    );
+    assert_upgrades_work(&text, "nginx");
+}
+
+#[test]
+fn probe_through_haproxy_reports_upgrade_required_and_working() {
+    let pki = TestPki::new().unwrap();
+    let (_web, proxy) = probe_proxy(&pki);
+    let dir = TempDir::new("haproxy-probe").unwrap();
+    let front = haproxy_http(&pki, &dir, &proxy);
+    let (out, text) = probe(&pki, "haproxy", front.addr.port());
+    assert!(out.success(), "probe exited {:?}\n{text}", out.status);
+    assert!(text.contains("reachable"), "{text}");
+    assert!(
+        text.contains("upgrade required"),
+        "HAProxy mode http strips ALPN:\n{text}"
+    );
+    assert_upgrades_work(&text, "haproxy");
+}
