@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 
 use crate::pki::CertFiles;
 use crate::process::Proc;
-use crate::{free_port, require_tool};
+use crate::{free_port, require_tool, ProxyConfig, Switchyard, TestPki};
 
 /// The loopback address balancers connect to their backend from.
 pub const BALANCER_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
@@ -50,6 +50,33 @@ impl Balancer {
             self.log()
         )
     }
+}
+
+/// Starts the proxy with `config`, plus `proxy_service.trust_x_forwarded_for: true` when
+/// `trust_xff`, and `limits` keys (`"key: value"`, e.g. `"ping_interval: 2s"`) that
+/// [`ProxyConfig`] does not model.
+pub fn start_proxy(
+    pki: &TestPki,
+    config: &ProxyConfig,
+    trust_xff: bool,
+    limits: &[&str],
+) -> Result<Switchyard> {
+    let mut text = config.render();
+    if trust_xff {
+        let off = "trust_x_forwarded_for: false";
+        if !text.contains(off) {
+            bail!("ProxyConfig::render no longer writes `{off}`:\n{text}");
+        }
+        text = text.replace(off, "trust_x_forwarded_for: true");
+    }
+    for key in limits {
+        if !text.contains("limits: {") {
+            bail!("ProxyConfig::render no longer writes `limits: {{`:\n{text}");
+        }
+        text = text.replacen("limits: {", &format!("limits: {{{key}, "), 1);
+    }
+    Switchyard::start_text(pki, &text, config.ebpf.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e:#}\nconfig:\n{text}"))
 }
 
 /// nginx (`http` module, TLS terminated, HTTP/1.1 only).

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use switchyard_tests::balancer::{Balancer, HAProxy, Nginx, BALANCER_SOURCE};
+use switchyard_tests::balancer::{self, Balancer, HAProxy, Nginx, BALANCER_SOURCE};
 use switchyard_tests::local_proxy::{switchyard_cmd, LocalProxy};
 use switchyard_tests::pki::CertFiles;
 use switchyard_tests::postgres::psql;
@@ -27,29 +27,13 @@ use switchyard_tests::{
 /// HAProxy's `X-Forwarded-For` (the local proxy's address as the balancer saw it).
 const REAL_FROM_XFF: &str = "real_client=127.0.0.1";
 
-/// Starts the proxy with `config`, plus `proxy_service.trust_x_forwarded_for: true` when
-/// `trust_xff`, and `limits` keys (`key: value`) the harness config does not model.
 fn start_proxy(
     pki: &TestPki,
     config: &ProxyConfig,
     trust_xff: bool,
     limits: &[&str],
 ) -> Switchyard {
-    let mut text = config.render();
-    if trust_xff {
-        let (off, on) = (
-            "trust_x_forwarded_for: false",
-            "trust_x_forwarded_for: true",
-        );
-        assert!(text.contains(off), "harness config changed: {text}");
-        text = text.replace(off, on);
-    }
-    for key in limits {
-        assert!(text.contains("limits: {"), "harness config changed: {text}");
-        text = text.replacen("limits: {", &format!("limits: {{{key}, "), 1);
-    }
-    Switchyard::start_text(pki, &text, config.ebpf.as_deref())
-        .unwrap_or_else(|e| panic!("proxy did not start: {e:#}\nconfig:\n{text}"))
+    balancer::start_proxy(pki, config, trust_xff, limits).unwrap()
 }
 
 /// The balancer's server certificate, from the cluster CA, for `localhost`/127.0.0.1.
