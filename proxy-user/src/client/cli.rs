@@ -5,6 +5,7 @@
 use super::db::{self, DbProtocol};
 use super::dial::Dialer;
 use super::identity::{Identity, IdentityFiles};
+use super::upgrade::{Override, UpgradeMode};
 use super::{app, kube, ssh, ClientError};
 use clap::{Args, Subcommand};
 use std::future::Future;
@@ -31,6 +32,10 @@ pub struct ClientArgs {
     /// Cluster CA certificate(s) (PEM).
     #[arg(long, requires = "cert")]
     pub ca: Option<PathBuf>,
+    /// Behind a layer-7 load balancer: `websocket` upgrade, or `legacy` (`Upgrade:
+    /// alpn-ping`) for balancers that pass only custom upgrades.
+    #[arg(long, value_enum, default_value_t = UpgradeMode::Websocket)]
+    pub upgrade_mode: UpgradeMode,
     /// One line per connection.
     #[arg(short, long)]
     pub verbose: bool,
@@ -57,7 +62,8 @@ impl ClientArgs {
         let proxy = self.proxy.as_deref().ok_or_else(|| {
             ClientError::Usage("no proxy: pass --proxy HOST:PORT or set SWITCHYARD_PROXY".into())
         })?;
-        Dialer::new(proxy, identity)
+        let over = Override::from_env()?;
+        Ok(Dialer::new(proxy, identity)?.with_upgrade(self.upgrade_mode, over, self.verbose))
     }
 
     /// The same arguments with absolute paths, for commands written into config files.
@@ -79,6 +85,9 @@ impl ClientArgs {
                 out.push(format!("--key={}", abs(&f.key)?));
                 out.push(format!("--ca={}", abs(&f.ca)?));
             }
+        }
+        if self.upgrade_mode != UpgradeMode::default() {
+            out.push(format!("--upgrade-mode={}", self.upgrade_mode));
         }
         Ok(out)
     }

@@ -7,9 +7,17 @@
 //! app names travel as SNI labels under the proxy's name, while the certificate is the
 //! proxy's own ([`Verify::Proxy`]). Passthrough routes (Kubernetes) check the upstream's
 //! certificate against the SNI itself ([`Verify::Sni`]).
+//!
+//! Under that TLS connection is a [`Transport`]: TCP to the proxy (through `HTTPS_PROXY`
+//! when set), or, when the proxy is behind a layer-7 load balancer ([`super::detect`]),
+//! the tunnel of a connection upgrade ([`super::upgrade`]). The TLS handshake inside is
+//! the same either way. Only the plain ALPNs are offered (never the `-ping` variants):
+//! keep-alive through a balancer comes from the upgrade's own pings.
 
 use super::identity::Identity;
-use super::ClientError;
+use super::transport::Transport;
+use super::upgrade::{Endpoint, Override, UpgradeMode};
+use super::{detect, ClientError};
 use crate::tls::provider;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -19,7 +27,6 @@ use rustls::{AlertDescription, ClientConfig, DigitallySignedStruct, SignatureSch
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -43,6 +50,14 @@ pub struct Dialer {
     /// The host part, the proxy's public name.
     pub host: String,
     pub identity: Identity,
+    /// The proxy address with the cluster CA: detection and the upgrade's outer TLS.
+    pub endpoint: Endpoint,
+    /// `--upgrade-mode`.
+    pub upgrade_mode: UpgradeMode,
+    /// `SWITCHYARD_TLS_ROUTING_CONN_UPGRADE`.
+    pub upgrade_override: Arc<Override>,
+    /// `-v`: the detection's outcome is logged at info.
+    pub verbose: bool,
 }
 
 impl Dialer {
@@ -55,11 +70,28 @@ impl Dialer {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(identity.roots.clone(), provider())
+                .build()
+                .map_err(|e| ClientError::Usage(format!("cluster CA unusable: {e}")))?;
+        let endpoint = Endpoint::new(proxy, &host, webpki)?;
         Ok(Dialer {
             proxy: proxy.to_owned(),
             host,
             identity,
+            endpoint,
+            upgrade_mode: UpgradeMode::default(),
+            upgrade_override: Arc::new(Override::default()),
+            verbose: false,
         })
+    }
+
+    /// Sets how the proxy is reached behind a layer-7 load balancer.
+    pub fn with_upgrade(mut self, mode: UpgradeMode, over: Override, verbose: bool) -> Dialer {
+        self.upgrade_mode = mode;
+        self.upgrade_override = Arc::new(over);
+        self.verbose = verbose;
+        self
     }
 
     /// A connector for one kind of connection: SNI (`None`: the proxy's name), ALPN list.
@@ -96,6 +128,10 @@ impl Dialer {
             sni,
             alpn: alpn.iter().map(|a| a.to_string()).collect(),
             subject: self.identity.subject.clone(),
+            endpoint: self.endpoint.clone(),
+            upgrade_mode: self.upgrade_mode,
+            upgrade_override: self.upgrade_override.clone(),
+            verbose: self.verbose,
         })
     }
 }
@@ -109,22 +145,22 @@ pub struct Connector {
     pub sni: String,
     pub alpn: Vec<String>,
     subject: String,
+    endpoint: Endpoint,
+    upgrade_mode: UpgradeMode,
+    upgrade_override: Arc<Override>,
+    verbose: bool,
 }
 
 impl Connector {
-    /// TCP connect and TLS handshake within [`DIAL_TIMEOUT`].
-    pub async fn dial(&self) -> Result<TlsStream<TcpStream>, ClientError> {
+    /// Transport (TCP, or the upgrade's tunnel) and TLS handshake within [`DIAL_TIMEOUT`].
+    pub async fn dial(&self) -> Result<TlsStream<Transport>, ClientError> {
         let unreachable = |error| ClientError::Unreachable {
             proxy: self.proxy.clone(),
             error,
         };
         let attempt = async {
-            let tcp = TcpStream::connect(&self.proxy).await.map_err(unreachable)?;
-            let _ = tcp.set_nodelay(true);
-            self.connector
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .map_err(|e| self.classify(e))
+            let transport = self.transport().await?;
+            self.handshake(transport).await
         };
         tokio::time::timeout(DIAL_TIMEOUT, attempt)
             .await
@@ -134,6 +170,39 @@ impl Connector {
                     format!("no TLS session within {DIAL_TIMEOUT:?}"),
                 )))
             })
+    }
+
+    /// What the TLS connection runs over: the detection (cached per address) decides
+    /// between TCP and the connection upgrade.
+    pub async fn transport(&self) -> Result<Transport, ClientError> {
+        let upgrade = detect::upgrade_required(
+            &self.endpoint,
+            &self.upgrade_override,
+            self.upgrade_mode,
+            self.verbose,
+        )
+        .await?;
+        if upgrade {
+            Ok(self.endpoint.tunnel(self.upgrade_mode).await?.transport())
+        } else {
+            let tcp = self.endpoint.tcp().await;
+            tcp.map(Transport::Tcp)
+                .map_err(|error| ClientError::Unreachable {
+                    proxy: self.proxy.clone(),
+                    error,
+                })
+        }
+    }
+
+    /// The TLS handshake (SNI, ALPN, client certificate) over `transport`.
+    pub async fn handshake(
+        &self,
+        transport: Transport,
+    ) -> Result<TlsStream<Transport>, ClientError> {
+        self.connector
+            .connect(self.server_name.clone(), transport)
+            .await
+            .map_err(|e| self.classify(e))
     }
 
     /// Names a TLS-level failure: during the handshake, or (TLS 1.3 decides on the client

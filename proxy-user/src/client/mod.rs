@@ -7,17 +7,26 @@
 //! TLS connection to the proxy and names its failures, [`local`] runs a local listener
 //! (one TLS connection per client connection), and the protocol modules ([`ssh`], [`db`],
 //! [`kube`], [`app`]) add what their clients need; [`cli`] is their command line.
+//!
+//! Behind a layer-7 load balancer (DESIGN.md §4), [`detect`] notices it once per proxy
+//! address, and every dial then runs its TLS inside the connection upgrade of
+//! [`upgrade`]; [`transport`] is what the TLS runs over (and honours `HTTPS_PROXY`);
+//! [`probe`] checks all of it for a person.
 
 pub mod app;
 pub mod cli;
 pub mod db;
+pub mod detect;
 pub mod dial;
 pub mod identity;
 pub mod kube;
 pub mod local;
 pub mod mysql;
 pub mod pg;
+pub mod probe;
 pub mod ssh;
+pub mod transport;
+pub mod upgrade;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -60,6 +69,12 @@ pub enum ClientError {
     Tls {
         proxy: String,
         error: std::io::Error,
+    },
+    #[error("proxy {proxy}: {mode} connection upgrade failed: {error}")]
+    Upgrade {
+        proxy: String,
+        mode: upgrade::UpgradeMode,
+        error: String,
     },
     #[error("{what}: {error}")]
     Io { what: String, error: std::io::Error },
