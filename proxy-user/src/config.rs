@@ -268,6 +268,13 @@ pub struct Limits {
     pub max_hello_bytes: usize,
     /// Relay buffer per direction, bytes (`65536`).
     pub relay_buffer_bytes: usize,
+    /// How often the proxy pings an idle `alpn-ping` upgrade or `-ping` ALPN connection, so
+    /// a balancer's idle timeout does not cut it (`30s`; `0s` turns pings off).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Largest WebSocket frame or message, and largest ping-framing frame, accepted on a
+    /// connection upgrade, bytes (`1048576`); larger ones close the connection (code 1009).
+    pub max_ws_frame_bytes: usize,
 }
 
 impl Default for Limits {
@@ -279,6 +286,8 @@ impl Default for Limits {
             max_connections: 10_000,
             max_hello_bytes: 16 * 1024,
             relay_buffer_bytes: 64 * 1024,
+            ping_interval: Duration::from_secs(30),
+            max_ws_frame_bytes: 1024 * 1024,
         }
     }
 }
@@ -437,6 +446,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.relay_buffer_bytes",
                 "must be between 1024 and 16777216",
+            ));
+        }
+        if l.max_ws_frame_bytes < 16 * 1024 || l.max_ws_frame_bytes > 64 << 20 {
+            return Err(ConfigError::invalid(
+                "limits.max_ws_frame_bytes",
+                "must be between 16384 and 67108864",
             ));
         }
         if l.handshake_timeout.is_zero() || l.connect_timeout.is_zero() {

@@ -4,20 +4,31 @@
 //! Everything before the relay runs under one deadline (`limits.handshake_timeout`), so a
 //! slow or silent client costs a timer, not a thread. Each failure is a [`ConnError`] with
 //! the metric outcome it counts as; the caller logs it once in the connection's span.
+//!
+//! The web route (HTTP/1.1 over TLS, or plaintext HTTP) first looks at the request line:
+//! the proxy's own endpoints (`upgrade`) are answered here, anything else goes to the web
+//! upstream byte for byte. A connection upgrade turns the rest of the connection into a
+//! [`Tunnel`] whose bytes re-enter detection and routing as a connection of their own
+//! (one level deep: a tunnel's web route does not upgrade again). `-ping` ALPNs get the
+//! ping framing of `wire` between the TLS layer and the relay.
 
 use crate::config::ProxyProtocol;
 use crate::detect::{detect, Detected, PgRequest, ProxyHeader};
 use crate::hello::{self, HelloError};
 use crate::relay::{relay, relay_plain, Prefixed, RelayStats};
-use crate::route::{Decision, Mode, RejectAlert, RouteEntry};
+use crate::route::{Decision, Mode, RejectAlert, RouteEntry, PING_SUFFIX};
 use crate::server::Proxy;
 use crate::tls::Identity;
+use crate::upgrade::{self, Kind, Refused, Target};
+use crate::wire;
 use std::io;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Span};
 
 /// Room for a PROXY v2 header with TLVs in front of the preface.
@@ -58,8 +69,41 @@ pub enum ConnError {
         upstream: String,
         error: io::Error,
     },
+    #[error("connection upgrade refused: {0}")]
+    Upgrade(Refused),
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// A byte stream the proxy can hold behind a pointer.
+pub trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncIo for T {}
+
+/// The inner stream of a connection upgrade, whatever framing carries it.
+pub type Tunnel = Box<dyn AsyncIo>;
+
+/// A client-side stream: the accepted socket, or what a connection upgrade carries.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// The socket itself, when the relay can splice it; `Err(self)` otherwise.
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Err(self)
+    }
+}
+
+impl ClientIo for TcpStream {
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Ok(self)
+    }
+}
+impl ClientIo for Tunnel {}
+impl<S: ClientIo> ClientIo for Prefixed<S> {}
+impl<S: ClientIo> ClientIo for tokio_rustls::server::TlsStream<Prefixed<S>> {}
+
+/// Whether a connection arrived on a socket or inside a connection upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    Outer,
+    Inner,
 }
 
 impl ConnError {
@@ -101,9 +145,9 @@ impl Preface {
     }
 
     /// Reads more bytes before the deadline, within the size limit.
-    async fn read_more(
+    async fn read_more<S: AsyncRead + Unpin>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         stage: &'static str,
     ) -> Result<(), ConnError> {
         if self.buf.len() >= self.limit {
@@ -181,7 +225,7 @@ pub async fn handle(proxy: &Proxy, mut stream: TcpStream) -> Result<Finished, Co
     let _active = proxy.metrics.active_guard(protocol);
 
     match detected {
-        Detected::Tls => tls(proxy, stream, pre).await,
+        Detected::Tls => tls(proxy, stream, pre, Layer::Outer).await,
         Detected::Ssh => plaintext(proxy, stream, &pre, "ssh").await,
         Detected::Http => plaintext(proxy, stream, &pre, "web").await,
         Detected::Postgres(_) => plaintext(proxy, stream, &pre, "postgres").await,
@@ -219,9 +263,12 @@ async fn plaintext(
     };
     Span::current().record("route", route);
     proxy.metrics.route(route, "relay");
+    let consumed = pre.buf.len() as u64;
+    if route == "web" {
+        return web(proxy, client, read.to_vec(), consumed, entry).await;
+    }
     let mut upstream = connect(proxy, entry).await?;
     upstream.write_all(read).await?;
-    let consumed = pre.buf.len() as u64;
     let buffer = proxy.config.limits.relay_buffer_bytes;
     let mut stats = relay_plain(client, upstream, consumed, buffer).await;
     stats.client_to_upstream += read.len() as u64;
@@ -232,10 +279,11 @@ async fn plaintext(
 }
 
 /// TLS: read the whole ClientHello, route it, then pass through or terminate.
-async fn tls(
+async fn tls<C: ClientIo>(
     proxy: &Proxy,
-    mut client: TcpStream,
+    mut client: C,
     mut pre: Preface,
+    layer: Layer,
 ) -> Result<Finished, ConnError> {
     let max = proxy.config.limits.max_hello_bytes;
     let hello = loop {
@@ -259,14 +307,14 @@ async fn tls(
     };
     let route = &proxy.table.entries[entry];
     span.record("route", route.name.as_str());
+    let buffer = proxy.config.limits.relay_buffer_bytes;
     match route.mode {
         Mode::Passthrough => {
             proxy.metrics.route(&route.name, "passthrough");
             let mut upstream = connect(proxy, route).await?;
             upstream.write_all(pre.rest()).await?;
             let consumed = pre.buf.len() as u64;
-            let buffer = proxy.config.limits.relay_buffer_bytes;
-            let mut stats = relay_plain(client, upstream, consumed, buffer).await;
+            let mut stats = relay_client(client, upstream, consumed, buffer).await;
             stats.client_to_upstream += pre.rest().len() as u64;
             Ok(Finished {
                 route: route.name.clone(),
@@ -309,17 +357,227 @@ async fn tls(
             {
                 span.record("identity", tracing::field::display(&id));
             }
-            if let Some(p) = session.alpn_protocol() {
-                span.record("negotiated", String::from_utf8_lossy(p).as_ref());
+            let negotiated = session
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            if let Some(p) = &negotiated {
+                span.record("negotiated", p.as_str());
+            }
+            if route.upstream.is_empty() && route.name == crate::route::TUNNEL_PROBE {
+                debug!("answered a TLS routing probe (no upstreams.tunnel configured)");
+                return Ok(Finished {
+                    route: route.name.clone(),
+                    stats: RelayStats {
+                        mode: "none",
+                        ..RelayStats::default()
+                    },
+                });
+            }
+            let is_web = proxy.table.web() == Some(entry);
+            if is_web && layer == Layer::Outer && negotiated.as_deref() != Some("h2") {
+                return web(proxy, tls, Vec::new(), 0, route).await;
             }
             let upstream = connect(proxy, route).await?;
-            let stats = relay(tls, upstream, proxy.config.limits.relay_buffer_bytes).await;
+            let stats = if negotiated.is_some_and(|p| p.ends_with(PING_SUFFIX)) {
+                let limits = &proxy.config.limits;
+                let framed =
+                    wire::ping_framed(tls, Some(limits.ping_interval), limits.max_ws_frame_bytes);
+                relay(framed, upstream, buffer).await
+            } else {
+                relay(tls, upstream, buffer).await
+            };
             Ok(Finished {
                 route: route.name.clone(),
                 stats,
             })
         }
     }
+}
+
+/// Relays a client stream and an upstream: spliced when the client is the socket itself.
+async fn relay_client<C: ClientIo>(
+    client: C,
+    upstream: TcpStream,
+    consumed: u64,
+    buffer: usize,
+) -> RelayStats {
+    match client.into_tcp() {
+        Ok(tcp) => relay_plain(tcp, upstream, consumed, buffer).await,
+        Err(client) => relay(client, upstream, buffer).await,
+    }
+}
+
+/// The web route after TLS (or plaintext HTTP): the proxy's own endpoints, else the web
+/// upstream. `read` holds request bytes already read; `consumed` counts every byte read
+/// from the socket so far (for the splice).
+async fn web<C: ClientIo>(
+    proxy: &Proxy,
+    mut client: C,
+    mut read: Vec<u8>,
+    consumed: u64,
+    route: &RouteEntry,
+) -> Result<Finished, ConnError> {
+    let limits = &proxy.config.limits;
+    let deadline = Instant::now() + limits.handshake_timeout;
+    let max = limits.max_hello_bytes;
+    let target = loop {
+        if let Some(t) = upgrade::target(&read) {
+            break t;
+        }
+        if read.len() >= max {
+            break Target::Other;
+        }
+        if !read_until(&mut client, &mut read, deadline, limits.handshake_timeout).await? {
+            if read.is_empty() {
+                return Err(ConnError::ClosedEarly("HTTP request"));
+            }
+            break Target::Other;
+        }
+    };
+    if target == Target::Other {
+        if route.upstream.is_empty() {
+            let refused = upgrade::no_web_upstream(request_path(&read));
+            respond(&mut client, &refused.response()).await;
+            return Err(ConnError::NoRoute(refused.reason));
+        }
+        let mut upstream = connect(proxy, route).await?;
+        upstream.write_all(&read).await?;
+        let buffer = limits.relay_buffer_bytes;
+        let mut stats = relay_client(client, upstream, consumed, buffer).await;
+        stats.client_to_upstream += read.len() as u64;
+        return Ok(Finished {
+            route: route.name.clone(),
+            stats,
+        });
+    }
+    let request = loop {
+        match upgrade::parse(&read, max) {
+            Ok(Some(r)) => break r,
+            Ok(None) => {
+                let more = read_until(&mut client, &mut read, deadline, limits.handshake_timeout);
+                match more.await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(ConnError::ClosedEarly("HTTP request head")),
+                    Err(ConnError::Timeout(..)) => {
+                        return Err(refuse(proxy, &mut client, upgrade::timed_out()).await)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(refuse(proxy, &mut client, e.into()).await),
+        }
+    };
+    if target == Target::Ping {
+        let answer = upgrade::ping_response(&proxy.config);
+        respond(&mut client, &answer).await;
+        return Ok(Finished {
+            route: route.name.clone(),
+            stats: RelayStats {
+                client_to_upstream: read.len() as u64,
+                upstream_to_client: answer.len() as u64,
+                mode: "answered",
+                ..RelayStats::default()
+            },
+        });
+    }
+    let accepted = match upgrade::decide(&request, proxy.config.proxy_service.trust_x_forwarded_for)
+    {
+        Ok(a) => a,
+        Err(refused) => return Err(refuse(proxy, &mut client, refused).await),
+    };
+    client.write_all(&accepted.response).await?;
+    client.flush().await?;
+    let kind = accepted.kind;
+    let span = Span::current();
+    span.record("upgrade", kind.label());
+    if let Some(addr) = accepted.forwarded_for {
+        span.record("real_client", tracing::field::display(addr));
+    }
+    proxy.metrics.upgrade(kind.label(), "accepted");
+    debug!(upgrade = kind.label(), "connection upgraded");
+    let leftover = read.split_off(request.len);
+    let io = Prefixed::new(leftover, client);
+    let ping = kind.pings().then_some(limits.ping_interval);
+    let max_frame = limits.max_ws_frame_bytes;
+    let tunnel: Tunnel = match kind {
+        Kind::WebSocket | Kind::WebSocketPing => {
+            let config = wire::ws_config(max_frame);
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            Box::new(wire::websocket(ws, ping))
+        }
+        Kind::AlpnPing => Box::new(wire::ping_framed(io, ping, max_frame)),
+        Kind::Alpn => Box::new(io),
+    };
+    Box::pin(inner(proxy, tunnel, kind)).await
+}
+
+/// The connection carried by an upgrade: detection again (it must be TLS), then routing
+/// exactly like a direct connection.
+async fn inner(proxy: &Proxy, mut tunnel: Tunnel, kind: Kind) -> Result<Finished, ConnError> {
+    let limits = &proxy.config.limits;
+    let mut pre = Preface {
+        buf: Vec::with_capacity(2048),
+        start: 0,
+        deadline: Instant::now() + limits.handshake_timeout,
+        limit: limits.max_hello_bytes,
+        timeout: limits.handshake_timeout,
+    };
+    loop {
+        match detect(pre.rest()) {
+            Detected::NeedMore => pre.read_more(&mut tunnel, "TLS inside the upgrade").await?,
+            Detected::Tls => break,
+            _ => return Err(ConnError::Unknown(hex_preview(pre.rest()))),
+        }
+    }
+    proxy
+        .metrics
+        .accepted
+        .get_or_create(&crate::metrics::Accepted {
+            ingress_path: kind.label(),
+            protocol: "tls",
+        })
+        .inc();
+    tls(proxy, tunnel, pre, Layer::Inner).await
+}
+
+/// Reads more of a request into `buf` before `deadline`: `Ok(false)` at EOF.
+async fn read_until<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<bool, ConnError> {
+    let mut chunk = [0u8; 4096];
+    let n = timeout_at(deadline, stream.read(&mut chunk))
+        .await
+        .map_err(|_| ConnError::Timeout("HTTP request head", limit))??;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n > 0)
+}
+
+/// Answers a refused request, counts it, and returns the error to log.
+async fn refuse<S: AsyncWrite + Unpin>(proxy: &Proxy, client: &mut S, r: Refused) -> ConnError {
+    proxy.metrics.upgrade("none", r.outcome());
+    respond(client, &r.response()).await;
+    ConnError::Upgrade(r)
+}
+
+/// Writes a whole response and closes the sending side, best effort.
+async fn respond<S: AsyncWrite + Unpin>(client: &mut S, response: &[u8]) {
+    let _ = client.write_all(response).await;
+    let _ = client.shutdown().await;
+}
+
+/// The path of a request line, for messages.
+fn request_path(read: &[u8]) -> &str {
+    let line = read
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("/")
 }
 
 /// Connects to a route's upstream within `limits.connect_timeout`.
@@ -371,7 +629,7 @@ fn handshake_reason(e: &io::Error) -> &'static str {
 }
 
 /// Sends a fatal TLS alert record, best effort, before closing an unroutable connection.
-async fn send_alert(client: &mut TcpStream, alert: RejectAlert) {
+async fn send_alert<S: AsyncWrite + Unpin>(client: &mut S, alert: RejectAlert) {
     let code = match alert {
         RejectAlert::UnrecognizedName => 112,
         RejectAlert::NoApplicationProtocol => 120,

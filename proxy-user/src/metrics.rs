@@ -13,10 +13,19 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Accepted {
-    /// `direct` or `proxy_protocol`.
+    /// `direct` or `proxy_protocol`; for the inner connection of an upgrade, its kind
+    /// (`websocket_alpn_ping`, `alpn`, ...).
     pub ingress_path: &'static str,
     /// Detected protocol: `tls`, `ssh`, `http`, `postgres`, `unknown`, or a legacy listener.
     pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Upgrade {
+    /// `websocket_alpn_ping`, `websocket_alpn`, `alpn_ping`, `alpn`, or `none` when refused.
+    pub kind: &'static str,
+    /// `accepted`, or why it was refused (`bad_request`, `timeout`, ...).
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +68,7 @@ pub struct UpstreamLabel {
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
+    pub upgrades: Family<Upgrade, Counter>,
     pub accepted: Family<Accepted, Counter>,
     pub active: Family<Protocol, Gauge>,
     pub detect: Family<Outcome, Counter>,
@@ -80,6 +90,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
+            upgrades: Family::default(),
             accepted: Family::default(),
             active: Family::default(),
             detect: Family::default(),
@@ -91,6 +102,11 @@ impl Metrics {
             ebpf_loaded: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "switchyard_connection_upgrades",
+            "Requests to /webapi/connectionupgrade, by upgrade kind and outcome",
+            m.upgrades.clone(),
+        );
         registry.register(
             "switchyard_accepted_connections",
             "Connections accepted, by ingress path and detected protocol",
@@ -149,6 +165,10 @@ impl Metrics {
 
     pub fn detect(&self, outcome: &'static str) {
         self.detect.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub fn upgrade(&self, kind: &'static str, outcome: &'static str) {
+        self.upgrades.get_or_create(&Upgrade { kind, outcome }).inc();
     }
 
     pub fn route(&self, route: &str, action: &'static str) {

@@ -30,21 +30,40 @@ pub const WEB_ALPN: &[&str] = &["h2", "http/1.1"];
 
 /// The built-in terminated protocols: (name, upstream key, ALPN values in server preference).
 ///
-/// The `-ping` variants route the same way. Until ping framing exists (the balancer issue)
-/// the plain variant is preferred, so a client offering both gets unframed bytes it expects.
+/// The `-ping` variants route the same way and come first (DESIGN.md §2): a client that
+/// offers both gets the ping framing (`wire::ping_framed`), which keeps idle connections
+/// alive through balancers.
 const BUILTIN: &[(&str, &[&str])] = &[
     ("ssh", &["teleport-proxy-ssh"]),
     (
         "tunnel",
         &["teleport-reversetunnel", "teleport-reversetunnelv2"],
     ),
-    ("postgres", &["teleport-postgres", "teleport-postgres-ping"]),
-    ("mysql", &["teleport-mysql", "teleport-mysql-ping"]),
-    ("mongodb", &["teleport-mongodb", "teleport-mongodb-ping"]),
+    ("postgres", &["teleport-postgres-ping", "teleport-postgres"]),
+    ("mysql", &["teleport-mysql-ping", "teleport-mysql"]),
+    ("mongodb", &["teleport-mongodb-ping", "teleport-mongodb"]),
 ];
 
 /// `teleport-tcp` needs a `routes:` entry naming the app by SNI.
-const TCP_ALPN: &[&str] = &["teleport-tcp", "teleport-tcp-ping"];
+const TCP_ALPN: &[&str] = &["teleport-tcp-ping", "teleport-tcp"];
+
+/// The suffix of ALPN values whose TLS plaintext carries the ping framing.
+pub const PING_SUFFIX: &str = "-ping";
+
+/// Name of the route that answers the layer-7 detection probe (a handshake offering only
+/// `teleport-reversetunnel`) when no `upstreams.tunnel` is configured: the handshake
+/// completes with the ALPN selected, so clients learn that TLS routing reaches the proxy,
+/// then the connection is closed.
+pub const TUNNEL_PROBE: &str = "tunnel-probe";
+
+/// The `-ping` variant of a protocol that has one (`teleport-tcp` → `teleport-tcp-ping`).
+pub fn ping_variant(protocol: &str) -> Option<String> {
+    let known = TCP_ALPN
+        .iter()
+        .chain(BUILTIN.iter().flat_map(|(_, ps)| ps.iter()));
+    let ping = format!("{protocol}{PING_SUFFIX}");
+    known.into_iter().any(|p| *p == ping).then_some(ping)
+}
 
 /// What the proxy does with the TLS of a routed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +174,7 @@ impl Table {
                 },
             };
             let alpn = match &r.alpn {
-                Some(a) => vec![a.clone()],
+                Some(a) => ping_variant(a).into_iter().chain([a.clone()]).collect(),
                 None => strings(WEB_ALPN),
             };
             let entry = t.push(RouteEntry {
@@ -174,11 +193,18 @@ impl Table {
         if let Some(kube) = &u.kube {
             t.kube = Some(t.push(passthrough("kube", kube)));
         }
-        if let Some(web) = &u.web {
+        // Without `upstreams.web` the web route still answers the proxy's own endpoints
+        // (`/webapi/connectionupgrade`, `/webapi/ping`) when there is a certificate to
+        // terminate with; its upstream is empty and other paths get 404.
+        let web = u
+            .web
+            .clone()
+            .or_else(|| (!config.proxy_service.https_keypairs.is_empty()).then(String::new));
+        if let Some(web) = web {
             t.web = Some(t.push(RouteEntry {
                 name: "web".into(),
                 mode: Mode::Terminate { client_auth: false },
-                upstream: web.clone(),
+                upstream: web,
                 alpn: strings(WEB_ALPN),
                 allow: vec![],
             }));
@@ -191,17 +217,28 @@ impl Table {
                 "mysql" => &u.mysql,
                 _ => &u.mongodb,
             };
-            if let Some(upstream) = upstream {
-                let entry = t.push(RouteEntry {
+            let entry = match upstream {
+                Some(upstream) => RouteEntry {
                     name: (*name).into(),
                     mode: Mode::Terminate { client_auth: true },
                     upstream: upstream.clone(),
                     alpn: strings(protocols),
                     allow: vec![],
-                });
-                for p in *protocols {
-                    t.builtin.insert((*p).into(), entry);
-                }
+                },
+                // Answers the layer-7 detection probe; no client certificate is asked for
+                // because nothing is behind it.
+                None if *name == "tunnel" && t.web.is_some() => RouteEntry {
+                    name: TUNNEL_PROBE.into(),
+                    mode: Mode::Terminate { client_auth: false },
+                    upstream: String::new(),
+                    alpn: strings(protocols),
+                    allow: vec![],
+                },
+                None => continue,
+            };
+            let entry = t.push(entry);
+            for p in *protocols {
+                t.builtin.insert((*p).into(), entry);
             }
         }
         for (node, addr) in &u.ssh_nodes {
@@ -240,6 +277,11 @@ impl Table {
             "postgres" => self.builtin.get("teleport-postgres").copied(),
             _ => None,
         }
+    }
+
+    /// The web route, which also serves the proxy's own `/webapi/` endpoints.
+    pub fn web(&self) -> Option<usize> {
+        self.web
     }
 
     fn push(&mut self, e: RouteEntry) -> usize {
@@ -324,7 +366,13 @@ impl Table {
                 None => 0,
             };
             let alpn_score = match &rule.alpn {
-                Some(a) if alpn.contains(a) => 1,
+                Some(a)
+                    if alpn
+                        .iter()
+                        .any(|p| p == a || p.strip_suffix(PING_SUFFIX) == Some(a)) =>
+                {
+                    1
+                }
                 Some(_) => continue,
                 None => 0,
             };

@@ -134,14 +134,59 @@ fn route_entries_carry_mode_and_auth() {
     let t = table();
     let get = |n: &str| t.entries.iter().find(|e| e.name == n).unwrap().clone();
     assert_eq!(get("grafana").mode, Mode::Terminate { client_auth: true });
-    assert_eq!(get("grafana").alpn, ["teleport-tcp"]);
+    // The -ping variant comes first: the server's preference (DESIGN.md §2).
+    assert_eq!(get("grafana").alpn, ["teleport-tcp-ping", "teleport-tcp"]);
     assert_eq!(
         get("exact-app").mode,
         Mode::Terminate { client_auth: false }
     );
     assert_eq!(get("web").alpn, ["h2", "http/1.1"]);
     assert_eq!(get("ssh").mode, Mode::Terminate { client_auth: true });
-    assert_eq!(get("postgres").alpn[0], "teleport-postgres");
+    assert_eq!(
+        get("postgres").alpn,
+        ["teleport-postgres-ping", "teleport-postgres"]
+    );
+}
+
+#[test]
+fn ping_variants_match_the_routes_of_their_protocol() {
+    let t = table();
+    let tcp_ping = &["teleport-tcp-ping"];
+    assert_eq!(name(&t, Some("grafana.example.com"), tcp_ping), "grafana");
+    assert_eq!(
+        name(&t, Some("db1.example.com"), &["teleport-postgres-ping"]),
+        "pg-special"
+    );
+    assert_eq!(
+        ping_variant("teleport-tcp").as_deref(),
+        Some("teleport-tcp-ping")
+    );
+    assert_eq!(ping_variant("teleport-proxy-ssh"), None);
+    assert_eq!(ping_variant("teleport-tcp-ping"), None);
+}
+
+#[test]
+fn without_web_or_tunnel_upstreams_the_proxy_still_answers_its_endpoints_and_the_probe() {
+    let config = "
+proxy_service:
+  web_listen_addr: '127.0.0.1:0'
+  https_keypairs: [{cert_file: c.pem, key_file: k.pem}]
+upstreams: {ssh: 'ssh:22'}
+";
+    // Not validated: the certificate files need not exist to build the table.
+    let t = Table::new(&serde_yaml_ng::from_str(config).unwrap());
+    let web = &t.entries[t.web().unwrap()];
+    assert_eq!((web.name.as_str(), web.upstream.as_str()), ("web", ""));
+    assert_eq!(name(&t, None, &["http/1.1"]), "web");
+    let probe = &["teleport-reversetunnel"];
+    assert_eq!(name(&t, None, probe), TUNNEL_PROBE);
+    let entry = t.entries.iter().find(|e| e.name == TUNNEL_PROBE).unwrap();
+    assert_eq!(entry.mode, Mode::Terminate { client_auth: false });
+    // Without a certificate there is no web route, hence no probe answer either.
+    let bare = "proxy_service: {web_listen_addr: '127.0.0.1:0'}\nupstreams: {kube: 'k:443'}\n";
+    let t = Table::new(&Config::parse(bare, Path::new(".")).unwrap());
+    assert_eq!(t.web(), None);
+    assert!(name(&t, None, probe).contains("no upstreams.tunnel"));
 }
 
 #[test]

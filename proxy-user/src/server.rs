@@ -150,6 +150,7 @@ async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer
         negotiated = field::Empty,
         route = field::Empty,
         identity = field::Empty,
+        upgrade = field::Empty,
     );
     async move {
         let _ = stream.set_nodelay(true);
@@ -233,6 +234,12 @@ impl Proxy {
                 warn!(reason, duration_ms, "connection refused: {e}")
             }
             ConnError::Upstream { .. } => error!(duration_ms, "{e}"),
+            ConnError::Upgrade(r) => warn!(
+                outcome = "upgrade_refused",
+                status = r.status,
+                duration_ms,
+                "connection refused: {e}"
+            ),
             _ => warn!(
                 outcome = outcome.unwrap_or("no_route"),
                 duration_ms, "connection refused: {e}"

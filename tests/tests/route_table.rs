@@ -2,7 +2,8 @@
 //! whose upstreams identify themselves (`upstream=NAME`):
 //! - each terminated `teleport-*` ALPN (and `-ping` variant) with a cluster client
 //!   certificate reaches its upstream and echoes; with no certificate or one from another
-//!   CA it is refused with a TLS alert;
+//!   CA it is refused with a TLS alert; a `-ping` ALPN carries the u32 length framing
+//!   both ways (DESIGN.md §4), so the client frames what it sends and sees framed replies;
 //! - kube SNI and `teleport-auth@<hex(cluster)>` pass through: the client sees the
 //!   upstream's own certificate;
 //! - a ClientHello split over many TLS records and TCP segments (a real client behind a
@@ -30,7 +31,15 @@ const TERMINATED: &[(&str, &str)] = &[
     ("teleport-mongodb", "mongodb"),
     ("teleport-mongodb-ping", "mongodb"),
     ("teleport-tcp", "app"),
+    ("teleport-tcp-ping", "app"),
 ];
+
+/// `payload` in the ping framing: big-endian u32 length, then the bytes.
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
 
 struct Env {
     pki: TestPki,
@@ -90,12 +99,24 @@ fn client(env: &Env, addr: SocketAddr, alpn: &str) -> SClient {
 fn every_terminated_alpn_reaches_its_upstream_with_a_client_cert() {
     let env = env();
     for (alpn, upstream) in TERMINATED {
+        let ping = alpn.ends_with("-ping");
+        let input = if ping {
+            framed(b"echo-check\n")
+        } else {
+            b"echo-check\n".to_vec()
+        };
         let out = client(&env, env.proxy.web, alpn)
             .cert(&env.pki.client.cert, &env.pki.client.key)
-            .run(b"echo-check\n", "echo-check", T)
+            .run(&input, "echo-check", T)
             .unwrap();
+        let greeting = format!("upstream={upstream}\n");
+        let expected = if ping {
+            String::from_utf8(framed(greeting.as_bytes())).unwrap()
+        } else {
+            greeting
+        };
         assert!(
-            out.stdout.contains(&format!("upstream={upstream}\n")),
+            out.stdout.contains(&expected),
             "{alpn}: {out:?}\n{}",
             env.proxy.log()
         );
