@@ -69,23 +69,31 @@ fn local_proxy(kind: &[&str], pki: &TestPki, front: SocketAddr) -> LocalProxy {
     LocalProxy::start(&args).unwrap()
 }
 
-/// Waits until the proxy logged the upgrade with the client address from
-/// `X-Forwarded-For`, and the balancer logged `GET /webapi/connectionupgrade` → 101.
-fn assert_upgraded(proxy: &Switchyard, balancer: &Balancer, client: &str) {
+/// Waits until the proxy logged, for the inner connection of route `route` (text in its
+/// log line, e.g. `ssh:node1`), a WebSocket upgrade with `alpn-ping` (the client's default)
+/// and the client address from `X-Forwarded-For`, and the balancer logged
+/// `GET /webapi/connectionupgrade` answered 101.
+fn assert_upgraded(proxy: &Switchyard, balancer: &Balancer, route: &str, client: &str) {
     let done = wait_until(Duration::from_secs(10), "upgrade in both logs", || {
         let log = proxy.log();
         let front = balancer.log();
-        Ok((log.to_lowercase().contains("upgrade")
-            && log.contains(REAL_FROM_XFF)
-            && front.contains("/webapi/connectionupgrade")
-            && front.contains(" 101 "))
-        .then_some(()))
+        let inner = log.lines().any(|l| {
+            l.contains(route)
+                && l.contains(REAL_FROM_XFF)
+                && l.contains("upgrade=")
+                && l.contains("websocket")
+                && l.contains("ping")
+        });
+        Ok(
+            (inner && front.contains("/webapi/connectionupgrade") && front.contains(" 101 "))
+                .then_some(()),
+        )
     });
     if let Err(e) = done {
         panic!(
-            "{e}: expected the proxy log to mention the upgrade and {REAL_FROM_XFF:?}, and \
-             the balancer to log GET /webapi/connectionupgrade answered 101\n\
-             --- proxy log ---\n{}\n--- balancer ---\n{}\n--- client ---\n{client}",
+            "{e}: expected a proxy log line for {route:?} with upgrade=websocket(alpn-ping) and \
+             {REAL_FROM_XFF:?}, and the balancer to log GET /webapi/connectionupgrade answered \
+             101\n--- proxy log ---\n{}\n--- balancer ---\n{}\n--- client ---\n{client}",
             proxy.log(),
             balancer.logs()
         );
@@ -238,7 +246,7 @@ fn check_ssh(pki: &TestPki, proxy: &Switchyard, front: &Balancer, sshd: &Sshd) {
         front.logs()
     );
     assert!(proxy.log().contains("ssh:node1"), "{}", proxy.log());
-    assert_upgraded(proxy, front, &out.stderr);
+    assert_upgraded(proxy, front, "ssh:node1", &out.stderr);
 }
 
 fn check_psql(pki: &TestPki, proxy: &Switchyard, front: &Balancer) {
@@ -253,7 +261,7 @@ fn check_psql(pki: &TestPki, proxy: &Switchyard, front: &Balancer) {
         front.logs()
     );
     assert!(proxy.log().contains("teleport-postgres"), "{}", proxy.log());
-    assert_upgraded(proxy, front, &local.logs());
+    assert_upgraded(proxy, front, "teleport-postgres", &local.logs());
 }
 
 #[test]
@@ -349,7 +357,7 @@ fn nginx_kubectl_through_proxy_kube_detects_and_upgrades() {
         proxy.log()
     );
     drop(local);
-    assert_upgraded(&proxy, &front, "");
+    assert_upgraded(&proxy, &front, "kube-teleport-proxy-alpn.localhost", "");
 }
 
 /// A proxy with the TCP app `echo.localhost` (ALPN teleport-tcp) → a demo echo upstream.
@@ -428,7 +436,7 @@ fn nginx_tcp_client_through_proxy_tcp_detects_and_upgrades() {
     );
     drop(client);
     assert!(proxy.log().contains("echo-app"), "{}", proxy.log());
-    assert_upgraded(&proxy, &front, &local.logs());
+    assert_upgraded(&proxy, &front, "echo-app", &local.logs());
 }
 
 // ---- HAProxy in front ------------------------------------------------------------------
@@ -488,7 +496,7 @@ fn haproxy_tcp_proxy_v2_keeps_direct_tls_routing_and_the_client_address() {
     );
     // A layer-4 balancer passes ALPN through: no upgrade is needed.
     assert!(
-        !log.contains("/webapi/connectionupgrade"),
+        !log.contains("upgrade=") && !log.contains("connection upgraded"),
         "the client upgraded through a layer-4 balancer\n{log}"
     );
 }
@@ -497,7 +505,7 @@ fn haproxy_tcp_proxy_v2_keeps_direct_tls_routing_and_the_client_address() {
 
 /// nginx cuts an upgraded connection after `proxy_read_timeout` (5 s) without bytes from
 /// the proxy; the proxy's pings (`limits.ping_interval`) are such bytes.
-fn idle_echo(ping_interval: &str) -> (std::io::Result<String>, String) {
+fn idle_echo(ping_interval: &str) -> (std::io::Result<String>, String, String) {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
     let ping = format!("ping_interval: {ping_interval}");
@@ -522,12 +530,12 @@ fn idle_echo(ping_interval: &str) -> (std::io::Result<String>, String) {
         proxy.log(),
         front.logs()
     );
-    (after, logs)
+    (after, logs, front.log())
 }
 
 #[test]
 fn idle_tunnel_through_nginx_survives_with_pings() {
-    let (after, logs) = idle_echo("2s");
+    let (after, logs, _) = idle_echo("2s");
     assert_eq!(
         after.as_deref().ok(),
         Some("after 20s idle\n"),
@@ -537,7 +545,7 @@ fn idle_tunnel_through_nginx_survives_with_pings() {
 
 #[test]
 fn idle_tunnel_through_nginx_is_cut_without_pings() {
-    let (after, logs) = idle_echo("0s");
+    let (after, logs, nginx_log) = idle_echo("0s");
     let cut = match &after {
         Ok(text) => text.is_empty(),
         Err(_) => true,
@@ -545,6 +553,10 @@ fn idle_tunnel_through_nginx_is_cut_without_pings() {
     assert!(
         cut,
         "with pings off nginx should have closed the idle tunnel after 5s, got {after:?}\n{logs}"
+    );
+    assert!(
+        nginx_log.contains("upstream timed out"),
+        "the tunnel was cut, but not by nginx's proxy_read_timeout\n{logs}"
     );
 }
 
