@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use switchyard_tests::balancer::{self, Balancer, HAProxy, Nginx, BALANCER_SOURCE};
+use switchyard_tests::balancer::{self, Balancer, ConnectProxy, HAProxy, Nginx, BALANCER_SOURCE};
 use switchyard_tests::local_proxy::{switchyard_cmd, LocalProxy};
 use switchyard_tests::pki::CertFiles;
 use switchyard_tests::postgres::psql;
-use switchyard_tests::process::Proc;
+use switchyard_tests::process::{Proc, Stream};
 use switchyard_tests::{
     curl, free_port, require_tool, run_with_timeout, wait_until, DemoUpstream, Postgres,
     ProxyConfig, SClient, SClientOutput, Sshd, Switchyard, TempDir, TestPki,
@@ -378,13 +378,7 @@ struct EchoClient {
 
 impl EchoClient {
     fn connect(local: &LocalProxy) -> EchoClient {
-        let stream = TcpStream::connect(local.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut client = EchoClient { stream, reader };
-        let greeting = client.line();
+        let (client, greeting) = EchoClient::try_connect(local.addr);
         assert_eq!(
             greeting.as_deref().ok(),
             Some("upstream=echo\n"),
@@ -392,6 +386,18 @@ impl EchoClient {
             local.logs()
         );
         client
+    }
+
+    /// Connects to a local proxy at `addr`; returns the client and its first line.
+    fn try_connect(addr: SocketAddr) -> (EchoClient, std::io::Result<String>) {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut client = EchoClient { stream, reader };
+        let greeting = client.line();
+        (client, greeting)
     }
 
     fn line(&mut self) -> std::io::Result<String> {
@@ -498,6 +504,188 @@ fn haproxy_tcp_proxy_v2_keeps_direct_tls_routing_and_the_client_address() {
     assert!(
         !log.contains("upgrade=") && !log.contains("connection upgraded"),
         "the client upgraded through a layer-4 balancer\n{log}"
+    );
+}
+
+// ---- upgrade mode, environment override, HTTPS_PROXY, /webapi/ping ---------------------
+
+/// The proxy's log line for the inner `echo-app` connection whose `upgrade=` field
+/// contains `kind` (the last one, when there are several).
+fn upgraded_line(proxy: &Switchyard, kind: &str) -> Option<String> {
+    proxy
+        .log()
+        .lines()
+        .rev()
+        .find(|l| l.contains("echo-app") && l.contains(&format!("upgrade=\"{kind}")))
+        .map(String::from)
+}
+
+#[test]
+fn legacy_upgrade_mode_through_nginx_and_haproxy_http() {
+    let pki = TestPki::new().unwrap();
+    let echo = DemoUpstream::echo("echo").unwrap();
+    for front_kind in ["nginx", "haproxy"] {
+        let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[]);
+        let dir = TempDir::new(front_kind).unwrap();
+        let front = match front_kind {
+            "nginx" => nginx(&pki, &dir, &proxy, None),
+            _ => haproxy_http(&pki, &dir, &proxy),
+        };
+        let args = [
+            "proxy",
+            "tcp",
+            "--alpn=teleport-tcp",
+            "--sni=echo.localhost",
+            "--upgrade-mode=legacy",
+        ];
+        let local = local_proxy(&args, &pki, front.addr);
+        let mut client = EchoClient::connect(&local);
+        let echoed = client.echo("legacy upgrade");
+        let context = || {
+            format!(
+                "{}\n--- proxy ---\n{}\n--- {front_kind} ---\n{}",
+                local.logs(),
+                proxy.log(),
+                front.logs()
+            )
+        };
+        assert_eq!(
+            echoed.as_deref().ok(),
+            Some("legacy upgrade\n"),
+            "{front_kind}: {}",
+            context()
+        );
+        // The legacy upgrade with pings (u32 length framing): label `alpn_ping`.
+        let line = upgraded_line(&proxy, "alpn_ping");
+        assert!(
+            line.as_ref()
+                .is_some_and(|l| !l.contains("websocket") && l.contains(REAL_FROM_XFF)),
+            "{front_kind}: no legacy alpn-ping upgrade with {REAL_FROM_XFF} logged for echo-app: \
+             {line:?}\n{}",
+            context()
+        );
+    }
+}
+
+/// `switchyard -v proxy tcp` for the echo app with `env` set; (address, process).
+fn proxy_tcp_with_env(
+    pki: &TestPki,
+    front: SocketAddr,
+    env: &[(&str, &str)],
+    dir: &TempDir,
+) -> (SocketAddr, Proc) {
+    let mut args = vec![
+        "proxy".to_owned(),
+        "tcp".into(),
+        "--alpn=teleport-tcp".into(),
+        "--sni=echo.localhost".into(),
+        "-v".into(),
+    ];
+    args.extend(client_args(pki, front));
+    let mut cmd = switchyard_cmd(&args).unwrap();
+    for var in [
+        "SWITCHYARD_TLS_ROUTING_CONN_UPGRADE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let mut proc = Proc::spawn("local-proxy", cmd, dir.path()).unwrap();
+    let addr = proc
+        .wait_for_line(Stream::Stdout, Duration::from_secs(15), |l| {
+            l.strip_prefix("switchyard ready addr=")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    (addr, proc)
+}
+
+#[test]
+fn env_override_forces_the_upgrade_or_turns_it_off() {
+    let pki = TestPki::new().unwrap();
+    let echo = DemoUpstream::echo("echo").unwrap();
+    let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[]);
+    let dir = TempDir::new("env-override").unwrap();
+    // Direct to the proxy, upgrade forced for this address (and for all).
+    let named = format!("localhost:{}=true", proxy.web.port());
+    for value in [named.as_str(), "true"] {
+        let env = [("SWITCHYARD_TLS_ROUTING_CONN_UPGRADE", value)];
+        let (addr, local) = proxy_tcp_with_env(&pki, proxy.web, &env, &dir);
+        let (mut client, greeting) = EchoClient::try_connect(addr);
+        let echoed = client.echo("forced");
+        assert!(
+            greeting.is_ok() && echoed.as_deref().ok() == Some("forced\n"),
+            "{value}: {greeting:?} {echoed:?}\n{}\n{}",
+            local.logs(),
+            proxy.log()
+        );
+        drop(client);
+        let line = wait_until(Duration::from_secs(5), "forced upgrade logged", || {
+            Ok(upgraded_line(&proxy, "websocket"))
+        });
+        assert!(line.is_ok(), "{value}: no upgrade logged\n{}", proxy.log());
+    }
+    // Through nginx with the upgrade turned off: direct TLS routing cannot get through.
+    let front_dir = TempDir::new("nginx").unwrap();
+    let front = nginx(&pki, &front_dir, &proxy, None);
+    let env = [("SWITCHYARD_TLS_ROUTING_CONN_UPGRADE", "false")];
+    let (addr, local) = proxy_tcp_with_env(&pki, front.addr, &env, &dir);
+    let (_client, greeting) = EchoClient::try_connect(addr);
+    assert!(
+        !matches!(&greeting, Ok(g) if g == "upstream=echo\n"),
+        "with the upgrade turned off, nginx should not carry TLS routing: {greeting:?}\n{}",
+        local.logs()
+    );
+}
+
+#[test]
+fn https_proxy_connect_then_nginx_then_upgrade() {
+    let pki = TestPki::new().unwrap();
+    let echo = DemoUpstream::echo("echo").unwrap();
+    let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[]);
+    let dir = TempDir::new("nginx").unwrap();
+    let front = nginx(&pki, &dir, &proxy, None);
+    let forward = ConnectProxy::start().unwrap();
+    let url = format!("http://{}", forward.addr);
+    let (addr, local) = proxy_tcp_with_env(&pki, front.addr, &[("HTTPS_PROXY", &url)], &dir);
+    let (mut client, greeting) = EchoClient::try_connect(addr);
+    let echoed = client.echo("via CONNECT");
+    assert!(
+        greeting.as_deref().ok() == Some("upstream=echo\n")
+            && echoed.as_deref().ok() == Some("via CONNECT\n"),
+        "{greeting:?} {echoed:?}\n{}\n--- proxy ---\n{}",
+        local.logs(),
+        proxy.log()
+    );
+    let want = format!("CONNECT localhost:{} ", front.addr.port());
+    let requests = forward.requests();
+    assert!(
+        requests.iter().any(|r| r.starts_with(&want)),
+        "HTTPS_PROXY was not used: {requests:?}\n{}",
+        local.logs()
+    );
+    drop(client);
+    assert_upgraded(&proxy, &front, "echo-app", &local.logs());
+}
+
+#[test]
+fn webapi_ping_through_nginx_reports_tls_routing() {
+    let pki = TestPki::new().unwrap();
+    let web = DemoUpstream::http("web").unwrap();
+    let proxy = web_proxy(&pki, &web, None);
+    let dir = TempDir::new("nginx").unwrap();
+    let front = nginx(&pki, &dir, &proxy, None);
+    let out = curl_hello(&pki, &front, "/webapi/ping");
+    let compact: String = out.stdout.split_whitespace().collect();
+    assert!(
+        compact.contains("\"tls_routing_enabled\":true"),
+        "{out:?}\n{}",
+        proxy.log()
     );
 }
 
