@@ -420,6 +420,7 @@ async fn web<C: ClientIo>(
     let limits = &proxy.config.limits;
     let deadline = Instant::now() + limits.handshake_timeout;
     let max = limits.max_hello_bytes;
+    let already = read.len() as u64;
     let target = loop {
         if let Some(t) = upgrade::target(&read) {
             break t;
@@ -443,6 +444,8 @@ async fn web<C: ClientIo>(
         let mut upstream = connect(proxy, route).await?;
         upstream.write_all(&read).await?;
         let buffer = limits.relay_buffer_bytes;
+        // Every byte read from the socket so far, including the request line read here.
+        let consumed = consumed + (read.len() as u64 - already);
         let mut stats = relay_client(client, upstream, consumed, buffer).await;
         stats.client_to_upstream += read.len() as u64;
         return Ok(Finished {
