@@ -5,10 +5,12 @@
 //!
 //! The shape is a list of scenarios × loads × peers; every cell is measured `--runs` times,
 //! interleaved across peers so drift hits them alike, and reported as median and min–max.
-//! Bulk throughput (`bulk.rs`: direct, kernel splice, userspace relay, HAProxy, nginx,
-//! single and parallel streams, CPU per GB) follows the connection scenarios.
+//! Bulk throughput (`bulk.rs`: direct, kernel splice, `splice(2)` relay, userspace copy,
+//! HAProxy, nginx, single and parallel streams, CPU per GB; chart in `chart.rs`) follows
+//! the connection scenarios.
 
 mod bulk;
+mod chart;
 mod env;
 mod load;
 mod peers;
@@ -203,13 +205,20 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     drop(runtime);
     drop(env);
-    let bulk = bulk::run(&binary, &out, opts.seconds, opts.runs, opts.streams)?;
+    let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
+    let bulk = bulk::run(
+        &binary,
+        &out,
+        opts.seconds,
+        opts.runs,
+        opts.streams,
+        &facts.chart_subtitle(),
+    )?;
     eprintln!(
         "xtask: measured in {:.0} s",
         started.elapsed().as_secs_f64()
     );
 
-    let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
     let table = report::table(&cells) + &bulk;
     println!("{}\n{table}", facts.markdown());
     let json = out.join("results.json");
@@ -220,6 +229,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         let doc = root.join("docs").join("benchmarks.md");
         report::update_doc(&doc, &format!("{}\n{table}", facts.markdown()))?;
         eprintln!("xtask: updated the results block of {}", doc.display());
+        let png = out.join("throughput.png");
+        if png.exists() {
+            let to = root.join("docs").join("benchmarks.png");
+            std::fs::copy(&png, &to).with_context(|| format!("copy to {}", to.display()))?;
+            eprintln!("xtask: wrote {}", to.display());
+        }
     }
     Ok(())
 }

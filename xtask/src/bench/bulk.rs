@@ -1,7 +1,8 @@
 //! The throughput part of `cargo xtask bench`: every peer of `peers.rs` in front of one
 //! sink, single stream and parallel streams, runs interleaved across peers, and the table
 //! (median and min–max of the runs, ratios to direct and to HAProxy, CPU seconds per GB)
-//! plus `target/bench/throughput.json`.
+//! plus `target/bench/throughput.json` and the chart `target/bench/throughput.png`
+//! (`chart.rs`).
 
 use std::{fmt::Write as _, path::Path, time::Duration};
 
@@ -9,6 +10,7 @@ use anyhow::{Context as _, Result};
 use serde_json::json;
 
 use super::{
+    chart,
     peers::{self, Via},
     quiet,
     throughput::{self, Run},
@@ -29,8 +31,17 @@ fn spread(runs: &[Run], f: fn(&Run) -> f64) -> (f64, f64, f64) {
     super::report::median_min_max(runs.iter().map(f).collect())
 }
 
-/// Measures and returns the Markdown table; writes `out/throughput.json`.
-pub fn run(binary: &Path, out: &Path, seconds: f64, runs: usize, streams: usize) -> Result<String> {
+/// Measures and returns the Markdown table; writes `out/throughput.json` and, unless the
+/// chart cannot be drawn (said on stderr), `out/throughput.png` with `subtitle` under its
+/// title.
+pub fn run(
+    binary: &Path,
+    out: &Path,
+    seconds: f64,
+    runs: usize,
+    streams: usize,
+    subtitle: &str,
+) -> Result<String> {
     peers::install()?;
     let sink = throughput::sink()?;
     let logs = out.join("logs");
@@ -80,6 +91,21 @@ pub fn run(binary: &Path, out: &Path, seconds: f64, runs: usize, streams: usize)
     std::fs::write(&json, serde_json::to_string_pretty(&to_json(&rows))?)
         .with_context(|| format!("write {}", json.display()))?;
     eprintln!("xtask: wrote {}", json.display());
+    let png = out.join("throughput.png");
+    let bars: Vec<chart::Bar> = rows
+        .iter()
+        .map(|r| chart::Bar {
+            streams: r.streams,
+            via: r.via.name(),
+            gbit: spread(&r.runs, |x| x.gbit_per_s),
+            peer_cpu_per_gb: spread(&r.runs, |x| x.peer_cpu_per_gb).0,
+            machine_cpu_per_gb: spread(&r.runs, |x| x.machine_cpu_per_gb).0,
+        })
+        .collect();
+    match chart::draw(&bars, streams, subtitle, &png) {
+        Ok(()) => eprintln!("xtask: wrote {}", png.display()),
+        Err(e) => eprintln!("xtask: no chart: {e:#}"),
+    }
     Ok(table(&rows, seconds, runs))
 }
 

@@ -1,6 +1,7 @@
 //! The proxies the throughput table compares, each a child process in front of the same
 //! bulk sink and routing by SNI: Switchyard with the kernel splice (`--ebpf require`),
-//! Switchyard relaying in userspace (`--ebpf off`), HAProxy in TCP mode routing by
+//! Switchyard with `splice(2)` through pipes (`--ebpf off`), Switchyard copying in
+//! userspace (`--ebpf off`, `SWITCHYARD_RELAY=copy`), HAProxy in TCP mode routing by
 //! `req.ssl_sni`, and nginx `stream` with `ssl_preread`. HAProxy and nginx come from
 //! Debian's packages, installed here when missing (the bench's own dependencies).
 
@@ -15,8 +16,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-/// Debian packages of the peers.
-const PACKAGES: [&str; 3] = ["haproxy", "nginx", "libnginx-mod-stream"];
+/// Debian packages of the peers, and the chart's font.
+const PACKAGES: [&str; 4] = [
+    "haproxy",
+    "nginx",
+    "libnginx-mod-stream",
+    "fonts-dejavu-core",
+];
 /// Where Debian puts nginx's dynamic stream module.
 const NGINX_STREAM: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
@@ -25,14 +31,16 @@ const NGINX_STREAM: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 pub enum Via {
     Direct,
     KernelSplice,
+    Splice,
     Userspace,
     Haproxy,
     Nginx,
 }
 
-pub const ALL: [Via; 5] = [
+pub const ALL: [Via; 6] = [
     Via::Direct,
     Via::KernelSplice,
+    Via::Splice,
     Via::Userspace,
     Via::Haproxy,
     Via::Nginx,
@@ -43,7 +51,8 @@ impl Via {
         match self {
             Via::Direct => "direct",
             Via::KernelSplice => "switchyard kernel splice",
-            Via::Userspace => "switchyard userspace",
+            Via::Splice => "switchyard splice(2)",
+            Via::Userspace => "switchyard userspace copy",
             Via::Haproxy => "haproxy (tcp, req.ssl_sni)",
             Via::Nginx => "nginx (stream, ssl_preread)",
         }
@@ -101,7 +110,7 @@ impl Drop for Peer {
     }
 }
 
-/// Installs HAProxy and nginx when missing.
+/// Installs HAProxy, nginx and the chart's font when missing.
 pub fn install() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .into_iter()
@@ -159,8 +168,12 @@ pub fn start(via: Via, sink: SocketAddr, binary: &Path, dir: &Path, sni: &str) -
                 child: None,
             })
         }
-        Via::KernelSplice | Via::Userspace => {
-            let config = dir.join("throughput.yaml");
+        Via::KernelSplice | Via::Splice | Via::Userspace => {
+            let config = dir.join(match via {
+                Via::KernelSplice => "throughput-kernel.yaml",
+                Via::Splice => "throughput-splice.yaml",
+                _ => "throughput-copy.yaml",
+            });
             std::fs::write(
                 &config,
                 format!(
@@ -176,6 +189,11 @@ pub fn start(via: Via, sink: SocketAddr, binary: &Path, dir: &Path, sni: &str) -
             };
             c.args(["serve", "--ebpf", mode, "--config"]).arg(&config);
             c.env("SWITCHYARD_LOG", "warn").stdout(Stdio::null());
+            if via == Via::Userspace {
+                c.env("SWITCHYARD_RELAY", "copy");
+            } else {
+                c.env_remove("SWITCHYARD_RELAY");
+            }
             c
         }
         Via::Haproxy => {
@@ -223,10 +241,10 @@ pub fn start(via: Via, sink: SocketAddr, binary: &Path, dir: &Path, sni: &str) -
         .next()
         .unwrap_or("peer")
         .to_owned()
-        + if via == Via::Userspace {
-            "-userspace"
-        } else {
-            ""
+        + match via {
+            Via::Userspace => "-userspace",
+            Via::Splice => "-splice",
+            _ => "",
         };
     let child = cmd
         .stderr(log(&name)?)

@@ -121,6 +121,14 @@ impl Facts {
         }
     }
 
+    /// One line under the chart's title: when, on what, how many runs.
+    pub fn chart_subtitle(&self) -> String {
+        format!(
+            "{}, {} CPUs ({}), Linux {}, switchyard {}; {} runs × {} s per bar",
+            self.date, self.nproc, self.cpu, self.kernel, self.commit, self.runs, self.seconds
+        )
+    }
+
     /// The facts, then one line per scenario saying what it measures.
     pub fn markdown(&self) -> String {
         let mut s = format!(
