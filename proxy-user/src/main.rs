@@ -71,6 +71,9 @@ enum Command {
     /// Kubernetes client configuration.
     #[command(subcommand)]
     Kube(cli::KubeCommand),
+    /// Check a proxy (or the load balancer in front of it): reachable, TLS routing
+    /// directly or through a connection upgrade, round-trip times.
+    Probe(cli::ProbeArgs),
     /// A demo upstream that identifies itself (used by dev mode and the tests).
     DemoUpstream {
         #[arg(long)]
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
         Command::Config(c) => return client_exit(cli::config(c)),
         Command::Db(c) => return client_exit(cli::db(c)),
         Command::Kube(c) => return client_exit(cli::kube(c)),
+        Command::Probe(a) => return client_exit(cli::probe(a)),
         command => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")
             .and_then(|rt| rt.block_on(run(command))),
@@ -237,7 +241,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Proxy(_)
         | Command::Config(_)
         | Command::Db(_)
-        | Command::Kube(_) => {
+        | Command::Kube(_)
+        | Command::Probe(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

@@ -6,7 +6,7 @@ use super::db::{self, DbProtocol};
 use super::dial::Dialer;
 use super::identity::{Identity, IdentityFiles};
 use super::upgrade::{Override, UpgradeMode};
-use super::{app, kube, ssh, ClientError};
+use super::{app, kube, probe, ssh, ClientError};
 use clap::{Args, Subcommand};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -275,6 +275,13 @@ pub fn db(c: DbCommand) -> Result<ExitCode, ClientError> {
     } = c;
     let dialer = client.dialer()?;
     block_on(db::connect(&dialer, protocol, &command, client.verbose))
+}
+
+/// `switchyard probe`.
+pub use probe::ProbeArgs;
+
+pub fn probe(args: ProbeArgs) -> Result<ExitCode, ClientError> {
+    block_on(probe::run(&args))
 }
 
 pub fn kube(c: KubeCommand) -> Result<ExitCode, ClientError> {

@@ -99,12 +99,7 @@ impl Identity {
                 format!("does not match {}: {e}", files.cert.display()),
             )
         })?;
-        let mut roots = RootCertStore::empty();
-        for c in pem_certs(&files.ca, &ca_pem)? {
-            roots
-                .add(c)
-                .map_err(|e| ClientError::identity(&files.ca, e))?;
-        }
+        let roots = roots_from_pem(&files.ca, &ca_pem)?;
         Ok(Identity {
             key: Arc::new(key),
             roots: Arc::new(roots),
@@ -114,6 +109,20 @@ impl Identity {
             subject,
         })
     }
+}
+
+/// Reads a CA file (PEM, one or more certificates) into a root store.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, ClientError> {
+    let pem = std::fs::read_to_string(path).map_err(|e| ClientError::identity(path, e))?;
+    roots_from_pem(path, &pem)
+}
+
+fn roots_from_pem(path: &Path, pem: &str) -> Result<RootCertStore, ClientError> {
+    let mut roots = RootCertStore::empty();
+    for c in pem_certs(path, pem)? {
+        roots.add(c).map_err(|e| ClientError::identity(path, e))?;
+    }
+    Ok(roots)
 }
 
 fn pem_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, ClientError> {

@@ -50,10 +50,14 @@ impl AsyncWrite for Transport {
         }
     }
 
+    /// TCP: a write shutdown (FIN). Tunnel: only a flush. A WebSocket close ends both
+    /// directions, so closing the tunnel here would lose what the proxy still sends after
+    /// the client is done (a half-close); the TLS `close_notify` written just before
+    /// already tells the proxy, and the tunnel closes when the stream is dropped.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tunnel(s) => Pin::new(s).poll_flush(cx),
         }
     }
 }

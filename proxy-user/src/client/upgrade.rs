@@ -180,13 +180,17 @@ impl Endpoint {
         Ok(TlsConnector::from(Arc::new(config)))
     }
 
-    /// TLS over `tcp` with `connector`.
-    pub async fn tls(
-        &self,
-        connector: &TlsConnector,
-        tcp: TcpStream,
-    ) -> io::Result<TlsStream<TcpStream>> {
-        connector.connect(self.server_name.clone(), tcp).await
+    /// TLS over `io` (TCP, or a tunnel) with `connector`.
+    pub async fn tls<S>(&self, connector: &TlsConnector, io: S) -> io::Result<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        connector.connect(self.server_name.clone(), io).await
+    }
+
+    /// The certificate check (the cluster CA, or none with `probe --insecure`).
+    pub fn verifier(&self) -> Arc<dyn ServerCertVerifier> {
+        self.verifier.clone()
     }
 
     /// TCP, TLS with ALPN `http/1.1`, and the upgrade: the tunnel's byte stream.
