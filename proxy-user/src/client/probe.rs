@@ -31,6 +31,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
+/// Prints one line on stdout; a closed stdout (`| head`) is not an error worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// `switchyard probe`.
 #[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
@@ -176,16 +184,20 @@ impl Probe {
     /// All checks; true when clients can use the proxy.
     async fn run(&self, mode: UpgradeMode) -> bool {
         let addr = self.addr().to_owned();
+        let mut via_proxy = false;
         match https_proxy_for(&self.endpoint.host) {
-            Ok(Some(p)) => println!("via HTTP proxy {} (HTTPS_PROXY, CONNECT)", p.addr),
+            Ok(Some(p)) => {
+                via_proxy = true;
+                say!("via HTTP proxy {} (HTTPS_PROXY, CONNECT)", p.addr)
+            }
             Ok(None) => {}
             Err(e) => {
-                println!("reachable: no — {e}");
+                say!("reachable: no — {e}");
                 return false;
             }
         }
         if self.count > 1 {
-            println!("times: median of {} attempts", self.count);
+            say!("times: median of {} attempts", self.count);
         }
 
         // Reachable?
@@ -196,10 +208,14 @@ impl Probe {
             })
             .await;
         match tcp {
-            Ok(t) => println!("reachable: yes (TCP connect {})", ms(t)),
+            Ok(t) if via_proxy => say!(
+                "reachable: yes (TCP connect and CONNECT through the HTTP proxy {})",
+                ms(t)
+            ),
+            Ok(t) => say!("reachable: yes (TCP connect {})", ms(t)),
             Err(e) => {
-                println!("reachable: no — TCP connect to {addr} failed: {e}");
-                println!("conclusion: clients cannot reach {addr}");
+                say!("reachable: no — TCP connect to {addr} failed: {e}");
+                say!("conclusion: clients cannot reach {addr}");
                 return false;
             }
         }
@@ -208,25 +224,25 @@ impl Probe {
         let direct = self.direct().await;
         let direct_ok = match &direct {
             Ok((Direct::Works(why), t)) => {
-                println!(
+                say!(
                     "TLS routing (ALPN): works directly (TLS handshake {}; {why})",
                     ms(*t)
                 );
                 true
             }
             Ok((Direct::UpgradeRequired(why), t)) => {
-                println!(
-                    "TLS routing (ALPN): upgrade required — the server at {addr} {why} (TLS handshake {})",
+                say!(
+                    "TLS routing (ALPN): upgrade required — the server at {addr} {why} (answer in {})",
                     ms(*t)
                 );
                 false
             }
             Ok((Direct::Broken(why), _)) => {
-                println!("TLS routing (ALPN): unclear — {why}");
+                say!("TLS routing (ALPN): unclear — {why}");
                 false
             }
             Err(e) => {
-                println!("TLS: fails — {e}");
+                say!("TLS: fails — {e}");
                 false
             }
         };
@@ -242,7 +258,7 @@ impl Probe {
                 Ok(u) => {
                     works[i] = true;
                     connect[i] = Some(u.total);
-                    println!(
+                    say!(
                         "{m} upgrade: works (101 in {}, {}; outer TLS {}; the proxy answered TLS through the tunnel in {})",
                         ms(u.upgrade),
                         u.protocol,
@@ -250,7 +266,7 @@ impl Probe {
                         ms(u.inner)
                     );
                 }
-                Err(e) => println!("{m} upgrade: fails — {e}"),
+                Err(e) => say!("{m} upgrade: fails — {e}"),
             }
         }
 
@@ -261,7 +277,7 @@ impl Probe {
             if let Ok((_, d)) = &direct {
                 let tcp = tcp.unwrap_or_default();
                 let direct_total = tcp + *d;
-                println!(
+                say!(
                     "connect latency (TCP + TLS handshake, no client certificate): direct {}, through the websocket upgrade {} ({})",
                     ms(direct_total),
                     ms(ws),
@@ -298,7 +314,7 @@ impl Probe {
                 },
             ),
         };
-        println!("conclusion: {conclusion}");
+        say!("conclusion: {conclusion}");
         usable
     }
 
@@ -489,7 +505,7 @@ impl Probe {
                 match r {
                     Ok(t) => Some(t),
                     Err(e) => {
-                        println!("{what}, direct: fails — {e}");
+                        say!("{what}, direct: fails — {e}");
                         None
                     }
                 }
@@ -528,7 +544,7 @@ impl Probe {
             }
         }
         if !parts.is_empty() {
-            println!("{what}: {}", parts.join(", "));
+            say!("{what}: {}", parts.join(", "));
         }
     }
 }
