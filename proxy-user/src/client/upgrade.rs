@@ -209,7 +209,12 @@ impl Endpoint {
             .tls(&self.tls_connector(&[HTTP1])?, tcp)
             .await
             .map_err(|e| failed(format!("TLS with the load balancer: {}", tls_error(&e))))?;
-        upgrade(tls, mode, &self.addr).await.map_err(failed)
+        upgrade(tls, mode, &self.addr).await.map_err(|e| match mode {
+            UpgradeMode::Websocket if e.starts_with("answered ") => failed(format!(
+                "{e} (a balancer that passes only custom upgrades needs --upgrade-mode legacy; `switchyard probe` checks both)"
+            )),
+            _ => failed(e),
+        })
     }
 }
 
