@@ -7,7 +7,7 @@
 //! Pings keep an idle tunnel alive through nginx's `proxy_read_timeout`; without them nginx
 //! cuts it. `switchyard probe` reports each set-up. The fixtures are proven first with curl.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -277,6 +277,25 @@ fn nginx_openssh_through_proxy_ssh_detects_and_upgrades() {
     let dir = TempDir::new("nginx").unwrap();
     let front = nginx(&pki, &dir, &proxy, None);
     check_ssh(&pki, &proxy, &front, &sshd);
+
+    // 10 MB with scp, checked end to end.
+    let work = TempDir::new("scp-via-nginx").unwrap();
+    let config = ssh_config(&pki, front.addr, &sshd, &work);
+    let data: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let local = work.join("payload");
+    std::fs::write(&local, &data).unwrap();
+    let remote = work.join("copied");
+    let mut scp = Command::new(require_tool("scp", "openssh-client", &[]).unwrap());
+    scp.args(["-O", "-q", "-F"]).arg(&config).arg(&local);
+    scp.arg(format!("root@node1.test:{}", remote.display()));
+    let out = run_with_timeout(scp, b"", Duration::from_secs(60)).unwrap();
+    assert!(out.success(), "scp through nginx: {out:?}\n{}", proxy.log());
+    assert!(
+        std::fs::read(&remote).is_ok_and(|copied| copied == data),
+        "the 10 MB copied through nginx differ"
+    );
 }
 
 #[test]
@@ -443,6 +462,108 @@ fn nginx_tcp_client_through_proxy_tcp_detects_and_upgrades() {
     drop(client);
     assert!(proxy.log().contains("echo-app"), "{}", proxy.log());
     assert_upgraded(&proxy, &front, "echo-app", &local.logs());
+
+    // Six clients at once, 1 MiB each way: many WebSocket frames, each its own tunnel.
+    let addr = local.addr;
+    let clients: Vec<_> = (0..6u8)
+        .map(|i| std::thread::spawn(move || echo_bulk(addr, i, 1 << 20)))
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let result = c.join().unwrap();
+        assert!(
+            result.is_ok(),
+            "client {i}: {result:?}\n{}\n{}",
+            local.logs(),
+            proxy.log()
+        );
+    }
+    // Detection ran once for the address, not per connection.
+    let detected = local
+        .log()
+        .lines()
+        .filter(|l| l.contains("load balancer"))
+        .count();
+    assert!(
+        detected <= 1,
+        "balancer detection logged {detected} times\n{}",
+        local.logs()
+    );
+}
+
+/// Sends `len` bytes (a pattern seeded by `seed`) through the echo app and checks they come
+/// back unchanged.
+fn echo_bulk(addr: SocketAddr, seed: u8, len: usize) -> Result<(), String> {
+    let (client, greeting) = EchoClient::try_connect(addr);
+    if greeting.as_deref().ok() != Some("upstream=echo\n") {
+        return Err(format!("greeting {greeting:?}"));
+    }
+    let data: Vec<u8> = (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2654435761)
+                .wrapping_add(seed as u32) as u8
+        })
+        .collect();
+    let mut writer = client.stream.try_clone().map_err(|e| e.to_string())?;
+    let sent = data.clone();
+    let write = std::thread::spawn(move || writer.write_all(&sent));
+    let mut back = Vec::with_capacity(len);
+    let mut reader = client.reader;
+    let mut buf = vec![0u8; 64 * 1024];
+    let read = loop {
+        if back.len() >= len {
+            break Ok(());
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => break Err("EOF".to_string()),
+            Ok(n) => back.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    let wrote = write.join().unwrap();
+    match (wrote, read) {
+        (Ok(()), Ok(())) if back == data => Ok(()),
+        (Ok(()), Ok(())) => Err("echoed bytes differ".into()),
+        (w, r) => Err(format!(
+            "wrote {len} bytes ({w:?}); read {} of {len} back, then {r:?}",
+            back.len()
+        )),
+    }
+}
+
+#[test]
+fn nginx_refused_client_certificate_inside_the_upgrade_is_reported() {
+    let pki = TestPki::new().unwrap();
+    let sshd = Sshd::start().unwrap();
+    let config = ProxyConfig::default().node("node1", sshd.addr);
+    let proxy = start_proxy(&pki, &config, true, &[]);
+    let dir = TempDir::new("nginx").unwrap();
+    let front = nginx(&pki, &dir, &proxy, None);
+    let mut args = vec!["proxy".to_owned(), "ssh".into(), "--cluster=test".into()];
+    args.push(format!("--proxy=localhost:{}", front.addr.port()));
+    args.push(format!(
+        "--identity={}",
+        pki.dir().join("wrong-client").display()
+    ));
+    args.push("root@node1.test:22".into());
+    let out = run_with_timeout(
+        switchyard_cmd(&args).unwrap(),
+        b"SSH-2.0-Test\r\n",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("refused the client certificate CN=alice,O=admins"),
+        "the proxy's mTLS refusal inside the tunnel should be reported as such: {out:?}\n{}",
+        proxy.log()
+    );
+    assert!(
+        !sshd.log().contains("Connection from"),
+        "sshd was reached\n{}",
+        sshd.log()
+    );
 }
 
 // ---- HAProxy in front ------------------------------------------------------------------

@@ -13,30 +13,38 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use sha1::{Digest, Sha1};
 use switchyard_tests::balancer::start_proxy;
 use switchyard_tests::raw::{connect, exchange, expect_closed, http_request};
 use switchyard_tests::{wait_until, DemoUpstream, ProxyConfig, Switchyard, TestPki};
 
-/// The proxy under test: web upstream `web`, `trust_x_forwarded_for: true`, a 2 s
-/// handshake timeout and pings every second.
+/// The proxy under test: web upstream `web`, the TCP app `echo.example.test` (ALPN
+/// teleport-tcp, client certificate) → an echo upstream, `trust_x_forwarded_for: true`, a
+/// 2 s handshake timeout and pings every second.
 struct Setup {
     pki: TestPki,
     _web: DemoUpstream,
+    _echo: DemoUpstream,
     proxy: Switchyard,
 }
 
 fn setup() -> Setup {
     let pki = TestPki::new().unwrap();
     let web = DemoUpstream::http("web").unwrap();
+    let echo = DemoUpstream::echo("echo").unwrap();
     let mut config = ProxyConfig::default().upstream("web", web.addr);
+    config.routes.push(format!(
+        "{{name: echo-app, sni: echo.example.test, alpn: teleport-tcp, mode: terminate, upstream: '{}'}}",
+        echo.addr
+    ));
     config.handshake_timeout = "2s".into();
     let proxy = start_proxy(&pki, &config, true, &["ping_interval: 1s"]).unwrap();
     Setup {
         pki,
         _web: web,
+        _echo: echo,
         proxy,
     }
 }
@@ -58,25 +66,45 @@ impl Setup {
         );
     }
 
-    /// A rustls client config trusting the test CA, offering `alpn`.
+    /// A rustls client config trusting the test CA, offering `alpn`, presenting the test
+    /// client certificate for `teleport-*` protocols.
     fn tls(&self, alpn: &[u8]) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(self.pki.ca_cert()).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = if alpn.starts_with(b"teleport-") {
+            let chain = CertificateDer::pem_file_iter(&self.pki.client.cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(&self.pki.client.key).unwrap();
+            config.with_client_auth_cert(chain, key).unwrap()
+        } else {
+            config.with_no_client_auth()
+        };
         config.alpn_protocols = vec![alpn.to_vec()];
         Arc::new(config)
     }
 
     /// TLS to `localhost` with ALPN `alpn` over `io`.
     fn tls_over<S: Read + Write>(&self, io: S, alpn: &[u8]) -> StreamOwned<ClientConnection, S> {
-        let name = ServerName::try_from("localhost").unwrap();
+        self.tls_to(io, "localhost", alpn)
+    }
+
+    /// TLS with SNI `sni` and ALPN `alpn` over `io`.
+    fn tls_to<S: Read + Write>(
+        &self,
+        io: S,
+        sni: &str,
+        alpn: &[u8],
+    ) -> StreamOwned<ClientConnection, S> {
+        let name = ServerName::try_from(sni.to_owned()).unwrap();
         let conn = ClientConnection::new(self.tls(alpn), name).unwrap();
         StreamOwned::new(conn, io)
     }
@@ -177,6 +205,9 @@ fn send_head(s: &Setup, head: &[u8]) -> (TcpStream, Head) {
     let mut stream = connect(s.proxy.web).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     stream.write_all(head).unwrap();
     let response = read_head(&mut stream)
@@ -497,6 +528,62 @@ fn other_paths_with_upgrade_headers_go_to_the_web_upstream() {
         "{text}\n{}",
         s.proxy.log()
     );
+}
+
+/// 1 MiB through the echo app inside the tunnel, in four bursts of 256 KiB (each written
+/// whole while the echo flows back, then read back whole): both directions busy at once,
+/// and every byte the upstream sends must reach the client without more traffic from it.
+fn echo_mib_through<S: Read + Write>(s: &Setup, io: S, what: &str) {
+    let mut tls = s.tls_to(io, "echo.example.test", b"teleport-tcp");
+    let mut greeting = [0u8; 14];
+    tls.read_exact(&mut greeting).unwrap_or_else(|e| {
+        panic!(
+            "{what}: no greeting from the echo app: {e}\n{}",
+            s.proxy.log()
+        )
+    });
+    assert_eq!(&greeting, b"upstream=echo\n", "{what}");
+    let mut total = 0usize;
+    for step in 0..4u32 {
+        let chunk: Vec<u8> = (0..256 * 1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) ^ step) as u8)
+            .collect();
+        if let Err(e) = tls.write_all(&chunk).and_then(|()| tls.flush()) {
+            panic!(
+                "{what}: after {total} bytes echoed, writing the next 256 KiB failed: {e}\n{}",
+                s.proxy.log()
+            );
+        }
+        let mut back = vec![0u8; chunk.len()];
+        if let Err(e) = tls.read_exact(&mut back) {
+            panic!(
+                "{what}: after {total} bytes echoed, the next 256 KiB did not come back whole: \
+                 {e}\n{}",
+                s.proxy.log()
+            );
+        }
+        assert!(back == chunk, "{what}: echoed bytes differ at step {step}");
+        total += chunk.len();
+    }
+}
+
+#[test]
+fn websocket_and_legacy_tunnels_carry_1mib_to_a_mtls_route() {
+    let s = setup();
+    for protocol in ["alpn", "alpn-ping"] {
+        let (stream, response) =
+            send_head(&s, &upgrade_head(&refs(&websocket_headers(KEY, protocol))));
+        assert_eq!(response.status, 101, "{}\n{}", response.text, s.proxy.log());
+        echo_mib_through(&s, WsStream::new(stream), &format!("websocket {protocol}"));
+    }
+    let head = upgrade_head(&[
+        "Upgrade: alpn",
+        "X-Teleport-Upgrade: alpn",
+        "Connection: Upgrade",
+    ]);
+    let (stream, response) = send_head(&s, &head);
+    assert_eq!(response.status, 101, "{}\n{}", response.text, s.proxy.log());
+    echo_mib_through(&s, stream, "legacy alpn");
 }
 
 // ---- bad input -------------------------------------------------------------------------
