@@ -964,3 +964,24 @@ fn probe_through_haproxy_reports_upgrade_required_and_working() {
     );
     assert_upgrades_work(&text, "haproxy");
 }
+
+#[test]
+fn probe_through_haproxy_tcp_reports_direct_routing() {
+    let pki = TestPki::new().unwrap();
+    let web = DemoUpstream::http("web").unwrap();
+    let config = ProxyConfig::default()
+        .upstream("web", web.addr)
+        .proxy_protocol("on");
+    let proxy = start_proxy(&pki, &config, true, &[]);
+    let dir = TempDir::new("haproxy-tcp-probe").unwrap();
+    let front = HAProxy::tcp_proxy_v2(dir.path(), proxy.web).unwrap();
+    let (out, text) = probe(&pki, "haproxy-tcp", front.addr.port());
+    assert!(out.success(), "probe exited {:?}\n{text}", out.status);
+    assert!(text.contains("reachable"), "{text}");
+    assert!(
+        !text.contains("upgrade required"),
+        "a layer-4 balancer with PROXY v2 keeps ALPN routing:\n{text}\n{}",
+        proxy.log()
+    );
+    assert_upgrades_work(&text, "haproxy-tcp");
+}
