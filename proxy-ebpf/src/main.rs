@@ -144,6 +144,15 @@ fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
     // SAFETY: the kernel runs the verdict of one socket under its lock, and only this
     // program writes SOCK_STATS values, so this is the only writer of `stats`.
     let stats = unsafe { &mut *stats };
+    if len == 0 {
+        // A pure FIN (or ACK-only) skb: TCP has already processed it (the socket has
+        // RCV_SHUTDOWN set), and userspace passes the half-close on. Redirected, it would
+        // reach the peer's psock backlog, whose send of 0 bytes counts as a hard error:
+        // EPIPE set on the *peer* socket and its transmit disabled (seen on 6.18 as
+        // `reading the upstream: Broken pipe` after the client's FIN). Passed up, it would
+        // queue an empty message. Dropping it loses nothing.
+        return Ok(sk_action::SK_DROP);
+    }
     // SAFETY: read-only copy of a value userspace replaces whole.
     if let Some(splice) = unsafe { SPLICED.get(key) }.copied() {
         if splice.forwarded == stats.passed {

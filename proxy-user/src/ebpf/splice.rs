@@ -73,6 +73,7 @@ pub async fn relay_spliced(
     ];
     let up = Half {
         f,
+        names: ["client", "upstream"],
         keys: [ck, uk],
         fds,
         dst_base: bases[1],
@@ -81,6 +82,7 @@ pub async fn relay_spliced(
     };
     let down = Half {
         f,
+        names: ["upstream", "client"],
         keys: [uk, ck],
         fds: [fds[1], fds[0]],
         dst_base: bases[0],
@@ -199,9 +201,16 @@ impl Drop for Pair<'_> {
     }
 }
 
+/// `e` with where it happened ("reading the client: Broken pipe"), same kind.
+fn at(e: io::Error, stage: &str, side: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{stage} the {side}: {e}"))
+}
+
 /// One direction: `src` → `dst` (index 0 → 1 of the arrays).
 struct Half<'a> {
     f: &'a Frontend,
+    /// `client`/`upstream`, for error messages.
+    names: [&'static str; 2],
     keys: [SockKey; 2],
     fds: [RawFd; 2],
     /// Bytes written into `dst` before the relay started.
@@ -224,12 +233,13 @@ impl Half<'_> {
     /// EOF, then passes the half-close on once the kernel's share has left too.
     async fn run(self, src: ReadHalf<'_>, mut dst: WriteHalf<'_>, buffer: usize) -> io::Result<()> {
         let mut buf = vec![0u8; buffer];
+        let [from, to] = self.names;
         loop {
-            src.readable().await?;
+            src.readable().await.map_err(|e| at(e, "reading", from))?;
             let n = match src.try_read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(at(e, "reading", from)),
             };
             if n == 0 {
                 // EOF is reported while passed skbs still wait in the psock backlog (the
@@ -243,10 +253,14 @@ impl Half<'_> {
                     tokio::time::sleep(POLL).await;
                     continue;
                 }
-                self.drained().await?;
-                return dst.shutdown().await;
+                self.drained()
+                    .await
+                    .map_err(|e| at(e, "waiting for the send queue of", to))?;
+                return dst.shutdown().await.map_err(|e| at(e, "shutting down", to));
             }
-            dst.write_all(&buf[..n]).await?;
+            dst.write_all(&buf[..n])
+                .await
+                .map_err(|e| at(e, "writing", to))?;
             self.copied.fetch_add(n as u64, Ordering::Relaxed);
             let forwarded = self.consumed[0].fetch_add(n as u64, Ordering::AcqRel) + n as u64;
             let splice = Splice {
