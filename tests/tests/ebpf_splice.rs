@@ -208,6 +208,92 @@ fn half_close_from_the_upstream_reaches_the_client_which_can_still_send() {
 }
 
 #[test]
+fn a_pure_fin_from_the_client_leaves_the_upstream_direction_working() {
+    // The client's FIN arrives alone (its data long delivered), and the upstream answers
+    // only after a pause: a redirected empty skb used to set EPIPE on the upstream socket,
+    // and the relay's next read of the upstream ended the connection before the answer.
+    let Some((_pki, proxy, server)) = one_ssh(|mut s| {
+        let got = read_to_end(&mut s);
+        if got != b"SSH-2.0-c\r\nrequest" {
+            return Err(format!("upstream got {:?}", String::from_utf8_lossy(&got)));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(b"late answer").map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(b", and more").map_err(|e| e.to_string())
+    }) else {
+        return;
+    };
+    let mut c = TcpStream::connect(proxy.web).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.write_all(b"SSH-2.0-c\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // spliced by now
+    c.write_all(b"request").unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // delivered: the FIN goes alone
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&read_to_end(&mut c)),
+        "late answer, and more",
+        "{}",
+        proxy.log()
+    );
+    assert!(server.join().unwrap().is_empty(), "{}", proxy.log());
+    let log = proxy.log();
+    assert!(!log.contains("Broken pipe"), "{log}");
+}
+
+#[test]
+fn parallel_bulk_streams_all_end_cleanly() {
+    // 3 rounds of 16 streams at once: the client sends 32 MiB and its FIN, the upstream
+    // answers with the count after EOF. Before the verdict dropped empty skbs, some of
+    // these ended with `reading the upstream: Broken pipe` and the client got no count.
+    const STREAMS: usize = 16;
+    const ROUNDS: usize = 3;
+    const LEN: u64 = 32 * MB;
+    let Some((_pki, proxy, server)) = ({
+        let pki = TestPki::new().unwrap();
+        let (addr, server) = upstream(STREAMS * ROUNDS, |mut s| {
+            let mut pre = [0u8; 11];
+            s.read_exact(&mut pre).map_err(|e| e.to_string())?;
+            let n = std::io::copy(&mut s, &mut std::io::sink()).map_err(|e| e.to_string())?;
+            s.write_all(&n.to_le_bytes()).map_err(|e| e.to_string())
+        });
+        start_spliced(&pki, &ProxyConfig::default().upstream("ssh", addr))
+            .map(|proxy| (pki, proxy, server))
+    }) else {
+        return;
+    };
+    let web = proxy.web;
+    let mut failures = Vec::new();
+    for _ in 0..ROUNDS {
+        let streams: Vec<_> = (0..STREAMS)
+            .map(|_| {
+                std::thread::spawn(move || -> Result<(), String> {
+                    let mut c = TcpStream::connect(web).map_err(|e| e.to_string())?;
+                    c.write_all(b"SSH-2.0-c\r\n").map_err(|e| e.to_string())?;
+                    Pattern::new(3)
+                        .send(&mut c, LEN)
+                        .map_err(|e| e.to_string())?;
+                    c.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+                    let back = read_to_end(&mut c);
+                    let count = <[u8; 8]>::try_from(back.as_slice())
+                        .map(u64::from_le_bytes)
+                        .map_err(|_| format!("client got {} bytes, not a count", back.len()))?;
+                    (count == LEN)
+                        .then_some(())
+                        .ok_or(format!("upstream counted {count} of {LEN}"))
+                })
+            })
+            .collect();
+        failures.extend(streams.into_iter().filter_map(|t| t.join().unwrap().err()));
+    }
+    let log = proxy.log();
+    assert!(failures.is_empty(), "{failures:?}\n{log}");
+    assert!(server.join().unwrap().is_empty(), "{log}");
+    assert!(!log.contains("Broken pipe"), "{log}");
+}
+
+#[test]
 fn ebpf_off_relays_with_splice_pipes() {
     let pki = TestPki::new().unwrap();
     let (addr, server) = upstream(1, |mut s| {
