@@ -348,6 +348,9 @@ impl<S: Read + Write> Write for WsStream<S> {
 
 /// `GET /inner` inside an inner TLS connection (ALPN http/1.1) over `io`: the web
 /// upstream's answer.
+///
+/// Then the client ends its side too (close_notify): with the inner connection over both
+/// ways, the proxy must close the tunnel (EOF, or a close frame for WebSocket).
 fn inner_get<S: Read + Write>(s: &Setup, io: S) -> String {
     let mut tls = s.tls_over(io, b"http/1.1");
     tls.write_all(b"GET /inner HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -360,6 +363,22 @@ fn inner_get<S: Read + Write>(s: &Setup, io: S) -> String {
             "no answer from the web upstream inside the tunnel ({result:?}): {text:?}\n{}",
             s.proxy.log()
         );
+    }
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    let mut rest = [0u8; 1024];
+    let started = Instant::now();
+    loop {
+        match tls.sock.read(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "the inner connection ended both ways, but the tunnel was still open after \
+                 {:?} ({e})\n{}",
+                started.elapsed(),
+                s.proxy.log()
+            ),
+        }
     }
     text
 }
