@@ -72,32 +72,47 @@ fn local_proxy(kind: &[&str], pki: &TestPki, front: SocketAddr) -> LocalProxy {
 /// Waits until the proxy logged, for the inner connection of route `route` (text in its
 /// log line, e.g. `ssh:node1`), a WebSocket upgrade with `alpn-ping` (the client's default)
 /// and the client address from `X-Forwarded-For`, and the balancer logged
-/// `GET /webapi/connectionupgrade` answered 101.
+/// `GET /webapi/connectionupgrade` answered 101. Balancers log a request when its
+/// connection ends, so the second also proves the tunnel was closed once the client's
+/// connection was over.
 fn assert_upgraded(proxy: &Switchyard, balancer: &Balancer, route: &str, client: &str) {
-    let done = wait_until(Duration::from_secs(10), "upgrade in both logs", || {
-        let log = proxy.log();
-        let front = balancer.log();
-        let inner = log.lines().any(|l| {
+    let inner = || {
+        proxy.log().lines().any(|l| {
             l.contains(route)
                 && l.contains(REAL_FROM_XFF)
                 && l.contains("upgrade=")
                 && l.contains("websocket")
                 && l.contains("ping")
-        });
-        Ok(
-            (inner && front.contains("/webapi/connectionupgrade") && front.contains(" 101 "))
-                .then_some(()),
-        )
+        })
+    };
+    let logged = || {
+        let front = balancer.log();
+        front.contains("/webapi/connectionupgrade") && front.contains(" 101 ")
+    };
+    let done = wait_until(Duration::from_secs(10), "upgrade in both logs", || {
+        Ok((inner() && logged()).then_some(()))
     });
-    if let Err(e) = done {
-        panic!(
-            "{e}: expected a proxy log line for {route:?} with upgrade=websocket(alpn-ping) and \
-             {REAL_FROM_XFF:?}, and the balancer to log GET /webapi/connectionupgrade answered \
-             101\n--- proxy log ---\n{}\n--- balancer ---\n{}\n--- client ---\n{client}",
-            proxy.log(),
-            balancer.logs()
-        );
+    if done.is_ok() {
+        return;
     }
+    let what = if !inner() {
+        format!(
+            "no proxy log line for {route:?} with upgrade=websocket(alpn-ping) and \
+             {REAL_FROM_XFF:?}"
+        )
+    } else if balancer.log().contains("/webapi/connectionupgrade") {
+        "the balancer logged /webapi/connectionupgrade, but not answered 101".to_owned()
+    } else {
+        "the balancer has not logged GET /webapi/connectionupgrade after 10 s: it logs a \
+         request when the connection ends, so the upgraded tunnel is still open although the \
+         client's connection is over (a leaked tunnel)"
+            .to_owned()
+    };
+    panic!(
+        "{what}\n--- proxy log ---\n{}\n--- balancer ---\n{}\n--- client ---\n{client}",
+        proxy.log(),
+        balancer.logs()
+    );
 }
 
 // ---- fixtures, proven with curl and openssl -------------------------------------------
