@@ -152,6 +152,10 @@ where
             return w.shutdown().await;
         }
         w.write_all(&buf[..n]).await?;
+        // A TLS writer may accept bytes into its buffer without sending them (its socket or
+        // pipe was full); without a flush they would wait for the next write, which may
+        // never come. On a plain socket this is a no-op.
+        w.flush().await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -12,16 +12,22 @@
 //!   zero length is a ping. Used by the legacy `alpn-ping` upgrade and inside TLS by the
 //!   `-ping` ALPNs. The length-delimited codec is tokio-util's.
 //!
-//! Both return a [`DuplexStream`]: what is written to it goes out framed, what arrives
-//! unframed comes out of it. EOF on it ends the framed stream's sending side (a close frame
-//! for WebSocket, a write shutdown for the ping framing); the peer's end shows up as EOF.
+//! Both return a [`WireStream`]: what is written to it goes out framed, what arrives
+//! unframed comes out of it; the peer's end shows up as EOF. Ending it: the ping framing
+//! has a half-close, so a write shutdown on the stream shuts down the framed stream's
+//! sending side. WebSocket has none (a close frame ends both directions), so a write
+//! shutdown sends nothing (the inner TLS `close_notify` already says it), and the close
+//! frame goes out when the [`WireStream`] is dropped.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::sync::oneshot;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -34,6 +40,8 @@ use tracing::{debug, Instrument, Span};
 const PIPE_BYTES: usize = 64 * 1024;
 /// Largest chunk read from the user and sent as one frame.
 const CHUNK_BYTES: usize = 16 * 1024;
+/// How long a closing WebSocket waits to send its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How a framed stream ended abnormally (logged at debug by the pump; the user of the
 /// stream sees EOF or a broken pipe).
@@ -49,6 +57,60 @@ pub enum WireError {
     Io(#[from] io::Error),
 }
 
+/// The user's end of a pump: a byte stream; dropping it tells the pump the user is gone.
+#[derive(Debug)]
+pub struct WireStream {
+    io: DuplexStream,
+    /// Dropped with the stream: the pump's `gone` receiver then resolves.
+    _alive: oneshot::Sender<()>,
+}
+
+/// The pump's end: the pipe, and a signal that resolves when the user dropped its end.
+struct PumpEnd {
+    pipe: DuplexStream,
+    gone: oneshot::Receiver<()>,
+}
+
+fn pipe() -> (WireStream, PumpEnd) {
+    let (user, pipe) = tokio::io::duplex(PIPE_BYTES);
+    let (alive, gone) = oneshot::channel();
+    (
+        WireStream {
+            io: user,
+            _alive: alive,
+        },
+        PumpEnd { pipe, gone },
+    )
+}
+
+impl AsyncRead for WireStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WireStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// The WebSocket configuration for a tunnel: frames and messages bounded by `max_frame`.
 pub fn ws_config(max_frame: usize) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -57,11 +119,11 @@ pub fn ws_config(max_frame: usize) -> WebSocketConfig {
 }
 
 /// Bridges a WebSocket to a byte stream; `ping` is the server's keep-alive interval.
-pub fn websocket<S>(ws: WebSocketStream<S>, ping: Option<Duration>) -> DuplexStream
+pub fn websocket<S>(ws: WebSocketStream<S>, ping: Option<Duration>) -> WireStream
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (user, pump) = tokio::io::duplex(PIPE_BYTES);
+    let (user, pump) = pipe();
     tokio::spawn(
         async move {
             if let Err(e) = pump_ws(ws, pump, ping).await {
@@ -75,16 +137,34 @@ where
 
 /// Bridges a ping-framed stream to a byte stream; `ping` is the keep-alive interval of the
 /// side that sends pings (the server), `max_frame` bounds incoming frames.
-pub fn ping_framed<S>(io: S, ping: Option<Duration>, max_frame: usize) -> DuplexStream
+pub fn ping_framed<S>(io: S, ping: Option<Duration>, max_frame: usize) -> WireStream
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (user, pump) = tokio::io::duplex(PIPE_BYTES);
+    let (user, pump) = pipe();
     let codec = ping_codec(max_frame);
     tokio::spawn(
         async move {
-            if let Err(e) = pump_ping(Framed::new(io, codec), pump, ping).await {
+            if let Err(e) = pump_ping(Framed::new(io, codec), pump.pipe, ping).await {
                 debug!("ping-framed stream ended: {e}");
+            }
+        }
+        .instrument(Span::current()),
+    );
+    user
+}
+
+/// A stream without framing (the legacy `alpn` upgrade) behind the same type.
+pub fn raw<S>(io: S) -> WireStream
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (user, pump) = pipe();
+    tokio::spawn(
+        async move {
+            let (mut pipe, mut io) = (pump.pipe, io);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut pipe, &mut io).await {
+                debug!("tunnel ended: {e}");
             }
         }
         .instrument(Span::current()),
@@ -118,70 +198,114 @@ async fn tick(t: &mut Option<Interval>) {
     }
 }
 
+/// Runs both halves of a pump until each has ended; the first error ends both.
+async fn both<A, B>(a: A, b: B) -> Result<(), WireError>
+where
+    A: std::future::Future<Output = Result<(), WireError>>,
+    B: std::future::Future<Output = Result<(), WireError>>,
+{
+    tokio::pin!(a, b);
+    let (mut a_done, mut b_done) = (false, false);
+    while !(a_done && b_done) {
+        let result = tokio::select! {
+            r = &mut a, if !a_done => { a_done = true; r }
+            r = &mut b, if !b_done => { b_done = true; r }
+        };
+        result?;
+    }
+    Ok(())
+}
+
+// Each pump runs its receiving and its sending half concurrently: a send blocked by a
+// slow peer must never stop the receiving half, or two pumps facing each other through a
+// balancer's buffers could each wait for the other to read (a deadlock under bulk load).
+
 async fn pump_ws<S>(
-    mut ws: WebSocketStream<S>,
-    pipe: DuplexStream,
+    ws: WebSocketStream<S>,
+    pump: PumpEnd,
     ping: Option<Duration>,
 ) -> Result<(), WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let PumpEnd { pipe, gone } = pump;
     let (mut from_user, mut to_user) = tokio::io::split(pipe);
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut ticker = ticker(ping);
-    // Whether we may still send (no close frame sent or received yet).
-    let mut sending = true;
-    loop {
-        tokio::select! {
-            msg = ws.next() => match msg {
+    let (mut sink, mut stream) = ws.split();
+    let receive = async {
+        loop {
+            match stream.next().await {
                 None | Some(Err(tungstenite::Error::ConnectionClosed)) => break,
-                Some(Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                    close(&mut ws, CloseCode::Size, "frame too large").await;
-                    return Err(WireError::Oversize { size, max: max_size });
-                }
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(Message::Binary(data))) => to_user.write_all(&data).await?,
-                Some(Ok(Message::Text(_))) => {
-                    close(&mut ws, CloseCode::Unsupported, "binary frames only").await;
-                    return Err(WireError::Text);
-                }
-                // tungstenite queues the pong (or the close reply); flushing sends it.
-                Some(Ok(Message::Ping(_))) => ws.flush().await?,
-                Some(Ok(Message::Close(_))) => {
-                    sending = false;
-                    let _ = ws.flush().await;
-                    to_user.shutdown().await?;
-                }
-                Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
-            },
-            n = from_user.read(&mut buf), if sending => match n? {
-                0 => {
-                    sending = false;
-                    ws.close(None).await?;
-                }
-                n => ws.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await?,
-            },
-            _ = tick(&mut ticker), if sending => ws.send(Message::Ping(Bytes::new())).await?,
+                Some(Ok(Message::Text(_))) => return Err(WireError::Text),
+                // The close reply, like pongs, is queued by tungstenite and sent with the
+                // next read or write.
+                Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            }
+        }
+        to_user.shutdown().await?;
+        // Done receiving; the pump now ends with the sending half (when the user leaves).
+        std::future::pending::<Result<(), WireError>>().await
+    };
+    // Sends until the user drops its end (its EOF alone is no reason to close: the
+    // other direction may still be flowing).
+    let send = async {
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        let mut ticker = ticker(ping);
+        let mut reading = true;
+        let mut gone = gone;
+        loop {
+            tokio::select! {
+                n = from_user.read(&mut buf), if reading => match n? {
+                    0 => reading = false,
+                    n => sink.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await?,
+                },
+                _ = tick(&mut ticker) => sink.send(Message::Ping(Bytes::new())).await?,
+                _ = &mut gone => break,
+            }
+        }
+        Ok(())
+    };
+    // The pump ends when the user is gone, or at the first error of either half.
+    let result = tokio::select! {
+        r = receive => r,
+        r = send => r,
+    };
+    let frame = match &result {
+        Ok(()) => None,
+        Err(WireError::WebSocket(tungstenite::Error::Capacity(
+            CapacityError::MessageTooLong { size, max_size },
+        ))) => {
+            let (size, max) = (*size, *max_size);
+            Some((CloseCode::Size, WireError::Oversize { size, max }))
+        }
+        Err(WireError::Text) => Some((CloseCode::Unsupported, WireError::Text)),
+        Err(_) => return result,
+    };
+    match frame {
+        // The user is gone: the closing handshake (a no-op if the peer closed first).
+        None => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+            Ok(())
+        }
+        Some((code, error)) => {
+            let reason = match code {
+                CloseCode::Size => "frame too large",
+                _ => "binary frames only",
+            };
+            let close = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = sink.send(Message::Close(Some(close))).await;
+            Err(error)
         }
     }
-    let _ = to_user.shutdown().await;
-    Ok(())
-}
-
-/// Sends a close frame, best effort: the connection is ending anyway.
-async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = ws.close(Some(frame)).await;
 }
 
 async fn pump_ping<S>(
-    mut framed: Framed<S, LengthDelimitedCodec>,
+    framed: Framed<S, LengthDelimitedCodec>,
     pipe: DuplexStream,
     ping: Option<Duration>,
 ) -> Result<(), WireError>
@@ -189,32 +313,33 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut from_user, mut to_user) = tokio::io::split(pipe);
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut ticker = ticker(ping);
-    let (mut sending, mut receiving) = (true, true);
-    while sending || receiving {
-        tokio::select! {
-            frame = framed.next(), if receiving => match frame {
-                None => {
-                    receiving = false;
-                    to_user.shutdown().await?;
-                }
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(payload)) if payload.is_empty() => {} // a ping
-                Some(Ok(payload)) => to_user.write_all(&payload).await?,
-            },
-            n = from_user.read(&mut buf), if sending => match n? {
-                0 => {
-                    sending = false;
-                    // Flushes and shuts down the framed stream's write side (half-close).
-                    SinkExt::<Bytes>::close(&mut framed).await?;
-                }
-                n => framed.send(Bytes::copy_from_slice(&buf[..n])).await?,
-            },
-            _ = tick(&mut ticker), if sending => framed.send(Bytes::new()).await?,
+    let (mut sink, mut stream) = framed.split::<Bytes>();
+    let receive = async {
+        while let Some(frame) = stream.next().await {
+            let payload = frame?;
+            // A zero-length frame is a ping.
+            if !payload.is_empty() {
+                to_user.write_all(&payload).await?;
+            }
         }
-    }
-    Ok(())
+        to_user.shutdown().await?;
+        Ok(())
+    };
+    let send = async {
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        let mut ticker = ticker(ping);
+        loop {
+            tokio::select! {
+                n = from_user.read(&mut buf) => match n? {
+                    // Flushes and shuts down the framed stream's write side (half-close).
+                    0 => break sink.close().await.map_err(WireError::from),
+                    n => sink.send(Bytes::copy_from_slice(&buf[..n])).await?,
+                },
+                _ = tick(&mut ticker) => sink.send(Bytes::new()).await?,
+            }
+        }
+    };
+    both(receive, send).await
 }
 
 #[cfg(test)]
@@ -290,8 +415,18 @@ mod tests {
             }
         }
         assert_eq!(data, b"down");
-        // The user's EOF is a close frame.
+        // A write shutdown sends nothing (WebSocket has no half-close): data still flows
+        // to the user afterwards.
         user.shutdown().await.unwrap();
+        client
+            .send(Message::Binary(Bytes::from_static(b"late")))
+            .await
+            .unwrap();
+        let mut late = [0u8; 4];
+        user.read_exact(&mut late).await.unwrap();
+        assert_eq!(&late, b"late");
+        // Dropping the stream is the close frame.
+        drop(user);
         loop {
             match client.next().await {
                 Some(Ok(Message::Close(_))) | None => break,

@@ -2,11 +2,12 @@
 //! through the HTTP proxy named by `HTTPS_PROXY` with `CONNECT`), or the tunnel of a
 //! connection upgrade through a layer-7 load balancer ([`super::upgrade`]).
 
+use crate::wire::WireStream;
 use base64::Engine;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// What the TLS connection to the proxy runs over.
@@ -15,7 +16,7 @@ pub enum Transport {
     /// TCP to the proxy (TLS routing works directly).
     Tcp(TcpStream),
     /// The inner byte stream of a connection upgrade (WebSocket or ping framing).
-    Tunnel(DuplexStream),
+    Tunnel(WireStream),
 }
 
 impl AsyncRead for Transport {

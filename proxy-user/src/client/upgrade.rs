@@ -26,7 +26,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -247,7 +247,7 @@ pub fn tls_error(e: &io::Error) -> String {
 /// An open tunnel and what the server chose.
 #[derive(Debug)]
 pub struct Tunnel {
-    pub stream: DuplexStream,
+    pub stream: wire::WireStream,
     /// `alpn-ping` or `alpn` (the WebSocket subprotocol, or the legacy `Upgrade` value).
     pub protocol: String,
     /// From writing the request to reading the `101` head.
@@ -303,7 +303,7 @@ where
             wire::websocket(ws, None)
         }
         (UpgradeMode::Legacy, PING) => wire::ping_framed(rest, None, MAX_FRAME),
-        (UpgradeMode::Legacy, _) => raw_pipe(rest),
+        (UpgradeMode::Legacy, _) => wire::raw(rest),
     };
     Ok(Tunnel {
         stream: tunnel,
@@ -316,20 +316,6 @@ where
 pub const PING: &str = "alpn-ping";
 /// The `alpn` protocol: no pings.
 pub const PLAIN: &str = "alpn";
-
-/// `alpn` legacy upgrade: the stream is raw; copied into a pipe so every tunnel has one
-/// type.
-fn raw_pipe<S>(stream: S) -> DuplexStream
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (user, mut pump) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(async move {
-        let mut stream = stream;
-        let _ = tokio::io::copy_bidirectional(&mut pump, &mut stream).await;
-    });
-    user
-}
 
 /// The WebSocket upgrade request.
 pub fn websocket_request(authority: &str, key: &str) -> String {
@@ -719,7 +705,6 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "deadlocks with the single-task wire pumps of 5f6a044; run once wire.rs pumps each direction on its own"]
     async fn bulk_echo_both_ways_at_once_through_both_upgrades() {
         for mode in [UpgradeMode::Websocket, UpgradeMode::Legacy] {
             let (client, server) = tokio::io::duplex(16 * 1024);
