@@ -262,7 +262,9 @@ where
                     n => sink.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await?,
                 },
                 _ = tick(&mut ticker) => sink.send(Message::Ping(Bytes::new())).await?,
-                _ = &mut gone => break,
+                // After EOF only: what the user wrote before leaving (a TLS alert, say)
+                // goes out first.
+                _ = &mut gone, if !reading => break,
             }
         }
         Ok(())
