@@ -336,6 +336,18 @@ async fn tls<C: ClientIo>(
                 }
                 Ok(Err(error)) => {
                     let reason = handshake_reason(&error);
+                    if reason == "no_certificate" && is_detection_probe(&hello.alpn) {
+                        // A client checking for a layer-7 balancer: it learnt what it
+                        // wanted from the ALPN; not a refusal worth a warning.
+                        debug!("answered a TLS routing probe (no client certificate)");
+                        return Ok(Finished {
+                            route: crate::route::TUNNEL_PROBE.to_owned(),
+                            stats: RelayStats {
+                                mode: "none",
+                                ..RelayStats::default()
+                            },
+                        });
+                    }
                     proxy.metrics.handshake_failed(&route.name, reason);
                     return Err(ConnError::Handshake {
                         route: route.name.clone(),
@@ -392,6 +404,12 @@ async fn tls<C: ClientIo>(
             })
         }
     }
+}
+
+/// The clients' layer-7 detection handshake offers exactly `teleport-reversetunnel`
+/// (agents also offer `teleport-reversetunnelv2`, and always present a certificate).
+fn is_detection_probe(alpn: &[String]) -> bool {
+    matches!(alpn, [only] if only == "teleport-reversetunnel")
 }
 
 /// Relays a client stream and an upstream: spliced when the client is the socket itself.
