@@ -11,6 +11,11 @@
 //! are non-blocking and every `splice` call carries `SPLICE_F_NONBLOCK`, so `EAGAIN` always
 //! means "the socket is not ready" — a direction empties its pipe before it reads again,
 //! so the pipe is never what blocks.
+//!
+//! `splice` into a socket cannot pass `MSG_NOSIGNAL`: a write to a connection the peer has
+//! reset raises `SIGPIPE` as well as returning `EPIPE`. The Rust runtime ignores `SIGPIPE`
+//! before `main`, so the error comes back here like any other; a binary that restored the
+//! default action would be killed instead.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -205,6 +210,28 @@ mod tests {
             )
         };
         assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+    }
+
+    #[tokio::test]
+    async fn a_reset_upstream_while_the_client_sends_ends_the_relay_with_an_error() {
+        let (client, mut client_peer) = pair().await;
+        let (upstream, upstream_peer) = pair().await;
+        let task = tokio::spawn(relay_splice(client, upstream, 1024));
+        reset_on_close(&upstream_peer);
+        drop(upstream_peer);
+        // Keep sending until the relay gives up; each splice into the reset socket fails.
+        let chunk = vec![7u8; 64 * 1024];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !task.is_finished() && std::time::Instant::now() < deadline {
+            if client_peer.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let stats = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the relay ends")
+            .unwrap();
+        assert!(stats.error.is_some(), "{stats:?}");
     }
 
     #[test]
