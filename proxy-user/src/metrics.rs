@@ -168,7 +168,9 @@ impl Metrics {
     }
 
     pub fn upgrade(&self, kind: &'static str, outcome: &'static str) {
-        self.upgrades.get_or_create(&Upgrade { kind, outcome }).inc();
+        self.upgrades
+            .get_or_create(&Upgrade { kind, outcome })
+            .inc();
     }
 
     pub fn route(&self, route: &str, action: &'static str) {
@@ -197,7 +199,11 @@ impl Metrics {
             self.bytes("kernel_splice", kernel.0, kernel.1);
         }
         self.bytes(
-            if s.mode == "splice" { "splice" } else { "userspace" },
+            if s.mode == "splice" {
+                "splice"
+            } else {
+                "userspace"
+            },
             s.client_to_upstream - kernel.0,
             s.upstream_to_client - kernel.1,
         );
