@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, Span};
+use tracing::{debug, field, info_span, Instrument, Span};
 
 /// Room for a PROXY v2 header with TLVs in front of the preface.
 const PROXY_HEADER_ALLOWANCE: usize = 4096;
@@ -128,6 +128,9 @@ impl ConnError {
 pub struct Finished {
     pub route: String,
     pub stats: RelayStats,
+    /// The span of the connection carried by an upgrade (its SNI, ALPN, route and
+    /// identity), for the closing line; `None` for a direct connection.
+    pub inner: Option<Span>,
 }
 
 /// The bytes read so far and where the protocol starts (after any PROXY header).
@@ -273,6 +276,7 @@ async fn plaintext(
     let mut stats = relay_plain(client, upstream, consumed, buffer).await;
     stats.client_to_upstream += read.len() as u64;
     Ok(Finished {
+        inner: None,
         route: route.to_owned(),
         stats,
     })
@@ -317,6 +321,7 @@ async fn tls<C: ClientIo>(
             let mut stats = relay_client(client, upstream, consumed, buffer).await;
             stats.client_to_upstream += pre.rest().len() as u64;
             Ok(Finished {
+                inner: None,
                 route: route.name.clone(),
                 stats,
             })
@@ -341,6 +346,7 @@ async fn tls<C: ClientIo>(
                         // wanted from the ALPN; not a refusal worth a warning.
                         debug!("answered a TLS routing probe (no client certificate)");
                         return Ok(Finished {
+                            inner: None,
                             route: crate::route::TUNNEL_PROBE.to_owned(),
                             stats: RelayStats {
                                 mode: "none",
@@ -378,6 +384,7 @@ async fn tls<C: ClientIo>(
             if route.upstream.is_empty() && route.name == crate::route::TUNNEL_PROBE {
                 debug!("answered a TLS routing probe (no upstreams.tunnel configured)");
                 return Ok(Finished {
+                    inner: None,
                     route: route.name.clone(),
                     stats: RelayStats {
                         mode: "none",
@@ -399,6 +406,7 @@ async fn tls<C: ClientIo>(
                 relay(tls, upstream, buffer).await
             };
             Ok(Finished {
+                inner: None,
                 route: route.name.clone(),
                 stats,
             })
@@ -467,6 +475,7 @@ async fn web<C: ClientIo>(
         let mut stats = relay_client(client, upstream, consumed, buffer).await;
         stats.client_to_upstream += read.len() as u64;
         return Ok(Finished {
+            inner: None,
             route: route.name.clone(),
             stats,
         });
@@ -492,6 +501,7 @@ async fn web<C: ClientIo>(
         let answer = upgrade::ping_response(&proxy.config);
         respond(&mut client, &answer).await;
         return Ok(Finished {
+            inner: None,
             route: route.name.clone(),
             stats: RelayStats {
                 client_to_upstream: read.len() as u64,
@@ -512,6 +522,7 @@ async fn web<C: ClientIo>(
     let span = Span::current();
     span.record("upgrade", kind.label());
     if let Some(addr) = accepted.forwarded_for {
+        // On the outer span: every line of the connection, the closing one included.
         span.record("real_client", tracing::field::display(addr));
     }
     proxy.metrics.upgrade(kind.label(), "accepted");
@@ -529,7 +540,19 @@ async fn web<C: ClientIo>(
         Kind::AlpnPing => Box::new(wire::ping_framed(io, ping, max_frame)),
         Kind::Alpn => Box::new(io),
     };
-    Box::pin(inner(proxy, tunnel, kind)).await
+    let tunnel_span = info_span!(
+        "tunnel",
+        sni = field::Empty,
+        alpn = field::Empty,
+        negotiated = field::Empty,
+        route = field::Empty,
+        identity = field::Empty,
+    );
+    let done = Box::pin(inner(proxy, tunnel, kind).instrument(tunnel_span.clone())).await?;
+    Ok(Finished {
+        inner: Some(tunnel_span),
+        ..done
+    })
 }
 
 /// The connection carried by an upgrade: detection again (it must be TLS), then routing

@@ -164,6 +164,8 @@ async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer
             Ok(done) => {
                 let s = &done.stats;
                 proxy.metrics.relayed(s);
+                // An upgraded connection's line also carries the inner connection's span.
+                let _inner = done.inner.as_ref().map(|span| span.enter());
                 info!(
                     target: "switchyard::audit",
                     route = %done.route,
@@ -204,6 +206,7 @@ async fn fixed(
     let _ = upstream.set_nodelay(true);
     let stats = relay_plain(stream, upstream, 0, proxy.config.limits.relay_buffer_bytes).await;
     Ok(conn::Finished {
+        inner: None,
         route: route.name.clone(),
         stats,
     })
