@@ -119,11 +119,12 @@ where
 }
 
 /// Drives both directions of a relay until each has ended; the first error ends both
-/// (the other direction's future is dropped) and is returned.
-pub async fn both_directions<U, D>(up: U, down: D) -> Option<io::Error>
+/// (the other direction's future is dropped) and is returned. Also drives the two halves
+/// of a framing pump (`wire`), whose errors are its own.
+pub async fn both_directions<U, D, E>(up: U, down: D) -> Option<E>
 where
-    U: std::future::Future<Output = io::Result<()>>,
-    D: std::future::Future<Output = io::Result<()>>,
+    U: std::future::Future<Output = Result<(), E>>,
+    D: std::future::Future<Output = Result<(), E>>,
 {
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);

@@ -198,24 +198,6 @@ async fn tick(t: &mut Option<Interval>) {
     }
 }
 
-/// Runs both halves of a pump until each has ended; the first error ends both.
-async fn both<A, B>(a: A, b: B) -> Result<(), WireError>
-where
-    A: std::future::Future<Output = Result<(), WireError>>,
-    B: std::future::Future<Output = Result<(), WireError>>,
-{
-    tokio::pin!(a, b);
-    let (mut a_done, mut b_done) = (false, false);
-    while !(a_done && b_done) {
-        let result = tokio::select! {
-            r = &mut a, if !a_done => { a_done = true; r }
-            r = &mut b, if !b_done => { b_done = true; r }
-        };
-        result?;
-    }
-    Ok(())
-}
-
 // Each pump runs its receiving and its sending half concurrently: a send blocked by a
 // slow peer must never stop the receiving half, or two pumps facing each other through a
 // balancer's buffers could each wait for the other to read (a deadlock under bulk load).
@@ -341,7 +323,10 @@ where
             }
         }
     };
-    both(receive, send).await
+    match crate::relay::both_directions(receive, send).await {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
