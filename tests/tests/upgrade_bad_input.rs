@@ -215,6 +215,27 @@ fn send_head(s: &Setup, head: &[u8]) -> (TcpStream, Head) {
     (stream, response)
 }
 
+/// [`send_head`] for an upgrade the proxy must accept: expects `101`.
+fn send_upgrade(s: &Setup, head: &[u8]) -> (TcpStream, Head) {
+    let (stream, response) = send_head(s, head);
+    assert_eq!(response.status, 101, "{}\n{}", response.text, s.proxy.log());
+    (stream, response)
+}
+
+/// A WebSocket upgrade's request head with key [`KEY`] and `Sec-WebSocket-Protocol: PROTOCOL`.
+fn websocket_head(protocol: &str) -> Vec<u8> {
+    upgrade_head(&refs(&websocket_headers(KEY, protocol)))
+}
+
+/// The legacy upgrade's request head: `Upgrade: PROTOCOL`, `X-Teleport-Upgrade: PROTOCOL`.
+fn legacy_head(protocol: &str) -> Vec<u8> {
+    upgrade_head(&[
+        &format!("Upgrade: {protocol}"),
+        &format!("X-Teleport-Upgrade: {protocol}"),
+        "Connection: Upgrade",
+    ])
+}
+
 /// Sends `head`; expects `400` and the connection closed, without reaching the upstream.
 fn assert_refused_400(s: &Setup, head: &[u8], what: &str) {
     let (mut stream, response) = send_head(s, head);
@@ -465,21 +486,14 @@ fn websocket_tunnel_over_tls_carries_inner_tls_and_takes_x_forwarded_for() {
 #[test]
 fn websocket_tunnel_over_plain_http_carries_inner_tls() {
     let s = setup();
-    let (stream, response) = send_head(&s, &upgrade_head(&refs(&websocket_headers(KEY, "alpn"))));
-    assert_eq!(response.status, 101, "{}\n{}", response.text, s.proxy.log());
+    let (stream, _) = send_upgrade(&s, &websocket_head("alpn"));
     inner_get(&s, WsStream::new(stream));
 }
 
 #[test]
 fn legacy_alpn_upgrade_carries_raw_inner_tls() {
     let s = setup();
-    let head = upgrade_head(&[
-        "Upgrade: alpn",
-        "X-Teleport-Upgrade: alpn",
-        "Connection: Upgrade",
-    ]);
-    let (stream, response) = send_head(&s, &head);
-    assert_eq!(response.status, 101, "{}\n{}", response.text, s.proxy.log());
+    let (stream, response) = send_upgrade(&s, &legacy_head("alpn"));
     assert_eq!(
         response.header("upgrade"),
         Some("alpn"),
@@ -493,10 +507,7 @@ fn legacy_alpn_upgrade_carries_raw_inner_tls() {
 fn alpn_ping_sends_websocket_pings_and_legacy_zero_length_frames() {
     let s = setup();
     // WebSocket: a Ping frame within a few ping intervals (1 s).
-    let (mut stream, response) = send_head(
-        &s,
-        &upgrade_head(&refs(&websocket_headers(KEY, "alpn-ping"))),
-    );
+    let (mut stream, response) = send_head(&s, &websocket_head("alpn-ping"));
     assert_eq!(response.status, 101, "{}", response.text);
     let start = Instant::now();
     let frame = server_frame(&mut stream);
@@ -507,12 +518,7 @@ fn alpn_ping_sends_websocket_pings_and_legacy_zero_length_frames() {
         s.proxy.log()
     );
     // Legacy alpn-ping: u32 length framing, length 0 is a ping.
-    let head = upgrade_head(&[
-        "Upgrade: alpn-ping",
-        "X-Teleport-Upgrade: alpn-ping",
-        "Connection: Upgrade",
-    ]);
-    let (mut stream, response) = send_head(&s, &head);
+    let (mut stream, response) = send_head(&s, &legacy_head("alpn-ping"));
     assert_eq!(response.status, 101, "{}", response.text);
     assert_eq!(
         response.header("upgrade"),
@@ -532,7 +538,7 @@ fn alpn_ping_sends_websocket_pings_and_legacy_zero_length_frames() {
 #[test]
 fn other_paths_with_upgrade_headers_go_to_the_web_upstream() {
     let s = setup();
-    let mut head = String::from_utf8(upgrade_head(&refs(&websocket_headers(KEY, "alpn")))).unwrap();
+    let mut head = String::from_utf8(websocket_head("alpn")).unwrap();
     head = head.replace("/webapi/connectionupgrade", "/webapi/elsewhere");
     let mut stream = connect(s.proxy.web).unwrap();
     stream.write_all(head.as_bytes()).unwrap();
@@ -590,18 +596,10 @@ fn echo_mib_through<S: Read + Write>(s: &Setup, io: S, what: &str) {
 fn websocket_and_legacy_tunnels_carry_1mib_to_a_mtls_route() {
     let s = setup();
     for protocol in ["alpn", "alpn-ping"] {
-        let (stream, response) =
-            send_head(&s, &upgrade_head(&refs(&websocket_headers(KEY, protocol))));
-        assert_eq!(response.status, 101, "{}\n{}", response.text, s.proxy.log());
+        let (stream, _) = send_upgrade(&s, &websocket_head(protocol));
         echo_mib_through(&s, WsStream::new(stream), &format!("websocket {protocol}"));
     }
-    let head = upgrade_head(&[
-        "Upgrade: alpn",
-        "X-Teleport-Upgrade: alpn",
-        "Connection: Upgrade",
-    ]);
-    let (stream, response) = send_head(&s, &head);
-    assert_eq!(response.status, 101, "{}\n{}", response.text, s.proxy.log());
+    let (stream, _) = send_upgrade(&s, &legacy_head("alpn"));
     echo_mib_through(&s, stream, "legacy alpn");
 }
 
@@ -610,9 +608,7 @@ fn websocket_and_legacy_tunnels_carry_1mib_to_a_mtls_route() {
 #[test]
 fn oversize_websocket_frame_gets_close_1009() {
     let s = setup();
-    let (mut stream, response) =
-        send_head(&s, &upgrade_head(&refs(&websocket_headers(KEY, "alpn"))));
-    assert_eq!(response.status, 101, "{}\n{}", response.text, s.proxy.log());
+    let (mut stream, _) = send_upgrade(&s, &websocket_head("alpn"));
     // Declares 2 MiB (the default limit is 1 MiB) and sends the first KiB of it.
     let frame = client_frame(0x2, &[0x16; 1024], Some(2 << 20));
     stream.write_all(&frame).unwrap();
