@@ -222,6 +222,27 @@ mod tests {
     use super::*;
     use tokio::io::duplex;
 
+    /// `from` sends `data` and shuts down its write half; `to` reads exactly `data`, then
+    /// EOF. Shared with the `splice_pipe` tests.
+    pub(super) async fn send_then_half_close<W, R>(from: &mut W, to: &mut R, data: &[u8])
+    where
+        W: AsyncWrite + Unpin,
+        R: AsyncRead + Unpin,
+    {
+        from.write_all(data).await.unwrap();
+        from.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        to.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, data);
+    }
+
+    /// The relay moved `(client_to_upstream, upstream_to_client)` bytes and ended without
+    /// an error. Shared with the `splice_pipe` tests.
+    pub(super) fn assert_clean_counts(stats: &RelayStats, counts: (u64, u64)) {
+        assert_eq!((stats.client_to_upstream, stats.upstream_to_client), counts);
+        assert!(stats.error.is_none());
+    }
+
     #[test]
     fn plain_relay_is_splice_unless_copy_is_asked_for() {
         assert_eq!(PlainRelay::parse(None), PlainRelay::Splice);
@@ -247,25 +268,14 @@ mod tests {
         let (client, mut client_peer) = duplex(1024);
         let (upstream, mut upstream_peer) = duplex(1024);
         let task = tokio::spawn(relay(client, upstream, 16));
-        client_peer.write_all(b"request").await.unwrap();
-        client_peer.shutdown().await.unwrap();
         // The upstream sees the request then EOF, and can still answer.
-        let mut got = Vec::new();
-        upstream_peer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"request");
-        upstream_peer
-            .write_all(b"response after half-close")
-            .await
-            .unwrap();
-        upstream_peer.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        client_peer.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"response after half-close");
-        let stats = task.await.unwrap();
-        assert_eq!(
-            (stats.client_to_upstream, stats.upstream_to_client),
-            (7, 25)
-        );
-        assert!(stats.error.is_none());
+        send_then_half_close(&mut client_peer, &mut upstream_peer, b"request").await;
+        send_then_half_close(
+            &mut upstream_peer,
+            &mut client_peer,
+            b"response after half-close",
+        )
+        .await;
+        assert_clean_counts(&task.await.unwrap(), (7, 25));
     }
 }

@@ -174,6 +174,7 @@ fn shutdown_write(s: &TcpStream) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{assert_clean_counts, send_then_half_close};
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -293,22 +294,9 @@ mod tests {
         let (client, mut client_peer) = pair().await;
         let (upstream, mut upstream_peer) = pair().await;
         let task = tokio::spawn(relay_splice(client, upstream, 1024));
-        upstream_peer.write_all(b"bye").await.unwrap();
-        upstream_peer.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client_peer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"bye");
-        client_peer.write_all(b"late words").await.unwrap();
-        client_peer.shutdown().await.unwrap();
-        let mut late = Vec::new();
-        upstream_peer.read_to_end(&mut late).await.unwrap();
-        assert_eq!(late, b"late words");
-        let stats = task.await.unwrap();
-        assert_eq!(
-            (stats.client_to_upstream, stats.upstream_to_client),
-            (10, 3)
-        );
-        assert!(stats.error.is_none());
+        send_then_half_close(&mut upstream_peer, &mut client_peer, b"bye").await;
+        send_then_half_close(&mut client_peer, &mut upstream_peer, b"late words").await;
+        assert_clean_counts(&task.await.unwrap(), (10, 3));
     }
 
     #[tokio::test]
