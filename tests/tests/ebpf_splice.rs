@@ -10,23 +10,16 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use ebpf_common::{expect_bytes, start_spliced, upstream, Pattern};
+use ebpf_common::{
+    answer_after_eof, bye_then_read_late_words, expect_bytes, late_words_after_eof, read_to_end,
+    relayed, request_then_half_close, start_spliced, upstream, Pattern,
+};
 use switchyard_tests::{wait_until, ProxyConfig, Switchyard, TestPki};
 
 const KUBE_HELLO: &[u8] = include_bytes!("../../proxy-user/tests/fixtures/hello_openssl_kube.bin");
 const MB: u64 = 1 << 20;
 const BULK: u64 = 200 * MB;
 const T: Duration = Duration::from_secs(30);
-
-/// What crossed the proxy for one direction, from `/metrics`.
-fn relayed(proxy: &Switchyard, direction: &str, mode: &str) -> f64 {
-    proxy
-        .metric(
-            "switchyard_relay_bytes_total",
-            &[("direction", direction), ("mode", mode)],
-        )
-        .unwrap()
-}
 
 /// Client: `preface`, then `len` bytes of stream 1, then FIN; upstream: `banner`, then
 /// `len` bytes of stream 2, then FIN; each side checks everything it receives. Returns the
@@ -159,51 +152,21 @@ where
     Some((pki, proxy, server))
 }
 
-fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
-    s.set_read_timeout(Some(T)).unwrap();
-    let mut v = Vec::new();
-    s.read_to_end(&mut v).unwrap();
-    v
-}
-
 #[test]
 fn half_close_from_the_client_reaches_the_upstream_which_can_still_answer() {
-    let Some((_pki, proxy, server)) = one_ssh(|mut s| {
-        let got = read_to_end(&mut s);
-        if got != b"SSH-2.0-c\r\nrequest" {
-            return Err(format!("upstream got {:?}", String::from_utf8_lossy(&got)));
-        }
-        s.write_all(b"answer after EOF").map_err(|e| e.to_string())
-    }) else {
+    let Some((_pki, proxy, server)) = one_ssh(answer_after_eof) else {
         return;
     };
-    let mut c = TcpStream::connect(proxy.web).unwrap();
-    c.write_all(b"SSH-2.0-c\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100)); // spliced by now
-    c.write_all(b"request").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut c), b"answer after EOF");
+    request_then_half_close(proxy.web);
     assert!(server.join().unwrap().is_empty());
 }
 
 #[test]
 fn half_close_from_the_upstream_reaches_the_client_which_can_still_send() {
-    let Some((_pki, proxy, server)) = one_ssh(|mut s| {
-        s.write_all(b"SSH-2.0-u\r\nbye")
-            .map_err(|e| e.to_string())?;
-        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-        let got = read_to_end(&mut s);
-        (got == b"SSH-2.0-c\r\nlate words")
-            .then_some(())
-            .ok_or(format!("upstream got {:?}", String::from_utf8_lossy(&got)))
-    }) else {
+    let Some((_pki, proxy, server)) = one_ssh(bye_then_read_late_words) else {
         return;
     };
-    let mut c = TcpStream::connect(proxy.web).unwrap();
-    c.write_all(b"SSH-2.0-c\r\n").unwrap();
-    assert_eq!(read_to_end(&mut c), b"SSH-2.0-u\r\nbye");
-    c.write_all(b"late words").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
+    late_words_after_eof(proxy.web);
     assert!(server.join().unwrap().is_empty(), "{}", proxy.log());
 }
 

@@ -12,7 +12,10 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use ebpf_common::{expect_bytes, upstream, Pattern};
+use ebpf_common::{
+    answer_after_eof, bye_then_read_late_words, expect_bytes, late_words_after_eof, relayed,
+    request_then_half_close, upstream, Pattern,
+};
 use switchyard_tests::{wait_until, ProxyConfig, Switchyard, TestPki};
 
 const KUBE_HELLO: &[u8] = include_bytes!("../../proxy-user/tests/fixtures/hello_openssl_kube.bin");
@@ -29,15 +32,6 @@ fn start_off(pki: &TestPki, route: &str, addr: std::net::SocketAddr) -> Switchya
     let proxy = Switchyard::start(pki, &config).unwrap();
     assert_eq!(proxy.metric("switchyard_ebpf_loaded", &[]).unwrap(), 0.0);
     proxy
-}
-
-fn relayed(proxy: &Switchyard, direction: &str, mode: &str) -> f64 {
-    proxy
-        .metric(
-            "switchyard_relay_bytes_total",
-            &[("direction", direction), ("mode", mode)],
-        )
-        .unwrap()
 }
 
 /// FNV-1a over everything read until EOF, and the length.
@@ -167,30 +161,12 @@ fn legacy_ssh_route_50mb_each_way_is_byte_exact_through_splice_pipes() {
     bulk("ssh", b"SSH-2.0-client\r\n", b"SSH-2.0-upstream\r\n");
 }
 
-fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
-    s.set_read_timeout(Some(T)).unwrap();
-    let mut v = Vec::new();
-    s.read_to_end(&mut v).unwrap();
-    v
-}
-
 #[test]
 fn half_close_from_the_client_reaches_the_upstream_which_can_still_answer() {
     let pki = TestPki::new().unwrap();
-    let (addr, server) = upstream(1, |mut s| {
-        let got = read_to_end(&mut s);
-        if got != b"SSH-2.0-c\r\nrequest" {
-            return Err(format!("upstream got {:?}", String::from_utf8_lossy(&got)));
-        }
-        s.write_all(b"answer after EOF").map_err(|e| e.to_string())
-    });
+    let (addr, server) = upstream(1, answer_after_eof);
     let proxy = start_off(&pki, "ssh", addr);
-    let mut c = TcpStream::connect(proxy.web).unwrap();
-    c.write_all(b"SSH-2.0-c\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100)); // relayed by now
-    c.write_all(b"request").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut c), b"answer after EOF");
+    request_then_half_close(proxy.web);
     assert!(server.join().unwrap().is_empty(), "{}", proxy.log());
     wait_until(T, "the relay's counters", || {
         let down = relayed(&proxy, "upstream_to_client", "splice");
@@ -203,21 +179,9 @@ fn half_close_from_the_client_reaches_the_upstream_which_can_still_answer() {
 #[test]
 fn half_close_from_the_upstream_reaches_the_client_which_can_still_send() {
     let pki = TestPki::new().unwrap();
-    let (addr, server) = upstream(1, |mut s| {
-        s.write_all(b"SSH-2.0-u\r\nbye")
-            .map_err(|e| e.to_string())?;
-        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-        let got = read_to_end(&mut s);
-        (got == b"SSH-2.0-c\r\nlate words")
-            .then_some(())
-            .ok_or(format!("upstream got {:?}", String::from_utf8_lossy(&got)))
-    });
+    let (addr, server) = upstream(1, bye_then_read_late_words);
     let proxy = start_off(&pki, "ssh", addr);
-    let mut c = TcpStream::connect(proxy.web).unwrap();
-    c.write_all(b"SSH-2.0-c\r\n").unwrap();
-    assert_eq!(read_to_end(&mut c), b"SSH-2.0-u\r\nbye");
-    c.write_all(b"late words").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
+    late_words_after_eof(proxy.web);
     assert!(server.join().unwrap().is_empty(), "{}", proxy.log());
     wait_until(T, "the relay's counters", || {
         let up = relayed(&proxy, "client_to_upstream", "splice");

@@ -1,13 +1,15 @@
-//! Shared by the `ebpf_*` tests: starting a proxy with `--ebpf require` (a kernel refusal
-//! fails under `CI=true` and skips loudly elsewhere), a patterned byte stream whose every
-//! byte is checked on arrival (loss, duplication and reordering all show), and a plain TCP
-//! upstream run by the test itself.
+//! Shared by the `ebpf_*` tests and `splice_fallback`: starting a proxy with `--ebpf
+//! require` (a kernel refusal fails under `CI=true` and skips loudly elsewhere), a
+//! patterned byte stream whose every byte is checked on arrival (loss, duplication and
+//! reordering all show), a plain TCP upstream run by the test itself, the relay's byte
+//! counters, and the two halves of the half-close checks.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use switchyard_tests::{ProxyConfig, Switchyard, TestPki};
 
@@ -148,4 +150,67 @@ where
             .collect()
     });
     (addr, handle)
+}
+
+/// What crossed the proxy for one direction, from `/metrics`.
+pub fn relayed(proxy: &Switchyard, direction: &str, mode: &str) -> f64 {
+    proxy
+        .metric(
+            "switchyard_relay_bytes_total",
+            &[("direction", direction), ("mode", mode)],
+        )
+        .unwrap()
+}
+
+/// Everything `s` sends until EOF (30 s read timeout).
+pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).unwrap();
+    v
+}
+
+// ---- half-close: client `SSH-2.0-c\r\n`, upstream `SSH-2.0-u\r\n` ---------------------
+
+/// Upstream of the client-half-close check: reads `SSH-2.0-c\r\nrequest` to EOF, then
+/// answers `answer after EOF`.
+pub fn answer_after_eof(mut s: TcpStream) -> Result<(), String> {
+    let got = read_to_end(&mut s);
+    if got != b"SSH-2.0-c\r\nrequest" {
+        return Err(format!("upstream got {:?}", String::from_utf8_lossy(&got)));
+    }
+    s.write_all(b"answer after EOF").map_err(|e| e.to_string())
+}
+
+/// Client of the client-half-close check: the preface, a pause (the relay is set up by
+/// then), `request` and a write shutdown; the answer must still arrive.
+pub fn request_then_half_close(proxy: SocketAddr) {
+    let mut c = TcpStream::connect(proxy).unwrap();
+    c.write_all(b"SSH-2.0-c\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut c), b"answer after EOF");
+}
+
+/// Upstream of the upstream-half-close check: `SSH-2.0-u\r\nbye` and a write shutdown,
+/// then reads `SSH-2.0-c\r\nlate words` to EOF.
+pub fn bye_then_read_late_words(mut s: TcpStream) -> Result<(), String> {
+    s.write_all(b"SSH-2.0-u\r\nbye")
+        .map_err(|e| e.to_string())?;
+    s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let got = read_to_end(&mut s);
+    (got == b"SSH-2.0-c\r\nlate words")
+        .then_some(())
+        .ok_or(format!("upstream got {:?}", String::from_utf8_lossy(&got)))
+}
+
+/// Client of the upstream-half-close check: the preface, reads `SSH-2.0-u\r\nbye` to EOF,
+/// then still sends `late words` and shuts down its write side.
+pub fn late_words_after_eof(proxy: SocketAddr) {
+    let mut c = TcpStream::connect(proxy).unwrap();
+    c.write_all(b"SSH-2.0-c\r\n").unwrap();
+    assert_eq!(read_to_end(&mut c), b"SSH-2.0-u\r\nbye");
+    c.write_all(b"late words").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
 }
