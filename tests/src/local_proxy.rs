@@ -1,8 +1,11 @@
 //! The client side of `switchyard` under test: [`LocalProxy`] runs one of the local
 //! proxies (`proxy db|kube|app|tcp`) until dropped, [`client_args`] names the proxy and
-//! a test identity, and [`switchyard_cmd`] runs a one-shot client command.
+//! a test identity, [`echo_tcp_args`] is `proxy tcp` for the echo app,
+//! [`switchyard_cmd`] runs a one-shot client command, and [`connect_lines`] is a line
+//! client for what a local proxy relays.
 
-use std::net::SocketAddr;
+use std::io::BufReader;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -19,6 +22,30 @@ pub fn client_args(pki: &TestPki, proxy: &Switchyard, stem: &str) -> Vec<String>
         format!("--proxy=localhost:{}", proxy.web.port()),
         format!("--identity={}", pki.dir().join(stem).display()),
     ]
+}
+
+/// `proxy tcp --alpn=teleport-tcp --sni=echo.localhost`: a local proxy for the TCP app
+/// that [`ProxyConfig::echo_app`](crate::ProxyConfig::echo_app) routes.
+pub fn echo_tcp_args() -> Vec<String> {
+    [
+        "proxy",
+        "tcp",
+        "--alpn=teleport-tcp",
+        "--sni=echo.localhost",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A TCP connection to `addr` with `read_timeout`, and a line reader over a clone of it.
+pub fn connect_lines(
+    addr: SocketAddr,
+    read_timeout: Duration,
+) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    let reader = BufReader::new(stream.try_clone()?);
+    Ok((stream, reader))
 }
 
 /// A `switchyard` command with `args`.
@@ -41,9 +68,15 @@ pub struct LocalProxy {
 impl LocalProxy {
     /// Runs `switchyard ARGS -v` and waits for `switchyard ready addr=…`.
     pub fn start(args: &[String]) -> Result<LocalProxy> {
+        LocalProxy::start_with(args, |_| {})
+    }
+
+    /// [`LocalProxy::start`], with `setup` adjusting the command (its environment) first.
+    pub fn start_with(args: &[String], setup: impl FnOnce(&mut Command)) -> Result<LocalProxy> {
         let dir = TempDir::new("local-proxy")?;
         let mut cmd = switchyard_cmd(args)?;
         cmd.arg("-v");
+        setup(&mut cmd);
         let mut proc = Proc::spawn("local-proxy", cmd, dir.path())?;
         let addr = proc.wait_for_line(Stream::Stdout, Duration::from_secs(15), |l| {
             parse_addr(l.strip_prefix("switchyard ready addr=")?).ok()

@@ -137,6 +137,15 @@ impl ProxyConfig {
         self
     }
 
+    /// Adds the TCP app route `echo-app`: SNI `echo.localhost`, ALPN `teleport-tcp`,
+    /// terminated and relayed to `addr` (what [`crate::local_proxy::echo_tcp_args`] reach).
+    pub fn echo_app(mut self, addr: SocketAddr) -> Self {
+        self.routes.push(format!(
+            "{{name: echo-app, sni: echo.localhost, alpn: teleport-tcp, mode: terminate, upstream: '{addr}'}}"
+        ));
+        self
+    }
+
     /// Sets `proxy_service.proxy_protocol`.
     pub fn proxy_protocol(mut self, value: &str) -> Self {
         self.proxy_protocol = Some(value.into());

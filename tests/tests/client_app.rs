@@ -6,15 +6,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use switchyard_tests::local_proxy::{client_args, LocalProxy};
+use switchyard_tests::local_proxy::{client_args, connect_lines, LocalProxy};
 use switchyard_tests::{DemoUpstream, ProxyConfig, Switchyard, TestPki};
 
 fn echo_once(addr: std::net::SocketAddr, text: &str) -> (String, String) {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let (stream, mut reader) = connect_lines(addr, Duration::from_secs(10)).unwrap();
     let mut hello = String::new();
     reader.read_line(&mut hello).unwrap();
     (&stream).write_all(format!("{text}\n").as_bytes()).unwrap();
@@ -24,13 +20,7 @@ fn echo_once(addr: std::net::SocketAddr, text: &str) -> (String, String) {
 }
 
 fn proxy_with_app(pki: &TestPki, app: &DemoUpstream) -> Switchyard {
-    let route = format!(
-        "{{name: echo-app, sni: echo.localhost, alpn: teleport-tcp, mode: terminate, upstream: '{}'}}",
-        app.addr
-    );
-    let mut config = ProxyConfig::default();
-    config.routes.push(route);
-    Switchyard::start(pki, &config).unwrap()
+    Switchyard::start(pki, &ProxyConfig::default().echo_app(app.addr)).unwrap()
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use switchyard_tests::local_proxy::{client_args, switchyard_cmd, LocalProxy};
+use switchyard_tests::local_proxy::{client_args, connect_lines, switchyard_cmd, LocalProxy};
 use switchyard_tests::postgres::{psql, PG_USER};
 use switchyard_tests::{
     run_with_timeout, wait_until, DemoUpstream, Postgres, ProxyConfig, Switchyard, TestPki,
@@ -133,7 +133,7 @@ fn refused_certificate_and_proxy_down_are_reported_per_connection() {
 
 #[test]
 fn mongodb_bytes_travel_with_alpn_teleport_mongodb() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, Write};
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("mongo").unwrap();
     let config = ProxyConfig::default().upstream("mongodb", echo.addr);
@@ -141,11 +141,7 @@ fn mongodb_bytes_travel_with_alpn_teleport_mongodb() {
     let mut args = vec!["proxy".to_owned(), "db".into(), "--protocol=mongodb".into()];
     args.extend(client_args(&pki, &proxy, "client"));
     let local = LocalProxy::start(&args).unwrap();
-    let stream = std::net::TcpStream::connect(local.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let (stream, mut reader) = connect_lines(local.addr, Duration::from_secs(10)).unwrap();
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     assert_eq!(line, "upstream=mongo\n", "{}", local.logs());

@@ -5,84 +5,52 @@
 //! `false` and a bad value; `switchyard probe` with an identity reports direct routing, both
 //! upgrades and the latency they add. Balancers in front are tests/balancers.rs.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{BufRead, Read, Write};
+use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
-use switchyard_tests::local_proxy::{client_args, switchyard_cmd};
-use switchyard_tests::process::{Proc, Stream};
+use switchyard_tests::local_proxy::{
+    client_args, connect_lines, echo_tcp_args, switchyard_cmd, LocalProxy,
+};
 use switchyard_tests::{
-    parse_addr, run_with_timeout, wait_until, DemoUpstream, ProxyConfig, Switchyard, TempDir,
-    TestPki,
+    run_with_timeout, wait_until, DemoUpstream, ProxyConfig, Switchyard, TestPki,
 };
 
 const OVERRIDE: &str = "SWITCHYARD_TLS_ROUTING_CONN_UPGRADE";
 
 /// A proxy with one TCP app (`echo.localhost`, ALPN teleport-tcp) and no tunnel upstream.
 fn proxy_with_app(pki: &TestPki, app: &DemoUpstream) -> Switchyard {
-    let route = format!(
-        "{{name: echo-app, sni: echo.localhost, alpn: teleport-tcp, mode: terminate, upstream: '{}'}}",
-        app.addr
-    );
-    let mut config = ProxyConfig::default();
-    config.routes.push(route);
-    Switchyard::start(pki, &config).unwrap()
+    Switchyard::start(pki, &ProxyConfig::default().echo_app(app.addr)).unwrap()
 }
 
-/// `proxy tcp --alpn teleport-tcp --sni echo.localhost -v EXTRA…` with `override_value`
+/// `proxy tcp --alpn teleport-tcp --sni echo.localhost EXTRA… -v` with `override_value`
 /// in the environment (or none).
-struct Local {
-    addr: SocketAddr,
-    proc: Proc,
-    _dir: TempDir,
-}
-
 fn local_tcp(
     pki: &TestPki,
     proxy: &Switchyard,
     extra: &[&str],
     override_value: Option<&str>,
-) -> Local {
-    let dir = TempDir::new("client-upgrade").unwrap();
-    let mut args = vec![
-        "proxy".to_owned(),
-        "tcp".into(),
-        "--alpn=teleport-tcp".into(),
-        "--sni=echo.localhost".into(),
-        "-v".into(),
-    ];
+) -> LocalProxy {
+    let mut args = echo_tcp_args();
     args.extend(client_args(pki, proxy, "client"));
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut cmd = switchyard_cmd(&args).unwrap();
-    match override_value {
-        Some(v) => cmd.env(OVERRIDE, v),
-        None => cmd.env_remove(OVERRIDE),
-    };
-    cmd.env_remove("HTTPS_PROXY").env_remove("https_proxy");
-    let mut proc = Proc::spawn("local-proxy", cmd, dir.path()).unwrap();
-    let addr = proc
-        .wait_for_line(Stream::Stdout, Duration::from_secs(15), |l| {
-            parse_addr(l.strip_prefix("switchyard ready addr=")?).ok()
-        })
-        .unwrap();
-    Local {
-        addr,
-        proc,
-        _dir: dir,
-    }
+    LocalProxy::start_with(&args, |cmd| {
+        match override_value {
+            Some(v) => cmd.env(OVERRIDE, v),
+            None => cmd.env_remove(OVERRIDE),
+        };
+        cmd.env_remove("HTTPS_PROXY").env_remove("https_proxy");
+    })
+    .unwrap()
 }
 
 /// Greeting, one echoed line, then 100 kB sent and a write shutdown: everything must come
 /// back before the end of stream.
-fn echo_and_half_close(addr: SocketAddr, local: &Local) {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+fn echo_and_half_close(addr: SocketAddr, local: &LocalProxy) {
+    let (stream, mut reader) = connect_lines(addr, Duration::from_secs(10)).unwrap();
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
-    assert_eq!(line, "upstream=echo\n", "{}", local.proc.logs());
+    assert_eq!(line, "upstream=echo\n", "{}", local.logs());
     (&stream).write_all(b"hello through the tunnel\n").unwrap();
     line.clear();
     reader.read_line(&mut line).unwrap();
@@ -92,14 +60,14 @@ fn echo_and_half_close(addr: SocketAddr, local: &Local) {
     stream.shutdown(Shutdown::Write).unwrap();
     let mut back = Vec::new();
     reader.read_to_end(&mut back).unwrap();
-    assert_eq!(back.len(), bulk.len(), "{}", local.proc.logs());
+    assert_eq!(back.len(), bulk.len(), "{}", local.logs());
 }
 
-fn wait_log(local: &Local, what: &str) {
+fn wait_log(local: &LocalProxy, what: &str) {
     wait_until(Duration::from_secs(5), what, || {
-        Ok(local.proc.stderr().contains(what).then_some(()))
+        Ok(local.log().contains(what).then_some(()))
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", local.proc.logs()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", local.logs()));
 }
 
 #[test]
@@ -146,14 +114,10 @@ fn detection_finds_direct_routing_without_a_tunnel_route_and_overrides_apply() {
     // One detection per process, whatever the number of connections.
     echo_and_half_close(local.addr, &local);
     assert_eq!(
-        local
-            .proc
-            .stderr()
-            .matches("does TLS routing directly")
-            .count(),
+        local.log().matches("does TLS routing directly").count(),
         1,
         "{}",
-        local.proc.logs()
+        local.logs()
     );
 
     let per_addr = format!("localhost:{}=false,elsewhere:443=true", proxy.web.port());
@@ -164,12 +128,7 @@ fn detection_finds_direct_routing_without_a_tunnel_route_and_overrides_apply() {
         &format!("connection upgrade turned off by {OVERRIDE}"),
     );
 
-    let mut args = vec![
-        "proxy".to_owned(),
-        "tcp".into(),
-        "--alpn=teleport-tcp".into(),
-        "--sni=echo.localhost".into(),
-    ];
+    let mut args = echo_tcp_args();
     args.extend(client_args(&pki, &proxy, "client"));
     let mut cmd = switchyard_cmd(&args).unwrap();
     cmd.env(OVERRIDE, "maybe");
