@@ -1,6 +1,7 @@
 //! [`Sshd`]: a real OpenSSH server on a free loopback port, with a generated host key
-//! and one authorized client key for `root` (`PermitRootLogin prohibit-password`), and
-//! [`ssh_exec`] to run a command through it with the real `ssh` client.
+//! and one authorized client key for `root` (`PermitRootLogin prohibit-password`),
+//! [`ssh_exec`] to run a command through it with the real `ssh` client, and [`scp_10mb`]
+//! to copy a patterned payload to `node1.test` with the real `scp`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -145,4 +146,37 @@ fn sshd_config(port: u16, host_key: &Path, authorized: &Path) -> String {
         host = host_key.display(),
         auth = authorized.display(),
     )
+}
+
+/// What [`scp_10mb`] sent and where.
+pub struct ScpCopy {
+    /// scp's exit and output.
+    pub out: SClientOutput,
+    /// The 10 MiB sent.
+    pub data: Vec<u8>,
+    /// The local file (`DIR/payload`).
+    pub local: PathBuf,
+    /// Where it was copied to on the node (`DIR/copied`: the node is this machine).
+    pub remote: PathBuf,
+}
+
+/// Writes 10 MiB of a fixed pattern to `dir/payload` and copies it with
+/// `scp -O -q -F CONFIG` to `root@node1.test:dir/copied`, within `timeout`.
+pub fn scp_10mb(config: &Path, dir: &Path, timeout: Duration) -> Result<ScpCopy> {
+    let data: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let local = dir.join("payload");
+    std::fs::write(&local, &data)?;
+    let remote = dir.join("copied");
+    let mut scp = Command::new(require_tool("scp", "openssh-client", &[])?);
+    scp.args(["-O", "-q", "-F"]).arg(config).arg(&local);
+    scp.arg(format!("root@node1.test:{}", remote.display()));
+    let out = run_with_timeout(scp, b"", timeout)?;
+    Ok(ScpCopy {
+        out,
+        data,
+        local,
+        remote,
+    })
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use switchyard_tests::local_proxy::{client_args, switchyard_cmd};
+use switchyard_tests::sshd::{scp_10mb, ScpCopy};
 use switchyard_tests::{
     require_tool, run_with_timeout, ProxyConfig, Sshd, Switchyard, TempDir, TestPki,
 };
@@ -63,16 +64,9 @@ fn openssh_with_generated_config_runs_a_command_and_copies_10mb() {
     assert_eq!(out.stdout.trim(), "ok");
     assert!(proxy.log().contains("ssh:node1"), "{}", proxy.log());
 
-    let data: Vec<u8> = (0..10u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let local = dir.join("payload");
-    std::fs::write(&local, &data).unwrap();
-    let remote = dir.join("copied");
-    let mut scp = Command::new(require_tool("scp", "openssh-client", &[]).unwrap());
-    scp.args(["-O", "-q", "-F"]).arg(&config).arg(&local);
-    scp.arg(format!("root@node1.test:{}", remote.display()));
-    let out = run_with_timeout(scp, b"", Duration::from_secs(20)).unwrap();
+    let ScpCopy {
+        out, local, remote, ..
+    } = scp_10mb(&config, dir.path(), Duration::from_secs(20)).unwrap();
     assert!(out.success(), "scp: {out:?}\n{}", proxy.log());
     let sum = |p: &Path| {
         let out = Command::new("sha256sum").arg(p).output().unwrap();
