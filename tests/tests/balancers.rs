@@ -14,10 +14,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use switchyard_tests::balancer::{self, Balancer, ConnectProxy, HAProxy, Nginx, BALANCER_SOURCE};
-use switchyard_tests::local_proxy::{switchyard_cmd, LocalProxy};
+use switchyard_tests::local_proxy::{connect_lines, echo_tcp_args, switchyard_cmd, LocalProxy};
 use switchyard_tests::pki::CertFiles;
 use switchyard_tests::postgres::psql;
-use switchyard_tests::process::{Proc, Stream};
+use switchyard_tests::process::Proc;
+use switchyard_tests::sshd::{scp_10mb, ScpCopy};
 use switchyard_tests::{
     curl, free_port, require_tool, run_with_timeout, wait_until, DemoUpstream, Postgres,
     ProxyConfig, SClient, SClientOutput, Sshd, Switchyard, TempDir, TestPki,
@@ -129,6 +130,17 @@ fn curl_hello(pki: &TestPki, front: &Balancer, path: &str) -> SClientOutput {
     curl(["--cacert", &ca, &url]).unwrap()
 }
 
+/// curl through `front` to `path` is answered by the proxy's web upstream.
+fn assert_curl_reaches_web(pki: &TestPki, front: &Balancer, proxy: &Switchyard, path: &str) {
+    let out = curl_hello(pki, front, path);
+    assert!(
+        out.stdout.contains(&format!("upstream=web path={path}")),
+        "{out:?}\n{}\n{}",
+        front.logs(),
+        proxy.log()
+    );
+}
+
 /// What a client offering only `teleport-reversetunnel` gets: nginx refuses with the
 /// `no_application_protocol` alert, HAProxy (no `alpn` on its bind) negotiates none.
 fn alpn_probe(pki: &TestPki, front: &Balancer) -> SClientOutput {
@@ -147,13 +159,7 @@ fn fixture_nginx_layer7_reaches_the_web_route_and_strips_alpn() {
     let proxy = web_proxy(&pki, &web, None);
     let dir = TempDir::new("nginx").unwrap();
     let front = nginx(&pki, &dir, &proxy, None);
-    let out = curl_hello(&pki, &front, "/through-nginx");
-    assert!(
-        out.stdout.contains("upstream=web path=/through-nginx"),
-        "{out:?}\n{}\n{}",
-        front.logs(),
-        proxy.log()
-    );
+    assert_curl_reaches_web(&pki, &front, &proxy, "/through-nginx");
     assert!(
         proxy.log().contains(&format!("client={BALANCER_SOURCE}:")),
         "nginx did not connect from {BALANCER_SOURCE}\n{}",
@@ -174,13 +180,7 @@ fn fixture_haproxy_http_reaches_the_web_route_and_strips_alpn() {
     let proxy = web_proxy(&pki, &web, None);
     let dir = TempDir::new("haproxy-http").unwrap();
     let front = haproxy_http(&pki, &dir, &proxy);
-    let out = curl_hello(&pki, &front, "/through-haproxy");
-    assert!(
-        out.stdout.contains("upstream=web path=/through-haproxy"),
-        "{out:?}\n{}\n{}",
-        front.logs(),
-        proxy.log()
-    );
+    assert_curl_reaches_web(&pki, &front, &proxy, "/through-haproxy");
     wait_until(Duration::from_secs(5), "HAProxy request log", || {
         Ok(front.log().contains("/through-haproxy").then_some(()))
     })
@@ -200,13 +200,7 @@ fn fixture_haproxy_tcp_sends_proxy_v2_with_the_client_address() {
     let proxy = web_proxy(&pki, &web, Some("on"));
     let dir = TempDir::new("haproxy-tcp").unwrap();
     let front = HAProxy::tcp_proxy_v2(dir.path(), proxy.web).unwrap();
-    let out = curl_hello(&pki, &front, "/through-l4");
-    assert!(
-        out.stdout.contains("upstream=web path=/through-l4"),
-        "{out:?}\n{}\n{}",
-        front.logs(),
-        proxy.log()
-    );
+    assert_curl_reaches_web(&pki, &front, &proxy, "/through-l4");
     let log = proxy.log();
     assert!(
         log.contains(&format!("client={BALANCER_SOURCE}:"))
@@ -250,6 +244,22 @@ fn ssh_echo(config: &Path) -> SClientOutput {
     run_with_timeout(cmd, b"", Duration::from_secs(30)).unwrap()
 }
 
+/// A proxy trusting `X-Forwarded-For`, with the SSH node `node1` on a real sshd.
+fn ssh_proxy(pki: &TestPki) -> (Sshd, Switchyard) {
+    let sshd = Sshd::start().unwrap();
+    let config = ProxyConfig::default().node("node1", sshd.addr);
+    let proxy = start_proxy(pki, &config, true, &[]);
+    (sshd, proxy)
+}
+
+/// A proxy trusting `X-Forwarded-For`, with the `postgres` upstream on a real PostgreSQL.
+fn pg_proxy(pki: &TestPki) -> (Postgres, Switchyard) {
+    let pg = Postgres::start(&pki.server).unwrap();
+    let config = ProxyConfig::default().upstream("postgres", pg.addr);
+    let proxy = start_proxy(pki, &config, true, &[]);
+    (pg, proxy)
+}
+
 fn check_ssh(pki: &TestPki, proxy: &Switchyard, front: &Balancer, sshd: &Sshd) {
     let dir = TempDir::new("ssh-via-balancer").unwrap();
     let config = ssh_config(pki, front.addr, sshd, &dir);
@@ -282,13 +292,7 @@ fn check_psql(pki: &TestPki, proxy: &Switchyard, front: &Balancer) {
 #[test]
 fn nginx_openssh_through_proxy_ssh_detects_and_upgrades() {
     let pki = TestPki::new().unwrap();
-    let sshd = Sshd::start().unwrap();
-    let proxy = start_proxy(
-        &pki,
-        &ProxyConfig::default().node("node1", sshd.addr),
-        true,
-        &[],
-    );
+    let (sshd, proxy) = ssh_proxy(&pki);
     let dir = TempDir::new("nginx").unwrap();
     let front = nginx(&pki, &dir, &proxy, None);
     check_ssh(&pki, &proxy, &front, &sshd);
@@ -296,16 +300,9 @@ fn nginx_openssh_through_proxy_ssh_detects_and_upgrades() {
     // 10 MB with scp, checked end to end.
     let work = TempDir::new("scp-via-nginx").unwrap();
     let config = ssh_config(&pki, front.addr, &sshd, &work);
-    let data: Vec<u8> = (0..10u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let local = work.join("payload");
-    std::fs::write(&local, &data).unwrap();
-    let remote = work.join("copied");
-    let mut scp = Command::new(require_tool("scp", "openssh-client", &[]).unwrap());
-    scp.args(["-O", "-q", "-F"]).arg(&config).arg(&local);
-    scp.arg(format!("root@node1.test:{}", remote.display()));
-    let out = run_with_timeout(scp, b"", Duration::from_secs(60)).unwrap();
+    let ScpCopy {
+        out, data, remote, ..
+    } = scp_10mb(&config, work.path(), Duration::from_secs(60)).unwrap();
     assert!(out.success(), "scp through nginx: {out:?}\n{}", proxy.log());
     assert!(
         std::fs::read(&remote).is_ok_and(|copied| copied == data),
@@ -316,9 +313,7 @@ fn nginx_openssh_through_proxy_ssh_detects_and_upgrades() {
 #[test]
 fn nginx_psql_through_proxy_db_detects_and_upgrades() {
     let pki = TestPki::new().unwrap();
-    let pg = Postgres::start(&pki.server).unwrap();
-    let config = ProxyConfig::default().upstream("postgres", pg.addr);
-    let proxy = start_proxy(&pki, &config, true, &[]);
+    let (_pg, proxy) = pg_proxy(&pki);
     let dir = TempDir::new("nginx").unwrap();
     let front = nginx(&pki, &dir, &proxy, None);
     check_psql(&pki, &proxy, &front);
@@ -394,14 +389,15 @@ fn nginx_kubectl_through_proxy_kube_detects_and_upgrades() {
     assert_upgraded(&proxy, &front, "kube-teleport-proxy-alpn.localhost", "");
 }
 
-/// A proxy with the TCP app `echo.localhost` (ALPN teleport-tcp) → a demo echo upstream.
-fn echo_app_config(echo: &DemoUpstream) -> ProxyConfig {
-    let mut config = ProxyConfig::default();
-    config.routes.push(format!(
-        "{{name: echo-app, sni: echo.localhost, alpn: teleport-tcp, mode: terminate, upstream: '{}'}}",
-        echo.addr
-    ));
-    config
+/// A proxy trusting `X-Forwarded-For` with `limits`, and the TCP app `echo.localhost`
+/// (ALPN teleport-tcp) → the demo echo upstream `echo`.
+fn echo_proxy(pki: &TestPki, echo: &DemoUpstream, limits: &[&str]) -> Switchyard {
+    start_proxy(
+        pki,
+        &ProxyConfig::default().echo_app(echo.addr),
+        true,
+        limits,
+    )
 }
 
 /// A TCP connection to a local `proxy tcp` for the echo app: greeting read, one line echoed.
@@ -424,11 +420,7 @@ impl EchoClient {
 
     /// Connects to a local proxy at `addr`; returns the client and its first line.
     fn try_connect(addr: SocketAddr) -> (EchoClient, std::io::Result<String>) {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
+        let (stream, reader) = connect_lines(addr, Duration::from_secs(15)).unwrap();
         let mut client = EchoClient { stream, reader };
         let greeting = client.line();
         (client, greeting)
@@ -447,24 +439,22 @@ impl EchoClient {
     }
 }
 
-fn proxy_tcp_echo(pki: &TestPki, front: SocketAddr) -> LocalProxy {
-    let args = [
-        "proxy",
-        "tcp",
-        "--alpn=teleport-tcp",
-        "--sni=echo.localhost",
-    ];
-    local_proxy(&args, pki, front)
+/// `proxy tcp` for the echo app with `extra` arguments, pointed at `front`.
+fn proxy_tcp_echo(pki: &TestPki, front: SocketAddr, extra: &[&str]) -> LocalProxy {
+    let mut args = echo_tcp_args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(client_args(pki, front));
+    LocalProxy::start(&args).unwrap()
 }
 
 #[test]
 fn nginx_tcp_client_through_proxy_tcp_detects_and_upgrades() {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
-    let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[]);
+    let proxy = echo_proxy(&pki, &echo, &[]);
     let dir = TempDir::new("nginx").unwrap();
     let front = nginx(&pki, &dir, &proxy, None);
-    let local = proxy_tcp_echo(&pki, front.addr);
+    let local = proxy_tcp_echo(&pki, front.addr, &[]);
     let mut client = EchoClient::connect(&local);
     let echoed = client.echo("hello through nginx");
     assert_eq!(
@@ -549,9 +539,7 @@ fn echo_bulk(addr: SocketAddr, seed: u8, len: usize) -> Result<(), String> {
 #[test]
 fn nginx_refused_client_certificate_inside_the_upgrade_is_reported() {
     let pki = TestPki::new().unwrap();
-    let sshd = Sshd::start().unwrap();
-    let config = ProxyConfig::default().node("node1", sshd.addr);
-    let proxy = start_proxy(&pki, &config, true, &[]);
+    let (sshd, proxy) = ssh_proxy(&pki);
     let dir = TempDir::new("nginx").unwrap();
     let front = nginx(&pki, &dir, &proxy, None);
     let mut args = vec!["proxy".to_owned(), "ssh".into(), "--cluster=test".into()];
@@ -586,13 +574,7 @@ fn nginx_refused_client_certificate_inside_the_upgrade_is_reported() {
 #[test]
 fn haproxy_http_openssh_through_proxy_ssh_detects_and_upgrades() {
     let pki = TestPki::new().unwrap();
-    let sshd = Sshd::start().unwrap();
-    let proxy = start_proxy(
-        &pki,
-        &ProxyConfig::default().node("node1", sshd.addr),
-        true,
-        &[],
-    );
+    let (sshd, proxy) = ssh_proxy(&pki);
     let dir = TempDir::new("haproxy-http").unwrap();
     let front = haproxy_http(&pki, &dir, &proxy);
     check_ssh(&pki, &proxy, &front, &sshd);
@@ -601,9 +583,7 @@ fn haproxy_http_openssh_through_proxy_ssh_detects_and_upgrades() {
 #[test]
 fn haproxy_http_psql_through_proxy_db_detects_and_upgrades() {
     let pki = TestPki::new().unwrap();
-    let pg = Postgres::start(&pki.server).unwrap();
-    let config = ProxyConfig::default().upstream("postgres", pg.addr);
-    let proxy = start_proxy(&pki, &config, true, &[]);
+    let (_pg, proxy) = pg_proxy(&pki);
     let dir = TempDir::new("haproxy-http").unwrap();
     let front = haproxy_http(&pki, &dir, &proxy);
     check_psql(&pki, &proxy, &front);
@@ -661,20 +641,13 @@ fn legacy_upgrade_mode_through_nginx_and_haproxy_http() {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
     for front_kind in ["nginx", "haproxy"] {
-        let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[]);
+        let proxy = echo_proxy(&pki, &echo, &[]);
         let dir = TempDir::new(front_kind).unwrap();
         let front = match front_kind {
             "nginx" => nginx(&pki, &dir, &proxy, None),
             _ => haproxy_http(&pki, &dir, &proxy),
         };
-        let args = [
-            "proxy",
-            "tcp",
-            "--alpn=teleport-tcp",
-            "--sni=echo.localhost",
-            "--upgrade-mode=legacy",
-        ];
-        let local = local_proxy(&args, &pki, front.addr);
+        let local = proxy_tcp_echo(&pki, front.addr, &["--upgrade-mode=legacy"]);
         let mut client = EchoClient::connect(&local);
         let echoed = client.echo("legacy upgrade");
         let context = || {
@@ -703,56 +676,37 @@ fn legacy_upgrade_mode_through_nginx_and_haproxy_http() {
     }
 }
 
-/// `switchyard -v proxy tcp` for the echo app with `env` set; (address, process).
-fn proxy_tcp_with_env(
-    pki: &TestPki,
-    front: SocketAddr,
-    env: &[(&str, &str)],
-    dir: &TempDir,
-) -> (SocketAddr, Proc) {
-    let mut args = vec![
-        "proxy".to_owned(),
-        "tcp".into(),
-        "--alpn=teleport-tcp".into(),
-        "--sni=echo.localhost".into(),
-        "-v".into(),
-    ];
+/// `switchyard proxy tcp -v` for the echo app pointed at `front`, with only `env` of the
+/// upgrade override and proxy variables set.
+fn proxy_tcp_with_env(pki: &TestPki, front: SocketAddr, env: &[(&str, &str)]) -> LocalProxy {
+    let mut args = echo_tcp_args();
     args.extend(client_args(pki, front));
-    let mut cmd = switchyard_cmd(&args).unwrap();
-    for var in [
-        "SWITCHYARD_TLS_ROUTING_CONN_UPGRADE",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env.iter().copied());
-    let mut proc = Proc::spawn("local-proxy", cmd, dir.path()).unwrap();
-    let addr = proc
-        .wait_for_line(Stream::Stdout, Duration::from_secs(15), |l| {
-            l.strip_prefix("switchyard ready addr=")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap();
-    (addr, proc)
+    LocalProxy::start_with(&args, |cmd| {
+        for var in [
+            "SWITCHYARD_TLS_ROUTING_CONN_UPGRADE",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+    })
+    .unwrap()
 }
 
 #[test]
 fn env_override_forces_the_upgrade_or_turns_it_off() {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
-    let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[]);
-    let dir = TempDir::new("env-override").unwrap();
+    let proxy = echo_proxy(&pki, &echo, &[]);
     // Direct to the proxy, upgrade forced for this address (and for all).
     let named = format!("localhost:{}=true", proxy.web.port());
     for value in [named.as_str(), "true"] {
         let env = [("SWITCHYARD_TLS_ROUTING_CONN_UPGRADE", value)];
-        let (addr, local) = proxy_tcp_with_env(&pki, proxy.web, &env, &dir);
-        let (mut client, greeting) = EchoClient::try_connect(addr);
+        let local = proxy_tcp_with_env(&pki, proxy.web, &env);
+        let (mut client, greeting) = EchoClient::try_connect(local.addr);
         let echoed = client.echo("forced");
         assert!(
             greeting.is_ok() && echoed.as_deref().ok() == Some("forced\n"),
@@ -770,8 +724,8 @@ fn env_override_forces_the_upgrade_or_turns_it_off() {
     let front_dir = TempDir::new("nginx").unwrap();
     let front = nginx(&pki, &front_dir, &proxy, None);
     let env = [("SWITCHYARD_TLS_ROUTING_CONN_UPGRADE", "false")];
-    let (addr, local) = proxy_tcp_with_env(&pki, front.addr, &env, &dir);
-    let (_client, greeting) = EchoClient::try_connect(addr);
+    let local = proxy_tcp_with_env(&pki, front.addr, &env);
+    let (_client, greeting) = EchoClient::try_connect(local.addr);
     assert!(
         !matches!(&greeting, Ok(g) if g == "upstream=echo\n"),
         "with the upgrade turned off, nginx should not carry TLS routing: {greeting:?}\n{}",
@@ -783,13 +737,13 @@ fn env_override_forces_the_upgrade_or_turns_it_off() {
 fn https_proxy_connect_then_nginx_then_upgrade() {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
-    let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[]);
+    let proxy = echo_proxy(&pki, &echo, &[]);
     let dir = TempDir::new("nginx").unwrap();
     let front = nginx(&pki, &dir, &proxy, None);
     let forward = ConnectProxy::start().unwrap();
     let url = format!("http://{}", forward.addr);
-    let (addr, local) = proxy_tcp_with_env(&pki, front.addr, &[("HTTPS_PROXY", &url)], &dir);
-    let (mut client, greeting) = EchoClient::try_connect(addr);
+    let local = proxy_tcp_with_env(&pki, front.addr, &[("HTTPS_PROXY", &url)]);
+    let (mut client, greeting) = EchoClient::try_connect(local.addr);
     let echoed = client.echo("via CONNECT");
     assert!(
         greeting.as_deref().ok() == Some("upstream=echo\n")
@@ -833,10 +787,10 @@ fn idle_echo(ping_interval: &str) -> (std::io::Result<String>, String, String) {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
     let ping = format!("ping_interval: {ping_interval}");
-    let proxy = start_proxy(&pki, &echo_app_config(&echo), true, &[&ping]);
+    let proxy = echo_proxy(&pki, &echo, &[&ping]);
     let dir = TempDir::new("nginx-idle").unwrap();
     let front = nginx(&pki, &dir, &proxy, Some(Duration::from_secs(5)));
-    let local = proxy_tcp_echo(&pki, front.addr);
+    let local = proxy_tcp_echo(&pki, front.addr, &[]);
     let mut client = EchoClient::connect(&local);
     let first = client.echo("before idle");
     assert_eq!(
@@ -922,6 +876,14 @@ fn assert_upgrades_work(text: &str, what: &str) {
     assert!(text.contains("ms"), "{what}: no round-trip times:\n{text}");
 }
 
+/// [`probe`], which must succeed and find the proxy reachable; its lowercased output.
+fn probe_reachable(pki: &TestPki, name: &str, port: u16) -> String {
+    let (out, text) = probe(pki, name, port);
+    assert!(out.success(), "probe exited {:?}\n{text}", out.status);
+    assert!(text.contains("reachable"), "{text}");
+    text
+}
+
 fn probe_proxy(pki: &TestPki) -> (DemoUpstream, Switchyard) {
     let web = DemoUpstream::http("web").unwrap();
     let proxy = start_proxy(
@@ -937,9 +899,7 @@ fn probe_proxy(pki: &TestPki) -> (DemoUpstream, Switchyard) {
 fn probe_direct_proxy_reports_direct_routing() {
     let pki = TestPki::new().unwrap();
     let (_web, proxy) = probe_proxy(&pki);
-    let (out, text) = probe(&pki, "direct", proxy.web.port());
-    assert!(out.success(), "probe exited {:?}\n{text}", out.status);
-    assert!(text.contains("reachable"), "{text}");
+    let text = probe_reachable(&pki, "direct", proxy.web.port());
     assert!(
         !text.contains("upgrade required"),
         "direct ALPN routing should work against the proxy itself:\n{text}\n{}",
@@ -954,9 +914,7 @@ fn probe_through_nginx_reports_upgrade_required_and_working() {
     let (_web, proxy) = probe_proxy(&pki);
     let dir = TempDir::new("nginx-probe").unwrap();
     let front = nginx(&pki, &dir, &proxy, None);
-    let (out, text) = probe(&pki, "nginx", front.addr.port());
-    assert!(out.success(), "probe exited {:?}\n{text}", out.status);
-    assert!(text.contains("reachable"), "{text}");
+    let text = probe_reachable(&pki, "nginx", front.addr.port());
     assert!(
         text.contains("upgrade required"),
         "nginx strips ALPN:\n{text}"
@@ -970,9 +928,7 @@ fn probe_through_haproxy_reports_upgrade_required_and_working() {
     let (_web, proxy) = probe_proxy(&pki);
     let dir = TempDir::new("haproxy-probe").unwrap();
     let front = haproxy_http(&pki, &dir, &proxy);
-    let (out, text) = probe(&pki, "haproxy", front.addr.port());
-    assert!(out.success(), "probe exited {:?}\n{text}", out.status);
-    assert!(text.contains("reachable"), "{text}");
+    let text = probe_reachable(&pki, "haproxy", front.addr.port());
     assert!(
         text.contains("upgrade required"),
         "HAProxy mode http strips ALPN:\n{text}"
@@ -990,9 +946,7 @@ fn probe_through_haproxy_tcp_reports_direct_routing() {
     let proxy = start_proxy(&pki, &config, true, &[]);
     let dir = TempDir::new("haproxy-tcp-probe").unwrap();
     let front = HAProxy::tcp_proxy_v2(dir.path(), proxy.web).unwrap();
-    let (out, text) = probe(&pki, "haproxy-tcp", front.addr.port());
-    assert!(out.success(), "probe exited {:?}\n{text}", out.status);
-    assert!(text.contains("reachable"), "{text}");
+    let text = probe_reachable(&pki, "haproxy-tcp", front.addr.port());
     assert!(
         !text.contains("upgrade required"),
         "a layer-4 balancer with PROXY v2 keeps ALPN routing:\n{text}\n{}",
