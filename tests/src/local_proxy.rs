@@ -1,19 +1,20 @@
 //! The client side of `switchyard` under test: [`LocalProxy`] runs one of the local
 //! proxies (`proxy db|kube|app|tcp`) until dropped, [`client_args`] names the proxy and
 //! a test identity, [`echo_tcp_args`] is `proxy tcp` for the echo app,
-//! [`switchyard_cmd`] runs a one-shot client command, and [`connect_lines`] is a line
-//! client for what a local proxy relays.
+//! [`switchyard_cmd`] runs a one-shot client command, [`write_ssh_config`] writes what
+//! `config ssh` prints for OpenSSH, and [`connect_lines`] is a line client for what a local
+//! proxy relays.
 
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::process::{Proc, Stream};
-use crate::{parse_addr, switchyard_bin, Switchyard, TempDir, TestPki};
+use crate::{parse_addr, run_with_timeout, switchyard_bin, Sshd, Switchyard, TempDir, TestPki};
 
 /// `--proxy localhost:PORT --identity PKI/STEM`: the proxy by the name on its certificate,
 /// and the identity `STEM.crt`/`STEM.key` with the cluster CA (`client` or `wrong-client`).
@@ -46,6 +47,31 @@ pub fn connect_lines(
     stream.set_read_timeout(Some(read_timeout))?;
     let reader = BufReader::new(stream.try_clone()?);
     Ok((stream, reader))
+}
+
+/// Runs `switchyard config ssh --cluster=test CLIENT --known-hosts=DIR/known_hosts` (CLIENT:
+/// [`client_args`] or the like), which must succeed, and writes the block it prints plus
+/// `sshd`'s client key and non-interactive options to `DIR/ssh_config`. Returns that path
+/// and the printed block.
+pub fn write_ssh_config(client: Vec<String>, sshd: &Sshd, dir: &Path) -> (PathBuf, String) {
+    let mut args = vec!["config".to_owned(), "ssh".into(), "--cluster=test".into()];
+    args.extend(client);
+    args.push(format!(
+        "--known-hosts={}",
+        dir.join("known_hosts").display()
+    ));
+    let out =
+        run_with_timeout(switchyard_cmd(&args).unwrap(), b"", Duration::from_secs(10)).unwrap();
+    assert!(out.success(), "config ssh: {out:?}");
+    let text = format!(
+        "{}    IdentityFile {}\n    IdentitiesOnly yes\n    BatchMode yes\n    \
+         StrictHostKeyChecking accept-new\n    LogLevel ERROR\n",
+        out.stdout,
+        sshd.client_key.display()
+    );
+    let path = dir.join("ssh_config");
+    std::fs::write(&path, text).unwrap();
+    (path, out.stdout)
 }
 
 /// A `switchyard` command with `args`.

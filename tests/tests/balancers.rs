@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use switchyard_tests::balancer::{self, Balancer, ConnectProxy, HAProxy, Nginx, BALANCER_SOURCE};
-use switchyard_tests::local_proxy::{connect_lines, echo_tcp_args, switchyard_cmd, LocalProxy};
+use switchyard_tests::local_proxy::{
+    connect_lines, echo_tcp_args, switchyard_cmd, write_ssh_config, LocalProxy,
+};
 use switchyard_tests::pki::CertFiles;
 use switchyard_tests::postgres::psql;
 use switchyard_tests::process::Proc;
@@ -214,24 +216,7 @@ fn fixture_haproxy_tcp_sends_proxy_v2_with_the_client_address() {
 /// The block `switchyard config ssh --cluster test` prints for a proxy at `front`, plus
 /// sshd's client key.
 fn ssh_config(pki: &TestPki, front: SocketAddr, sshd: &Sshd, dir: &TempDir) -> PathBuf {
-    let mut args = vec!["config".to_owned(), "ssh".into(), "--cluster=test".into()];
-    args.extend(client_args(pki, front));
-    args.push(format!(
-        "--known-hosts={}",
-        dir.join("known_hosts").display()
-    ));
-    let out =
-        run_with_timeout(switchyard_cmd(&args).unwrap(), b"", Duration::from_secs(10)).unwrap();
-    assert!(out.success(), "config ssh: {out:?}");
-    let text = format!(
-        "{}    IdentityFile {}\n    IdentitiesOnly yes\n    BatchMode yes\n    \
-         StrictHostKeyChecking accept-new\n    LogLevel ERROR\n",
-        out.stdout,
-        sshd.client_key.display()
-    );
-    let path = dir.join("ssh_config");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_ssh_config(client_args(pki, front), sshd, dir.path()).0
 }
 
 /// `ssh -F config root@node1.test -- echo through-the-balancer`.

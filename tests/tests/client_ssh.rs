@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use switchyard_tests::local_proxy::{client_args, switchyard_cmd};
+use switchyard_tests::local_proxy::{client_args, switchyard_cmd, write_ssh_config};
 use switchyard_tests::sshd::{scp_10mb, ScpCopy};
 use switchyard_tests::{
     require_tool, run_with_timeout, ProxyConfig, Sshd, Switchyard, TempDir, TestPki,
@@ -20,23 +20,8 @@ fn proxy_with_node(pki: &TestPki, sshd: &Sshd) -> Switchyard {
 
 /// Writes the block `switchyard config ssh --cluster test` prints, plus the test's key.
 fn ssh_config(pki: &TestPki, proxy: &Switchyard, sshd: &Sshd, dir: &TempDir) -> std::path::PathBuf {
-    let mut args = vec!["config".to_owned(), "ssh".into(), "--cluster=test".into()];
-    args.extend(client_args(pki, proxy, "client"));
-    args.push(format!(
-        "--known-hosts={}",
-        dir.join("known_hosts").display()
-    ));
-    let out =
-        run_with_timeout(switchyard_cmd(&args).unwrap(), b"", Duration::from_secs(10)).unwrap();
-    assert!(out.success(), "config ssh: {out:?}");
-    assert!(out.stdout.contains("Host *.test\n"), "{}", out.stdout);
-    let text = format!(
-        "{}    IdentityFile {}\n    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking accept-new\n    LogLevel ERROR\n",
-        out.stdout,
-        sshd.client_key.display()
-    );
-    let path = dir.join("ssh_config");
-    std::fs::write(&path, text).unwrap();
+    let (path, printed) = write_ssh_config(client_args(pki, proxy, "client"), sshd, dir.path());
+    assert!(printed.contains("Host *.test\n"), "{}", printed);
     path
 }
 
