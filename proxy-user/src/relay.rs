@@ -37,6 +37,26 @@ pub struct RelayStats {
     pub error: Option<io::Error>,
 }
 
+impl RelayStats {
+    /// What a relay without the kernel splice moved (`mode` `userspace` or `splice`): the
+    /// two directions' counters, and how it ended.
+    fn from_counters(
+        mode: &'static str,
+        to_upstream: &AtomicU64,
+        to_client: &AtomicU64,
+        error: Option<io::Error>,
+    ) -> RelayStats {
+        RelayStats {
+            client_to_upstream: to_upstream.load(Ordering::Relaxed),
+            upstream_to_client: to_client.load(Ordering::Relaxed),
+            kernel_to_upstream: 0,
+            kernel_to_client: 0,
+            mode,
+            error,
+        }
+    }
+}
+
 /// Relays two plaintext TCP sockets: the seam where the kernel splice plugs in.
 /// `client_read` is how many bytes were read from the client before (detection, PROXY
 /// header, ClientHello) and already dealt with; the splice needs it to switch over in order.
@@ -108,14 +128,7 @@ where
         copy_half(&mut upstream_r, &mut client_w, buffer, &to_client),
     )
     .await;
-    RelayStats {
-        client_to_upstream: to_upstream.load(Ordering::Relaxed),
-        upstream_to_client: to_client.load(Ordering::Relaxed),
-        kernel_to_upstream: 0,
-        kernel_to_client: 0,
-        mode: "userspace",
-        error,
-    }
+    RelayStats::from_counters("userspace", &to_upstream, &to_client, error)
 }
 
 /// Drives both directions of a relay until each has ended; the first error ends both

@@ -116,14 +116,7 @@ pub async fn relay_splice(client: TcpStream, upstream: TcpStream, buffer: usize)
         half(&upstream, &client, &down_pipe, &to_client),
     )
     .await;
-    RelayStats {
-        client_to_upstream: to_upstream.load(Ordering::Relaxed),
-        upstream_to_client: to_client.load(Ordering::Relaxed),
-        kernel_to_upstream: 0,
-        kernel_to_client: 0,
-        mode: "splice",
-        error,
-    }
+    RelayStats::from_counters("splice", &to_upstream, &to_client, error)
 }
 
 /// One direction: `src` → pipe → `dst` until EOF, then `dst`'s write side is shut down.
