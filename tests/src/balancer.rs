@@ -1,7 +1,7 @@
 //! Real load balancers in front of the proxy: nginx as a TLS-terminating layer-7 reverse
 //! proxy ([`Nginx::layer7`]), HAProxy in `mode http` ([`HAProxy::http`]) and HAProxy in
-//! `mode tcp` sending a PROXY v2 header ([`HAProxy::tcp_proxy_v2`]); and a small HTTP
-//! `CONNECT` proxy for clients' `HTTPS_PROXY` ([`ConnectProxy`]).
+//! `mode tcp` sending a PROXY v2 header ([`HAProxy::tcp_proxy_v2`]); and tinyproxy as the
+//! HTTP `CONNECT` proxy of clients' `HTTPS_PROXY` ([`ConnectProxy`]).
 //!
 //! Each runs in the foreground as a [`Proc`] (stopped on drop) with every file it writes
 //! (config, pid, logs, temp dirs) in the caller's directory, listens on a free
@@ -9,12 +9,9 @@
 //! [`BALANCER_SOURCE`], so the proxy's `client=` (the balancer) differs from the
 //! `real_client=` it learns from `X-Forwarded-For` or the PROXY header (the client).
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -248,89 +245,46 @@ fn error_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
 }
 
-/// A minimal HTTP forward proxy for `HTTPS_PROXY`: answers `CONNECT host:port` with 200 and
-/// relays bytes both ways; remembers every request line. Threads, stopped on drop.
+/// Debian's `tinyproxy` as the HTTP forward proxy of clients' `HTTPS_PROXY`: it answers
+/// `CONNECT host:port` and relays; its log (stdout, level Info) names every request.
 pub struct ConnectProxy {
     /// Where it listens.
     pub addr: SocketAddr,
-    requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
+    inner: Balancer,
 }
 
 impl ConnectProxy {
-    /// Listens on a free loopback port.
-    pub fn start() -> Result<ConnectProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen, stopped) = (requests.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if stopped.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let seen = seen.clone();
-                std::thread::spawn(move || {
-                    let _ = connect_one(client, &seen);
-                });
-            }
-        });
+    /// Starts tinyproxy on a free loopback port, with its files in `dir`.
+    pub fn start(dir: &Path) -> Result<ConnectProxy> {
+        let tinyproxy = require_tool("tinyproxy", "tinyproxy", &[])?;
+        let inner = start("tinyproxy", dir, |port| {
+            let config = dir.join("tinyproxy.conf");
+            // Runs as root in CI: tinyproxy drops to nobody; logs go to stdout with -d.
+            std::fs::write(
+                &config,
+                format!(
+                    "User nobody\nGroup nogroup\nPort {port}\nListen 127.0.0.1\nTimeout 600\n\
+                     LogLevel Info\nMaxClients 100\nAllow 127.0.0.1\n"
+                ),
+            )?;
+            let mut cmd = Command::new(&tinyproxy);
+            cmd.arg("-d").arg("-c").arg(&config);
+            Ok(cmd)
+        })?;
         Ok(ConnectProxy {
-            addr,
-            requests,
-            stop,
+            addr: inner.addr,
+            inner,
         })
     }
 
-    /// The request lines received so far (`CONNECT host:port HTTP/1.1`).
+    /// The request lines it logged so far (`CONNECT host:port HTTP/1.1`).
     pub fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
+        self.inner
+            .proc
+            .stdout()
+            .lines()
+            .filter_map(|l| l.split_once("): ").filter(|_| l.contains("Request (")))
+            .map(|(_, request)| request.trim().to_owned())
+            .collect()
     }
-}
-
-impl Drop for ConnectProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-    }
-}
-
-/// One `CONNECT`: reads the head, dials the target, answers 200, relays until either side ends.
-fn connect_one(mut client: TcpStream, seen: &Mutex<Vec<String>>) -> Result<()> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte)? == 0 || head.len() > 8192 {
-            return Ok(());
-        }
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let line = text.lines().next().unwrap_or_default().to_owned();
-    seen.lock().unwrap().push(line.clone());
-    let mut parts = line.split_whitespace();
-    let (Some("CONNECT"), Some(target)) = (parts.next(), parts.next()) else {
-        client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")?;
-        return Ok(());
-    };
-    let upstream = match TcpStream::connect(target) {
-        Ok(s) => s,
-        Err(_) => {
-            client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")?;
-            return Ok(());
-        }
-    };
-    client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
-    let (mut c2, mut u2) = (client.try_clone()?, upstream.try_clone()?);
-    let up = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut c2, &mut u2);
-        let _ = u2.shutdown(Shutdown::Write);
-    });
-    let (mut u, mut c) = (upstream, client);
-    let _ = std::io::copy(&mut u, &mut c);
-    let _ = c.shutdown(Shutdown::Write);
-    let _ = up.join();
-    Ok(())
 }

@@ -725,7 +725,8 @@ fn https_proxy_connect_then_nginx_then_upgrade() {
     let proxy = echo_proxy(&pki, &echo, &[]);
     let dir = TempDir::new("nginx").unwrap();
     let front = nginx(&pki, &dir, &proxy, None);
-    let forward = ConnectProxy::start().unwrap();
+    let forward_dir = TempDir::new("tinyproxy").unwrap();
+    let forward = ConnectProxy::start(forward_dir.path()).unwrap();
     let url = format!("http://{}", forward.addr);
     let local = proxy_tcp_with_env(&pki, front.addr, &[("HTTPS_PROXY", &url)]);
     let (mut client, greeting) = EchoClient::try_connect(local.addr);

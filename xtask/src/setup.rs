@@ -27,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nginx",
     "haproxy",
+    "tinyproxy",
 ];
 
 /// Tools the tests need and the Debian package that provides them when they are not on
