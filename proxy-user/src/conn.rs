@@ -96,7 +96,6 @@ impl ClientIo for TcpStream {
     }
 }
 impl ClientIo for Tunnel {}
-impl<S: ClientIo> ClientIo for Prefixed<S> {}
 impl<S: ClientIo> ClientIo for tokio_rustls::server::TlsStream<Prefixed<S>> {}
 
 /// Whether a connection arrived on a socket or inside a connection upgrade.

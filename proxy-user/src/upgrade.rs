@@ -151,10 +151,6 @@ impl Kind {
     pub fn pings(self) -> bool {
         matches!(self, Kind::WebSocketPing | Kind::AlpnPing)
     }
-
-    pub fn is_websocket(self) -> bool {
-        matches!(self, Kind::WebSocketPing | Kind::WebSocket)
-    }
 }
 
 /// An accepted upgrade: what to write back and how the inner bytes travel.

@@ -173,7 +173,7 @@ where
 }
 
 /// The ping framing's codec: u32 big-endian length, payload, at most `max_frame` bytes.
-pub fn ping_codec(max_frame: usize) -> LengthDelimitedCodec {
+fn ping_codec(max_frame: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_length(4)
         .big_endian()
