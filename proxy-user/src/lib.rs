@@ -1,23 +1,25 @@
-//! Switchyard: a single-port TLS routing proxy.
+//! Switchyard: a single-port TLS routing proxy (DESIGN.md §1), in rooms by role:
 //!
-//! The path of one connection (DESIGN.md §1): [`detect`] classifies the first bytes,
-//! [`hello`] parses a TLS ClientHello, [`route`] picks a route, [`server`] runs the
-//! per-connection handler, and [`relay`] moves the bytes. [`client`] holds the local
-//! proxies users run in front of OpenSSH, database clients, kubectl and apps.
+//! - [`router`]: the server side — accept, detect, route, terminate or pass through.
+//! - [`relay`]: moving the bytes of a routed pair (kernel splice, `splice(2)`, copy).
+//! - [`ebpf`]: loading and attaching the kernel programs, and their maps.
+//! - [`client`]: the local proxies users run in front of OpenSSH, database clients,
+//!   kubectl and apps, the connection upgrade through layer-7 balancers, `probe`.
+//! - [`io`]: I/O both sides share (replay, copy, wire framings, TLS identity);
+//!   [`protocol`]: every wire value both sides agree on; [`config`]: the YAML file and the
+//!   address types both sides parse.
+//! - [`tools`]: the CA and the demo upstreams; [`cli`]: the command line.
+//!
+//! The binary calls [`main`]; everything else is internal to the crate.
 
-pub mod ca;
-pub mod client;
-pub mod config;
-pub mod conn;
-pub mod demo;
-pub mod detect;
-pub mod diag;
-pub mod ebpf;
-pub mod hello;
-pub mod metrics;
-pub mod relay;
-pub mod route;
-pub mod server;
-pub mod tls;
-pub mod upgrade;
-pub mod wire;
+mod cli;
+pub(crate) mod client;
+pub(crate) mod config;
+pub(crate) mod ebpf;
+pub(crate) mod io;
+pub(crate) mod protocol;
+pub(crate) mod relay;
+pub(crate) mod router;
+pub(crate) mod tools;
+
+pub use cli::main;

@@ -5,12 +5,10 @@
 use super::dial::{Dialer, Verify};
 use super::local::{self, Local};
 use super::ClientError;
-
-/// ALPN of TCP apps.
-pub const TCP_ALPN: &str = "teleport-tcp";
+use crate::protocol::TCP_ALPN;
 
 /// `switchyard proxy app NAME`.
-pub async fn proxy_app(
+pub(crate) async fn proxy_app(
     dialer: &Dialer,
     name: &str,
     port: u16,
@@ -27,7 +25,7 @@ pub async fn proxy_app(
 
 /// `switchyard proxy tcp --alpn A --sni S`: the proxy's certificate is checked against
 /// the proxy's name, whatever the SNI.
-pub async fn proxy_tcp(
+pub(crate) async fn proxy_tcp(
     dialer: &Dialer,
     alpn: &str,
     sni: &str,

@@ -14,31 +14,31 @@ use std::process::ExitCode;
 
 /// Which proxy, and who the user is.
 #[derive(Args, Debug, Clone)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The proxy's public address, host:port (its host name is checked against the proxy's
     /// certificate and used in SNI).
     #[arg(long, env = "SWITCHYARD_PROXY")]
-    pub proxy: Option<String>,
+    pub(crate) proxy: Option<String>,
     /// DIR holding NAME.crt, NAME.key and ca.crt (as `switchyard ca issue` writes them), or
     /// DIR/NAME when DIR holds several identities.
     #[arg(long, conflicts_with_all = ["cert", "key", "ca"])]
-    pub identity: Option<PathBuf>,
+    pub(crate) identity: Option<PathBuf>,
     /// User certificate (PEM), with --key and --ca.
     #[arg(long, requires_all = ["key", "ca"])]
-    pub cert: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
     /// User private key (PEM).
     #[arg(long, requires = "cert")]
-    pub key: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
     /// Cluster CA certificate(s) (PEM).
     #[arg(long, requires = "cert")]
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// Behind a layer-7 load balancer: `websocket` upgrade, or `legacy` (`Upgrade:
     /// alpn-ping`) for balancers that pass only custom upgrades.
     #[arg(long, value_enum, default_value_t = UpgradeMode::Websocket)]
-    pub upgrade_mode: UpgradeMode,
+    pub(crate) upgrade_mode: UpgradeMode,
     /// One line per connection.
     #[arg(short, long)]
-    pub verbose: bool,
+    pub(crate) verbose: bool,
 }
 
 impl ClientArgs {
@@ -57,7 +57,7 @@ impl ClientArgs {
     }
 
     /// Loads and checks the identity, then names the proxy.
-    pub fn dialer(&self) -> Result<Dialer, ClientError> {
+    pub(crate) fn dialer(&self) -> Result<Dialer, ClientError> {
         let identity = Identity::load(&self.files()?)?;
         let proxy = self.proxy.as_deref().ok_or_else(|| {
             ClientError::Usage("no proxy: pass --proxy HOST:PORT or set SWITCHYARD_PROXY".into())
@@ -67,7 +67,7 @@ impl ClientArgs {
     }
 
     /// The same arguments with absolute paths, for commands written into config files.
-    pub fn forwarded(&self) -> Result<Vec<String>, ClientError> {
+    pub(crate) fn forwarded(&self) -> Result<Vec<String>, ClientError> {
         let abs = |p: &Path| {
             std::path::absolute(p)
                 .map(|p| p.display().to_string())
@@ -95,7 +95,7 @@ impl ClientArgs {
 
 /// `switchyard proxy …`: local proxies.
 #[derive(Subcommand, Debug)]
-pub enum ProxyCommand {
+pub(crate) enum ProxyCommand {
     /// For OpenSSH's ProxyCommand: stdin/stdout over TLS (ALPN teleport-proxy-ssh) to the
     /// node named by HOST (NODE, NODE.CLUSTER, or NODE.<proxy host>).
     Ssh {
@@ -148,7 +148,7 @@ pub enum ProxyCommand {
 
 /// `switchyard config …`.
 #[derive(Subcommand, Debug)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Print an OpenSSH config block for the nodes behind the proxy.
     Ssh {
         #[command(flatten)]
@@ -167,7 +167,7 @@ pub enum ConfigCommand {
 
 /// `switchyard db …`.
 #[derive(Subcommand, Debug)]
-pub enum DbCommand {
+pub(crate) enum DbCommand {
     /// Run a database client against a temporary local proxy; stops it when the client exits.
     Connect {
         #[command(flatten)]
@@ -183,7 +183,7 @@ pub enum DbCommand {
 
 /// `switchyard kube …`.
 #[derive(Subcommand, Debug)]
-pub enum KubeCommand {
+pub(crate) enum KubeCommand {
     /// Write a kubeconfig that reaches the Kubernetes upstream through the proxy directly.
     Config {
         #[command(flatten)]
@@ -194,7 +194,7 @@ pub enum KubeCommand {
     },
 }
 
-pub fn proxy(c: ProxyCommand) -> Result<ExitCode, ClientError> {
+pub(crate) fn proxy(c: ProxyCommand) -> Result<ExitCode, ClientError> {
     match c {
         ProxyCommand::Ssh {
             client,
@@ -238,7 +238,7 @@ pub fn proxy(c: ProxyCommand) -> Result<ExitCode, ClientError> {
     .map(|()| ExitCode::SUCCESS)
 }
 
-pub fn config(c: ConfigCommand) -> Result<ExitCode, ClientError> {
+pub(crate) fn config(c: ConfigCommand) -> Result<ExitCode, ClientError> {
     let ConfigCommand::Ssh {
         client,
         cluster,
@@ -267,7 +267,7 @@ pub fn config(c: ConfigCommand) -> Result<ExitCode, ClientError> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn db(c: DbCommand) -> Result<ExitCode, ClientError> {
+pub(crate) fn db(c: DbCommand) -> Result<ExitCode, ClientError> {
     let DbCommand::Connect {
         client,
         protocol,
@@ -278,13 +278,13 @@ pub fn db(c: DbCommand) -> Result<ExitCode, ClientError> {
 }
 
 /// `switchyard probe`.
-pub use probe::ProbeArgs;
+pub(crate) use probe::ProbeArgs;
 
-pub fn probe(args: ProbeArgs) -> Result<ExitCode, ClientError> {
+pub(crate) fn probe(args: ProbeArgs) -> Result<ExitCode, ClientError> {
     block_on(probe::run(&args))
 }
 
-pub fn kube(c: KubeCommand) -> Result<ExitCode, ClientError> {
+pub(crate) fn kube(c: KubeCommand) -> Result<ExitCode, ClientError> {
     let KubeCommand::Config { client, out } = c;
     let text = kube::direct_kubeconfig(&client.dialer()?);
     match out {

@@ -5,24 +5,25 @@
 use super::dial::{Dialer, Verify};
 use super::local::{self, Local};
 use super::ClientError;
+use crate::protocol::{MONGODB_ALPN, MYSQL_ALPN, POSTGRES_ALPN};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// A database protocol and what the local side does for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DbProtocol {
+pub(crate) enum DbProtocol {
     Postgres,
     Mysql,
     Mongodb,
 }
 
 impl DbProtocol {
-    pub fn alpn(self) -> &'static str {
+    pub(crate) fn alpn(self) -> &'static str {
         match self {
-            DbProtocol::Postgres => "teleport-postgres",
-            DbProtocol::Mysql => "teleport-mysql",
-            DbProtocol::Mongodb => "teleport-mongodb",
+            DbProtocol::Postgres => POSTGRES_ALPN,
+            DbProtocol::Mysql => MYSQL_ALPN,
+            DbProtocol::Mongodb => MONGODB_ALPN,
         }
     }
 
@@ -35,7 +36,7 @@ impl DbProtocol {
     }
 
     /// The client command line that uses a local proxy on `addr`.
-    pub fn command_line(self, addr: SocketAddr) -> String {
+    pub(crate) fn command_line(self, addr: SocketAddr) -> String {
         let (ip, port) = (addr.ip(), addr.port());
         match self {
             DbProtocol::Postgres => {
@@ -64,7 +65,7 @@ impl DbProtocol {
 }
 
 /// `switchyard proxy db`: serves until SIGINT/SIGTERM.
-pub async fn proxy_db(
+pub(crate) async fn proxy_db(
     dialer: &Dialer,
     protocol: DbProtocol,
     port: u16,
@@ -90,7 +91,7 @@ pub async fn proxy_db(
 }
 
 /// `switchyard db connect -- CLIENT ARGS…`.
-pub async fn connect(
+pub(crate) async fn connect(
     dialer: &Dialer,
     protocol: DbProtocol,
     command: &[String],

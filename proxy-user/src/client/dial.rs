@@ -17,8 +17,8 @@
 use super::identity::Identity;
 use super::transport::Transport;
 use super::upgrade::{Endpoint, Override, UpgradeMode};
-use super::{detect, ClientError};
-use crate::tls::provider;
+use super::{balancer, ClientError};
+use crate::io::tls::provider;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -31,11 +31,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 /// Deadline for TCP connect plus TLS handshake.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which name the server certificate must carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verify {
+pub(crate) enum Verify {
     /// The proxy's host name (or IP) from `--proxy`.
     Proxy,
     /// The SNI sent (passthrough routes, whose upstream terminates TLS).
@@ -44,25 +44,25 @@ pub enum Verify {
 
 /// The user's identity and the proxy's address: makes [`Connector`]s.
 #[derive(Debug, Clone)]
-pub struct Dialer {
+pub(crate) struct Dialer {
     /// `host:port` from `--proxy` / `SWITCHYARD_PROXY`.
-    pub proxy: String,
+    pub(crate) proxy: String,
     /// The host part, the proxy's public name.
-    pub host: String,
-    pub identity: Identity,
+    pub(crate) host: String,
+    pub(crate) identity: Identity,
     /// The proxy address with the cluster CA: detection and the upgrade's outer TLS.
-    pub endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
     /// `--upgrade-mode`.
-    pub upgrade_mode: UpgradeMode,
+    pub(crate) upgrade_mode: UpgradeMode,
     /// `SWITCHYARD_TLS_ROUTING_CONN_UPGRADE`.
-    pub upgrade_override: Arc<Override>,
+    pub(crate) upgrade_override: Arc<Override>,
     /// `-v`: the detection's outcome is logged at info.
-    pub verbose: bool,
+    pub(crate) verbose: bool,
 }
 
 impl Dialer {
     /// Checks `proxy` is `host:port`.
-    pub fn new(proxy: &str, identity: Identity) -> Result<Dialer, ClientError> {
+    pub(crate) fn new(proxy: &str, identity: Identity) -> Result<Dialer, ClientError> {
         crate::config::host_port("--proxy", proxy)
             .map_err(|e| ClientError::Usage(format!("{e} (set --proxy or SWITCHYARD_PROXY)")))?;
         let (host, _) = proxy.rsplit_once(':').expect("checked host:port");
@@ -87,7 +87,12 @@ impl Dialer {
     }
 
     /// Sets how the proxy is reached behind a layer-7 load balancer.
-    pub fn with_upgrade(mut self, mode: UpgradeMode, over: Override, verbose: bool) -> Dialer {
+    pub(crate) fn with_upgrade(
+        mut self,
+        mode: UpgradeMode,
+        over: Override,
+        verbose: bool,
+    ) -> Dialer {
         self.upgrade_mode = mode;
         self.upgrade_override = Arc::new(over);
         self.verbose = verbose;
@@ -95,7 +100,7 @@ impl Dialer {
     }
 
     /// A connector for one kind of connection: SNI (`None`: the proxy's name), ALPN list.
-    pub fn connector(
+    pub(crate) fn connector(
         &self,
         sni: Option<&str>,
         alpn: &[&str],
@@ -138,12 +143,12 @@ impl Dialer {
 
 /// Dials one kind of TLS connection to the proxy, as often as needed.
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     connector: TlsConnector,
     server_name: ServerName<'static>,
-    pub proxy: String,
-    pub sni: String,
-    pub alpn: Vec<String>,
+    pub(crate) proxy: String,
+    pub(crate) sni: String,
+    pub(crate) alpn: Vec<String>,
     subject: String,
     endpoint: Endpoint,
     upgrade_mode: UpgradeMode,
@@ -153,7 +158,7 @@ pub struct Connector {
 
 impl Connector {
     /// Transport (TCP, or the upgrade's tunnel) and TLS handshake within [`DIAL_TIMEOUT`].
-    pub async fn dial(&self) -> Result<TlsStream<Transport>, ClientError> {
+    pub(crate) async fn dial(&self) -> Result<TlsStream<Transport>, ClientError> {
         let unreachable = |error| ClientError::Unreachable {
             proxy: self.proxy.clone(),
             error,
@@ -174,8 +179,8 @@ impl Connector {
 
     /// What the TLS connection runs over: the detection (cached per address) decides
     /// between TCP and the connection upgrade.
-    pub async fn transport(&self) -> Result<Transport, ClientError> {
-        let upgrade = detect::upgrade_required(
+    pub(crate) async fn transport(&self) -> Result<Transport, ClientError> {
+        let upgrade = balancer::upgrade_required(
             &self.endpoint,
             &self.upgrade_override,
             self.upgrade_mode,
@@ -195,7 +200,7 @@ impl Connector {
     }
 
     /// The TLS handshake (SNI, ALPN, client certificate) over `transport`.
-    pub async fn handshake(
+    pub(crate) async fn handshake(
         &self,
         transport: Transport,
     ) -> Result<TlsStream<Transport>, ClientError> {
@@ -207,7 +212,7 @@ impl Connector {
 
     /// Names a TLS-level failure: during the handshake, or (TLS 1.3 decides on the client
     /// certificate after the client's handshake is done) on the first read.
-    pub fn classify(&self, error: io::Error) -> ClientError {
+    pub(crate) fn classify(&self, error: io::Error) -> ClientError {
         let proxy = self.proxy.clone();
         match error
             .get_ref()

@@ -4,7 +4,7 @@
 //! fails with one clear line.
 
 use super::ClientError;
-use crate::tls::provider;
+use crate::io::tls::provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -14,16 +14,16 @@ use std::sync::Arc;
 
 /// Where the identity files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
+pub(crate) struct IdentityFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) ca: PathBuf,
 }
 
 impl IdentityFiles {
     /// `--identity PATH`: `DIR/NAME` names `DIR/NAME.crt`, `DIR/NAME.key` and `DIR/ca.crt`;
     /// a plain `DIR` must hold exactly one `NAME.crt` with its `NAME.key` besides `ca.crt`.
-    pub fn from_identity(path: &Path) -> Result<IdentityFiles, ClientError> {
+    pub(crate) fn from_identity(path: &Path) -> Result<IdentityFiles, ClientError> {
         if !path.is_dir() {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Ok(IdentityFiles {
@@ -63,22 +63,22 @@ impl IdentityFiles {
 
 /// A loaded, checked identity.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The certificate chain and signing key presented to the proxy.
-    pub key: Arc<CertifiedKey>,
+    pub(crate) key: Arc<CertifiedKey>,
     /// The cluster CA, trusted for the proxy's (and passthrough upstreams') certificates.
-    pub roots: Arc<RootCertStore>,
+    pub(crate) roots: Arc<RootCertStore>,
     /// PEM text of the files, for kubeconfigs.
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub ca_pem: String,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) ca_pem: String,
     /// Subject of the certificate, for messages (`CN=alice,O=devs`).
-    pub subject: String,
+    pub(crate) subject: String,
 }
 
 impl Identity {
     /// Reads and checks the files: readable, PEM, key matches certificate, valid now, CA usable.
-    pub fn load(files: &IdentityFiles) -> Result<Identity, ClientError> {
+    pub(crate) fn load(files: &IdentityFiles) -> Result<Identity, ClientError> {
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| ClientError::identity(p, e));
         let (cert_pem, key_pem, ca_pem) = (read(&files.cert)?, read(&files.key)?, read(&files.ca)?);
         let certs = pem_certs(&files.cert, &cert_pem)?;
@@ -89,7 +89,7 @@ impl Identity {
             .load_private_key(key)
             .map_err(|e| ClientError::identity(&files.key, e))?;
         check_validity(&files.cert, &certs[0])?;
-        let subject = crate::tls::Identity::from_der(&certs[0])
+        let subject = crate::io::tls::CertIdentity::from_der(&certs[0])
             .map(|i| i.to_string())
             .unwrap_or_default();
         let key = CertifiedKey::new(certs, signing);
@@ -112,7 +112,7 @@ impl Identity {
 }
 
 /// Reads a CA file (PEM, one or more certificates) into a root store.
-pub fn load_roots(path: &Path) -> Result<RootCertStore, ClientError> {
+pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, ClientError> {
     let pem = std::fs::read_to_string(path).map_err(|e| ClientError::identity(path, e))?;
     roots_from_pem(path, &pem)
 }
@@ -159,7 +159,7 @@ fn check_validity(path: &Path, der: &[u8]) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca;
+    use crate::tools::ca;
     use std::time::Duration;
 
     fn pki(label: &str) -> PathBuf {

@@ -8,8 +8,8 @@
 use super::dial::{Dialer, Verify};
 use super::local::{self, Local};
 use super::ClientError;
-use crate::route::KUBE_SNI_PREFIX;
-use crate::tls::provider;
+use crate::io::tls::provider;
+use crate::protocol::{HTTP1_ALPN as HTTP1, KUBE_SNI_PREFIX};
 use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -22,16 +22,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
-/// Both TLS legs carry HTTP/1.1, so the bytes relayed between them agree.
-const HTTP1: &str = "http/1.1";
-
 /// The SNI that selects the Kubernetes upstream.
-pub fn kube_sni(dialer: &Dialer) -> String {
+pub(crate) fn kube_sni(dialer: &Dialer) -> String {
     format!("{KUBE_SNI_PREFIX}{}", dialer.host)
 }
 
 /// `switchyard proxy kube`: serves until SIGINT/SIGTERM, then removes its kubeconfig.
-pub async fn proxy_kube(dialer: &Dialer, port: u16, verbose: bool) -> Result<(), ClientError> {
+pub(crate) async fn proxy_kube(
+    dialer: &Dialer,
+    port: u16,
+    verbose: bool,
+) -> Result<(), ClientError> {
     let sni = kube_sni(dialer);
     let connector = dialer.connector(Some(&sni), &[HTTP1], Verify::Sni)?;
     let local_pki = LocalPki::generate()
@@ -70,7 +71,7 @@ pub async fn proxy_kube(dialer: &Dialer, port: u16, verbose: bool) -> Result<(),
 }
 
 /// A kubeconfig that talks to the proxy itself, with the user's certificate.
-pub fn direct_kubeconfig(dialer: &Dialer) -> String {
+pub(crate) fn direct_kubeconfig(dialer: &Dialer) -> String {
     let id = &dialer.identity;
     kubeconfig(
         &format!("https://{}", dialer.proxy),
@@ -174,7 +175,7 @@ fn kubeconfig(
 }
 
 /// Writes `text` to `path`, readable by the owner only (it may hold a private key).
-pub fn write_private(path: &Path, text: &str) -> Result<(), ClientError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), ClientError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)

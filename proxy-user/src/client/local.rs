@@ -5,6 +5,7 @@
 
 use super::dial::Connector;
 use super::{mysql, pg, ClientError};
+use crate::io::copy::{copy_both, Until};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -16,7 +17,7 @@ use tracing::{info, warn};
 
 /// Binds the local listener on 127.0.0.1:`port` (0: any free port) and returns it with
 /// the address it got.
-pub async fn bind(port: u16) -> Result<(TcpListener, std::net::SocketAddr), ClientError> {
+pub(crate) async fn bind(port: u16) -> Result<(TcpListener, std::net::SocketAddr), ClientError> {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(ClientError::io(format!(
@@ -30,7 +31,7 @@ pub async fn bind(port: u16) -> Result<(TcpListener, std::net::SocketAddr), Clie
 
 /// What happens on the local side before bytes are carried.
 #[derive(Clone)]
-pub enum Local {
+pub(crate) enum Local {
     /// Nothing: TCP apps, MongoDB.
     Raw,
     /// Postgres: answer SSLRequest/GSSENCRequest with `N` here, forward the startup packet.
@@ -44,11 +45,14 @@ pub enum Local {
 /// How long live connections may finish after a stop before they are closed.
 const STOP_GRACE: Duration = Duration::from_millis(500);
 
+/// Buffer per direction of a local connection.
+const RELAY_BUFFER: usize = 64 * 1024;
+
 /// Bytes carried by one connection: (client → proxy, proxy → client).
-pub type Carried = (u64, u64);
+pub(crate) type Carried = (u64, u64);
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn interrupted() {
+pub(crate) async fn interrupted() {
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -63,7 +67,7 @@ pub async fn interrupted() {
 
 /// Accepts until `stop` resolves ([`interrupted`] for a foreground local proxy), then
 /// closes live connections.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     connector: Connector,
     local: Local,
@@ -140,49 +144,36 @@ async fn handle(
 }
 
 /// Copies both ways until both directions end (see [`relay_until`]).
-pub async fn relay<L, R>(local: L, remote: R, connector: &Connector) -> Result<Carried, ClientError>
-where
-    L: AsyncRead + AsyncWrite + Unpin,
-    R: AsyncRead + AsyncWrite + Unpin,
-{
-    relay_until(local, remote, connector, false).await
-}
-
-/// Copies both ways. An error from the proxy side (an alert such as a refused certificate
-/// arrives on the first read under TLS 1.3) ends the connection at once and is named by
-/// [`Connector::classify`]; so does the proxy's end of stream when `remote_ends` is set
-/// (a ProxyCommand's stdin stays open until OpenSSH is done with it).
-pub async fn relay_until<L, R>(
+pub(crate) async fn relay<L, R>(
     local: L,
     remote: R,
     connector: &Connector,
-    remote_ends: bool,
 ) -> Result<Carried, ClientError>
 where
     L: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut lr, mut lw) = tokio::io::split(local);
-    let (mut rr, mut rw) = tokio::io::split(remote);
-    let up = async {
-        let n = tokio::io::copy(&mut lr, &mut rw).await;
-        let _ = rw.shutdown().await;
-        n
-    };
-    let down = async {
-        let n = tokio::io::copy(&mut rr, &mut lw).await;
-        let _ = lw.shutdown().await;
-        n
-    };
-    tokio::pin!(up, down);
-    let (up, down) = tokio::select! {
-        d = &mut down => match d {
-            Err(e) => return Err(connector.classify(e)),
-            Ok(d) if remote_ends => return Ok((0, d)),
-            Ok(d) => (up.await, d),
-        },
-        u = &mut up => (u, down.await.map_err(|e| connector.classify(e))?),
-    };
-    let up = up.map_err(|e| connector.classify(e))?;
-    Ok((up, down))
+    relay_until(local, remote, connector, Until::BExplains).await
+}
+
+/// Copies both ways (`io::copy`): half-close passed on; an error, preferably the proxy's
+/// own (an alert such as a refused certificate arrives on the first read under TLS 1.3,
+/// behind the broken pipe of a write), is named by [`Connector::classify`]. With
+/// [`Until::BEnds`] the proxy's end of stream ends the connection (a ProxyCommand's stdin
+/// stays open until OpenSSH is done with it).
+pub(crate) async fn relay_until<L, R>(
+    local: L,
+    remote: R,
+    connector: &Connector,
+    until: Until,
+) -> Result<Carried, ClientError>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + AsyncWrite + Unpin,
+{
+    let copied = copy_both(local, remote, RELAY_BUFFER, until).await;
+    match copied.error {
+        Some(e) => Err(connector.classify(e)),
+        None => Ok((copied.a_to_b, copied.b_to_a)),
+    }
 }

@@ -13,20 +13,20 @@
 //! [`upgrade`]; [`transport`] is what the TLS runs over (and honours `HTTPS_PROXY`);
 //! [`probe`] checks all of it for a person.
 
-pub mod app;
-pub mod cli;
-pub mod db;
-pub mod detect;
-pub mod dial;
-pub mod identity;
-pub mod kube;
-pub mod local;
-pub mod mysql;
-pub mod pg;
-pub mod probe;
-pub mod ssh;
-pub mod transport;
-pub mod upgrade;
+pub(crate) mod app;
+pub(crate) mod balancer;
+pub(crate) mod cli;
+pub(crate) mod db;
+pub(crate) mod dial;
+pub(crate) mod identity;
+pub(crate) mod kube;
+pub(crate) mod local;
+pub(crate) mod mysql;
+pub(crate) mod pg;
+pub(crate) mod probe;
+pub(crate) mod ssh;
+pub(crate) mod transport;
+pub(crate) mod upgrade;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ use thiserror::Error;
 
 /// Why a client command or one of its connections failed; each renders as one line.
 #[derive(Debug, Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("identity file {path}: {message}")]
     Identity { path: PathBuf, message: String },
     #[error("{0}")]
@@ -83,14 +83,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    pub fn identity(path: &Path, message: impl Display) -> ClientError {
+    pub(crate) fn identity(path: &Path, message: impl Display) -> ClientError {
         ClientError::Identity {
             path: path.to_owned(),
             message: message.to_string(),
         }
     }
 
-    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
         let what = what.into();
         move |error| ClientError::Io { what, error }
     }

@@ -13,7 +13,7 @@ const CLIENT_SSL: u16 = 0x0800;
 
 /// Clears `CLIENT_SSL` in a protocol-10 greeting payload; other packets (an error packet
 /// from a server refusing the connection) are left alone. Returns whether it changed.
-pub fn strip_ssl(payload: &mut [u8]) -> Result<bool, ClientError> {
+pub(crate) fn strip_ssl(payload: &mut [u8]) -> Result<bool, ClientError> {
     if payload.first() != Some(&10) {
         return Ok(false);
     }
@@ -29,7 +29,7 @@ pub fn strip_ssl(payload: &mut [u8]) -> Result<bool, ClientError> {
 
 /// Reads the greeting packet from the proxy side, clears `CLIENT_SSL`, writes it to the
 /// client; returns its size.
-pub async fn relay_greeting<R, L>(
+pub(crate) async fn relay_greeting<R, L>(
     remote: &mut R,
     local: &mut L,
     connector: &Connector,

@@ -14,7 +14,7 @@ const MAX_STARTUP: usize = 10_000;
 
 /// What one complete startup packet asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Startup {
+pub(crate) enum Startup {
     /// SSLRequest or GSSENCRequest: answer `N`, read the next packet.
     Encryption,
     /// StartupMessage or CancelRequest: forward it.
@@ -22,7 +22,7 @@ pub enum Startup {
 }
 
 /// Classifies a startup packet from its 8-byte head (length, code).
-pub fn classify(head: [u8; 8]) -> Result<(usize, Startup), ClientError> {
+pub(crate) fn classify(head: [u8; 8]) -> Result<(usize, Startup), ClientError> {
     let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
     let code = u32::from_be_bytes(head[4..].try_into().expect("4 bytes"));
     if !(8..=MAX_STARTUP).contains(&len) {
@@ -38,7 +38,7 @@ pub fn classify(head: [u8; 8]) -> Result<(usize, Startup), ClientError> {
 }
 
 /// Answers encryption requests with `N`; returns the first packet to forward.
-pub async fn local_startup(client: &mut TcpStream) -> Result<Vec<u8>, ClientError> {
+pub(crate) async fn local_startup(client: &mut TcpStream) -> Result<Vec<u8>, ClientError> {
     loop {
         let mut head = [0u8; 8];
         client

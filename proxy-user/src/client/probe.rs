@@ -13,13 +13,14 @@
 //!
 //! Exit status 0 when clients can use the proxy one way or another, 1 otherwise.
 
-use super::detect::{self, Outcome, PROBE_ALPN};
+use super::balancer::{self, Outcome, PROBE_ALPN};
 use super::dial::{Connector, Dialer, Verify};
 use super::identity::{load_roots, Identity, IdentityFiles};
 use super::transport::{https_proxy_for, Transport};
 use super::upgrade::{tls_error, Endpoint, UpgradeMode};
 use super::ClientError;
-use crate::tls::provider;
+use crate::io::tls::provider;
+use crate::protocol::HTTP1_ALPN;
 use clap::Args;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -41,43 +42,43 @@ macro_rules! say {
 
 /// `switchyard probe`.
 #[derive(Args, Debug, Clone)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// The proxy, or the load balancer in front of it: https://HOST:PORT (HOST is checked
     /// against the certificate and sent as SNI).
-    pub url: String,
+    pub(crate) url: String,
     /// Cluster CA certificate(s) (PEM) the server certificate must chain to (default: the
     /// identity's ca.crt).
     #[arg(long)]
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// An identity (as for the local proxies): adds a full TLS connection with the user's
     /// certificate, directly and through the upgrade.
     #[arg(long, conflicts_with_all = ["cert", "key"])]
-    pub identity: Option<PathBuf>,
+    pub(crate) identity: Option<PathBuf>,
     /// User certificate (PEM), with --key and --ca.
     #[arg(long, requires_all = ["key", "ca"])]
-    pub cert: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
     /// User private key (PEM).
     #[arg(long, requires = "cert")]
-    pub key: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
     /// Do not check the server certificate (reachability only; clients will check it).
     #[arg(long)]
-    pub insecure: bool,
+    pub(crate) insecure: bool,
     /// The upgrade clients are going to use (both are probed).
     #[arg(long, value_enum, default_value_t = UpgradeMode::Websocket)]
-    pub upgrade_mode: UpgradeMode,
+    pub(crate) upgrade_mode: UpgradeMode,
     /// ALPN of the connection made with the identity.
     #[arg(long, default_value = PROBE_ALPN)]
-    pub alpn: String,
+    pub(crate) alpn: String,
     /// SNI of the connection made with the identity (default: HOST).
     #[arg(long)]
-    pub sni: Option<String>,
+    pub(crate) sni: Option<String>,
     /// Attempts per check; times are their median.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub count: u32,
+    pub(crate) count: u32,
 }
 
 /// `https://HOST:PORT[/…]` (or `HOST:PORT`; port 443 when omitted) → (`host:port`, host).
-pub fn parse_url(url: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_url(url: &str) -> Result<(String, String), String> {
     let rest = match url.split_once("://") {
         Some((s, rest)) if s.eq_ignore_ascii_case("https") => rest,
         Some((s, _)) => {
@@ -110,7 +111,7 @@ pub fn parse_url(url: &str) -> Result<(String, String), String> {
 }
 
 /// Runs the probe, printing as it goes.
-pub async fn run(args: &ProbeArgs) -> Result<ExitCode, ClientError> {
+pub(crate) async fn run(args: &ProbeArgs) -> Result<ExitCode, ClientError> {
     let (addr, host) = parse_url(&args.url).map_err(ClientError::Usage)?;
     let identity = match (&args.identity, &args.cert, &args.key) {
         (Some(dir), ..) => {
@@ -349,7 +350,7 @@ impl Probe {
         let took = t.elapsed();
         match r {
             Ok(mut s) => {
-                let o = detect::classify(Ok(s.get_ref().1.alpn_protocol()));
+                let o = balancer::classify(Ok(s.get_ref().1.alpn_protocol()));
                 let _ = s.shutdown().await;
                 Ok((o, took))
             }
@@ -359,7 +360,7 @@ impl Probe {
                     name: self.endpoint.host.clone(),
                     error: format!("{c:?}"),
                 }),
-                _ => Ok((detect::classify(Err(&e)), took)),
+                _ => Ok((balancer::classify(Err(&e)), took)),
             },
         }
     }
@@ -387,9 +388,7 @@ impl Probe {
             )),
             Outcome::Other(e) => Direct::Broken(format!("the TLS handshake failed: {e}")),
             Outcome::NoApplicationProtocolAlert => {
-                let both = self
-                    .endpoint
-                    .tls_connector(&[PROBE_ALPN, super::upgrade::HTTP1])?;
+                let both = self.endpoint.tls_connector(&[PROBE_ALPN, HTTP1_ALPN])?;
                 match self.handshake(&both).await?.0 {
                     Outcome::NoApplicationProtocolAlert | Outcome::Negotiated => Direct::Works(
                         format!("the proxy routes by ALPN, though it has no route for {PROBE_ALPN}"),
@@ -415,7 +414,7 @@ impl Probe {
             .map_err(|e| e.to_string())?;
         let outer = self
             .endpoint
-            .tls_connector(&[super::upgrade::HTTP1])
+            .tls_connector(&[HTTP1_ALPN])
             .map_err(|e| e.to_string())?;
         let mut samples = Vec::new();
         for _ in 0..self.count {
@@ -441,7 +440,7 @@ impl Probe {
                 Ok(mut s) => {
                     let _ = s.shutdown().await;
                 }
-                Err(e) => match detect::classify(Err(&e)) {
+                Err(e) => match balancer::classify(Err(&e)) {
                     // The proxy's own refusal came back through the tunnel.
                     Outcome::NoApplicationProtocolAlert => {}
                     _ if matches!(
@@ -564,7 +563,7 @@ fn median(v: &mut [Duration]) -> Duration {
 }
 
 /// `1.23 ms`.
-pub fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 

@@ -10,11 +10,12 @@
 use super::dial::{Dialer, Verify};
 use super::local::relay_until;
 use super::ClientError;
-use crate::route::{SSH_ALPN, SSH_NODE_LABEL};
+use crate::io::copy::Until;
+use crate::protocol::{SSH_ALPN, SSH_NODE_LABEL};
 use std::path::Path;
 
 /// The SNI naming `host` (as OpenSSH's `%h` gives it) under the proxy's name.
-pub fn node_sni(
+pub(crate) fn node_sni(
     host: &str,
     cluster: Option<&str>,
     proxy_host: &str,
@@ -39,7 +40,7 @@ pub fn node_sni(
 }
 
 /// Splits `USER@HOST:PORT` (user and port optional) and returns HOST.
-pub fn target_host(target: &str) -> Result<&str, ClientError> {
+pub(crate) fn target_host(target: &str) -> Result<&str, ClientError> {
     let host_port = target.rsplit_once('@').map_or(target, |(_, h)| h);
     let host = match host_port.rsplit_once(':') {
         Some((h, p)) if p.parse::<u16>().is_ok() => h,
@@ -55,7 +56,7 @@ pub fn target_host(target: &str) -> Result<&str, ClientError> {
 
 /// `switchyard proxy ssh`: stdin/stdout over TLS to the node named by `target`; with
 /// `verbose`, one line on stderr when the connection ends.
-pub async fn proxy_ssh(
+pub(crate) async fn proxy_ssh(
     dialer: &Dialer,
     cluster: Option<&str>,
     target: &str,
@@ -66,7 +67,7 @@ pub async fn proxy_ssh(
     let tls = connector.dial().await?;
     let stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
     // OpenSSH keeps stdin open until it is done: the count of bytes sent is not final here.
-    let (_, down) = relay_until(stdio, tls, &connector, true).await?;
+    let (_, down) = relay_until(stdio, tls, &connector, Until::BEnds).await?;
     if verbose {
         tracing::info!(
             "ssh to {target} via {} (SNI {sni}) closed: {down} bytes received",
@@ -77,18 +78,18 @@ pub async fn proxy_ssh(
 }
 
 /// What `config ssh` needs to write the block.
-pub struct SshConfig<'a> {
-    pub exe: &'a Path,
+pub(crate) struct SshConfig<'a> {
+    pub(crate) exe: &'a Path,
     /// Arguments naming the proxy and identity, passed on to `proxy ssh`.
-    pub client_args: &'a [String],
-    pub cluster: Option<&'a str>,
-    pub proxy_host: &'a str,
-    pub known_hosts: &'a Path,
-    pub forward_agent: bool,
+    pub(crate) client_args: &'a [String],
+    pub(crate) cluster: Option<&'a str>,
+    pub(crate) proxy_host: &'a str,
+    pub(crate) known_hosts: &'a Path,
+    pub(crate) forward_agent: bool,
 }
 
 /// The `~/.ssh/config` block: nodes as `NODE.CLUSTER` (or `NODE.<proxy host>`).
-pub fn config_block(c: &SshConfig) -> String {
+pub(crate) fn config_block(c: &SshConfig) -> String {
     let suffix = c.cluster.unwrap_or(c.proxy_host);
     let mut proxy_command = vec![
         quote(&c.exe.display().to_string()),

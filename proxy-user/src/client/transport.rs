@@ -2,7 +2,7 @@
 //! through the HTTP proxy named by `HTTPS_PROXY` with `CONNECT`), or the tunnel of a
 //! connection upgrade through a layer-7 load balancer ([`super::upgrade`]).
 
-use crate::wire::WireStream;
+use crate::io::wire::WireStream;
 use base64::Engine;
 use std::io;
 use std::pin::Pin;
@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 /// What the TLS connection to the proxy runs over.
 #[derive(Debug)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// TCP to the proxy (TLS routing works directly).
     Tcp(TcpStream),
     /// The inner byte stream of a connection upgrade (WebSocket or ping framing).
@@ -65,16 +65,16 @@ impl AsyncWrite for Transport {
 
 /// An HTTP proxy for `CONNECT` (from `HTTPS_PROXY`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpProxy {
+pub(crate) struct HttpProxy {
     /// `host:port` of the HTTP proxy.
-    pub addr: String,
+    pub(crate) addr: String,
     /// `Proxy-Authorization` value, from `http://user:password@host:port`.
-    pub auth: Option<String>,
+    pub(crate) auth: Option<String>,
 }
 
 /// The HTTP proxy to use for `host` (the proxy's host name): `HTTPS_PROXY` or
 /// `https_proxy`, unless `NO_PROXY`/`no_proxy` names the host.
-pub fn https_proxy_for(host: &str) -> io::Result<Option<HttpProxy>> {
+pub(crate) fn https_proxy_for(host: &str) -> io::Result<Option<HttpProxy>> {
     let var = |names: [&str; 2]| {
         names
             .iter()
@@ -94,7 +94,7 @@ pub fn https_proxy_for(host: &str) -> io::Result<Option<HttpProxy>> {
 }
 
 /// `http://[user:password@]host[:port][/]` or `host:port` (port 80 when omitted).
-pub fn parse_proxy_url(url: &str) -> Result<HttpProxy, String> {
+pub(crate) fn parse_proxy_url(url: &str) -> Result<HttpProxy, String> {
     let url = url.trim();
     let rest = match url.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
@@ -130,7 +130,7 @@ pub fn parse_proxy_url(url: &str) -> Result<HttpProxy, String> {
 
 /// `NO_PROXY`: `*`, host names (a name also covers its subdomains; a leading `.` or `*.`
 /// is allowed), or IP addresses; ports are ignored.
-pub fn no_proxy_matches(list: &str, host: &str) -> bool {
+pub(crate) fn no_proxy_matches(list: &str, host: &str) -> bool {
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -158,7 +158,7 @@ pub fn no_proxy_matches(list: &str, host: &str) -> bool {
 
 /// TCP to `addr` (`host:port`, `host` being the proxy's name), through `HTTPS_PROXY` when
 /// it applies; TCP_NODELAY set.
-pub async fn tcp_connect(addr: &str, host: &str) -> io::Result<TcpStream> {
+pub(crate) async fn tcp_connect(addr: &str, host: &str) -> io::Result<TcpStream> {
     let stream = match https_proxy_for(host)? {
         None => TcpStream::connect(addr).await?,
         Some(proxy) => connect_via(&proxy, addr).await?,
@@ -171,7 +171,7 @@ pub async fn tcp_connect(addr: &str, host: &str) -> io::Result<TcpStream> {
 const MAX_CONNECT_HEAD: usize = 8 * 1024;
 
 /// `CONNECT addr` through `proxy`; the stream is the tunnel once the proxy answers 2xx.
-pub async fn connect_via(proxy: &HttpProxy, addr: &str) -> io::Result<TcpStream> {
+pub(crate) async fn connect_via(proxy: &HttpProxy, addr: &str) -> io::Result<TcpStream> {
     let mut s = TcpStream::connect(&proxy.addr).await.map_err(|e| {
         io::Error::new(
             e.kind(),

@@ -9,14 +9,18 @@
 //!   `Upgrade: alpn-ping` plus `X-Teleport-Upgrade: alpn-ping`; `alpn-ping` is framed
 //!   `u32 length || payload` (length 0 is a ping), `alpn` is raw.
 //!
-//! The framings themselves are [`crate::wire`]'s; this module writes the request, checks
+//! The framings themselves are [`crate::io::wire`]'s; this module writes the request, checks
 //! the answer and names every failure.
 
 use super::transport::{self, Transport};
 use super::ClientError;
-use crate::relay::Prefixed;
-use crate::tls::provider;
-use crate::wire;
+use crate::io::tls::provider;
+use crate::io::wire;
+use crate::io::Prefixed;
+use crate::protocol::{
+    HTTP1_ALPN as HTTP1, TELEPORT_UPGRADE_HEADER, UPGRADE_ALPN as PLAIN, UPGRADE_ALPN_PING as PING,
+    UPGRADE_PATH,
+};
 use clap::ValueEnum;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
@@ -34,13 +38,11 @@ use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_acc
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-/// The path the proxy answers upgrades on.
-pub const UPGRADE_PATH: &str = "/webapi/connectionupgrade";
 /// Override of the detection: `true`, `false`, or `host:port=bool,…`.
-pub const OVERRIDE_ENV: &str = "SWITCHYARD_TLS_ROUTING_CONN_UPGRADE";
+pub(crate) const OVERRIDE_ENV: &str = "SWITCHYARD_TLS_ROUTING_CONN_UPGRADE";
 /// Largest WebSocket message / ping frame accepted from the server (it sends at most
 /// 16 KiB per frame).
-pub const MAX_FRAME: usize = 1 << 20;
+pub(crate) const MAX_FRAME: usize = 1 << 20;
 /// Largest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 /// How long to wait for the body of a refusal, for its first line.
@@ -48,7 +50,7 @@ const BODY_WAIT: Duration = Duration::from_millis(300);
 
 /// Which upgrade to send (`--upgrade-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum UpgradeMode {
+pub(crate) enum UpgradeMode {
     /// `Upgrade: websocket` (passes any balancer that passes WebSockets).
     #[default]
     Websocket,
@@ -68,14 +70,14 @@ impl fmt::Display for UpgradeMode {
 /// `SWITCHYARD_TLS_ROUTING_CONN_UPGRADE`: forces the upgrade on or off, for every proxy
 /// or per `host:port`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Override {
+pub(crate) struct Override {
     all: Option<bool>,
     per_addr: HashMap<String, bool>,
 }
 
 impl Override {
     /// Reads the environment variable; a bad value is a usage error.
-    pub fn from_env() -> Result<Override, ClientError> {
+    pub(crate) fn from_env() -> Result<Override, ClientError> {
         match std::env::var(OVERRIDE_ENV) {
             Ok(v) => Override::parse(&v)
                 .map_err(|e| ClientError::Usage(format!("{OVERRIDE_ENV}={v:?}: {e}"))),
@@ -86,7 +88,7 @@ impl Override {
 
     /// `true`/`false` (also `1`/`0`, `yes`/`no`) for all proxies, or a comma-separated
     /// list of `host:port=bool` (a bare bool in the list is the default for the others).
-    pub fn parse(text: &str) -> Result<Override, String> {
+    pub(crate) fn parse(text: &str) -> Result<Override, String> {
         let mut o = Override::default();
         for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             match item.rsplit_once('=') {
@@ -110,7 +112,7 @@ impl Override {
     }
 
     /// Whether the override decides for proxy `addr`.
-    pub fn decide(&self, addr: &str) -> Option<bool> {
+    pub(crate) fn decide(&self, addr: &str) -> Option<bool> {
         self.per_addr
             .get(&addr.to_ascii_lowercase())
             .copied()
@@ -130,11 +132,11 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 /// TLS connections that carry no user certificate: detection, the outer TLS of an
 /// upgrade, `probe`.
 #[derive(Clone)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// `host:port`.
-    pub addr: String,
+    pub(crate) addr: String,
     /// The host part: SNI of the outer TLS, and the name its certificate must carry.
-    pub host: String,
+    pub(crate) host: String,
     server_name: ServerName<'static>,
     verifier: Arc<dyn ServerCertVerifier>,
     /// The outer TLS of the upgrade (ALPN `http/1.1`), one configuration for the life of
@@ -151,7 +153,7 @@ impl fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(
+    pub(crate) fn new(
         addr: &str,
         host: &str,
         verifier: Arc<dyn ServerCertVerifier>,
@@ -169,30 +171,25 @@ impl Endpoint {
     }
 
     /// TCP to the address (through `HTTPS_PROXY` when set).
-    pub async fn tcp(&self) -> io::Result<TcpStream> {
+    pub(crate) async fn tcp(&self) -> io::Result<TcpStream> {
         transport::tcp_connect(&self.addr, &self.host).await
     }
 
     /// A TLS client offering `alpn`, SNI the host, no client certificate.
-    pub fn tls_connector(&self, alpn: &[&str]) -> Result<TlsConnector, ClientError> {
+    pub(crate) fn tls_connector(&self, alpn: &[&str]) -> Result<TlsConnector, ClientError> {
         tls_connector(&self.verifier, alpn)
     }
 
     /// TLS over `io` (TCP, or a tunnel) with `connector`.
-    pub async fn tls<S>(&self, connector: &TlsConnector, io: S) -> io::Result<TlsStream<S>>
+    pub(crate) async fn tls<S>(&self, connector: &TlsConnector, io: S) -> io::Result<TlsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         connector.connect(self.server_name.clone(), io).await
     }
 
-    /// The certificate check (the cluster CA, or none with `probe --insecure`).
-    pub fn verifier(&self) -> Arc<dyn ServerCertVerifier> {
-        self.verifier.clone()
-    }
-
     /// TCP, TLS with ALPN `http/1.1`, and the upgrade: the tunnel's byte stream.
-    pub async fn tunnel(&self, mode: UpgradeMode) -> Result<Tunnel, ClientError> {
+    pub(crate) async fn tunnel(&self, mode: UpgradeMode) -> Result<Tunnel, ClientError> {
         let unreachable = |error| ClientError::Unreachable {
             proxy: self.addr.clone(),
             error,
@@ -216,9 +213,6 @@ impl Endpoint {
     }
 }
 
-/// ALPN of the outer TLS.
-pub const HTTP1: &str = "http/1.1";
-
 fn tls_connector(
     verifier: &Arc<dyn ServerCertVerifier>,
     alpn: &[&str],
@@ -234,7 +228,7 @@ fn tls_connector(
 }
 
 /// A TLS error in plain words (rustls' own text when it is one).
-pub fn tls_error(e: &io::Error) -> String {
+pub(crate) fn tls_error(e: &io::Error) -> String {
     match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::InvalidCertificate(c)) => {
             format!("certificate not vouched for by the CA: {c:?}")
@@ -246,23 +240,27 @@ pub fn tls_error(e: &io::Error) -> String {
 
 /// An open tunnel and what the server chose.
 #[derive(Debug)]
-pub struct Tunnel {
-    pub stream: wire::WireStream,
+pub(crate) struct Tunnel {
+    pub(crate) stream: wire::WireStream,
     /// `alpn-ping` or `alpn` (the WebSocket subprotocol, or the legacy `Upgrade` value).
-    pub protocol: String,
+    pub(crate) protocol: String,
     /// From writing the request to reading the `101` head.
-    pub took: Duration,
+    pub(crate) took: Duration,
 }
 
 impl Tunnel {
-    pub fn transport(self) -> Transport {
+    pub(crate) fn transport(self) -> Transport {
         Transport::Tunnel(self.stream)
     }
 }
 
 /// Sends the upgrade request on `stream` (the outer TLS) and, on `101`, returns the inner
 /// byte stream; `authority` is the `Host` header.
-pub async fn upgrade<S>(mut stream: S, mode: UpgradeMode, authority: &str) -> Result<Tunnel, String>
+pub(crate) async fn upgrade<S>(
+    mut stream: S,
+    mode: UpgradeMode,
+    authority: &str,
+) -> Result<Tunnel, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -312,13 +310,8 @@ where
     })
 }
 
-/// The `alpn-ping` protocol: the server sends keep-alive pings.
-pub const PING: &str = "alpn-ping";
-/// The `alpn` protocol: no pings.
-pub const PLAIN: &str = "alpn";
-
 /// The WebSocket upgrade request.
-pub fn websocket_request(authority: &str, key: &str) -> String {
+pub(crate) fn websocket_request(authority: &str, key: &str) -> String {
     format!(
         "GET {UPGRADE_PATH} HTTP/1.1\r\n\
          Host: {authority}\r\n\
@@ -334,12 +327,12 @@ pub fn websocket_request(authority: &str, key: &str) -> String {
 }
 
 /// The legacy upgrade request.
-pub fn legacy_request(authority: &str) -> String {
+pub(crate) fn legacy_request(authority: &str) -> String {
     format!(
         "GET {UPGRADE_PATH} HTTP/1.1\r\n\
          Host: {authority}\r\n\
          Upgrade: {PING}\r\n\
-         X-Teleport-Upgrade: {PING}\r\n\
+         {TELEPORT_UPGRADE_HEADER}: {PING}\r\n\
          Connection: Upgrade\r\n\
          User-Agent: switchyard/{version}\r\n\
          \r\n",
@@ -349,16 +342,16 @@ pub fn legacy_request(authority: &str) -> String {
 
 /// A parsed response head and the bytes read past it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub status: u16,
-    pub reason: String,
+pub(crate) struct Head {
+    pub(crate) status: u16,
+    pub(crate) reason: String,
     /// Names lower-cased.
-    pub headers: Vec<(String, String)>,
-    pub rest: Vec<u8>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) rest: Vec<u8>,
 }
 
 impl Head {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -376,7 +369,7 @@ impl Head {
 }
 
 /// Parses a response head from `buf`: `None` while incomplete.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
@@ -453,7 +446,7 @@ async fn first_body_line<S: AsyncRead + Unpin>(head: &Head, stream: &mut S) -> S
 }
 
 /// The first non-empty text line of `body`, HTML tags dropped, at most 120 characters.
-pub fn body_line(body: &[u8]) -> String {
+pub(crate) fn body_line(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let mut plain = String::new();
     let mut in_tag = false;
@@ -477,7 +470,7 @@ pub fn body_line(body: &[u8]) -> String {
 }
 
 /// A non-101 answer in one line: status, reason, first body line.
-pub fn refusal(head: &Head, body_line: &str) -> String {
+pub(crate) fn refusal(head: &Head, body_line: &str) -> String {
     let mut s = format!("answered {} {}", head.status, head.reason);
     let echo = |l: &str| {
         l.eq_ignore_ascii_case(head.reason.trim())
@@ -493,7 +486,7 @@ pub fn refusal(head: &Head, body_line: &str) -> String {
 }
 
 /// Checks a WebSocket `101`: `Upgrade: websocket`, the accept key, a subprotocol we offered.
-pub fn check_websocket(head: &Head, key: &str) -> Result<String, String> {
+pub(crate) fn check_websocket(head: &Head, key: &str) -> Result<String, String> {
     if !head.lists("upgrade", "websocket") {
         return Err(format!(
             "101 without `Upgrade: websocket` (Upgrade: {:?})",
@@ -519,11 +512,11 @@ pub fn check_websocket(head: &Head, key: &str) -> Result<String, String> {
 }
 
 /// Checks a legacy `101`: `Upgrade: alpn-ping` or `alpn` (or `X-Teleport-Upgrade`).
-pub fn check_legacy(head: &Head) -> Result<String, String> {
+pub(crate) fn check_legacy(head: &Head) -> Result<String, String> {
     let upgrade = head
         .header("upgrade")
         .filter(|u| !u.is_empty())
-        .or_else(|| head.header("x-teleport-upgrade"))
+        .or_else(|| head.header(&TELEPORT_UPGRADE_HEADER.to_ascii_lowercase()))
         .unwrap_or("")
         .to_ascii_lowercase();
     match upgrade.as_str() {

@@ -14,13 +14,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Where the unified hierarchy is mounted when the host has none mounted.
-pub const MOUNT_POINT: &str = "/run/switchyard/cgroup2";
+pub(crate) const MOUNT_POINT: &str = "/run/switchyard/cgroup2";
 /// Prefix of the per-process directories.
 const PREFIX: &str = "switchyard-";
 
 /// Why the proxy could not get a cgroup of its own.
 #[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
+pub(crate) enum CgroupError {
     #[error("mounting cgroup2 at {MOUNT_POINT}: {0}")]
     Mount(io::Error),
     #[error("reading /proc/self/{0}: {1}")]
@@ -31,7 +31,7 @@ pub enum CgroupError {
 
 /// A cgroup the whole process was moved into; leaves and removes it on drop.
 #[derive(Debug)]
-pub struct Cgroup {
+pub(crate) struct Cgroup {
     dir: PathBuf,
     parent: PathBuf,
     handle: File,
@@ -39,7 +39,7 @@ pub struct Cgroup {
 
 impl Cgroup {
     /// Creates `switchyard-<pid>` under the current cgroup v2 and moves the process in.
-    pub fn join() -> Result<Cgroup, CgroupError> {
+    pub(crate) fn join() -> Result<Cgroup, CgroupError> {
         let root = match find_mount()? {
             Some(root) => root,
             None => mount()?,
@@ -69,12 +69,12 @@ impl Cgroup {
     }
 
     /// The open directory, for attaching programs.
-    pub fn handle(&self) -> &File {
+    pub(crate) fn handle(&self) -> &File {
         &self.handle
     }
 
     /// The cgroup's directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 }
@@ -105,21 +105,9 @@ fn find_mount() -> Result<Option<PathBuf>, CgroupError> {
 /// Mounts the unified hierarchy at [`MOUNT_POINT`].
 fn mount() -> Result<PathBuf, CgroupError> {
     fs::create_dir_all(MOUNT_POINT).map_err(CgroupError::Mount)?;
-    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in constants");
-    let (source, target, fstype) = (c("cgroup2"), c(MOUNT_POINT), c("cgroup2"));
-    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(CgroupError::Mount(io::Error::last_os_error()));
-    }
+    use rustix::mount::{mount, MountFlags};
+    mount("cgroup2", MOUNT_POINT, "cgroup2", MountFlags::empty(), None)
+        .map_err(|e| CgroupError::Mount(e.into()))?;
     Ok(PathBuf::from(MOUNT_POINT))
 }
 

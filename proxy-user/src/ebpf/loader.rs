@@ -29,7 +29,7 @@ struct Attached {
 }
 
 /// The loaded and attached eBPF front end.
-pub struct Frontend {
+pub(crate) struct Frontend {
     sockets: Mutex<SockHash<MapData, SockKey>>,
     stats: Mutex<HashMap<MapData, SockKey, SockStats>>,
     splice: Mutex<HashMap<MapData, SockKey, Splice>>,
@@ -53,7 +53,7 @@ where
 
 impl Frontend {
     /// Joins a cgroup of our own, loads the object and attaches both programs.
-    pub fn load() -> Result<Frontend, EbpfError> {
+    pub(crate) fn load() -> Result<Frontend, EbpfError> {
         if OBJECT.is_empty() {
             return Err(EbpfError::NotEmbedded);
         }
@@ -107,34 +107,34 @@ impl Frontend {
     }
 
     /// Whether the programs are attached (until [`Frontend::detach`]).
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
     }
 
     /// Detaches both programs and leaves the cgroup; spliced pairs stop being spliced.
-    pub fn detach(&self) {
+    pub(crate) fn detach(&self) {
         self.live.store(false, Ordering::Release);
         lock(&self.attached).take();
     }
 
     /// Registers sockets accepted on `port` (one of the proxy's listeners).
-    pub fn watch_port(&self, port: u16) -> Result<(), MapError> {
+    pub(crate) fn watch_port(&self, port: u16) -> Result<(), MapError> {
         lock(&self.ports).insert(u32::from(port), 1, 0)
     }
 
     /// The kernel's counters for a socket `sock_ops` registered, if it did.
-    pub fn stats(&self, key: SockKey) -> Option<SockStats> {
+    pub(crate) fn stats(&self, key: SockKey) -> Option<SockStats> {
         lock(&self.stats).get(&key, 0).ok()
     }
 
     /// Marks `key` spliced towards `splice.peer`, or updates its forwarded count.
-    pub fn mark(&self, key: SockKey, splice: Splice) -> Result<(), MapError> {
+    pub(crate) fn mark(&self, key: SockKey, splice: Splice) -> Result<(), MapError> {
         lock(&self.splice).insert(key, splice, 0)
     }
 
     /// Adds a socket to `SOCKETS`, its counters starting with `passed` bytes already read
     /// (inserted first: no verdict runs on it before it is in the map).
-    pub fn register(
+    pub(crate) fn register(
         &self,
         key: SockKey,
         socket: &impl AsRawFd,
@@ -155,7 +155,7 @@ impl Frontend {
     }
 
     /// Removes the splice mark and the counters of `key`, returning the final counters.
-    pub fn release(&self, key: SockKey) -> Option<SockStats> {
+    pub(crate) fn release(&self, key: SockKey) -> Option<SockStats> {
         let _ = lock(&self.splice).remove(&key);
         let mut stats = lock(&self.stats);
         let last = stats.get(&key, 0).ok();
@@ -164,14 +164,14 @@ impl Frontend {
     }
 
     /// Entries in `SOCKETS` (sockets registered) and in `SPLICED` (sockets spliced).
-    pub fn entries(&self) -> (u64, u64) {
+    pub(crate) fn entries(&self) -> (u64, u64) {
         let sockets = lock(&self.sockets).keys().filter(Result::is_ok).count();
         let spliced = lock(&self.splice).keys().filter(Result::is_ok).count();
         (sockets as u64, spliced as u64)
     }
 
     /// Every counter summed over the CPUs, in [`Counter::ALL`] order.
-    pub fn counters(&self) -> Vec<(Counter, Tally)> {
+    pub(crate) fn counters(&self) -> Vec<(Counter, Tally)> {
         Counter::ALL
             .iter()
             .map(|&c| {

@@ -13,7 +13,7 @@ use super::Frontend;
 
 /// Registered with the metrics registry when the front end is attached.
 #[derive(Debug)]
-pub struct FrontendCollector(pub &'static Frontend);
+pub(crate) struct FrontendCollector(pub &'static Frontend);
 
 impl std::fmt::Debug for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

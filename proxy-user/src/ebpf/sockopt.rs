@@ -1,13 +1,12 @@
-//! The few socket facts the splice needs from the kernel, by raw `getsockopt`/`ioctl`:
-//! the socket cookie (the key of every per-socket map) and how many bytes have been
-//! written into a TCP socket so far, by anyone (userspace `write`s and kernel redirects).
+//! The few socket facts the splice needs from the kernel: the socket cookie (the key of
+//! every per-socket map, through rustix) and how many bytes have been written into a TCP
+//! socket so far, by anyone (userspace `write`s and kernel redirects) — `TCP_INFO` and
+//! `SIOCOUTQ`, which rustix does not wrap, by raw `getsockopt`/`ioctl`.
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 
-/// `SO_COOKIE` (asm-generic socket option 57): the socket's 64-bit cookie.
-const SO_COOKIE: libc::c_int = 57;
 /// `SIOCOUTQ` (= `TIOCOUTQ`): bytes in the send queue not yet acknowledged.
 const SIOCOUTQ: libc::Ioctl = libc::TIOCOUTQ;
 
@@ -18,36 +17,21 @@ const TCP_CLOSE_WAIT: u8 = 8;
 const TCP_CLOSE: u8 = 7;
 
 /// The socket cookie, as `bpf_get_socket_cookie` sees it.
-pub fn cookie(socket: &impl AsRawFd) -> io::Result<u64> {
-    let mut value: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`, a live u64.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_COOKIE,
-            (&mut value as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
+pub(crate) fn cookie(socket: &impl AsFd) -> io::Result<u64> {
+    Ok(rustix::net::sockopt::socket_cookie(socket)?)
 }
 
 /// Bytes written into the socket so far and whether it can still send: acknowledged
 /// bytes plus what waits in the send queue (`tcpi_bytes_acked` + `SIOCOUTQ`). The count
 /// may include the SYN, so only differences between two readings are meaningful.
-pub struct Written {
-    pub bytes: u64,
-    pub sending: bool,
-    pub closed: bool,
+pub(crate) struct Written {
+    pub(crate) bytes: u64,
+    pub(crate) sending: bool,
+    pub(crate) closed: bool,
 }
 
 /// Reads [`Written`] for a TCP socket.
-pub fn written(fd: RawFd) -> io::Result<Written> {
+pub(crate) fn written(fd: RawFd) -> io::Result<Written> {
     let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `info`, zero-initialised.
@@ -82,6 +66,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn cookies_differ_and_written_counts_bytes() {

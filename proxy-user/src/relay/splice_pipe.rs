@@ -18,27 +18,23 @@
 //! default action would be killed instead.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{both_directions, RelayStats};
+use super::RelayStats;
+use crate::io::both_directions;
+use crate::io::copy::Copied;
 
 /// Pipe capacity asked for with `F_SETPIPE_SZ` (the unprivileged maximum by default,
 /// `/proc/sys/fs/pipe-max-size`); a refusal keeps the kernel's default (64 KiB).
-pub const PIPE_SIZE: usize = 1 << 20;
-
-/// Why the `splice(2)` relay could not be set up (the caller falls back to plain copies).
-#[derive(Debug, thiserror::Error)]
-pub enum SpliceError {
-    #[error("pipe2: {0}")]
-    Pipe(#[source] io::Error),
-}
+pub(crate) const PIPE_SIZE: usize = 1 << 20;
 
 /// One direction's pipe: `[read end, write end]`, and its capacity.
-pub struct Pipe {
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     capacity: usize,
@@ -46,61 +42,38 @@ pub struct Pipe {
 
 impl Pipe {
     /// A non-blocking, close-on-exec pipe of up to `size` bytes.
-    pub fn new(size: usize) -> Result<Pipe, SpliceError> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(SpliceError::Pipe(io::Error::last_os_error()));
-        }
-        // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let want = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-        // SAFETY: F_SETPIPE_SZ / F_GETPIPE_SZ on a pipe descriptor we own.
-        let capacity = unsafe {
-            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want);
-            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
-        };
+    pub(crate) fn new(size: usize) -> io::Result<Pipe> {
+        let (read, write) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        // A refusal (above pipe-max-size without CAP_SYS_RESOURCE) keeps the default.
+        let _ = fcntl_setpipe_size(&write, size);
+        let capacity = fcntl_getpipe_size(&write)?;
         Ok(Pipe {
             read,
             write,
-            capacity: usize::try_from(capacity).unwrap_or(0).max(4096),
+            capacity,
         })
-    }
-
-    /// The pipe's capacity in bytes.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 }
 
 /// `splice(from → to)` of up to `len` bytes, non-blocking; `EINTR` retried.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
-        // SAFETY: plain descriptors, null offsets (sockets and pipes have no offset).
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::pipe::splice(&from, None, &to, None, len, flags) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Relays `client` and `upstream` with `splice(2)`; falls back to the userspace copy when
 /// the pipes cannot be made (descriptor limits).
-pub async fn relay_splice(client: TcpStream, upstream: TcpStream, buffer: usize) -> RelayStats {
+pub(crate) async fn relay_splice(
+    client: TcpStream,
+    upstream: TcpStream,
+    buffer: usize,
+) -> RelayStats {
     let pipes = Pipe::new(PIPE_SIZE).and_then(|up| Ok((up, Pipe::new(PIPE_SIZE)?)));
     let (up_pipe, down_pipe) = match pipes {
         Ok(p) => p,
@@ -116,19 +89,24 @@ pub async fn relay_splice(client: TcpStream, upstream: TcpStream, buffer: usize)
         half(&upstream, &client, &down_pipe, &to_client),
     )
     .await;
-    RelayStats::from_counters("splice", &to_upstream, &to_client, error)
+    let copied = Copied {
+        a_to_b: to_upstream.load(Ordering::Relaxed),
+        b_to_a: to_client.load(Ordering::Relaxed),
+        error,
+    };
+    RelayStats::copied("splice", copied)
 }
 
 /// One direction: `src` → pipe → `dst` until EOF, then `dst`'s write side is shut down.
 /// `count` is the bytes that reached `dst`.
 async fn half(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &AtomicU64) -> io::Result<()> {
-    let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
-    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     loop {
         // The pipe is empty here, so EAGAIN can only be the socket's.
         let n = loop {
             src.readable().await?;
-            match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, pipe.capacity)) {
+            match src.try_io(Interest::READABLE, || {
+                splice(src, &pipe.write, pipe.capacity)
+            }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -140,7 +118,7 @@ async fn half(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &AtomicU64) 
         let mut left = n;
         while left > 0 {
             dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || splice(pipe_r, dst_fd, left)) {
+            match dst.try_io(Interest::WRITABLE, || splice(&pipe.read, dst, left)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => {
                     left -= m;
@@ -156,19 +134,14 @@ async fn half(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &AtomicU64) 
 /// Passes the half-close on: `shutdown(SHUT_WR)`, as `AsyncWriteExt::shutdown` does on a
 /// `TcpStream`.
 fn shutdown_write(s: &TcpStream) -> io::Result<()> {
-    // SAFETY: shutdown on a socket descriptor that `s` keeps open.
-    let rc = unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_WR) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(rustix::net::shutdown(s, rustix::net::Shutdown::Write)?)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_clean_counts, send_then_half_close};
+    use super::super::tests::assert_clean_counts;
     use super::*;
+    use crate::io::copy::tests::send_then_half_close;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -189,21 +162,8 @@ mod tests {
 
     /// `SO_LINGER` with a zero timeout: closing the socket sends an RST.
     fn reset_on_close(s: &TcpStream) {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt with a valid `linger` of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        let zero = Some(std::time::Duration::ZERO);
+        rustix::net::sockopt::set_socket_linger(s, zero).unwrap();
     }
 
     #[tokio::test]
@@ -228,10 +188,40 @@ mod tests {
         assert!(stats.error.is_some(), "{stats:?}");
     }
 
+    /// The capacity the relay splices by is what the pipe really holds: that many bytes
+    /// fit without blocking, one more does not (a wrong `F_GETPIPE_SZ` reading would make
+    /// the relay ask for more than the pipe takes, or move less than it could).
     #[test]
-    fn pipe_has_at_least_the_default_capacity() {
+    fn the_pipe_holds_exactly_its_reported_capacity() {
         let p = Pipe::new(PIPE_SIZE).unwrap();
-        assert!(p.capacity() >= 4096, "{}", p.capacity());
+        let chunk = vec![0u8; 4096];
+        let mut written = 0;
+        loop {
+            match rustix::io::write(&p.write, &chunk) {
+                Ok(n) => written += n,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) => panic!("write to the pipe: {e}"),
+            }
+        }
+        assert_eq!(written, p.capacity);
+    }
+
+    /// Without privileges the kernel caps pipes at `pipe-max-size`; as root (CI) the full
+    /// size is granted. Either way the relay gets a pipe larger than a page.
+    #[test]
+    fn the_pipe_gets_the_size_asked_for_up_to_the_system_maximum() {
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let p = Pipe::new(PIPE_SIZE).unwrap();
+        let is_root = rustix::process::geteuid().is_root();
+        if is_root || PIPE_SIZE <= max {
+            assert_eq!(p.capacity, PIPE_SIZE);
+        } else {
+            assert!(p.capacity >= 64 * 1024, "{}", p.capacity);
+        }
     }
 
     #[tokio::test]

@@ -14,8 +14,9 @@
 //! with `-v`, else debug). `SWITCHYARD_TLS_ROUTING_CONN_UPGRADE` decides instead when it
 //! names the address (or all addresses).
 
-use super::upgrade::{tls_error, Endpoint, Override, UpgradeMode, HTTP1, OVERRIDE_ENV};
+use super::upgrade::{tls_error, Endpoint, Override, UpgradeMode, OVERRIDE_ENV};
 use super::ClientError;
+use crate::protocol::HTTP1_ALPN as HTTP1;
 use rustls::{AlertDescription, PeerMisbehaved};
 use std::collections::HashMap;
 use std::fmt;
@@ -27,13 +28,13 @@ use tokio::sync::OnceCell;
 use tracing::{debug, info};
 
 /// The ALPN the detection offers.
-pub const PROBE_ALPN: &str = "teleport-reversetunnel";
+pub(crate) use crate::protocol::REVERSE_TUNNEL_ALPN as PROBE_ALPN;
 /// Deadline of one detection handshake.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What one handshake offering only [`PROBE_ALPN`] showed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The offered ALPN was negotiated.
     Negotiated,
     /// The handshake completed without ALPN.
@@ -47,7 +48,7 @@ pub enum Outcome {
 }
 
 /// Classifies a handshake result: the negotiated ALPN, or the error.
-pub fn classify(result: Result<Option<&[u8]>, &io::Error>) -> Outcome {
+pub(crate) fn classify(result: Result<Option<&[u8]>, &io::Error>) -> Outcome {
     match result {
         Ok(None) => Outcome::NoAlpn,
         Ok(Some(p)) if p == PROBE_ALPN.as_bytes() => Outcome::Negotiated,
@@ -66,13 +67,13 @@ pub fn classify(result: Result<Option<&[u8]>, &io::Error>) -> Outcome {
 
 /// The path chosen for an address, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub upgrade: bool,
-    pub why: Why,
+pub(crate) struct Decision {
+    pub(crate) upgrade: bool,
+    pub(crate) why: Why,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Why {
+pub(crate) enum Why {
     Override,
     Negotiated,
     NoAlpn,
@@ -112,7 +113,7 @@ impl fmt::Display for Why {
 
 impl Decision {
     /// One log line: "proxy A is behind a layer-7 load balancer (why): using …".
-    pub fn describe(&self, addr: &str, mode: UpgradeMode) -> String {
+    pub(crate) fn describe(&self, addr: &str, mode: UpgradeMode) -> String {
         match (self.upgrade, &self.why) {
             (true, Why::Override) => format!(
                 "proxy {addr}: connection upgrade forced by {OVERRIDE_ENV}: using {mode} connection upgrade"
@@ -165,7 +166,7 @@ async fn handshake(endpoint: &Endpoint, alpn: &[&str]) -> Result<Outcome, Client
 }
 
 /// Runs the detection against `endpoint` (no cache, no override).
-pub async fn detect(endpoint: &Endpoint) -> Result<Decision, ClientError> {
+pub(crate) async fn detect(endpoint: &Endpoint) -> Result<Decision, ClientError> {
     let decide = |upgrade, why| Ok(Decision { upgrade, why });
     match handshake(endpoint, &[PROBE_ALPN]).await? {
         Outcome::Negotiated => decide(false, Why::Negotiated),
@@ -196,7 +197,7 @@ fn cache() -> &'static Cache {
 
 /// Whether connections to `endpoint` go through the upgrade: the override, else the
 /// cached detection, else a detection (logged once per address and process).
-pub async fn upgrade_required(
+pub(crate) async fn upgrade_required(
     endpoint: &Endpoint,
     over: &Override,
     mode: UpgradeMode,

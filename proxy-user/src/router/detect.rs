@@ -5,19 +5,13 @@
 //! read until the answer is not [`Detected::NeedMore`]. A PROXY header is parsed here too (with
 //! the `ppp` crate), so the caller can strip it and detect again on the bytes after it.
 
+use crate::protocol::{PG_CANCEL_REQUEST, PG_GSSENC_REQUEST, PG_SSL_REQUEST};
 use std::net::SocketAddr;
 
 /// The 12-byte PROXY protocol v2 signature.
-pub const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest legal PROXY v1 line, CRLF included.
-pub const PROXY_V1_MAX: usize = 107;
-
-/// Postgres `SSLRequest`: length 8, code 80877103.
-pub const PG_SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
-/// Postgres `GSSENCRequest`: length 8, code 80877104.
-pub const PG_GSSENC_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
-/// Postgres `CancelRequest` prefix: length 16, code 80877102 (then pid and key).
-pub const PG_CANCEL_REQUEST: [u8; 8] = [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+pub(crate) const PROXY_V1_MAX: usize = 107;
 
 /// HTTP request prefixes recognised as plaintext HTTP (HTTP/1.x methods and the h2c preface).
 const HTTP_PREFIXES: &[&[u8]] = &[
@@ -35,7 +29,7 @@ const HTTP_PREFIXES: &[&[u8]] = &[
 
 /// What the first bytes of a connection are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Detected {
+pub(crate) enum Detected {
     /// Not enough bytes yet to decide.
     NeedMore,
     /// A TLS handshake record (`0x16 0x03`): parse the ClientHello next.
@@ -56,7 +50,7 @@ pub enum Detected {
 
 /// Which Postgres request opened the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PgRequest {
+pub(crate) enum PgRequest {
     Ssl,
     GssEnc,
     Cancel,
@@ -64,32 +58,13 @@ pub enum PgRequest {
 
 /// A parsed PROXY protocol header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyHeader {
+pub(crate) struct ProxyHeader {
     /// 1 or 2.
-    pub version: u8,
+    pub(crate) version: u8,
     /// Length of the header on the wire, to strip it.
-    pub len: usize,
+    pub(crate) len: usize,
     /// The real client address, when the header carries one (not for `UNKNOWN` / `LOCAL`).
-    pub source: Option<SocketAddr>,
-    /// The address the client connected to, as the balancer saw it.
-    pub destination: Option<SocketAddr>,
-}
-
-impl Detected {
-    /// Label used in `switchyard_detect_outcomes_total{outcome}`.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            Detected::NeedMore => "need_more",
-            Detected::Tls => "tls",
-            Detected::Ssh => "ssh",
-            Detected::Http => "http",
-            Detected::Postgres(_) => "postgres",
-            Detected::Proxy(h) if h.version == 1 => "proxy_v1",
-            Detected::Proxy(_) => "proxy_v2",
-            Detected::BadProxy(_) => "bad_proxy_header",
-            Detected::Unknown => "unknown",
-        }
-    }
+    pub(crate) source: Option<SocketAddr>,
 }
 
 /// How `buf` relates to a fixed pattern.
@@ -114,7 +89,7 @@ fn prefix(buf: &[u8], pattern: &[u8]) -> Prefix {
 }
 
 /// Classifies the first bytes of a connection.
-pub fn detect(buf: &[u8]) -> Detected {
+pub(crate) fn detect(buf: &[u8]) -> Detected {
     if buf.is_empty() {
         return Detected::NeedMore;
     }
@@ -177,28 +152,19 @@ fn proxy_v1(buf: &[u8]) -> Detected {
     let line = &buf[..cr + 2];
     match ppp::v1::Header::try_from(line) {
         Ok(header) => {
-            let (source, destination) = match header.addresses {
-                ppp::v1::Addresses::Tcp4(a) => (
-                    Some(SocketAddr::from((a.source_address, a.source_port))),
-                    Some(SocketAddr::from((
-                        a.destination_address,
-                        a.destination_port,
-                    ))),
-                ),
-                ppp::v1::Addresses::Tcp6(a) => (
-                    Some(SocketAddr::from((a.source_address, a.source_port))),
-                    Some(SocketAddr::from((
-                        a.destination_address,
-                        a.destination_port,
-                    ))),
-                ),
-                ppp::v1::Addresses::Unknown => (None, None),
+            let source = match header.addresses {
+                ppp::v1::Addresses::Tcp4(a) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
+                ppp::v1::Addresses::Tcp6(a) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
+                ppp::v1::Addresses::Unknown => None,
             };
             Detected::Proxy(ProxyHeader {
                 version: 1,
                 len: line.len(),
                 source,
-                destination,
             })
         }
         Err(e) => Detected::BadProxy(format!("PROXY v1: {e}")),
@@ -222,29 +188,20 @@ fn proxy_v2(buf: &[u8]) -> Detected {
     }
     match ppp::v2::Header::try_from(&buf[..len]) {
         Ok(header) => {
-            let (source, destination) = match (header.command, header.addresses) {
-                (ppp::v2::Command::Local, _) => (None, None),
-                (_, ppp::v2::Addresses::IPv4(a)) => (
-                    Some(SocketAddr::from((a.source_address, a.source_port))),
-                    Some(SocketAddr::from((
-                        a.destination_address,
-                        a.destination_port,
-                    ))),
-                ),
-                (_, ppp::v2::Addresses::IPv6(a)) => (
-                    Some(SocketAddr::from((a.source_address, a.source_port))),
-                    Some(SocketAddr::from((
-                        a.destination_address,
-                        a.destination_port,
-                    ))),
-                ),
-                _ => (None, None),
+            let source = match (header.command, header.addresses) {
+                (ppp::v2::Command::Local, _) => None,
+                (_, ppp::v2::Addresses::IPv4(a)) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
+                (_, ppp::v2::Addresses::IPv6(a)) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
+                _ => None,
             };
             Detected::Proxy(ProxyHeader {
                 version: 2,
                 len,
                 source,
-                destination,
             })
         }
         Err(e) => Detected::BadProxy(format!("PROXY v2: {e}")),

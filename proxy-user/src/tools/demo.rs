@@ -5,8 +5,9 @@
 //! --dev DIR` generates a dev PKI, starts one of each in-process, and writes the embedded
 //! default configuration (`dev.yaml`) with their addresses.
 
-use crate::ca::{self, IssueRequest};
-use crate::tls;
+use super::ca::{self, IssueRequest};
+use crate::io::tls::provider;
+use crate::router::certs::{load_certified_key, SniResolver};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,7 +24,7 @@ use tokio::net::TcpListener;
 
 /// What a demo upstream speaks.
 #[derive(Clone)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Writes `upstream=NAME\n`, then echoes.
     Echo,
     /// The same inside TLS terminated with this configuration.
@@ -33,17 +34,17 @@ pub enum Kind {
 }
 
 /// A TLS server configuration from PEM files, for a TLS demo upstream.
-pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
-    let ck = tls::load_certified_key(cert, key, "--tls")?;
-    let config = ServerConfig::builder_with_provider(tls::provider())
+pub(crate) fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    let ck = load_certified_key(cert, key, "--tls")?;
+    let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(tls::SniResolver::new(vec![ck])));
+        .with_cert_resolver(Arc::new(SniResolver::new(vec![ck])));
     Ok(Arc::new(config))
 }
 
 /// Serves `kind` on `listener` forever.
-pub async fn run(listener: TcpListener, name: String, kind: Kind) {
+pub(crate) async fn run(listener: TcpListener, name: String, kind: Kind) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -90,13 +91,13 @@ async fn http(stream: tokio::net::TcpStream, name: String) {
 }
 
 /// The dev environment: where its files are and what to print.
-pub struct Dev {
-    pub config_path: PathBuf,
-    pub pki: PathBuf,
+pub(crate) struct Dev {
+    pub(crate) config_path: PathBuf,
+    pub(crate) pki: PathBuf,
 }
 
 /// Creates the dev PKI (once), starts the demo upstreams, writes `DIR/switchyard.yaml`.
-pub async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> anyhow::Result<Dev> {
+pub(crate) async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> anyhow::Result<Dev> {
     let pki = dir.join("pki");
     if !pki.join("ca.crt").exists() {
         ca::init(&pki, "dev").context("creating the dev CA")?;
@@ -150,15 +151,12 @@ pub async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> anyhow::
 }
 
 /// Copy-paste commands that show each route working.
-pub fn instructions(dev: &Dev, web: SocketAddr, diag: SocketAddr) -> String {
+pub(crate) fn instructions(dev: &Dev, web: SocketAddr, diag: SocketAddr) -> String {
     let p = dev.pki.display();
     let port = web.port();
     let tls = format!("openssl s_client -quiet -connect 127.0.0.1:{port} -CAfile {p}/ca.crt");
     let user = format!("-cert {p}/alice.crt -key {p}/alice.key");
-    let auth_alpn = format!(
-        "teleport-auth@{}.teleport.cluster.local",
-        hex::encode("dev")
-    );
+    let auth_alpn = crate::protocol::auth_alpn("dev");
     format!(
         "\nSwitchyard dev proxy on {web} (config {cfg}); metrics on http://{diag}/metrics\n\
          Try (each demo upstream greets with upstream=NAME, then echoes what you type):\n\

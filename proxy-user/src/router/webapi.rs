@@ -16,21 +16,20 @@
 //! written back as a short `text/plain` response.
 
 use crate::config::{Config, ListenerMode};
+use crate::protocol::{
+    PING_PATH, TELEPORT_UPGRADE_HEADER, UPGRADE_ALPN, UPGRADE_ALPN_PING, UPGRADE_PATH, WEBSOCKET,
+};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use thiserror::Error;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-/// The connection-upgrade endpoint.
-pub const UPGRADE_PATH: &str = "/webapi/connectionupgrade";
-/// The discovery endpoint.
-pub const PING_PATH: &str = "/webapi/ping";
 /// Most headers accepted in one request head.
 const MAX_HEADERS: usize = 64;
 
 /// What a request on the web route is for, known from its request line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     Upgrade,
     Ping,
     /// Anything else: the web upstream's.
@@ -40,7 +39,7 @@ pub enum Target {
 /// Classifies the request line at the start of `buf`; `None` until the path is complete.
 /// Only what identifies the endpoint is looked at; malformed requests that are not ours are
 /// the web upstream's to answer.
-pub fn target(buf: &[u8]) -> Option<Target> {
+pub(crate) fn target(buf: &[u8]) -> Option<Target> {
     let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
     let line = &buf[..line_end];
     let mut parts = line.splitn(3, |&b| b == b' ');
@@ -60,13 +59,12 @@ pub fn target(buf: &[u8]) -> Option<Target> {
 
 /// A parsed request head.
 #[derive(Debug, Clone)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
+pub(crate) struct Request {
+    pub(crate) method: String,
     /// Header names lower-cased, values as sent (invalid UTF-8 replaced), in order.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     /// Bytes of the head, including the final blank line.
-    pub len: usize,
+    pub(crate) len: usize,
 }
 
 impl Request {
@@ -90,7 +88,7 @@ impl Request {
 
 /// A request head that cannot be read.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum HeadError {
+pub(crate) enum HeadError {
     #[error("malformed HTTP request head: {0}")]
     Malformed(String),
     #[error("HTTP request head larger than {0} bytes")]
@@ -98,13 +96,12 @@ pub enum HeadError {
 }
 
 /// Parses the request head at the start of `buf`: `Ok(None)` while incomplete.
-pub fn parse(buf: &[u8], max: usize) -> Result<Option<Request>, HeadError> {
+pub(crate) fn parse(buf: &[u8], max: usize) -> Result<Option<Request>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => Ok(Some(Request {
             method: req.method.unwrap_or_default().to_owned(),
-            path: req.path.unwrap_or_default().to_owned(),
             headers: req
                 .headers
                 .iter()
@@ -125,7 +122,7 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<Request>, HeadError> {
 
 /// The upgrade chosen, in the server's order of preference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// WebSocket, `Sec-WebSocket-Protocol: alpn-ping`: ping frames keep it alive.
     WebSocketPing,
     /// WebSocket, `Sec-WebSocket-Protocol: alpn`.
@@ -138,7 +135,7 @@ pub enum Kind {
 
 impl Kind {
     /// The metric and log label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Kind::WebSocketPing => "websocket_alpn_ping",
             Kind::WebSocket => "websocket_alpn",
@@ -148,24 +145,24 @@ impl Kind {
     }
 
     /// Whether the server sends keep-alive pings.
-    pub fn pings(self) -> bool {
+    pub(crate) fn pings(self) -> bool {
         matches!(self, Kind::WebSocketPing | Kind::AlpnPing)
     }
 }
 
 /// An accepted upgrade: what to write back and how the inner bytes travel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub kind: Kind,
+pub(crate) struct Accepted {
+    pub(crate) kind: Kind,
     /// The `101` response.
-    pub response: Vec<u8>,
+    pub(crate) response: Vec<u8>,
     /// The client's address from `X-Forwarded-For`, when trusted and present.
-    pub forwarded_for: Option<ClientAddr>,
+    pub(crate) forwarded_for: Option<ClientAddr>,
 }
 
 /// A client address from `X-Forwarded-For`: an IP, with the port when one was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAddr {
+pub(crate) enum ClientAddr {
     Ip(IpAddr),
     Socket(SocketAddr),
 }
@@ -182,9 +179,9 @@ impl fmt::Display for ClientAddr {
 /// A refused request: the status and why.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{status} {reason}")]
-pub struct Refused {
-    pub status: u16,
-    pub reason: String,
+pub(crate) struct Refused {
+    pub(crate) status: u16,
+    pub(crate) reason: String,
 }
 
 impl Refused {
@@ -196,7 +193,7 @@ impl Refused {
     }
 
     /// The `switchyard_connection_upgrades_total{outcome}` label.
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self.status {
             404 => "not_found",
             405 => "bad_method",
@@ -207,7 +204,7 @@ impl Refused {
     }
 
     /// The response written back before closing.
-    pub fn response(&self) -> Vec<u8> {
+    pub(crate) fn response(&self) -> Vec<u8> {
         let body = format!("{}\n", self.reason);
         format!(
             "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -229,12 +226,12 @@ impl From<HeadError> for Refused {
 }
 
 /// The response to a stalled request head.
-pub fn timed_out() -> Refused {
+pub(crate) fn timed_out() -> Refused {
     Refused::new(408, "the request head did not arrive in time")
 }
 
 /// The response to requests for a web upstream that is not configured.
-pub fn no_web_upstream(path: &str) -> Refused {
+pub(crate) fn no_web_upstream(path: &str) -> Refused {
     Refused::new(
         404,
         format!("{path}: no web upstream is configured (upstreams.web)"),
@@ -255,7 +252,7 @@ fn status_text(status: u16) -> &'static str {
 }
 
 /// Decides on a `/webapi/connectionupgrade` request.
-pub fn decide(req: &Request, trust_forwarded_for: bool) -> Result<Accepted, Refused> {
+pub(crate) fn decide(req: &Request, trust_forwarded_for: bool) -> Result<Accepted, Refused> {
     if req.method != "GET" {
         return Err(Refused::new(
             405,
@@ -268,19 +265,19 @@ pub fn decide(req: &Request, trust_forwarded_for: bool) -> Result<Accepted, Refu
         None
     };
     let mut offered = req.tokens("upgrade");
-    offered.extend(req.tokens("x-teleport-upgrade"));
+    offered.extend(req.tokens(&TELEPORT_UPGRADE_HEADER.to_ascii_lowercase()));
     if offered.is_empty() {
         return Err(Refused::new(
             400,
             "missing Upgrade header (want websocket, alpn-ping or alpn)",
         ));
     }
-    let (kind, response) = if offered.iter().any(|t| t == "websocket") {
+    let (kind, response) = if offered.iter().any(|t| t == WEBSOCKET) {
         websocket(req)?
-    } else if offered.iter().any(|t| t == "alpn-ping") {
-        (Kind::AlpnPing, legacy_response("alpn-ping"))
-    } else if offered.iter().any(|t| t == "alpn") {
-        (Kind::Alpn, legacy_response("alpn"))
+    } else if offered.iter().any(|t| t == UPGRADE_ALPN_PING) {
+        (Kind::AlpnPing, legacy_response(UPGRADE_ALPN_PING))
+    } else if offered.iter().any(|t| t == UPGRADE_ALPN) {
+        (Kind::Alpn, legacy_response(UPGRADE_ALPN))
     } else {
         return Err(Refused::new(
             400,
@@ -330,10 +327,10 @@ fn websocket(req: &Request) -> Result<(Kind, Vec<u8>), Refused> {
         }
     }
     let protocols = req.tokens("sec-websocket-protocol");
-    let (kind, protocol) = if protocols.iter().any(|p| p == "alpn-ping") {
-        (Kind::WebSocketPing, "alpn-ping")
-    } else if protocols.iter().any(|p| p == "alpn") {
-        (Kind::WebSocket, "alpn")
+    let (kind, protocol) = if protocols.iter().any(|p| p == UPGRADE_ALPN_PING) {
+        (Kind::WebSocketPing, UPGRADE_ALPN_PING)
+    } else if protocols.iter().any(|p| p == UPGRADE_ALPN) {
+        (Kind::WebSocket, UPGRADE_ALPN)
     } else {
         return Err(Refused::new(
             400,
@@ -349,14 +346,14 @@ fn websocket(req: &Request) -> Result<(Kind, Vec<u8>), Refused> {
 
 fn legacy_response(kind: &str) -> Vec<u8> {
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {kind}\r\nX-Teleport-Upgrade: {kind}\r\nConnection: Upgrade\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {kind}\r\n{TELEPORT_UPGRADE_HEADER}: {kind}\r\nConnection: Upgrade\r\n\r\n"
     )
     .into_bytes()
 }
 
 /// The single trusted `X-Forwarded-For` value: `ip`, `ip:port` or `[v6]:port`. Two headers
 /// or a list are refused: only the balancer in front is trusted, and it sends one value.
-pub fn forwarded_for(req: &Request) -> Result<Option<ClientAddr>, Refused> {
+pub(crate) fn forwarded_for(req: &Request) -> Result<Option<ClientAddr>, Refused> {
     let values: Vec<&str> = req.all("x-forwarded-for").collect();
     let value = match values[..] {
         [] => return Ok(None),
@@ -390,7 +387,7 @@ pub fn forwarded_for(req: &Request) -> Result<Option<ClientAddr>, Refused> {
 }
 
 /// The `/webapi/ping` answer: whether TLS routing is on, and the listeners.
-pub fn ping_response(config: &Config) -> Vec<u8> {
+pub(crate) fn ping_response(config: &Config) -> Vec<u8> {
     let p = &config.proxy_service;
     let multiplex = config.auth_service.proxy_listener_mode != Some(ListenerMode::Separate);
     let legacy: serde_json::Map<String, serde_json::Value> = config
@@ -418,5 +415,5 @@ pub fn ping_response(config: &Config) -> Vec<u8> {
 }
 
 #[cfg(test)]
-#[path = "upgrade_tests.rs"]
+#[path = "webapi_tests.rs"]
 mod tests;

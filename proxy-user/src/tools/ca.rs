@@ -13,7 +13,7 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 #[derive(Debug, Error)]
-pub enum CaError {
+pub(crate) enum CaError {
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
@@ -36,21 +36,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
 
 /// What to issue.
 #[derive(Debug, Clone, Default)]
-pub struct IssueRequest {
+pub(crate) struct IssueRequest {
     /// File stem, and the CN of the certificate.
-    pub name: String,
+    pub(crate) name: String,
     /// DNS names: makes a server certificate.
-    pub dns: Vec<String>,
+    pub(crate) dns: Vec<String>,
     /// IP addresses: makes a server certificate.
-    pub ips: Vec<IpAddr>,
+    pub(crate) ips: Vec<IpAddr>,
     /// Organisations (O) of the subject; route allow lists can name them.
-    pub orgs: Vec<String>,
+    pub(crate) orgs: Vec<String>,
     /// Validity.
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
 }
 
 /// Creates `dir/ca.crt` and `dir/ca.key` (10 years). Refuses to overwrite an existing CA.
-pub fn init(dir: &Path, cluster: &str) -> Result<(), CaError> {
+pub(crate) fn init(dir: &Path, cluster: &str) -> Result<(), CaError> {
     let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
     if crt.exists() || key.exists() {
         return Err(CaError::Exists(crt));
@@ -75,7 +75,7 @@ pub fn init(dir: &Path, cluster: &str) -> Result<(), CaError> {
 
 /// Issues `dir/NAME.crt` and `dir/NAME.key` signed by `dir/ca.*`: a server certificate when
 /// DNS names or IPs are given, else a client certificate with CN=NAME.
-pub fn issue(dir: &Path, req: &IssueRequest) -> Result<(PathBuf, PathBuf), CaError> {
+pub(crate) fn issue(dir: &Path, req: &IssueRequest) -> Result<(PathBuf, PathBuf), CaError> {
     if req.name.is_empty()
         || !req
             .name
@@ -152,7 +152,7 @@ fn write(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::Identity;
+    use crate::io::tls::CertIdentity as Identity;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
 

@@ -12,72 +12,72 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// `direct` or `proxy_protocol`; for the inner connection of an upgrade, its kind
     /// (`websocket_alpn_ping`, `alpn`, ...).
-    pub ingress_path: &'static str,
+    pub(crate) ingress_path: &'static str,
     /// Detected protocol: `tls`, `ssh`, `http`, `postgres`, `unknown`, or a legacy listener.
-    pub protocol: &'static str,
+    pub(crate) protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Upgrade {
+pub(crate) struct Upgrade {
     /// `websocket_alpn_ping`, `websocket_alpn`, `alpn_ping`, `alpn`, or `none` when refused.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// `accepted`, or why it was refused (`bad_request`, `timeout`, ...).
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Protocol {
-    pub protocol: &'static str,
+pub(crate) struct Protocol {
+    pub(crate) protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Outcome {
-    pub outcome: &'static str,
+pub(crate) struct Outcome {
+    pub(crate) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteAction {
-    pub route: String,
+pub(crate) struct RouteAction {
+    pub(crate) route: String,
     /// `passthrough`, `terminate`, `relay` (plaintext) or `reject`.
-    pub action: &'static str,
+    pub(crate) action: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HandshakeFailure {
-    pub route: String,
+pub(crate) struct HandshakeFailure {
+    pub(crate) route: String,
     /// `no_certificate`, `bad_certificate`, `not_allowed`, `timeout`, `other`.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Bytes {
+pub(crate) struct Bytes {
     /// `client_to_upstream` or `upstream_to_client`.
-    pub direction: &'static str,
+    pub(crate) direction: &'static str,
     /// `userspace`, or `kernel_splice` for bytes the eBPF front end redirected.
-    pub mode: &'static str,
+    pub(crate) mode: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamLabel {
-    pub route: String,
+pub(crate) struct UpstreamLabel {
+    pub(crate) route: String,
 }
 
 /// Every metric the proxy exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub upgrades: Family<Upgrade, Counter>,
-    pub accepted: Family<Accepted, Counter>,
-    pub active: Family<Protocol, Gauge>,
-    pub detect: Family<Outcome, Counter>,
-    pub routes: Family<RouteAction, Counter>,
-    pub handshake_seconds: Histogram,
-    pub handshake_failures: Family<HandshakeFailure, Counter>,
-    pub relay_bytes: Family<Bytes, Counter>,
-    pub upstream_errors: Family<UpstreamLabel, Counter>,
-    pub ebpf_loaded: Gauge,
+    pub(crate) upgrades: Family<Upgrade, Counter>,
+    pub(crate) accepted: Family<Accepted, Counter>,
+    pub(crate) active: Family<Protocol, Gauge>,
+    pub(crate) detect: Family<Outcome, Counter>,
+    pub(crate) routes: Family<RouteAction, Counter>,
+    pub(crate) handshake_seconds: Histogram,
+    pub(crate) handshake_failures: Family<HandshakeFailure, Counter>,
+    pub(crate) relay_bytes: Family<Bytes, Counter>,
+    pub(crate) upstream_errors: Family<UpstreamLabel, Counter>,
+    pub(crate) ebpf_loaded: Gauge,
 }
 
 impl Default for Metrics {
@@ -87,7 +87,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             upgrades: Family::default(),
@@ -156,24 +156,24 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 
-    pub fn detect(&self, outcome: &'static str) {
+    pub(crate) fn detect(&self, outcome: &'static str) {
         self.detect.get_or_create(&Outcome { outcome }).inc();
     }
 
-    pub fn upgrade(&self, kind: &'static str, outcome: &'static str) {
+    pub(crate) fn upgrade(&self, kind: &'static str, outcome: &'static str) {
         self.upgrades
             .get_or_create(&Upgrade { kind, outcome })
             .inc();
     }
 
-    pub fn route(&self, route: &str, action: &'static str) {
+    pub(crate) fn route(&self, route: &str, action: &'static str) {
         self.routes
             .get_or_create(&RouteAction {
                 route: route.to_owned(),
@@ -182,7 +182,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn handshake_failed(&self, route: &str, reason: &'static str) {
+    pub(crate) fn handshake_failed(&self, route: &str, reason: &'static str) {
         self.handshake_failures
             .get_or_create(&HandshakeFailure {
                 route: route.to_owned(),
@@ -193,7 +193,7 @@ impl Metrics {
 
     /// Counts a finished relay: the kernel's share as `kernel_splice`, the rest as `splice`
     /// when the `splice(2)` relay moved it, else as `userspace`.
-    pub fn relayed(&self, s: &crate::relay::RelayStats) {
+    pub(crate) fn relayed(&self, s: &crate::relay::RelayStats) {
         let kernel = (s.kernel_to_upstream, s.kernel_to_client);
         if kernel != (0, 0) {
             self.bytes("kernel_splice", kernel.0, kernel.1);
@@ -210,7 +210,7 @@ impl Metrics {
     }
 
     /// Registers a collector read at each scrape (the eBPF front end's map counters).
-    pub fn register_collector(
+    pub(crate) fn register_collector(
         &mut self,
         collector: Box<dyn prometheus_client::collector::Collector>,
     ) {
@@ -229,7 +229,7 @@ impl Metrics {
     }
 
     /// Counts a connection as active for `protocol` until the guard is dropped.
-    pub fn active_guard(&self, protocol: &'static str) -> ActiveGuard {
+    pub(crate) fn active_guard(&self, protocol: &'static str) -> ActiveGuard {
         let gauge = self.active.get_or_create(&Protocol { protocol }).clone();
         gauge.inc();
         ActiveGuard(gauge)
@@ -237,7 +237,7 @@ impl Metrics {
 }
 
 /// Decrements `switchyard_active_connections` on drop.
-pub struct ActiveGuard(Gauge);
+pub(crate) struct ActiveGuard(Gauge);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {

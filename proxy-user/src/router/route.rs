@@ -12,62 +12,23 @@
 //! [`Table::new`] turns the configuration into [`RouteEntry`]s once; [`Table::route`] only
 //! reads them, so it is cheap on the per-connection path and tested with plain values.
 
+use super::hello::ClientHello;
 use crate::config::{AuthUpstreams, Config, RouteMode};
-use crate::hello::ClientHello;
+use crate::protocol::{
+    ping_variant, AUTH_ALPN_PREFIX, AUTH_ALPN_SUFFIX, BUILTIN, KUBE_SNI_PREFIX, PING_SUFFIX,
+    POSTGRES_ALPN, SSH_ALPN, SSH_NODE_LABEL, TCP_ALPNS, TELEPORT_PREFIX, WEB_ALPN,
+};
 use std::collections::BTreeMap;
-
-/// SNI prefix that selects the Kubernetes upstream.
-pub const KUBE_SNI_PREFIX: &str = "kube-teleport-proxy-alpn.";
-/// ALPN prefix and suffix of direct auth dials.
-pub const AUTH_ALPN_PREFIX: &str = "teleport-auth@";
-pub const AUTH_ALPN_SUFFIX: &str = ".teleport.cluster.local";
-/// ALPN of SSH inside TLS.
-pub const SSH_ALPN: &str = "teleport-proxy-ssh";
-/// Second SNI label that marks the first one as an SSH node name: `<node>.ssh.<proxy>`.
-pub const SSH_NODE_LABEL: &str = "ssh";
-/// ALPN values of the web route, in server preference order.
-pub const WEB_ALPN: &[&str] = &["h2", "http/1.1"];
-
-/// The built-in terminated protocols: (name, upstream key, ALPN values in server preference).
-///
-/// The `-ping` variants route the same way and come first (DESIGN.md §2): a client that
-/// offers both gets the ping framing (`wire::ping_framed`), which keeps idle connections
-/// alive through balancers.
-const BUILTIN: &[(&str, &[&str])] = &[
-    ("ssh", &["teleport-proxy-ssh"]),
-    (
-        "tunnel",
-        &["teleport-reversetunnel", "teleport-reversetunnelv2"],
-    ),
-    ("postgres", &["teleport-postgres-ping", "teleport-postgres"]),
-    ("mysql", &["teleport-mysql-ping", "teleport-mysql"]),
-    ("mongodb", &["teleport-mongodb-ping", "teleport-mongodb"]),
-];
-
-/// `teleport-tcp` needs a `routes:` entry naming the app by SNI.
-const TCP_ALPN: &[&str] = &["teleport-tcp-ping", "teleport-tcp"];
-
-/// The suffix of ALPN values whose TLS plaintext carries the ping framing.
-pub const PING_SUFFIX: &str = "-ping";
 
 /// Name of the route that answers the layer-7 detection probe (a handshake offering only
 /// `teleport-reversetunnel`) when no `upstreams.tunnel` is configured: the handshake
 /// completes with the ALPN selected, so clients learn that TLS routing reaches the proxy,
 /// then the connection is closed.
-pub const TUNNEL_PROBE: &str = "tunnel-probe";
-
-/// The `-ping` variant of a protocol that has one (`teleport-tcp` → `teleport-tcp-ping`).
-pub fn ping_variant(protocol: &str) -> Option<String> {
-    let known = TCP_ALPN
-        .iter()
-        .chain(BUILTIN.iter().flat_map(|(_, ps)| ps.iter()));
-    let ping = format!("{protocol}{PING_SUFFIX}");
-    known.into_iter().any(|p| *p == ping).then_some(ping)
-}
+pub(crate) const TUNNEL_PROBE: &str = "tunnel-probe";
 
 /// What the proxy does with the TLS of a routed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Forward the raw TLS bytes; the upstream terminates.
     Passthrough,
     /// Terminate TLS here; `client_auth` requires a client certificate from the cluster CA.
@@ -76,16 +37,16 @@ pub enum Mode {
 
 /// One destination, built from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteEntry {
+pub(crate) struct RouteEntry {
     /// Name in logs and metrics: `web`, `ssh`, `kube`, `auth:<cluster>`, or a `routes:` name.
-    pub name: String,
-    pub mode: Mode,
+    pub(crate) name: String,
+    pub(crate) mode: Mode,
     /// `host:port`.
-    pub upstream: String,
+    pub(crate) upstream: String,
     /// ALPN values the proxy may select when it terminates, server preference first.
-    pub alpn: Vec<String>,
+    pub(crate) alpn: Vec<String>,
     /// Identities (CN or O) allowed; empty allows any certificate the CA signed.
-    pub allow: Vec<String>,
+    pub(crate) allow: Vec<String>,
 }
 
 /// A `routes:` entry's matcher, pointing at its [`RouteEntry`].
@@ -126,7 +87,7 @@ impl SniMatch {
 
 /// The routing decision for one ClientHello.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Index into [`Table::entries`].
     Route(usize),
     /// No route: the reason goes to the log, the alert to the client.
@@ -135,7 +96,7 @@ pub enum Decision {
 
 /// The TLS alert sent with a rejection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectAlert {
+pub(crate) enum RejectAlert {
     /// No route for this server name (alert 112).
     UnrecognizedName,
     /// No route for the offered protocols (alert 120).
@@ -144,8 +105,8 @@ pub enum RejectAlert {
 
 /// All routes of one listener.
 #[derive(Debug, Clone, Default)]
-pub struct Table {
-    pub entries: Vec<RouteEntry>,
+pub(crate) struct Table {
+    pub(crate) entries: Vec<RouteEntry>,
     rules: Vec<Rule>,
     kube: Option<usize>,
     web: Option<usize>,
@@ -159,14 +120,14 @@ pub struct Table {
 
 impl Table {
     /// Builds the table of a validated configuration.
-    pub fn new(config: &Config) -> Table {
+    pub(crate) fn new(config: &Config) -> Table {
         let mut t = Table::default();
         let u = &config.upstreams;
         for (i, r) in config.routes.iter().enumerate() {
             let is_teleport = r
                 .alpn
                 .as_deref()
-                .is_some_and(|a| a.starts_with("teleport-"));
+                .is_some_and(|a| a.starts_with(TELEPORT_PREFIX));
             let mode = match r.mode {
                 RouteMode::Passthrough => Mode::Passthrough,
                 RouteMode::Terminate => Mode::Terminate {
@@ -270,17 +231,17 @@ impl Table {
 
     /// The built-in entry that receives a legacy plaintext protocol: `web` (HTTP), `ssh`
     /// (`SSH-`) or `postgres` (SSLRequest and friends).
-    pub fn plaintext(&self, protocol: &str) -> Option<usize> {
+    pub(crate) fn plaintext(&self, protocol: &str) -> Option<usize> {
         match protocol {
             "web" => self.web,
-            "ssh" => self.builtin.get("teleport-proxy-ssh").copied(),
-            "postgres" => self.builtin.get("teleport-postgres").copied(),
+            "ssh" => self.builtin.get(SSH_ALPN).copied(),
+            "postgres" => self.builtin.get(POSTGRES_ALPN).copied(),
             _ => None,
         }
     }
 
     /// The web route, which also serves the proxy's own `/webapi/` endpoints.
-    pub fn web(&self) -> Option<usize> {
+    pub(crate) fn web(&self) -> Option<usize> {
         self.web
     }
 
@@ -290,7 +251,7 @@ impl Table {
     }
 
     /// Routes one ClientHello.
-    pub fn route(&self, hello: &ClientHello) -> Decision {
+    pub(crate) fn route(&self, hello: &ClientHello) -> Decision {
         let sni = hello.sni.as_deref().unwrap_or("");
         if sni.starts_with(KUBE_SNI_PREFIX) {
             return match self.kube {
@@ -326,7 +287,7 @@ impl Table {
                     ),
                 };
             }
-            if TCP_ALPN.contains(&protocol.as_str()) {
+            if TCP_ALPNS.contains(&protocol.as_str()) {
                 return reject(
                     &format!("no TCP app route for SNI {sni:?}"),
                     RejectAlert::UnrecognizedName,
@@ -387,7 +348,7 @@ impl Table {
 
 /// `Some(Some(cluster))` for a well-formed `teleport-auth@<hex>.teleport.cluster.local`,
 /// `Some(None)` for a malformed one, `None` for other protocols.
-pub fn auth_cluster(protocol: &str) -> Option<Option<String>> {
+pub(crate) fn auth_cluster(protocol: &str) -> Option<Option<String>> {
     let rest = protocol.strip_prefix(AUTH_ALPN_PREFIX)?;
     Some(
         rest.strip_suffix(AUTH_ALPN_SUFFIX)
@@ -397,7 +358,7 @@ pub fn auth_cluster(protocol: &str) -> Option<Option<String>> {
 }
 
 /// The node of an SSH SNI `<node>.ssh.<rest>` (already lowercase, as parsed).
-pub fn ssh_node(sni: &str) -> Option<&str> {
+pub(crate) fn ssh_node(sni: &str) -> Option<&str> {
     let (node, rest) = sni.split_once('.')?;
     let (label, rest) = rest.split_once('.')?;
     (label == SSH_NODE_LABEL && !node.is_empty() && !rest.is_empty()).then_some(node)

@@ -23,14 +23,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use super::sockopt::{cookie, written};
-use super::Frontend;
-use crate::relay::{both_directions, relay, RelayStats};
+use super::{relay, RelayStats};
+use crate::ebpf::sockopt::{cookie, written};
+use crate::ebpf::Frontend;
+use crate::io::both_directions;
 
 /// Relays `client` and `upstream` through the kernel; `client_read` is how many bytes
 /// were read from the client before (detection, ClientHello) and have been dealt with.
 /// Falls back to the userspace relay when the kernel does not take the pair.
-pub async fn relay_spliced(
+pub(crate) async fn relay_spliced(
     f: &Frontend,
     mut client: TcpStream,
     mut upstream: TcpStream,

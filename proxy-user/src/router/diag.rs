@@ -1,7 +1,7 @@
 //! The diagnostics HTTP server on `diag_addr`: `/metrics` (Prometheus text), `/healthz`
 //! (the process answers) and `/readyz` (accepting connections; 503 while draining).
 
-use crate::metrics::Metrics;
+use super::metrics::Metrics;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -14,7 +14,11 @@ use tokio::sync::watch;
 use tracing::debug;
 
 /// Serves diagnostics until the process exits. `draining` turns `/readyz` to 503.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, draining: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    draining: watch::Receiver<bool>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

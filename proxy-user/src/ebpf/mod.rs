@@ -1,44 +1,33 @@
 //! eBPF front end (DESIGN.md §6): owns everything between the proxy and its kernel
 //! programs — the object `build.rs` builds from `proxy-ebpf` and embeds here, loading and
-//! attaching it ([`loader`], in a cgroup of the proxy's own: [`cgroup`]), splicing plaintext
-//! pairs in the kernel ([`splice`]), and the metrics read from its maps ([`metrics`]).
+//! attaching it ([`loader`], in a cgroup of the proxy's own: [`cgroup`]), the socket
+//! options the splice reads ([`sockopt`]), and the metrics read from its maps
+//! ([`metrics`]). The kernel splice of a pair, which uses these maps, is the relay's
+//! (`relay::kernel`); nothing here knows about relays.
 //!
 //! [`start`] applies the `--ebpf` mode once at start-up, before any listener exists;
-//! afterwards [`frontend`] is what the relay asks. [`check_object`] parses the embedded
-//! object without any privilege.
+//! afterwards [`frontend`] is what the relay asks.
 
-pub mod cgroup;
-pub mod loader;
-pub mod metrics;
-pub mod sockopt;
-pub mod splice;
+pub(crate) mod cgroup;
+pub(crate) mod loader;
+pub(crate) mod metrics;
+pub(crate) mod sockopt;
 
 use std::sync::OnceLock;
 
-use proxy_common::{FIRST_BYTES_PROGRAM, SOCK_OPS_PROGRAM, STREAM_VERDICT_PROGRAM};
-
-pub use loader::Frontend;
+pub(crate) use loader::Frontend;
 
 /// The object built from `proxy-ebpf`, 8-byte aligned as the ELF parser needs it.
 /// Empty when the crate was built with `AYA_BUILD_SKIP=1`.
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
-
-/// Programs the object must contain.
-pub const PROGRAMS: [&str; 3] = [
-    SOCK_OPS_PROGRAM,
-    STREAM_VERDICT_PROGRAM,
-    FIRST_BYTES_PROGRAM,
-];
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
 /// Why the eBPF front end cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum EbpfError {
+pub(crate) enum EbpfError {
     /// The binary was built with `AYA_BUILD_SKIP=1`.
     #[error("no eBPF object embedded (built with AYA_BUILD_SKIP)")]
     NotEmbedded,
-    /// The embedded bytes are not a valid eBPF object.
-    #[error("embedded eBPF object: {0}")]
-    Parse(#[from] aya_obj::ParseError),
     /// The object lacks a program the proxy attaches.
     #[error("embedded eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
@@ -57,7 +46,7 @@ pub enum EbpfError {
 
 /// `--ebpf`: whether the kernel front end is used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Use it when the kernel and privileges allow; otherwise say why once and relay in
     /// userspace.
     #[default]
@@ -71,12 +60,12 @@ pub enum Mode {
 static FRONTEND: OnceLock<Frontend> = OnceLock::new();
 
 /// Applies `mode`: loads and attaches the front end, or explains in one log line why the
-/// proxy relays in userspace. Only `Mode::Require` turns a failure into an error. Call
-/// once, before creating listeners.
-pub fn start(mode: Mode) -> Result<Option<&'static Frontend>, EbpfError> {
+/// proxy relays in userspace with `fallback` (how the relay moves plaintext pairs without
+/// the front end). Only `Mode::Require` turns a failure into an error. Call once, before
+/// creating listeners.
+pub(crate) fn start(mode: Mode, fallback: &str) -> Result<Option<&'static Frontend>, EbpfError> {
     if mode == Mode::Off {
-        let how = crate::relay::PlainRelay::chosen().describe();
-        tracing::info!("eBPF front end off (--ebpf off): relaying in userspace with {how}");
+        tracing::info!("eBPF front end off (--ebpf off): relaying in userspace with {fallback}");
         return Ok(None);
     }
     match Frontend::load() {
@@ -86,8 +75,9 @@ pub fn start(mode: Mode) -> Result<Option<&'static Frontend>, EbpfError> {
             Ok(Some(f))
         }
         Err(e) if mode == Mode::Auto => {
-            let how = crate::relay::PlainRelay::chosen().describe();
-            tracing::warn!("eBPF front end unavailable, relaying in userspace with {how}: {e}");
+            tracing::warn!(
+                "eBPF front end unavailable, relaying in userspace with {fallback}: {e}"
+            );
             Ok(None)
         }
         Err(e) => Err(e),
@@ -95,43 +85,40 @@ pub fn start(mode: Mode) -> Result<Option<&'static Frontend>, EbpfError> {
 }
 
 /// The attached front end, if [`start`] attached one and it has not been detached.
-pub fn frontend() -> Option<&'static Frontend> {
+pub(crate) fn frontend() -> Option<&'static Frontend> {
     FRONTEND.get().filter(|f| f.is_live())
 }
 
 /// Detaches the programs and leaves the cgroup (at exit, after the drain).
-pub fn stop() {
+pub(crate) fn stop() {
     if let Some(f) = FRONTEND.get() {
         f.detach();
     }
 }
 
-/// Parses the embedded object (no privilege needed) and returns its program names, sorted.
-pub fn check_object() -> Result<Vec<String>, EbpfError> {
-    if OBJECT.is_empty() {
-        return Err(EbpfError::NotEmbedded);
-    }
-    let object = aya_obj::Object::parse(OBJECT)?;
-    if let Some(missing) = PROGRAMS
-        .into_iter()
-        .find(|name| !object.programs.contains_key(*name))
-    {
-        return Err(EbpfError::MissingProgram(missing));
-    }
-    let mut names: Vec<String> = object.programs.into_keys().collect();
-    names.sort();
-    Ok(names)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proxy_common::{FIRST_BYTES_PROGRAM, SOCK_OPS_PROGRAM, STREAM_VERDICT_PROGRAM};
 
+    /// The embedded object parses (no privilege needed) and has every program `loader`
+    /// attaches.
     #[test]
     fn embedded_object_has_every_program() {
-        let names = check_object().expect("embedded eBPF object parses");
-        for program in PROGRAMS {
-            assert!(names.iter().any(|n| n == program), "{program} in {names:?}");
+        assert!(
+            !OBJECT.is_empty(),
+            "built with AYA_BUILD_SKIP: no eBPF object embedded"
+        );
+        let object = aya_obj::Object::parse(OBJECT).expect("embedded eBPF object parses");
+        for program in [
+            SOCK_OPS_PROGRAM,
+            STREAM_VERDICT_PROGRAM,
+            FIRST_BYTES_PROGRAM,
+        ] {
+            assert!(
+                object.programs.contains_key(program),
+                "no program {program}"
+            );
         }
     }
 }

@@ -22,16 +22,16 @@ const CLIENT_HELLO: u8 = 1;
 
 /// What routing needs from a ClientHello.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientHello {
+pub(crate) struct ClientHello {
     /// The server name (SNI host_name), lower-cased, if the client sent one.
-    pub sni: Option<String>,
+    pub(crate) sni: Option<String>,
     /// The ALPN protocols offered, in the client's order.
-    pub alpn: Vec<String>,
+    pub(crate) alpn: Vec<String>,
 }
 
 /// Why a ClientHello could not be read.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum HelloError {
+pub(crate) enum HelloError {
     #[error("record type {0:#04x} where a handshake record was expected")]
     NotHandshake(u8),
     #[error("record length {0} is zero or larger than TLS allows")]
@@ -48,7 +48,7 @@ pub enum HelloError {
 ///
 /// Returns `Ok(None)` when more bytes are needed, `Ok(Some(hello))` once the whole handshake
 /// message has arrived, and an error as soon as the bytes cannot become a valid ClientHello.
-pub fn parse(buf: &[u8], max_len: usize) -> Result<Option<ClientHello>, HelloError> {
+pub(crate) fn parse(buf: &[u8], max_len: usize) -> Result<Option<ClientHello>, HelloError> {
     let mut message = Vec::new();
     let mut off = 0;
     loop {

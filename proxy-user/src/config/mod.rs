@@ -14,7 +14,7 @@ use thiserror::Error;
 
 /// Why a configuration was refused. Every variant names the key at fault.
 #[derive(Debug, Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
@@ -27,7 +27,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.into(),
             message: message.into(),
@@ -38,37 +38,37 @@ impl ConfigError {
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// `v1` also opens the legacy per-protocol listeners on their default ports; `v2` (the
     /// default) opens `web_listen_addr` and only the legacy listeners set explicitly.
     #[serde(default)]
-    pub version: Version,
+    pub(crate) version: Version,
     /// Cluster-wide settings (the reference keeps them in the auth service section).
     #[serde(default)]
-    pub auth_service: AuthService,
+    pub(crate) auth_service: AuthService,
     /// The proxy: listeners, certificates, client CA, PROXY protocol policy.
-    pub proxy_service: ProxyService,
+    pub(crate) proxy_service: ProxyService,
     /// Where each built-in route sends its connections.
     #[serde(default)]
-    pub upstreams: Upstreams,
+    pub(crate) upstreams: Upstreams,
     /// Extra routes by SNI and/or ALPN, matched before the built-in ALPN table.
     #[serde(default)]
-    pub routes: Vec<RouteConfig>,
+    pub(crate) routes: Vec<RouteConfig>,
     /// Deadlines, connection and buffer limits.
     #[serde(default)]
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Address of the diagnostics HTTP server (`/metrics`, `/healthz`, `/readyz`); off when unset.
     #[serde(default)]
-    pub diag_addr: Option<String>,
+    pub(crate) diag_addr: Option<String>,
     /// Directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
-    pub base_dir: PathBuf,
+    pub(crate) base_dir: PathBuf,
 }
 
 /// Configuration file version.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Version {
+pub(crate) enum Version {
     V1,
     #[default]
     V2,
@@ -77,21 +77,21 @@ pub enum Version {
 /// `auth_service` section.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthService {
+pub(crate) struct AuthService {
     /// Name of this cluster; `teleport-auth@<hex(name)>` reaches `upstreams.auth` when that is
     /// a single address.
     #[serde(default)]
-    pub cluster_name: Option<String>,
+    pub(crate) cluster_name: Option<String>,
     /// `multiplex` tells clients to use TLS routing on the web port; `separate` tells them to
     /// use the legacy listeners (published by `/webapi/ping`).
     #[serde(default)]
-    pub proxy_listener_mode: Option<ListenerMode>,
+    pub(crate) proxy_listener_mode: Option<ListenerMode>,
 }
 
 /// `auth_service.proxy_listener_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ListenerMode {
+pub(crate) enum ListenerMode {
     Multiplex,
     Separate,
 }
@@ -99,60 +99,60 @@ pub enum ListenerMode {
 /// `proxy_service` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProxyService {
+pub(crate) struct ProxyService {
     /// Accepted for compatibility with the reference (`enabled: "yes"`); must not be "no".
     #[serde(default)]
-    pub enabled: Option<String>,
+    pub(crate) enabled: Option<String>,
     /// The single port every protocol arrives on, `ip:port`.
-    pub web_listen_addr: String,
+    pub(crate) web_listen_addr: String,
     /// Public address(es) clients use, `host:port`; the first names the proxy in dev output.
     #[serde(default)]
-    pub public_addr: Option<OneOrMany>,
+    pub(crate) public_addr: Option<OneOrMany>,
     /// Legacy SSH listener (v1 default `0.0.0.0:3023`): plain relay to `upstreams.ssh`.
     #[serde(default)]
-    pub listen_addr: Option<String>,
+    pub(crate) listen_addr: Option<String>,
     /// Legacy reverse-tunnel listener (v1 default `0.0.0.0:3024`): relay to `upstreams.tunnel`.
     #[serde(default)]
-    pub tunnel_listen_addr: Option<String>,
+    pub(crate) tunnel_listen_addr: Option<String>,
     /// Legacy Kubernetes listener: TLS passthrough to `upstreams.kube`.
     #[serde(default)]
-    pub kube_listen_addr: Option<String>,
+    pub(crate) kube_listen_addr: Option<String>,
     /// Legacy MySQL listener: relay to `upstreams.mysql`.
     #[serde(default)]
-    pub mysql_listen_addr: Option<String>,
+    pub(crate) mysql_listen_addr: Option<String>,
     /// Legacy Postgres listener: relay to `upstreams.postgres`.
     #[serde(default)]
-    pub postgres_listen_addr: Option<String>,
+    pub(crate) postgres_listen_addr: Option<String>,
     /// Legacy MongoDB listener: relay to `upstreams.mongodb`.
     #[serde(default)]
-    pub mongo_listen_addr: Option<String>,
+    pub(crate) mongo_listen_addr: Option<String>,
     /// `on`: every connection must start with one PROXY header; `off`: any header is refused;
     /// unset: at most one header is accepted.
     #[serde(default)]
-    pub proxy_protocol: Option<ProxyProtocol>,
+    pub(crate) proxy_protocol: Option<ProxyProtocol>,
     /// Take the client address from `X-Forwarded-For` on connection upgrades (issue 5).
     #[serde(default)]
-    pub trust_x_forwarded_for: bool,
+    pub(crate) trust_x_forwarded_for: bool,
     /// Certificates the proxy presents on terminated routes, chosen by SNI; the first is the
     /// default.
     #[serde(default)]
-    pub https_keypairs: Vec<KeyPairFiles>,
+    pub(crate) https_keypairs: Vec<KeyPairFiles>,
     /// PEM bundle of the CA(s) that sign user and agent certificates; required when any route
     /// asks for a client certificate.
     #[serde(default)]
-    pub client_ca_file: Option<PathBuf>,
+    pub(crate) client_ca_file: Option<PathBuf>,
 }
 
 /// A string or a list of strings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum OneOrMany {
+pub(crate) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
 
 impl OneOrMany {
-    pub fn to_vec(&self) -> Vec<String> {
+    pub(crate) fn to_vec(&self) -> Vec<String> {
         match self {
             OneOrMany::One(s) => vec![s.clone()],
             OneOrMany::Many(v) => v.clone(),
@@ -163,7 +163,7 @@ impl OneOrMany {
 /// `proxy_service.proxy_protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ProxyProtocol {
+pub(crate) enum ProxyProtocol {
     On,
     Off,
 }
@@ -171,46 +171,46 @@ pub enum ProxyProtocol {
 /// One entry of `proxy_service.https_keypairs`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeyPairFiles {
+pub(crate) struct KeyPairFiles {
     /// PEM certificate chain, leaf first.
-    pub cert_file: PathBuf,
+    pub(crate) cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
+    pub(crate) key_file: PathBuf,
 }
 
 /// `upstreams` section: `host:port` of each built-in destination.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     /// Plaintext HTTP server for `http/1.1`, `h2` and no-ALPN connections (must accept h2
     /// prior knowledge when clients negotiate `h2`), and for plaintext HTTP.
-    pub web: Option<String>,
+    pub(crate) web: Option<String>,
     /// Plaintext SSH server: `teleport-proxy-ssh` connections that name no node, and legacy
     /// `SSH-` connections.
-    pub ssh: Option<String>,
+    pub(crate) ssh: Option<String>,
     /// SSH nodes by name: `teleport-proxy-ssh` with SNI `<node>.ssh.<proxy name>` goes to
     /// the node's address; an unknown node is refused.
     #[serde(default)]
-    pub ssh_nodes: BTreeMap<String, String>,
+    pub(crate) ssh_nodes: BTreeMap<String, String>,
     /// Reverse-tunnel service: `teleport-reversetunnel(v2)`.
-    pub tunnel: Option<String>,
+    pub(crate) tunnel: Option<String>,
     /// Postgres: `teleport-postgres` and plaintext SSLRequest/GSSENCRequest/CancelRequest.
-    pub postgres: Option<String>,
+    pub(crate) postgres: Option<String>,
     /// MySQL: `teleport-mysql`.
-    pub mysql: Option<String>,
+    pub(crate) mysql: Option<String>,
     /// MongoDB: `teleport-mongodb`.
-    pub mongodb: Option<String>,
+    pub(crate) mongodb: Option<String>,
     /// Kubernetes (TLS, passthrough): SNI `kube-teleport-proxy-alpn.*`.
-    pub kube: Option<String>,
+    pub(crate) kube: Option<String>,
     /// Auth service (TLS, passthrough): `teleport-auth@<hex(cluster)>.teleport.cluster.local`;
     /// one address for `auth_service.cluster_name`, or a map cluster name → address.
-    pub auth: Option<AuthUpstreams>,
+    pub(crate) auth: Option<AuthUpstreams>,
 }
 
 /// `upstreams.auth`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum AuthUpstreams {
+pub(crate) enum AuthUpstreams {
     One(String),
     PerCluster(BTreeMap<String, String>),
 }
@@ -218,33 +218,33 @@ pub enum AuthUpstreams {
 /// One entry of `routes`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteConfig {
+pub(crate) struct RouteConfig {
     /// Name used in logs and metrics (default `routes[N]`).
     #[serde(default)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Exact server name, or `*.example.com` matching exactly one more label.
     #[serde(default)]
-    pub sni: Option<String>,
+    pub(crate) sni: Option<String>,
     /// An ALPN protocol the client must offer.
     #[serde(default)]
-    pub alpn: Option<String>,
+    pub(crate) alpn: Option<String>,
     /// `terminate` (the proxy runs TLS) or `passthrough` (the upstream does).
-    pub mode: RouteMode,
+    pub(crate) mode: RouteMode,
     /// `host:port`.
-    pub upstream: String,
+    pub(crate) upstream: String,
     /// Identities (client certificate CN or O) allowed; empty allows any valid certificate.
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub(crate) allow: Vec<String>,
     /// Require a client certificate; default: when `alpn` is a `teleport-*` protocol or
     /// `allow` is set. Only for `terminate`.
     #[serde(default)]
-    pub client_auth: Option<bool>,
+    pub(crate) client_auth: Option<bool>,
 }
 
 /// `routes[].mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RouteMode {
+pub(crate) enum RouteMode {
     Terminate,
     Passthrough,
 }
@@ -252,29 +252,29 @@ pub enum RouteMode {
 /// `limits` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// One deadline for detection, PROXY header and TLS handshake (`10s`).
     #[serde(with = "humantime_serde")]
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Deadline for connecting to an upstream (`5s`).
     #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// How long SIGTERM waits for live connections before closing them (`30s`).
     #[serde(with = "humantime_serde")]
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// Connections handled at once; further clients wait in the listen backlog (`10000`).
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Largest ClientHello (or PROXY header plus preface) accepted, bytes (`16384`).
-    pub max_hello_bytes: usize,
+    pub(crate) max_hello_bytes: usize,
     /// Relay buffer per direction, bytes (`65536`).
-    pub relay_buffer_bytes: usize,
+    pub(crate) relay_buffer_bytes: usize,
     /// How often the proxy pings an idle `alpn-ping` upgrade or `-ping` ALPN connection, so
     /// a balancer's idle timeout does not cut it (`30s`; `0s` turns pings off).
     #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
+    pub(crate) ping_interval: Duration,
     /// Largest WebSocket frame or message, and largest ping-framing frame, accepted on a
     /// connection upgrade, bytes (`1048576`); larger ones close the connection (code 1009).
-    pub max_ws_frame_bytes: usize,
+    pub(crate) max_ws_frame_bytes: usize,
 }
 
 impl Default for Limits {
@@ -293,12 +293,12 @@ impl Default for Limits {
 }
 
 /// Default legacy listeners opened by `version: v1`.
-pub const V1_SSH_LISTEN: &str = "0.0.0.0:3023";
-pub const V1_TUNNEL_LISTEN: &str = "0.0.0.0:3024";
+pub(crate) const V1_SSH_LISTEN: &str = "0.0.0.0:3023";
+pub(crate) const V1_TUNNEL_LISTEN: &str = "0.0.0.0:3024";
 
 impl Config {
     /// Reads, parses and validates `path`; relative paths inside resolve against its directory.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
             error,
@@ -314,7 +314,7 @@ impl Config {
     }
 
     /// Parses and validates YAML text.
-    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<text>"),
             message: e.to_string(),
@@ -325,12 +325,12 @@ impl Config {
     }
 
     /// A path from the file, resolved against the config file's directory.
-    pub fn path(&self, p: &Path) -> PathBuf {
+    pub(crate) fn path(&self, p: &Path) -> PathBuf {
         self.base_dir.join(p)
     }
 
     /// Checks every key whose value serde cannot check alone.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let p = &self.proxy_service;
         if matches!(p.enabled.as_deref(), Some("no" | "false")) {
             return Err(ConfigError::invalid(
@@ -465,7 +465,7 @@ impl Config {
 
     /// The legacy listeners to open: `(key, address)`. v1 adds the default SSH and tunnel
     /// listeners when they are not set; v2 opens only what is set.
-    pub fn legacy_listeners(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn legacy_listeners(&self) -> Vec<(&'static str, String)> {
         let p = &self.proxy_service;
         let v1 = self.version == Version::V1;
         let mut out = Vec::new();
@@ -490,7 +490,7 @@ impl Config {
 }
 
 /// Parses a listen address (`ip:port`, or `host:port` that resolves).
-pub fn listen_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub(crate) fn listen_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(a) = value.parse() {
         return Ok(a);
     }
@@ -503,7 +503,7 @@ pub fn listen_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 /// One DNS label: letters, digits and inner hyphens, at most 63 bytes.
-pub fn dns_label(s: &str) -> bool {
+pub(crate) fn dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && !s.starts_with('-')
@@ -512,7 +512,7 @@ pub fn dns_label(s: &str) -> bool {
 }
 
 /// Checks a `host:port` string without resolving it.
-pub fn host_port(key: &str, value: &str) -> Result<(), ConfigError> {
+pub(crate) fn host_port(key: &str, value: &str) -> Result<(), ConfigError> {
     let bad = |why: &str| ConfigError::invalid(key, format!("`{value}` is not host:port ({why})"));
     let (host, port) = value.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     if host.is_empty() || host.contains(char::is_whitespace) {
@@ -533,5 +533,4 @@ fn readable(key: &str, path: &Path) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

@@ -5,10 +5,10 @@
 //! A client certificate that fails the allow list is refused *inside* the handshake, so the
 //! client gets a TLS alert (`access_denied`) rather than a silent close.
 
+use super::route::{Mode, Table};
 use crate::config::{Config, ConfigError};
-use crate::route::{Mode, Table};
+use crate::io::tls::{provider, CertIdentity};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -18,65 +18,11 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
 };
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The crypto provider used everywhere (ring: no C toolchain beyond cc needed).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Who a verified client certificate says it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
-    /// Subject common name.
-    pub cn: Option<String>,
-    /// Subject organisations.
-    pub orgs: Vec<String>,
-}
-
-impl Identity {
-    /// Reads CN and O from a DER certificate.
-    pub fn from_der(der: &[u8]) -> Option<Identity> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let subject = cert.subject();
-        let identity = Identity {
-            cn: subject
-                .iter_common_name()
-                .next()
-                .and_then(|a| a.as_str().ok())
-                .map(str::to_owned),
-            orgs: subject
-                .iter_organization()
-                .filter_map(|a| a.as_str().ok())
-                .map(str::to_owned)
-                .collect(),
-        };
-        Some(identity)
-    }
-
-    /// True when the CN or one of the organisations is in `allow` (an empty list allows all).
-    pub fn allowed(&self, allow: &[String]) -> bool {
-        allow.is_empty()
-            || allow
-                .iter()
-                .any(|a| self.cn.as_deref() == Some(a) || self.orgs.contains(a))
-    }
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CN={}", self.cn.as_deref().unwrap_or("-"))?;
-        for o in &self.orgs {
-            write!(f, ",O={o}")?;
-        }
-        Ok(())
-    }
-}
-
 /// Loads a PEM certificate chain and key, naming `key_prefix` in errors.
-pub fn load_certified_key(
+pub(crate) fn load_certified_key(
     cert_path: &Path,
     key_path: &Path,
     key_prefix: &str,
@@ -116,12 +62,12 @@ pub fn load_certified_key(
 /// Chooses the proxy's certificate by SNI: a certificate whose DNS names match (exactly or
 /// by wildcard), else the first configured one.
 #[derive(Debug)]
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
 }
 
 impl SniResolver {
-    pub fn new(keys: Vec<Arc<CertifiedKey>>) -> SniResolver {
+    pub(crate) fn new(keys: Vec<Arc<CertifiedKey>>) -> SniResolver {
         let keys = keys
             .into_iter()
             .map(|k| (dns_names(k.end_entity_cert().ok()), k))
@@ -195,9 +141,9 @@ impl ClientCertVerifier for AllowListVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let identity = Identity::from_der(end_entity).ok_or(rustls::Error::InvalidCertificate(
-            CertificateError::BadEncoding,
-        ))?;
+        let identity = CertIdentity::from_der(end_entity).ok_or(
+            rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+        )?;
         if identity.allowed(&self.allow) {
             Ok(verified)
         } else {
@@ -231,7 +177,7 @@ impl ClientCertVerifier for AllowListVerifier {
 }
 
 /// One `ServerConfig` per route entry (`None` for passthrough entries), built at start-up.
-pub fn server_configs(
+pub(crate) fn server_configs(
     config: &Config,
     table: &Table,
 ) -> Result<Vec<Option<Arc<ServerConfig>>>, ConfigError> {
@@ -323,18 +269,5 @@ mod tests {
         assert!(!name_matches("*.example.com", "a.b.example.com"));
         assert!(!name_matches("*.example.com", "example.com"));
         assert!(name_matches("proxy.example.com", "proxy.example.com"));
-    }
-
-    #[test]
-    fn allow_list_by_cn_or_org() {
-        let id = Identity {
-            cn: Some("alice".into()),
-            orgs: vec!["devs".into()],
-        };
-        assert!(id.allowed(&[]));
-        assert!(id.allowed(&["alice".into()]));
-        assert!(id.allowed(&["devs".into()]));
-        assert!(!id.allowed(&["bob".into(), "ops".into()]));
-        assert_eq!(id.to_string(), "CN=alice,O=devs");
     }
 }

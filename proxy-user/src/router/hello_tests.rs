@@ -2,11 +2,11 @@
 
 use super::*;
 
-const SSH: &[u8] = include_bytes!("../tests/fixtures/hello_openssl_ssh.bin");
-const KUBE: &[u8] = include_bytes!("../tests/fixtures/hello_openssl_kube.bin");
-const CURL: &[u8] = include_bytes!("../tests/fixtures/hello_curl_h2.bin");
-const NOEXT: &[u8] = include_bytes!("../tests/fixtures/hello_openssl_noext.bin");
-const AUTH: &[u8] = include_bytes!("../tests/fixtures/hello_auth.bin");
+const SSH: &[u8] = include_bytes!("../../tests/fixtures/hello_openssl_ssh.bin");
+const KUBE: &[u8] = include_bytes!("../../tests/fixtures/hello_openssl_kube.bin");
+const CURL: &[u8] = include_bytes!("../../tests/fixtures/hello_curl_h2.bin");
+const NOEXT: &[u8] = include_bytes!("../../tests/fixtures/hello_openssl_noext.bin");
+const AUTH: &[u8] = include_bytes!("../../tests/fixtures/hello_auth.bin");
 const MAX: usize = 64 * 1024;
 
 fn hello(sni: Option<&str>, alpn: &[&str]) -> ClientHello {

@@ -1,0 +1,254 @@
+//! The `switchyard` command line: `serve` (the router), `ca` and `demo-upstream` (tools),
+//! and the client side (`proxy`, `config`, `db`, `kube`, `probe`: `client::cli`). `main`
+//! parses, sets up logging and dispatches; each room does its own work.
+//!
+//! Exit codes: 0 after a clean drain, 64 for a configuration that is refused at start
+//! (the message names the key), 1 for any other start-up failure.
+
+use crate::client::{cli, ClientError};
+use crate::config::ConfigError;
+use crate::ebpf;
+use crate::router::run;
+use crate::tools::{ca, demo};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+
+/// Exit code for a configuration refused at start.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Single-port TLS routing proxy")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Certificate authority for trying Switchyard on one machine.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Local proxies for OpenSSH, database clients, kubectl and apps.
+    #[command(subcommand)]
+    Proxy(cli::ProxyCommand),
+    /// Print client configuration (OpenSSH).
+    #[command(subcommand)]
+    Config(cli::ConfigCommand),
+    /// Database clients through a temporary local proxy.
+    #[command(subcommand)]
+    Db(cli::DbCommand),
+    /// Kubernetes client configuration.
+    #[command(subcommand)]
+    Kube(cli::KubeCommand),
+    /// Check a proxy (or the load balancer in front of it): reachable, TLS routing
+    /// directly or through a connection upgrade, round-trip times.
+    Probe(cli::ProbeArgs),
+    /// A demo upstream that identifies itself (used by dev mode and the tests).
+    DemoUpstream(DemoArgs),
+}
+
+/// `switchyard serve`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// YAML configuration file (see docs/config.md).
+    #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// Dev mode: generate a PKI and demo upstreams under DIR and serve the embedded
+    /// default config on --listen.
+    #[arg(long, value_name = "DIR")]
+    dev: Option<PathBuf>,
+    /// Listen address in dev mode.
+    #[arg(long, default_value = "127.0.0.1:3080", requires = "dev")]
+    listen: SocketAddr,
+    /// Diagnostics address in dev mode.
+    #[arg(long, default_value = "127.0.0.1:3081", requires = "dev")]
+    diag: SocketAddr,
+    /// Kernel splice of plaintext pairs (eBPF): `auto` uses it when the kernel and
+    /// privileges allow, `require` refuses to start without it, `off` never loads it.
+    #[arg(long, value_enum, default_value_t = ebpf::Mode::Auto)]
+    ebpf: ebpf::Mode,
+}
+
+/// `switchyard demo-upstream`.
+#[derive(clap::Args)]
+struct DemoArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Terminate TLS with this certificate (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Speak HTTP/1.1 and h2c instead of echo.
+    #[arg(long, conflicts_with = "tls_cert")]
+    http: bool,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create DIR/ca.crt and DIR/ca.key.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Cluster name written into the CA subject.
+        #[arg(long, default_value = "switchyard")]
+        cluster: String,
+    },
+    /// Issue DIR/NAME.crt and DIR/NAME.key: a server certificate with --dns/--ip, else a
+    /// client certificate with CN=NAME.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        dns: Vec<String>,
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Subject organisation(s), matched by route allow lists.
+        #[arg(long)]
+        org: Vec<String>,
+        /// Validity, e.g. 24h, 30d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+/// The whole command line: what the `switchyard` binary runs.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let result = match cli.command {
+        Command::Ca(c) => run_ca(c),
+        Command::Serve(a) => block_on(serve(a)),
+        Command::DemoUpstream(a) => block_on(demo_upstream(a)),
+        Command::Proxy(c) => return client_exit(cli::proxy(c)),
+        Command::Config(c) => return client_exit(cli::config(c)),
+        Command::Db(c) => return client_exit(cli::db(c)),
+        Command::Kube(c) => return client_exit(cli::kube(c)),
+        Command::Probe(a) => return client_exit(cli::probe(a)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Client commands report their error in one line and exit 1, or with the client's code.
+fn client_exit(result: Result<ExitCode, ClientError>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("switchyard: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run_ca(c: CaCommand) -> anyhow::Result<()> {
+    match c {
+        CaCommand::Init { dir, cluster } => {
+            ca::init(&dir, &cluster)?;
+            println!("created {0}/ca.crt and {0}/ca.key", dir.display());
+        }
+        CaCommand::Issue {
+            dir,
+            name,
+            dns,
+            ip,
+            org,
+            ttl,
+        } => {
+            let req = ca::IssueRequest {
+                name,
+                dns,
+                ips: ip,
+                orgs: org,
+                ttl,
+            };
+            let (crt, key) = ca::issue(&dir, &req)?;
+            println!("created {} and {}", crt.display(), key.display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs a server command on a multi-threaded runtime.
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()
+        .context("starting the tokio runtime")?
+        .block_on(f)
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let (path, dev) = match (a.config, a.dev) {
+        (Some(path), _) => (path, None),
+        (None, Some(dir)) => {
+            let d = demo::setup(&dir, a.listen, a.diag).await?;
+            (d.config_path.clone(), Some(d))
+        }
+        (None, None) => anyhow::bail!("serve needs --config FILE or --dev DIR"),
+    };
+    run::serve(&path, a.ebpf, |web, diag| {
+        if let (Some(dev), Some(diag)) = (&dev, diag) {
+            println!("{}", demo::instructions(dev, web, diag));
+        }
+    })
+    .await
+}
+
+async fn demo_upstream(a: DemoArgs) -> anyhow::Result<()> {
+    let kind = match (a.tls_cert, a.tls_key) {
+        (Some(c), Some(k)) => demo::Kind::TlsEcho(demo::tls_config(&c, &k)?),
+        _ if a.http => demo::Kind::Http,
+        _ => demo::Kind::Echo,
+    };
+    let listener = TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    println!("switchyard ready addr={}", listener.local_addr()?);
+    demo::run(listener, a.name, kind).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks of the whole command line (conflicting or missing
+    /// argument references, duplicate flags), client commands included.
+    #[test]
+    fn the_command_line_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -1,0 +1,277 @@
+//! Copying both directions of a pair of byte streams: the one implementation behind the
+//! router's userspace relay (`relay`) and the client's local proxies (`client::local`).
+//!
+//! The contract: bounded buffers; each write is flushed (a TLS writer may hold bytes that
+//! would otherwise wait for a next write that never comes); EOF from one side becomes a
+//! write shutdown of the other (a half-close) while the reverse direction keeps flowing;
+//! the first error of either direction ends both; byte counts are kept however it ends.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// What a finished copy moved, and how it ended.
+#[derive(Debug, Default)]
+pub(crate) struct Copied {
+    /// Bytes read from `a` and written to `b`.
+    pub(crate) a_to_b: u64,
+    /// Bytes read from `b` and written to `a`.
+    pub(crate) b_to_a: u64,
+    /// The first I/O error, if the copy did not end with both sides closing cleanly.
+    pub(crate) error: Option<io::Error>,
+}
+
+/// When a copy is over, and which error it reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// Both directions have ended, or the first error (the router's relay).
+    BothEnd,
+    /// Both directions have ended; an error of `a` → `b` waits up to [`EXPLAIN_GRACE`] for
+    /// `b` → `a`, whose error is reported instead when it has one: `b` is the proxy, and a
+    /// write it refused (a broken pipe) is explained by what it sent before closing (a TLS
+    /// alert for a refused certificate arrives on the first read under TLS 1.3).
+    BExplains,
+    /// As [`Until::BExplains`], but the `b` → `a` direction ending ends the copy: for an
+    /// `a` that never sends its EOF (an OpenSSH `ProxyCommand` keeps its stdin open until
+    /// the command exits).
+    BEnds,
+}
+
+/// How long a failed `a` → `b` direction waits for `b` to explain it.
+pub(crate) const EXPLAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Copies `a` → `b` and `b` → `a` with buffers of `buffer` bytes until `until`.
+pub(crate) async fn copy_both<A, B>(a: A, b: B, buffer: usize, until: Until) -> Copied
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_r, mut a_w) = tokio::io::split(a);
+    let (mut b_r, mut b_w) = tokio::io::split(b);
+    let to_b = AtomicU64::new(0);
+    let to_a = AtomicU64::new(0);
+    let up = copy_half(&mut a_r, &mut b_w, buffer, &to_b);
+    let down = copy_half(&mut b_r, &mut a_w, buffer, &to_a);
+    let error = match until {
+        Until::BothEnd => both_directions(up, down).await,
+        Until::BExplains | Until::BEnds => b_explains(up, down, until == Until::BEnds).await,
+    };
+    Copied {
+        a_to_b: to_b.load(Ordering::Relaxed),
+        b_to_a: to_a.load(Ordering::Relaxed),
+        error,
+    }
+}
+
+/// Drives `up` (a → b) and `down` (b → a) for [`Until::BExplains`] and [`Until::BEnds`]
+/// (`down_ends`).
+async fn b_explains<U, D>(up: U, down: D, down_ends: bool) -> Option<io::Error>
+where
+    U: Future<Output = io::Result<()>>,
+    D: Future<Output = io::Result<()>>,
+{
+    tokio::pin!(up, down);
+    let mut up_result: Option<io::Result<()>> = None;
+    loop {
+        tokio::select! {
+            r = &mut up, if up_result.is_none() => match r {
+                Ok(()) => up_result = Some(Ok(())),
+                Err(e) => {
+                    // The proxy's side of the story, if it tells one in time.
+                    return match tokio::time::timeout(EXPLAIN_GRACE, &mut down).await {
+                        Ok(Err(explained)) => Some(explained),
+                        _ => Some(e),
+                    };
+                }
+            },
+            r = &mut down => {
+                if let Err(e) = r {
+                    return Some(e);
+                }
+                if down_ends {
+                    return None;
+                }
+                return match up_result {
+                    Some(_) => None,
+                    None => up.await.err(),
+                };
+            }
+        }
+    }
+}
+
+/// Drives both directions of a relay until each has ended; the first error ends both
+/// (the other direction's future is dropped) and is returned. Also drives the two halves
+/// of a framing pump (`wire`), whose errors are its own.
+pub(crate) async fn both_directions<U, D, E>(up: U, down: D) -> Option<E>
+where
+    U: Future<Output = Result<(), E>>,
+    D: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        let result = tokio::select! {
+            r = &mut up, if !up_done => { up_done = true; r }
+            r = &mut down, if !down_done => { down_done = true; r }
+        };
+        if let Err(e) = result {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// Copies `r` to `w` until EOF, then shuts `w` down (passing the half-close on).
+async fn copy_half<R, W>(r: &mut R, w: &mut W, buffer: usize, count: &AtomicU64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; buffer];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        // On a plain socket this is a no-op.
+        w.flush().await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    /// `from` sends `data` and shuts down its write half; `to` reads exactly `data`, then
+    /// EOF. Shared with the relay tests.
+    pub(crate) async fn send_then_half_close<W, R>(from: &mut W, to: &mut R, data: &[u8])
+    where
+        W: AsyncWrite + Unpin,
+        R: AsyncRead + Unpin,
+    {
+        from.write_all(data).await.unwrap();
+        from.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        to.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, data);
+    }
+
+    #[tokio::test]
+    async fn copy_counts_and_passes_half_close() {
+        let (a, mut a_peer) = duplex(1024);
+        let (b, mut b_peer) = duplex(1024);
+        let task = tokio::spawn(copy_both(a, b, 16, Until::BothEnd));
+        // `b` sees the request then EOF, and can still answer.
+        send_then_half_close(&mut a_peer, &mut b_peer, b"request").await;
+        send_then_half_close(&mut b_peer, &mut a_peer, b"response after half-close").await;
+        let copied = task.await.unwrap();
+        assert_eq!((copied.a_to_b, copied.b_to_a), (7, 25));
+        assert!(copied.error.is_none());
+    }
+
+    /// `a` → `b` fails (a broken pipe); `b` has already said why (an alert it wrote before
+    /// closing): that is the error reported.
+    #[tokio::test]
+    async fn b_explains_a_failed_write_with_its_own_error() {
+        let (a, mut a_peer) = duplex(1024);
+        let b = Explaining { read_error: true };
+        let task = tokio::spawn(copy_both(a, b, 16, Until::BExplains));
+        a_peer.write_all(b"x").await.unwrap();
+        let copied = task.await.unwrap();
+        let e = copied.error.expect("an error");
+        assert_eq!(e.to_string(), "b's reason");
+    }
+
+    /// Without a reason from `b`, the write error itself is reported.
+    #[tokio::test(start_paused = true)]
+    async fn without_an_explanation_the_write_error_is_reported() {
+        let (a, mut a_peer) = duplex(1024);
+        let b = Explaining { read_error: false };
+        let task = tokio::spawn(copy_both(a, b, 16, Until::BExplains));
+        a_peer.write_all(b"x").await.unwrap();
+        let copied = task.await.unwrap();
+        assert_eq!(
+            copied.error.expect("an error").kind(),
+            io::ErrorKind::BrokenPipe
+        );
+    }
+
+    /// A `b` whose writes fail with a broken pipe, and whose reads either fail with its
+    /// reason or never end.
+    struct Explaining {
+        read_error: bool,
+    }
+
+    impl AsyncRead for Explaining {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if self.read_error {
+                std::task::Poll::Ready(Err(io::Error::other("b's reason")))
+            } else {
+                std::task::Poll::Pending
+            }
+        }
+    }
+
+    impl AsyncWrite for Explaining {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn until_b_ends_does_not_wait_for_a() {
+        let (a, _a_peer_keeps_its_side_open) = duplex(1024);
+        let (b, mut b_peer) = duplex(1024);
+        let task = tokio::spawn(copy_both(a, b, 16, Until::BEnds));
+        b_peer.write_all(b"bye").await.unwrap();
+        b_peer.shutdown().await.unwrap();
+        let copied = task.await.unwrap();
+        assert_eq!((copied.a_to_b, copied.b_to_a), (0, 3));
+        assert!(copied.error.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_first_error_ends_both_directions() {
+        let (a, a_peer) = duplex(1024);
+        let (b, mut b_peer) = duplex(1024);
+        drop(a_peer);
+        let task = tokio::spawn(copy_both(a, b, 16, Until::BothEnd));
+        // Writing to `a` fails (its peer is gone): the copy ends with that error although
+        // `b` stays open and never sends EOF.
+        b_peer.write_all(b"x").await.unwrap();
+        let deadline = std::time::Duration::from_secs(10);
+        let copied = tokio::time::timeout(deadline, task)
+            .await
+            .expect("the copy ends at the first error")
+            .unwrap();
+        assert_eq!(copied.b_to_a, 0);
+        assert!(copied.error.is_some());
+    }
+}

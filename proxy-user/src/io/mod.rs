@@ -1,0 +1,26 @@
+//! I/O that both sides of Switchyard share (DESIGN.md §8, "shared I/O in its own room"):
+//! the router and the client import from here, never from each other.
+//!
+//! - [`prefixed`]: replaying bytes already read to the next reader ("peek, then replay").
+//! - [`copy`]: copying both directions of a pair of streams with half-close, the core of
+//!   the router's userspace relay and of the client's local proxies.
+//! - [`wire`]: the framings that carry a byte stream inside another (WebSocket, the `u32`
+//!   ping framing) behind a plain byte stream.
+//! - [`tls`]: the rustls crypto provider and the identity read from a certificate.
+
+pub(crate) mod copy;
+pub(crate) mod prefixed;
+pub(crate) mod tls;
+pub(crate) mod wire;
+
+pub(crate) use copy::both_directions;
+pub(crate) use prefixed::Prefixed;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream that can be held behind a pointer and sent between tasks.
+pub(crate) trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncIo for T {}
+
+/// A boxed byte stream, whatever carries it (a connection upgrade's framing, say).
+pub(crate) type BoxedIo = Box<dyn AsyncIo>;

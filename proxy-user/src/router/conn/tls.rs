@@ -1,0 +1,195 @@
+//! A TLS connection: read the whole ClientHello, route it (a TLS alert when there is no
+//! route), then pass the raw TLS through to the upstream, or terminate it here (mTLS where
+//! the route asks for it) and relay the plaintext — through the ping framing for `-ping`
+//! ALPNs, to the web route's own endpoints for HTTP/1.1 on the web route.
+
+use super::error::{ConnError, Finished};
+use super::preface::Preface;
+use super::upstream::{connect, relay_client, ClientIo};
+use crate::io::wire;
+use crate::io::{tls::CertIdentity, Prefixed};
+use crate::protocol::{H2_ALPN, PING_SUFFIX, REVERSE_TUNNEL_ALPN};
+use crate::relay::relay;
+use crate::router::hello;
+use crate::router::route::{Decision, Mode, RejectAlert, RouteEntry, TUNNEL_PROBE};
+use crate::router::state::Proxy;
+use std::io;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, Span};
+
+/// How a TLS connection goes on after [`tls`].
+pub(crate) enum Tls<'a, C> {
+    /// Relayed, or answered: over.
+    Done(Finished),
+    /// HTTP/1.1 on the web route, terminated: the web route's own endpoints come next, on
+    /// the plaintext `stream` with a fresh `preface` under the same deadline.
+    Web {
+        stream: Box<TlsStream<Prefixed<C>>>,
+        preface: Preface,
+        route: &'a RouteEntry,
+    },
+}
+
+/// TLS: read the whole ClientHello, route it, then pass through or terminate.
+pub(crate) async fn tls<'a, C: ClientIo>(
+    proxy: &'a Proxy,
+    mut client: C,
+    mut pre: Preface,
+) -> Result<Tls<'a, C>, ConnError> {
+    let max = proxy.config.limits.max_hello_bytes;
+    let hello = pre
+        .read_until(&mut client, "ClientHello", |b| hello::parse(b, max))
+        .await?;
+    let span = Span::current();
+    if let Some(sni) = &hello.sni {
+        span.record("sni", sni.as_str());
+    }
+    span.record("alpn", tracing::field::debug(&hello.alpn));
+    let entry = match proxy.table.route(&hello) {
+        Decision::Route(i) => i,
+        Decision::Reject { reason, alert } => {
+            proxy.metrics.route("none", "reject");
+            send_alert(&mut client, alert).await;
+            return Err(ConnError::NoRoute(reason));
+        }
+    };
+    let route = &proxy.table.entries[entry];
+    span.record("route", route.name.as_str());
+    let buffer = proxy.config.limits.relay_buffer_bytes;
+    if route.mode == Mode::Passthrough {
+        proxy.metrics.route(&route.name, "passthrough");
+        let mut upstream = connect(proxy, route).await?;
+        upstream.write_all(pre.rest()).await?;
+        let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
+        let mut stats = relay_client(client, upstream, consumed, buffer).await;
+        stats.client_to_upstream += sent;
+        return Ok(Tls::Done(Finished::relayed(&route.name, stats)));
+    }
+    proxy.metrics.route(&route.name, "terminate");
+    let config = proxy.tls[entry]
+        .clone()
+        .expect("terminated routes have a TLS config");
+    let started = Instant::now();
+    let deadline = pre.deadline;
+    let inner = pre.inner();
+    let replay = Prefixed::new(pre.into_rest(), client);
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(replay);
+    let tls = match deadline.run("TLS handshake", accept).await {
+        Err(timeout) => {
+            proxy.metrics.handshake_failed(&route.name, "timeout");
+            return Err(timeout);
+        }
+        Ok(Err(error)) => {
+            let reason = handshake_reason(&error);
+            if reason == "no_certificate" && is_detection_probe(&hello.alpn) {
+                // A client checking for a layer-7 balancer: it learnt what it wanted from
+                // the ALPN; not a refusal worth a warning.
+                debug!("answered a TLS routing probe (no client certificate)");
+                return Ok(Tls::Done(Finished::answered(TUNNEL_PROBE, "none", 0, 0)));
+            }
+            proxy.metrics.handshake_failed(&route.name, reason);
+            return Err(ConnError::Handshake {
+                route: route.name.clone(),
+                reason,
+                error,
+            });
+        }
+        Ok(Ok(tls)) => tls,
+    };
+    proxy
+        .metrics
+        .handshake_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let (_, session) = tls.get_ref();
+    if let Some(id) = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| CertIdentity::from_der(c))
+    {
+        span.record("identity", tracing::field::display(&id));
+    }
+    let negotiated = session
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    if let Some(p) = &negotiated {
+        span.record("negotiated", p.as_str());
+    }
+    if route.upstream.is_empty() && route.name == TUNNEL_PROBE {
+        debug!("answered a TLS routing probe (no upstreams.tunnel configured)");
+        return Ok(Tls::Done(Finished::answered(&route.name, "none", 0, 0)));
+    }
+    let is_web = proxy.table.web() == Some(entry);
+    if is_web && negotiated.as_deref() != Some(H2_ALPN) {
+        return Ok(Tls::Web {
+            stream: Box::new(tls),
+            preface: inner,
+            route,
+        });
+    }
+    relay_terminated(proxy, Box::new(tls), route)
+        .await
+        .map(Tls::Done)
+}
+
+/// Relays the plaintext of a terminated connection to its route's upstream, through the
+/// ping framing when the negotiated ALPN is a `-ping` one.
+pub(crate) async fn relay_terminated<S>(
+    proxy: &Proxy,
+    tls: Box<TlsStream<S>>,
+    route: &RouteEntry,
+) -> Result<Finished, ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ping = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .is_some_and(|p| p.ends_with(PING_SUFFIX.as_bytes()));
+    let upstream = connect(proxy, route).await?;
+    let limits = &proxy.config.limits;
+    let buffer = limits.relay_buffer_bytes;
+    let stats = if ping {
+        let framed = wire::ping_framed(tls, Some(limits.ping_interval), limits.max_ws_frame_bytes);
+        relay(framed, upstream, buffer).await
+    } else {
+        relay(tls, upstream, buffer).await
+    };
+    Ok(Finished::relayed(&route.name, stats))
+}
+
+/// The clients' layer-7 detection handshake offers exactly `teleport-reversetunnel`
+/// (agents also offer `teleport-reversetunnelv2`, and always present a certificate).
+fn is_detection_probe(alpn: &[String]) -> bool {
+    matches!(alpn, [only] if only == REVERSE_TUNNEL_ALPN)
+}
+
+/// Classifies a failed handshake for the metric and the log line.
+fn handshake_reason(e: &io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => "no_certificate",
+        Some(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)) => {
+            "not_allowed"
+        }
+        Some(Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(Error::NoApplicationProtocol) => "no_application_protocol",
+        Some(Error::AlertReceived(_)) => "client_alert",
+        _ if e.kind() == io::ErrorKind::UnexpectedEof => "client_closed",
+        _ => "other",
+    }
+}
+
+/// Sends a fatal TLS alert record, best effort, before closing an unroutable connection.
+async fn send_alert<S: AsyncWrite + Unpin>(client: &mut S, alert: RejectAlert) {
+    let code = match alert {
+        RejectAlert::UnrecognizedName => 112,
+        RejectAlert::NoApplicationProtocol => 120,
+    };
+    let _ = client
+        .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, code])
+        .await;
+    let _ = client.shutdown().await;
+}

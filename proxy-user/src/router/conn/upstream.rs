@@ -1,0 +1,78 @@
+//! The upstream side of a routed connection: dialing a route's upstream within
+//! `limits.connect_timeout` (failures counted per route), and relaying a client stream to
+//! it — the plaintext relay (kernel splice or `splice(2)`) when the client is the accepted
+//! socket itself, the userspace copy when it is TLS plaintext or an upgrade's tunnel.
+
+use super::error::ConnError;
+use crate::io::{BoxedIo, Prefixed};
+use crate::relay::{relay, relay_plain, RelayStats};
+use crate::router::metrics::UpstreamLabel;
+use crate::router::route::RouteEntry;
+use crate::router::state::Proxy;
+use std::io;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tracing::debug;
+
+/// A client-side stream: the accepted socket, or what a connection upgrade carries.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// The socket itself, when the relay can splice it; `Err(self)` otherwise.
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Err(self)
+    }
+}
+
+impl ClientIo for TcpStream {
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Ok(self)
+    }
+}
+impl ClientIo for BoxedIo {}
+impl<S: ClientIo> ClientIo for Box<tokio_rustls::server::TlsStream<Prefixed<S>>> {}
+
+/// Relays a client stream and an upstream: spliced when the client is the socket itself.
+/// `consumed` counts every byte read from the socket before (for the splice's ordering).
+pub(crate) async fn relay_client<C: ClientIo>(
+    client: C,
+    upstream: TcpStream,
+    consumed: u64,
+    buffer: usize,
+) -> RelayStats {
+    match client.into_tcp() {
+        Ok(tcp) => relay_plain(tcp, upstream, consumed, buffer).await,
+        Err(client) => relay(client, upstream, buffer).await,
+    }
+}
+
+/// Connects to a route's upstream within `limits.connect_timeout`.
+pub(crate) async fn connect(proxy: &Proxy, route: &RouteEntry) -> Result<TcpStream, ConnError> {
+    let fail = |error| {
+        proxy
+            .metrics
+            .upstream_errors
+            .get_or_create(&UpstreamLabel {
+                route: route.name.clone(),
+            })
+            .inc();
+        ConnError::Upstream {
+            route: route.name.clone(),
+            upstream: route.upstream.clone(),
+            error,
+        }
+    };
+    let t = proxy.config.limits.connect_timeout;
+    let stream = match timeout(t, TcpStream::connect(&route.upstream)).await {
+        Err(_) => {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {t:?}"),
+            )))
+        }
+        Ok(Err(e)) => return Err(fail(e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    debug!(upstream = %route.upstream, "upstream connected");
+    Ok(stream)
+}

@@ -1,0 +1,165 @@
+//! The accept loop of each listener under a connection limit: every connection gets its
+//! `tracing` span and one closing line (the audit line after a relay, a rate-limited
+//! refusal otherwise), and shutdown drains live connections.
+//!
+//! Shape (mini-redis `server.rs`): `serve(listener, proxy, shutdown)`; a semaphore permit is
+//! taken before each accept, so at `limits.max_connections` new clients wait in the kernel's
+//! backlog; on shutdown the loop stops accepting and waits, up to `limits.drain_timeout`,
+//! for every permit to come back.
+
+use super::conn::{self, ConnError};
+use super::route::RouteEntry;
+use super::state::Proxy;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{error, field, info, info_span, warn, Instrument};
+
+/// What a listener does with its connections.
+#[derive(Clone)]
+pub(crate) enum Ingress {
+    /// The single port: detect, route, relay.
+    Multiplex,
+    /// A legacy per-protocol listener: relay everything to one upstream.
+    Fixed(RouteEntry),
+}
+
+/// Accepts connections until `shutdown` turns true. Each connection uses the [`Proxy`]
+/// current when it was accepted (SIGHUP swaps it), and holds one of the process-wide
+/// `permits` (`limits.max_connections`) while it lives.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ingress: Ingress,
+    proxies: watch::Receiver<Arc<Proxy>>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let proxy = proxies.borrow().clone();
+        let ingress = ingress.clone();
+        tokio::spawn(async move {
+            connection(proxy, ingress, stream, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Waits, up to `deadline`, until every connection permit has come back.
+pub(crate) async fn drain(permits: &Semaphore, max: usize, deadline: Duration) {
+    let live = max - permits.available_permits();
+    if live > 0 {
+        info!(live, "draining: waiting for live connections to finish");
+    }
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(deadline, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!(
+            live = max - permits.available_permits(),
+            "drain deadline reached; closing remaining connections"
+        );
+    }
+}
+
+/// Runs one connection inside its span and logs how it ended.
+async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer: SocketAddr) {
+    let span = info_span!(
+        "conn",
+        client = %peer,
+        real_client = field::Empty,
+        sni = field::Empty,
+        alpn = field::Empty,
+        negotiated = field::Empty,
+        route = field::Empty,
+        identity = field::Empty,
+        upgrade = field::Empty,
+    );
+    async move {
+        let _ = stream.set_nodelay(true);
+        let started = Instant::now();
+        let result = match ingress {
+            Ingress::Multiplex => conn::handle(&proxy, stream).await,
+            Ingress::Fixed(route) => conn::fixed(&proxy, stream, &route).await,
+        };
+        let ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(done) => {
+                let s = &done.stats;
+                proxy.metrics.relayed(s);
+                // An upgraded connection's line also carries the inner connection's span.
+                let _inner = done.inner.as_ref().map(|span| span.enter());
+                info!(
+                    target: "switchyard::audit",
+                    route = %done.route,
+                    bytes_to_upstream = s.client_to_upstream,
+                    bytes_to_client = s.upstream_to_client,
+                    relay = s.mode,
+                    kernel_to_upstream = s.kernel_to_upstream,
+                    kernel_to_client = s.kernel_to_client,
+                    duration_ms = ms,
+                    error = s.error.as_ref().map(field::display),
+                    "connection closed"
+                );
+            }
+            Err(e) => log_failure(&proxy, &e, ms),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Counts and logs a failed connection. Refusals are rate-limited (a flood of bad
+/// clients must not become a flood of log lines); the count of suppressed lines is
+/// reported with the next line that passes.
+fn log_failure(proxy: &Proxy, e: &ConnError, duration_ms: u64) {
+    let outcome = e.detect_outcome();
+    if let Some(outcome) = outcome {
+        proxy.metrics.detect(outcome);
+    }
+    let quiet = matches!(e, ConnError::Io(_));
+    if quiet {
+        info!(duration_ms, "connection ended: {e}");
+        return;
+    }
+    let Some(suppressed) = proxy.noise.allow() else {
+        return;
+    };
+    if suppressed > 0 {
+        warn!(suppressed, "similar messages were suppressed");
+    }
+    match e {
+        ConnError::Handshake { reason, .. } => {
+            warn!(reason, duration_ms, "connection refused: {e}")
+        }
+        ConnError::Upstream { .. } => error!(duration_ms, "{e}"),
+        ConnError::Upgrade(r) => warn!(
+            outcome = "upgrade_refused",
+            status = r.status,
+            duration_ms,
+            "connection refused: {e}"
+        ),
+        _ => warn!(
+            outcome = outcome.unwrap_or("no_route"),
+            duration_ms, "connection refused: {e}"
+        ),
+    }
+}

@@ -1,0 +1,22 @@
+//! The router: the server side of the single port (DESIGN.md §1).
+//!
+//! The path of one connection: [`listener`] accepts it under the connection limit and gives
+//! it a span; [`conn`] runs it — [`detect`] classifies the first bytes, [`hello`] parses a
+//! TLS ClientHello, [`route`] picks a route, [`certs`] holds the TLS configurations of the
+//! terminated routes, [`webapi`] answers the web route's own endpoints — and hands the bytes
+//! to `relay`. [`state`] is the routing state built from the configuration, [`run`] starts
+//! the listeners and handles signals (reload, drain), [`metrics`] and [`diag`] are what
+//! operators watch.
+
+pub(crate) mod certs;
+pub(crate) mod conn;
+pub(crate) mod detect;
+pub(crate) mod diag;
+pub(crate) mod hello;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod ratelimit;
+pub(crate) mod route;
+pub(crate) mod run;
+pub(crate) mod state;
+pub(crate) mod webapi;

@@ -1,0 +1,133 @@
+//! `switchyard serve`: starts the router — loads the configuration, applies `--ebpf`
+//! before any socket exists, binds the single port and the legacy listeners, serves the
+//! diagnostics, then runs until SIGTERM/SIGINT (stop accepting, drain live connections up
+//! to `limits.drain_timeout`) and reloads certificates and routes on SIGHUP without
+//! touching live connections.
+
+use super::diag;
+use super::listener::{self, Ingress};
+use super::metrics::Metrics;
+use super::state::{legacy_route, Proxy};
+use crate::config::{self, Config};
+use crate::ebpf;
+use crate::relay::PlainRelay;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Semaphore};
+use tracing::{error, info};
+
+async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    let a = config::listen_addr(key, addr)?;
+    TcpListener::bind(a)
+        .await
+        .with_context(|| format!("cannot listen on {a} ({key})"))
+}
+
+/// Serves `path` until a shutdown signal. `ready` is called once every listener is bound,
+/// with the single port's and the diagnostics' addresses (dev mode prints its
+/// instructions there).
+pub(crate) async fn serve(
+    path: &Path,
+    mode: ebpf::Mode,
+    ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
+) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    // Before any listener: sockets belong to the cgroup of the process that creates them.
+    let fallback = PlainRelay::chosen().describe();
+    let frontend = ebpf::start(mode, fallback).context("--ebpf require")?;
+    let mut metrics = Metrics::new();
+    if let Some(f) = frontend {
+        metrics.ebpf_loaded.set(1);
+        metrics.register_collector(Box::new(ebpf::metrics::FrontendCollector(f)));
+    }
+    let metrics = Arc::new(metrics);
+    let web = bind(
+        "proxy_service.web_listen_addr",
+        &config.proxy_service.web_listen_addr,
+    )
+    .await?;
+    let mut legacy = Vec::new();
+    for (key, addr) in config.legacy_listeners() {
+        let route = legacy_route(&config, key)?;
+        legacy.push((bind(&format!("proxy_service.{key}"), &addr).await?, route));
+    }
+    let diag_listener = match &config.diag_addr {
+        Some(a) => Some(bind("diag_addr", a).await?),
+        None => None,
+    };
+    let limits = config.limits.clone();
+    let proxy = Arc::new(Proxy::new(config, metrics.clone())?);
+    if let Some(f) = frontend {
+        let ports = std::iter::once(&web).chain(legacy.iter().map(|(l, _)| l));
+        for listener in ports {
+            f.watch_port(listener.local_addr()?.port())
+                .context("registering a listening port with the eBPF front end")?;
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (proxy_tx, proxy_rx) = watch::channel(proxy.clone());
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let web_addr = web.local_addr()?;
+    let diag_addr = diag_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    if let Some(l) = diag_listener {
+        tokio::spawn(diag::serve(l, metrics.clone(), stop_rx.clone()));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let accept = |listener, ingress| {
+        listener::serve(
+            listener,
+            ingress,
+            proxy_rx.clone(),
+            permits.clone(),
+            stop_rx.clone(),
+        )
+    };
+    tasks.spawn(accept(web, Ingress::Multiplex));
+    for (listener, route) in legacy {
+        info!(listen = %listener.local_addr()?, route = %route.name, upstream = %route.upstream, "legacy listener");
+        tasks.spawn(accept(listener, Ingress::Fixed(route)));
+    }
+    info!(web = %web_addr, diag = ?diag_addr, routes = proxy.table.entries.len(), "switchyard serving");
+    println!(
+        "switchyard ready web={web_addr} diag={}",
+        diag_addr.map_or("-".to_owned(), |a| a.to_string())
+    );
+    ready(web_addr, diag_addr);
+
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(path, &metrics, &proxy_tx),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("shutdown requested: no new connections, draining live ones");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    listener::drain(&permits, limits.max_connections, limits.drain_timeout).await;
+    ebpf::stop();
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: reload certificates and routes; live connections keep the old ones. Listener
+/// addresses and limits need a restart.
+fn reload(path: &Path, metrics: &Arc<Metrics>, proxies: &watch::Sender<Arc<Proxy>>) {
+    match Config::load(path).and_then(|c| Proxy::new(c, metrics.clone())) {
+        Ok(p) => {
+            info!(routes = p.table.entries.len(), config = %path.display(), "reloaded certificates and routes");
+            let _ = proxies.send(Arc::new(p));
+        }
+        Err(e) => {
+            error!(config = %path.display(), "reload refused, keeping the running configuration: {e}")
+        }
+    }
+}
