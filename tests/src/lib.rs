@@ -21,7 +21,6 @@ pub mod switchyard;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -86,46 +85,35 @@ pub fn wait_until<T>(
     }
 }
 
-/// A directory under the system temp dir, removed on drop (kept when
-/// `SWITCHYARD_TEST_KEEP=1`, for debugging). Mode 0755 so unprivileged servers can
-/// traverse it.
-pub struct TempDir {
-    path: PathBuf,
-}
+/// A fresh directory under the system temp dir ([`tempfile`]), removed on drop (kept
+/// when `SWITCHYARD_TEST_KEEP=1`, for debugging). Mode 0755 so unprivileged servers
+/// can traverse it.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
-    /// Creates a fresh, uniquely named directory; `label` goes into its name.
+    /// Creates a uniquely named directory; `label` goes into its name.
     pub fn new(label: &str) -> Result<TempDir> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "switchyard-test-{label}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        set_mode(&path, 0o755)?;
-        Ok(TempDir { path })
+        let keep = std::env::var("SWITCHYARD_TEST_KEEP").is_ok_and(|v| v == "1");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("switchyard-test-{label}-"))
+            .disable_cleanup(keep)
+            .tempdir()
+            .with_context(|| format!("create a temp dir for {label}"))?;
+        set_mode(dir.path(), 0o755)?;
+        if keep {
+            eprintln!("keeping {}", dir.path().display());
+        }
+        Ok(TempDir(dir))
     }
 
     /// The directory's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     /// `self.path().join(name)`.
     pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var("SWITCHYARD_TEST_KEEP").is_ok_and(|v| v == "1") {
-            eprintln!("keeping {}", self.path.display());
-            return;
-        }
-        let _ = std::fs::remove_dir_all(&self.path);
+        self.0.path().join(name)
     }
 }
 
