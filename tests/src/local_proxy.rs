@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::process::{Proc, Stream};
+use crate::process::{Proc, Signal, Stream};
 use crate::{parse_addr, run_with_timeout, switchyard_bin, Sshd, Switchyard, TempDir, TestPki};
 
 /// `--proxy localhost:PORT --identity PKI/STEM`: the proxy by the name on its certificate,
@@ -135,8 +135,7 @@ impl LocalProxy {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(mut self) -> Result<Option<std::process::ExitStatus>> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGTERM) };
+        self.proc.signal(Signal::TERM)?;
         self.proc.wait_exit(Duration::from_secs(10))
     }
 

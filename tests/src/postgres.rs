@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::pki::CertFiles;
-use crate::process::{Proc, Stream};
+use crate::process::{Proc, Signal, Stream};
 use crate::{free_port, require_tool, run_with_timeout, set_mode, user_ids, TempDir};
 
 /// The OS user the server runs as, and the database superuser.
@@ -82,7 +82,7 @@ impl Postgres {
             as_postgres(&mut cmd, uid, gid);
             let mut proc = Proc::spawn("postgres", cmd, dir.path())?;
             // Fast shutdown: do not wait for clients to disconnect.
-            proc.set_stop_signal(libc::SIGINT);
+            proc.set_stop_signal(Signal::INT);
             let ready = proc.wait_for_line(Stream::Stderr, Duration::from_secs(20), |line| {
                 line.contains("ready to accept connections").then_some(())
             });

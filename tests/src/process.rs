@@ -1,5 +1,6 @@
 //! [`Proc`]: one real server process with its stdout/stderr captured to files, a wait
-//! for a readiness line, and a stop (leader first, then its whole process group) on drop.
+//! for a readiness line, and a stop (leader first, then its whole process group) on drop;
+//! [`signal`] for any child a test spawned.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+pub use rustix::process::Signal;
+use rustix::process::{kill_process, kill_process_group, Pid};
+
+/// Sends `sig` to the process `pid` (`kill(2)`).
+pub fn signal(pid: u32, sig: Signal) -> Result<()> {
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .with_context(|| format!("not a process id: {pid}"))?;
+    kill_process(target, sig).with_context(|| format!("kill({pid}, {sig:?})"))
+}
 
 /// Which captured stream to look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +35,7 @@ pub struct Proc {
     child: Child,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
-    stop_signal: i32,
+    stop_signal: Signal,
 }
 
 impl Proc {
@@ -45,13 +57,18 @@ impl Proc {
             child,
             stdout_path,
             stderr_path,
-            stop_signal: libc::SIGTERM,
+            stop_signal: Signal::TERM,
         })
     }
 
     /// The signal sent to the leader first on drop (default SIGTERM).
-    pub fn set_stop_signal(&mut self, signal: i32) {
-        self.stop_signal = signal;
+    pub fn set_stop_signal(&mut self, sig: Signal) {
+        self.stop_signal = sig;
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        signal(self.pid(), sig)
     }
 
     /// The process id (and process group id).
@@ -130,10 +147,9 @@ impl Drop for Proc {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        let pid = self.child.id() as i32;
+        let pid = Pid::from_child(&self.child);
         if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: plain kill(2) on a child we spawned.
-            unsafe { libc::kill(pid, self.stop_signal) };
+            let _ = kill_process(pid, self.stop_signal);
             if self
                 .wait_exit(Duration::from_secs(3))
                 .ok()
@@ -145,8 +161,7 @@ impl Drop for Proc {
             }
         }
         // Leftovers in the group we created (postgres backends, sshd sessions).
-        // SAFETY: kill(2) on the process group created for this child.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = kill_process_group(pid, Signal::KILL);
     }
 }
 

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ebpf_common::{expect_bytes, start_spliced};
+use switchyard_tests::process::{signal, Signal};
 use switchyard_tests::{require_tool, wait_until, DemoUpstream, ProxyConfig, Switchyard, TestPki};
 
 const T: Duration = Duration::from_secs(30);
@@ -115,8 +116,7 @@ fn sigkill_leaves_no_program_or_link_attached() {
         "sock_ops and first bytes are attached through links"
     );
     assert!(progs.iter().all(|&id| exists(&bpftool, "prog", id)));
-    // SAFETY: kill(2) on the proxy process this test started.
-    unsafe { libc::kill(proxy.pid() as i32, libc::SIGKILL) };
+    signal(proxy.pid(), Signal::KILL).unwrap();
     proxy.wait_exit(T).unwrap().expect("proxy exits on SIGKILL");
     wait_until(T, "programs and links gone", || {
         let left: Vec<String> = progs

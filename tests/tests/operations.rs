@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use switchyard_tests::process::{Proc, Stream};
+use switchyard_tests::process::{Proc, Signal, Stream};
 use switchyard_tests::{http_get, parse_addr, switchyard_bin, DemoUpstream, TestPki};
 
 const T: Duration = Duration::from_secs(10);
@@ -89,11 +89,6 @@ fn wait_for_log(proc: &Proc, text: &str) {
     }
 }
 
-fn signal(proc: &Proc, sig: i32) {
-    // SAFETY: kill(2) on a child we own.
-    assert_eq!(unsafe { libc::kill(proc.pid() as i32, sig) }, 0);
-}
-
 #[test]
 fn sigterm_drains_live_connections_then_exits() {
     let pki = TestPki::new().unwrap();
@@ -104,7 +99,7 @@ fn sigterm_drains_live_connections_then_exits() {
     );
     let (mut s, mut r) = ssh_like(p.web);
     assert_eq!(http_get(p.diag, "/readyz").unwrap().0, 200);
-    signal(&p.proc, libc::SIGTERM);
+    p.proc.signal(Signal::TERM).unwrap();
     // New connections are refused once the listener is closed...
     let start = Instant::now();
     while TcpStream::connect(p.web).is_ok() {
@@ -141,14 +136,14 @@ fn sighup_reloads_routes_without_dropping_live_connections() {
         text.replace(&ssh.addr.to_string(), &other.addr.to_string()),
     )
     .unwrap();
-    signal(&p.proc, libc::SIGHUP);
+    p.proc.signal(Signal::HUP).unwrap();
     wait_for_log(&p.proc, "reloaded");
     // The live connection still talks to the old upstream; a new one goes to the new.
     echo_roundtrip(&mut s, &mut r, "old route\n");
     assert_eq!(greeting(p.web), "upstream=other\n");
     // A broken file is refused and the running routes kept.
     std::fs::write(&path, "proxy_service: {nonsense: 1}\n").unwrap();
-    signal(&p.proc, libc::SIGHUP);
+    p.proc.signal(Signal::HUP).unwrap();
     wait_for_log(&p.proc, "reload refused");
     assert_eq!(greeting(p.web), "upstream=other\n");
 }

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use switchyard_tests::postgres::{psql, PG_USER};
+use switchyard_tests::process::{signal, Signal};
 use switchyard_tests::{require_tool, wait_until, Postgres, ProxyConfig, Switchyard, TestPki};
 
 const SSL_IN_USE: &str = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
@@ -76,8 +77,7 @@ fn psql_cancel_request_through_proxy_cancels_query() {
     })
     .unwrap();
     // Ctrl-C: psql sends a CancelRequest on a new connection to the proxy port.
-    // SAFETY: kill(2) on the psql child spawned above.
-    unsafe { libc::kill(sleeper.id() as i32, libc::SIGINT) };
+    signal(sleeper.id(), Signal::INT).unwrap();
     let done = wait_until(Duration::from_secs(10), "psql to exit", || {
         Ok(sleeper.try_wait()?)
     });
