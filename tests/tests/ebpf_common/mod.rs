@@ -1,5 +1,7 @@
 //! Shared by the `ebpf_*` tests and `splice_fallback`: starting a proxy with `--ebpf
-//! require` (a kernel refusal fails under `CI=true` and skips loudly elsewhere), a
+//! require` (a kernel refusal fails the test; the tests that need it carry
+//! `#[cfg_attr(not(ci), ignore = "needs root and CAP_BPF (runs under CI=true)")]`, see
+//! `tests/build.rs`), a
 //! patterned byte stream whose every byte is checked on arrival (loss, duplication and
 //! reordering all show), a plain TCP upstream run by the test itself, the relay's byte
 //! counters, and the two halves of the half-close checks.
@@ -13,27 +15,18 @@ use std::time::Duration;
 
 use switchyard_tests::{ProxyConfig, Switchyard, TestPki};
 
-/// Starts the proxy with `--ebpf require`. `None` (after a loud message) when the kernel
-/// refuses and this is not CI; under `CI=true` a refusal panics.
-pub fn start_spliced(pki: &TestPki, config: &ProxyConfig) -> Option<Switchyard> {
+/// Starts the proxy with `--ebpf require`; panics when the front end does not start (the
+/// tests calling this are ignored where it cannot, never skipped in silence).
+pub fn start_spliced(pki: &TestPki, config: &ProxyConfig) -> Switchyard {
     let config = ProxyConfig {
         ebpf: Some("require".into()),
         ..config.clone()
     };
-    match Switchyard::start(pki, &config) {
-        Ok(proxy) => {
-            let loaded = proxy.metric("switchyard_ebpf_loaded", &[]).unwrap();
-            assert_eq!(loaded, 1.0, "ebpf_loaded gauge\n{}", proxy.log());
-            Some(proxy)
-        }
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true and the eBPF front end did not start: {e:#}")
-        }
-        Err(e) => {
-            eprintln!("\n*** SKIPPED: the eBPF front end cannot start here (not CI): {e:#}\n");
-            None
-        }
-    }
+    let proxy = Switchyard::start(pki, &config)
+        .unwrap_or_else(|e| panic!("the eBPF front end did not start: {e:#}"));
+    let loaded = proxy.metric("switchyard_ebpf_loaded", &[]).unwrap();
+    assert_eq!(loaded, 1.0, "ebpf_loaded gauge\n{}", proxy.log());
+    proxy
 }
 
 /// Block size of the pattern.
