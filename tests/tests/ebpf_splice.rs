@@ -13,8 +13,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use ebpf_common::{
-    answer_after_eof, bye_then_read_late_words, expect_bytes, late_words_after_eof, read_to_end,
-    relayed, request_then_half_close, start_spliced, upstream, Pattern,
+    answer_after_eof, bye_then_read_late_words, expect_bytes, late_words_after_eof, read_exactly,
+    read_to_end, relayed, request_then_half_close, start_spliced, upstream, wait_spliced,
+    wait_upstream_read, Pattern,
 };
 use switchyard_tests::{wait_until, ProxyConfig, Switchyard, TestPki};
 
@@ -149,8 +150,9 @@ where
 #[test]
 #[cfg_attr(not(ci), ignore = "needs root and CAP_BPF (runs under CI=true)")]
 fn half_close_from_the_client_reaches_the_upstream_which_can_still_answer() {
-    let (_pki, proxy, server) = one_ssh(answer_after_eof);
-    request_then_half_close(proxy.web);
+    let (preface_read, preface_in) = std::sync::mpsc::channel();
+    let (_pki, proxy, server) = one_ssh(answer_after_eof(preface_read));
+    request_then_half_close(&proxy, &preface_in);
     assert!(server.join().unwrap().is_empty());
 }
 
@@ -168,11 +170,24 @@ fn a_pure_fin_from_the_client_leaves_the_upstream_direction_working() {
     // The client's FIN arrives alone (its data long delivered), and the upstream answers
     // only after a pause: a redirected empty skb used to set EPIPE on the upstream socket,
     // and the relay's next read of the upstream ended the connection before the answer.
-    let (_pki, proxy, server) = one_ssh(|mut s| {
-        let got = read_to_end(&mut s);
-        if got != b"SSH-2.0-c\r\nrequest" {
-            return Err(format!("upstream got {:?}", String::from_utf8_lossy(&got)));
+    let (preface_read, preface_in) = std::sync::mpsc::channel();
+    let (request_read, request_in) = std::sync::mpsc::channel();
+    let (_pki, proxy, server) = one_ssh(move |mut s| {
+        let upstream = |e| format!("upstream {e}");
+        read_exactly(&mut s, b"SSH-2.0-c\r\n").map_err(upstream)?;
+        let _ = preface_read.send(());
+        read_exactly(&mut s, b"request").map_err(upstream)?;
+        let _ = request_read.send(());
+        let rest = read_to_end(&mut s);
+        if !rest.is_empty() {
+            return Err(format!(
+                "upstream got {:?} after the request",
+                String::from_utf8_lossy(&rest)
+            ));
         }
+        // Pauses that are the scenario, not a wait for a condition: the answer comes late,
+        // after the relay has had its chance to trip over the client's lone FIN, and in two
+        // writes, so the upstream direction is seen to keep working after the FIN.
         std::thread::sleep(Duration::from_millis(300));
         s.write_all(b"late answer").map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(300));
@@ -181,9 +196,11 @@ fn a_pure_fin_from_the_client_leaves_the_upstream_direction_working() {
     let mut c = TcpStream::connect(proxy.web).unwrap();
     c.set_nodelay(true).unwrap();
     c.write_all(b"SSH-2.0-c\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100)); // spliced by now
+    wait_upstream_read(&preface_in, "the preface", &proxy);
+    wait_spliced(&proxy);
     c.write_all(b"request").unwrap();
-    std::thread::sleep(Duration::from_millis(100)); // delivered: the FIN goes alone
+    // Delivered before the FIN is sent, so the FIN goes alone.
+    wait_upstream_read(&request_in, "the request", &proxy);
     c.shutdown(Shutdown::Write).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&read_to_end(&mut c)),

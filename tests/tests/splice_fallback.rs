@@ -164,9 +164,10 @@ fn legacy_ssh_route_50mb_each_way_is_byte_exact_through_splice_pipes() {
 #[test]
 fn half_close_from_the_client_reaches_the_upstream_which_can_still_answer() {
     let pki = TestPki::new().unwrap();
-    let (addr, server) = upstream(1, answer_after_eof);
+    let (preface_read, preface_in) = std::sync::mpsc::channel();
+    let (addr, server) = upstream(1, answer_after_eof(preface_read));
     let proxy = start_off(&pki, "ssh", addr);
-    request_then_half_close(proxy.web);
+    request_then_half_close(&proxy, &preface_in);
     assert!(server.join().unwrap().is_empty(), "{}", proxy.log());
     wait_until(T, "the relay's counters", || {
         let down = relayed(&proxy, "upstream_to_client", "splice");

@@ -4,16 +4,20 @@
 //! `tests/build.rs`), a
 //! patterned byte stream whose every byte is checked on arrival (loss, duplication and
 //! reordering all show), a plain TCP upstream run by the test itself, the relay's byte
-//! counters, and the two halves of the half-close checks.
+//! counters, a wait for a pair to be spliced, and the two halves of the half-close checks.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use switchyard_tests::{ProxyConfig, Switchyard, TestPki};
+use switchyard_tests::{wait_until, ProxyConfig, Switchyard, TestPki};
+
+/// How long any wait here lasts before the test fails.
+const T: Duration = Duration::from_secs(30);
 
 /// Starts the proxy with `--ebpf require`; panics when the front end does not start (the
 /// tests calling this are ignored where it cannot, never skipped in silence).
@@ -155,35 +159,77 @@ pub fn relayed(proxy: &Switchyard, direction: &str, mode: &str) -> f64 {
         .unwrap()
 }
 
+/// Waits until both sockets of the one connection through `proxy` are in the front end's
+/// SPLICED map: from then on the kernel redirects what either side sends.
+pub fn wait_spliced(proxy: &Switchyard) {
+    wait_until(T, "both sockets of the pair spliced", || {
+        let n = proxy.metric("switchyard_ebpf_spliced_sockets", &[])?;
+        Ok((n == 2.0).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+}
+
 /// Everything `s` sends until EOF (30 s read timeout).
 pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
     let mut v = Vec::new();
     s.read_to_end(&mut v).unwrap();
     v
 }
 
-// ---- half-close: client `SSH-2.0-c\r\n`, upstream `SSH-2.0-u\r\n` ---------------------
-
-/// Upstream of the client-half-close check: reads `SSH-2.0-c\r\nrequest` to EOF, then
-/// answers `answer after EOF`.
-pub fn answer_after_eof(mut s: TcpStream) -> Result<(), String> {
-    let got = read_to_end(&mut s);
-    if got != b"SSH-2.0-c\r\nrequest" {
-        return Err(format!("upstream got {:?}", String::from_utf8_lossy(&got)));
-    }
-    s.write_all(b"answer after EOF").map_err(|e| e.to_string())
+/// Reads exactly `want.len()` bytes (30 s read timeout); an error naming both when they
+/// differ. For upstreams, which report errors instead of panicking.
+pub fn read_exactly(s: &mut TcpStream, want: &[u8]) -> Result<(), String> {
+    let want_text = String::from_utf8_lossy(want);
+    s.set_read_timeout(Some(T)).map_err(|e| e.to_string())?;
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got)
+        .map_err(|e| format!("reading {want_text:?}: {e}"))?;
+    (got == want)
+        .then_some(())
+        .ok_or_else(|| format!("got {:?}, not {want_text:?}", String::from_utf8_lossy(&got)))
 }
 
-/// Client of the client-half-close check: the preface, a pause (the relay is set up by
-/// then), `request` and a write shutdown; the answer must still arrive.
-pub fn request_then_half_close(proxy: SocketAddr) {
-    let mut c = TcpStream::connect(proxy).unwrap();
+/// Waits for the upstream's word on `rx` that it has read `what`.
+pub fn wait_upstream_read(rx: &Receiver<()>, what: &str, proxy: &Switchyard) {
+    rx.recv_timeout(T)
+        .unwrap_or_else(|e| panic!("the upstream never read {what} ({e})\n{}", proxy.log()));
+}
+
+// ---- half-close: client `SSH-2.0-c\r\n`, upstream `SSH-2.0-u\r\n` ---------------------
+
+/// Upstream of the client-half-close check: reads the preface `SSH-2.0-c\r\n` and says so
+/// on `preface_read`, reads `request` to EOF, then answers `answer after EOF`.
+pub fn answer_after_eof(
+    preface_read: Sender<()>,
+) -> impl Fn(TcpStream) -> Result<(), String> + Send + Sync + 'static {
+    move |mut s| {
+        read_exactly(&mut s, b"SSH-2.0-c\r\n").map_err(|e| format!("upstream {e}"))?;
+        let _ = preface_read.send(());
+        let got = read_to_end(&mut s);
+        if got != b"request" {
+            return Err(format!(
+                "upstream got {:?} after the preface",
+                String::from_utf8_lossy(&got)
+            ));
+        }
+        s.write_all(b"answer after EOF").map_err(|e| e.to_string())
+    }
+}
+
+/// Client of the client-half-close check: the preface; once the upstream has read it
+/// (`preface_read`, the relay is set up) and, when the eBPF front end is loaded, the pair
+/// is spliced, `request` and a write shutdown; the answer must still arrive.
+pub fn request_then_half_close(proxy: &Switchyard, preface_read: &Receiver<()>) {
+    let mut c = TcpStream::connect(proxy.web).unwrap();
     c.write_all(b"SSH-2.0-c\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_upstream_read(preface_read, "the preface", proxy);
+    if proxy.metric("switchyard_ebpf_loaded", &[]).unwrap() == 1.0 {
+        wait_spliced(proxy);
+    }
     c.write_all(b"request").unwrap();
     c.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut c), b"answer after EOF");
+    assert_eq!(read_to_end(&mut c), b"answer after EOF", "{}", proxy.log());
 }
 
 /// Upstream of the upstream-half-close check: `SSH-2.0-u\r\nbye` and a write shutdown,
