@@ -133,8 +133,8 @@ impl LocalProxy {
         self.proc.stderr()
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn stop(mut self) -> Result<Option<std::process::ExitStatus>> {
+    /// Sends SIGTERM and waits for the exit status (its logs stay readable).
+    pub fn stop(&mut self) -> Result<Option<std::process::ExitStatus>> {
         self.proc.signal(Signal::TERM)?;
         self.proc.wait_exit(Duration::from_secs(10))
     }

@@ -30,7 +30,7 @@ fn proxy_app_serves_concurrent_clients_and_stops_on_sigterm() {
     let proxy = proxy_with_app(&pki, &app);
     let mut args = vec!["proxy".to_owned(), "app".into(), "echo".into()];
     args.extend(client_args(&pki, &proxy, "client"));
-    let local = LocalProxy::start(&args).unwrap();
+    let mut local = LocalProxy::start(&args).unwrap();
     let addr = local.addr;
     let clients: Vec<_> = (0..8)
         .map(|i| std::thread::spawn(move || echo_once(addr, &format!("client {i}"))))
@@ -42,10 +42,19 @@ fn proxy_app_serves_concurrent_clients_and_stops_on_sigterm() {
     }
     let proxy_log = proxy.log();
     assert!(proxy_log.contains("echo-app"), "{proxy_log}");
-    // A connection still open at SIGTERM does not keep the local proxy alive.
-    let _open = TcpStream::connect(addr).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(local.stop().unwrap().map(|s| s.code()), Some(Some(0)));
+    // A connection still open at SIGTERM does not keep the local proxy alive. Its greeting
+    // from the app shows the local proxy has accepted it and dialed through.
+    let (_open, mut reader) = connect_lines(addr, Duration::from_secs(10)).unwrap();
+    let mut hello = String::new();
+    reader.read_line(&mut hello).unwrap();
+    assert_eq!(hello, "upstream=echo\n", "{}", local.logs());
+    let stopped = local.stop().unwrap();
+    assert_eq!(stopped.map(|s| s.code()), Some(Some(0)), "{}", local.logs());
+    assert!(
+        local.log().contains("closing 1 open connections"),
+        "{}",
+        local.logs()
+    );
 }
 
 #[test]

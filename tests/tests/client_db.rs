@@ -29,7 +29,7 @@ fn psql_prefer_and_disable_through_proxy_db() {
     let pg = Postgres::start(&pki.server).unwrap();
     let proxy =
         Switchyard::start(&pki, &ProxyConfig::default().upstream("postgres", pg.addr)).unwrap();
-    let local = proxy_db(&pki, &proxy, "client");
+    let mut local = proxy_db(&pki, &proxy, "client");
     for mode in ["prefer", "disable"] {
         let answer = psql(local.addr, mode, "select 40 + 2");
         assert_eq!(

@@ -75,7 +75,7 @@ fn kubectl_through_proxy_kube_and_direct_kubeconfig() {
 
     let mut args = vec!["proxy".to_owned(), "kube".into()];
     args.extend(client_args(&pki, &proxy, "client"));
-    let local = LocalProxy::start(&args).unwrap();
+    let mut local = LocalProxy::start(&args).unwrap();
     let kubeconfig = local
         .printed("kubeconfig")
         .expect("kubeconfig path printed");
