@@ -7,10 +7,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchyard_tests::process::{Proc, Signal, Stream};
-use switchyard_tests::{http_get, parse_addr, switchyard_bin, DemoUpstream, TestPki};
+use switchyard_tests::{http_get, parse_addr, switchyard_bin, wait_until, DemoUpstream, TestPki};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -82,11 +82,10 @@ fn greeting(addr: SocketAddr) -> String {
 }
 
 fn wait_for_log(proc: &Proc, text: &str) {
-    let deadline = Instant::now() + T;
-    while !proc.stderr().contains(text) {
-        assert!(Instant::now() < deadline, "no {text:?} in\n{}", proc.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(T, &format!("{text:?} in the log"), || {
+        Ok(proc.stderr().contains(text).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proc.logs()));
 }
 
 #[test]
@@ -101,11 +100,10 @@ fn sigterm_drains_live_connections_then_exits() {
     assert_eq!(http_get(p.diag, "/readyz").unwrap().0, 200);
     p.proc.signal(Signal::TERM).unwrap();
     // New connections are refused once the listener is closed...
-    let start = Instant::now();
-    while TcpStream::connect(p.web).is_ok() {
-        assert!(start.elapsed() < T, "still accepting after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(T, "the listener closed after SIGTERM", || {
+        Ok(TcpStream::connect(p.web).is_err().then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p.proc.logs()));
     assert_eq!(http_get(p.diag, "/readyz").unwrap().0, 503);
     // ...while the live one keeps working, and the process waits for it.
     echo_roundtrip(&mut s, &mut r, "still here\n");
