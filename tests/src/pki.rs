@@ -2,8 +2,8 @@
 //!
 //! One cluster CA issues the proxy's server certificate (DNS + IP SANs) and a client
 //! certificate (CN + O); an unrelated "wrong" CA issues a client certificate the proxy
-//! must refuse. More leaves can be issued with [`TestPki::issue_server`] and
-//! [`TestPki::issue_client`].
+//! must refuse. More leaves can be issued with [`TestPki::issue_server`],
+//! [`TestPki::issue_client`] and, long expired, [`TestPki::issue_expired_client`].
 
 use std::path::PathBuf;
 
@@ -113,6 +113,15 @@ impl TestPki {
             client_params(cn, org),
             &self.ca.issuer,
         )
+    }
+
+    /// Issues a client certificate from the cluster CA, CN `cn`, that expired long ago:
+    /// valid from 1 to 2 January 2020.
+    pub fn issue_expired_client(&self, file_stem: &str, cn: &str) -> Result<CertFiles> {
+        let mut params = client_params(cn, None);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 2);
+        issue(&self.dir, file_stem, params, &self.ca.issuer)
     }
 }
 

@@ -138,21 +138,11 @@ fn unusable_identity_fails_before_any_traffic() {
     );
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
 
-    // An expired certificate from `switchyard ca issue`.
-    let ca_dir = TempDir::new("expired").unwrap();
-    for args in [
-        vec!["ca", "init", "--dir"],
-        vec!["ca", "issue", "--name", "old", "--ttl", "1s", "--dir"],
-    ] {
-        let mut cmd = switchyard_cmd(args).unwrap();
-        cmd.arg(ca_dir.path());
-        assert!(run_with_timeout(cmd, b"", Duration::from_secs(10))
-            .unwrap()
-            .success());
-    }
-    std::thread::sleep(Duration::from_millis(2100));
+    // An expired certificate from the cluster CA (dated in the past: `switchyard ca issue`
+    // cannot back-date, and waiting out a short `--ttl` would be a sleep).
+    pki.issue_expired_client("old", "old").unwrap();
     let mut cmd = switchyard_cmd(["proxy", "ssh", "--proxy=localhost:9", "root@node1:22"]).unwrap();
-    cmd.arg(format!("--identity={}", ca_dir.path().display()));
+    cmd.arg(format!("--identity={}", dir.join("old").display()));
     let out = run_with_timeout(cmd, b"", Duration::from_secs(10)).unwrap();
     assert!(
         out.stderr.contains("old.crt: certificate expired at"),
