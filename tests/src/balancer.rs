@@ -96,7 +96,7 @@ impl Nginx {
         read_timeout: Option<Duration>,
     ) -> Result<Balancer> {
         let nginx = require_tool("nginx", "nginx", &[])?;
-        let read_timeout = read_timeout.unwrap_or(Duration::from_secs(60)).as_secs();
+        let read_timeout = read_timeout.unwrap_or(Duration::from_secs(60)).as_millis();
         let d = dir.display();
         start("nginx", dir, |port| {
             let config = dir.join("nginx.conf");
@@ -128,7 +128,7 @@ impl Nginx {
                      \x20     proxy_set_header X-Forwarded-For $remote_addr;\n\
                      \x20     proxy_ssl_server_name off;\n\
                      \x20     proxy_bind {BALANCER_SOURCE};\n\
-                     \x20     proxy_read_timeout {read_timeout}s;\n\
+                     \x20     proxy_read_timeout {read_timeout}ms;\n\
                      \x20   }}\n\
                      \x20 }}\n\
                      }}\n",

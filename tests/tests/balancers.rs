@@ -767,15 +767,26 @@ fn webapi_ping_through_nginx_reports_tls_routing() {
 
 // ---- idle tunnels and pings ------------------------------------------------------------
 
-/// nginx cuts an upgraded connection after `proxy_read_timeout` (5 s) without bytes from
-/// the proxy; the proxy's pings (`limits.ping_interval`) are such bytes.
-fn idle_echo(ping_interval: &str) -> (std::io::Result<String>, String, String) {
+/// nginx's `proxy_read_timeout` in the idle-tunnel tests.
+const IDLE_CUT: Duration = Duration::from_secs(1);
+/// How long the tunnel with pings stays idle: three times [`IDLE_CUT`]. The idle span is
+/// the scenario itself, hence a sleep.
+const IDLE: Duration = Duration::from_secs(3);
+
+/// nginx cuts an upgraded connection after `proxy_read_timeout` ([`IDLE_CUT`]) without
+/// bytes from the proxy; the proxy's pings (`limits.ping_interval`) are such bytes. One
+/// line through the tunnel, then `idle(&nginx)`, then another line: what came back, the
+/// logs, and nginx's log.
+fn idle_echo(
+    ping_interval: &str,
+    idle: impl FnOnce(&Balancer),
+) -> (std::io::Result<String>, String, String) {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
     let ping = format!("ping_interval: {ping_interval}");
     let proxy = echo_proxy(&pki, &echo, &[&ping]);
     let dir = TempDir::new("nginx-idle").unwrap();
-    let front = nginx(&pki, &dir, &proxy, Some(Duration::from_secs(5)));
+    let front = nginx(&pki, &dir, &proxy, Some(IDLE_CUT));
     let local = proxy_tcp_echo(&pki, front.addr, &[]);
     let mut client = EchoClient::connect(&local);
     let first = client.echo("before idle");
@@ -786,8 +797,8 @@ fn idle_echo(ping_interval: &str) -> (std::io::Result<String>, String, String) {
         local.logs(),
         proxy.log()
     );
-    std::thread::sleep(Duration::from_secs(20));
-    let after = client.echo("after 20s idle");
+    idle(&front);
+    let after = client.echo("after idle");
     let logs = format!(
         "{}\n--- proxy ---\n{}\n--- balancer ---\n{}",
         local.logs(),
@@ -799,24 +810,35 @@ fn idle_echo(ping_interval: &str) -> (std::io::Result<String>, String, String) {
 
 #[test]
 fn idle_tunnel_through_nginx_survives_with_pings() {
-    let (after, logs, _) = idle_echo("2s");
+    let (after, logs, _) = idle_echo("300ms", |_| std::thread::sleep(IDLE));
     assert_eq!(
         after.as_deref().ok(),
-        Some("after 20s idle\n"),
-        "with limits.ping_interval 2s the tunnel should outlive nginx's 5s read timeout\n{logs}"
+        Some("after idle\n"),
+        "with limits.ping_interval 300ms the tunnel should stay up for {IDLE:?} behind nginx's \
+         {IDLE_CUT:?} read timeout\n{logs}"
     );
 }
 
 #[test]
 fn idle_tunnel_through_nginx_is_cut_without_pings() {
-    let (after, logs, nginx_log) = idle_echo("0s");
+    // Idle until nginx says its proxy_read_timeout cut the tunnel (30 s only bound the
+    // wait).
+    let (after, logs, nginx_log) = idle_echo("0s", |front| {
+        wait_until(
+            Duration::from_secs(30),
+            "nginx's \"upstream timed out\"",
+            || Ok(front.log().contains("upstream timed out").then_some(())),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", front.logs()));
+    });
     let cut = match &after {
         Ok(text) => text.is_empty(),
         Err(_) => true,
     };
     assert!(
         cut,
-        "with pings off nginx should have closed the idle tunnel after 5s, got {after:?}\n{logs}"
+        "with pings off nginx should have closed the idle tunnel after {IDLE_CUT:?}, got \
+         {after:?}\n{logs}"
     );
     assert!(
         nginx_log.contains("upstream timed out"),
