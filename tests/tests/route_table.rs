@@ -231,6 +231,9 @@ fn chopper(target: SocketAddr, record: usize) -> SocketAddr {
             let (a, b) = rec.split_at(rec.len() / 2);
             for part in [a, b] {
                 upstream.write_all(part).unwrap();
+                // Pacing, not a wait for a condition: with nodelay, a pause between writes
+                // is what makes each half its own TCP segment (and, most often, its own
+                // read on the proxy's side), the input this test is about.
                 thread::sleep(Duration::from_millis(15));
             }
         }
