@@ -173,10 +173,10 @@ fn a_pure_fin_from_the_client_leaves_the_upstream_direction_working() {
     let (preface_read, preface_in) = std::sync::mpsc::channel();
     let (request_read, request_in) = std::sync::mpsc::channel();
     let (_pki, proxy, server) = one_ssh(move |mut s| {
-        let upstream = |e| format!("upstream {e}");
-        read_exactly(&mut s, b"SSH-2.0-c\r\n").map_err(upstream)?;
+        let named = |e| format!("upstream {e}");
+        read_exactly(&mut s, b"SSH-2.0-c\r\n").map_err(named)?;
         let _ = preface_read.send(());
-        read_exactly(&mut s, b"request").map_err(upstream)?;
+        read_exactly(&mut s, b"request").map_err(named)?;
         let _ = request_read.send(());
         let rest = read_to_end(&mut s);
         if !rest.is_empty() {

@@ -1,10 +1,10 @@
 //! Shared by the `ebpf_*` tests and `splice_fallback`: starting a proxy with `--ebpf
 //! require` (a kernel refusal fails the test; the tests that need it carry
 //! `#[cfg_attr(not(ci), ignore = "needs root and CAP_BPF (runs under CI=true)")]`, see
-//! `tests/build.rs`), a
-//! patterned byte stream whose every byte is checked on arrival (loss, duplication and
-//! reordering all show), a plain TCP upstream run by the test itself, the relay's byte
-//! counters, a wait for a pair to be spliced, and the two halves of the half-close checks.
+//! `tests/build.rs`), a patterned byte stream whose every byte is checked on arrival
+//! (loss, duplication and reordering all show), a plain TCP upstream run by the test
+//! itself, the relay's byte counters, a wait for a pair to be spliced, and the two halves
+//! of the half-close checks.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
