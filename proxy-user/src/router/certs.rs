@@ -1,6 +1,6 @@
 //! TLS termination set-up: the proxy's certificates chosen by SNI, the client-certificate
-//! verifier (cluster CA plus a route's allow list), one rustls `ServerConfig` per terminated
-//! route, and the identity read back from a verified client certificate.
+//! verifier (cluster CA plus a route's allow list), and one rustls `ServerConfig` per
+//! terminated route, which the route table then carries in the route's entry.
 //!
 //! A client certificate that fails the allow list is refused *inside* the handshake, so the
 //! client gets a TLS alert (`access_denied`) rather than a silent close.
@@ -176,17 +176,21 @@ impl ClientCertVerifier for AllowListVerifier {
     }
 }
 
-/// One `ServerConfig` per route entry (`None` for passthrough entries), built at start-up.
-pub(crate) fn server_configs(
+/// Gives every terminated route of `table` its own rustls configuration (its ALPN list,
+/// its client-certificate policy and allow list, the proxy's certificates chosen by SNI),
+/// built at start-up and at each reload.
+pub(crate) fn with_tls(
     config: &Config,
-    table: &Table,
-) -> Result<Vec<Option<Arc<ServerConfig>>>, ConfigError> {
+    table: Table,
+) -> Result<Table<Arc<ServerConfig>>, ConfigError> {
     let p = &config.proxy_service;
-    let needs_tls = table
-        .entries
-        .iter()
-        .any(|e| matches!(e.mode, Mode::Terminate { .. }));
-    if needs_tls && p.https_keypairs.is_empty() {
+    let terminated = |client_auth_needed: bool| {
+        table.entries().iter().any(|e| match e.mode {
+            Mode::Terminate { client_auth, .. } => client_auth || !client_auth_needed,
+            Mode::Passthrough => false,
+        })
+    };
+    if terminated(false) && p.https_keypairs.is_empty() {
         return Err(ConfigError::invalid(
             "proxy_service.https_keypairs",
             "at least one certificate is needed for terminated routes (web, teleport-*, routes with mode: terminate)",
@@ -201,12 +205,8 @@ pub(crate) fn server_configs(
         )?);
     }
     let resolver = Arc::new(SniResolver::new(keys));
-    let needs_ca = table
-        .entries
-        .iter()
-        .any(|e| e.mode == Mode::Terminate { client_auth: true });
     let client_verifier =
-        match (&p.client_ca_file, needs_ca) {
+        match (&p.client_ca_file, terminated(true)) {
             (Some(path), _) => Some(client_ca_verifier(&config.path(path))?),
             (None, true) => return Err(ConfigError::invalid(
                 "proxy_service.client_ca_file",
@@ -214,12 +214,14 @@ pub(crate) fn server_configs(
             )),
             (None, false) => None,
         };
-    let mut out = Vec::with_capacity(table.entries.len());
-    for entry in &table.entries {
-        let Mode::Terminate { client_auth } = entry.mode else {
-            out.push(None);
-            continue;
-        };
+    table.with_tls(|entry| {
+        let client_auth = matches!(
+            entry.mode,
+            Mode::Terminate {
+                client_auth: true,
+                ..
+            }
+        );
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| ConfigError::invalid("proxy_service.https_keypairs", e.to_string()))?;
@@ -232,9 +234,8 @@ pub(crate) fn server_configs(
         };
         let mut server = builder.with_cert_resolver(resolver.clone());
         server.alpn_protocols = entry.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-        out.push(Some(Arc::new(server)));
-    }
-    Ok(out)
+        Ok(Arc::new(server))
+    })
 }
 
 fn client_ca_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {

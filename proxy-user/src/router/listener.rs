@@ -8,8 +8,8 @@
 //! for every permit to come back.
 
 use super::conn::{self, ConnError};
-use super::route::RouteEntry;
 use super::state::Proxy;
+use super::state::Route;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ pub(crate) enum Ingress {
     /// The single port: detect, route, relay.
     Multiplex,
     /// A legacy per-protocol listener: relay everything to one upstream.
-    Fixed(RouteEntry),
+    Fixed(Route),
 }
 
 /// Accepts connections until `shutdown` turns true. Each connection uses the [`Proxy`]

@@ -89,10 +89,10 @@ pub(crate) async fn serve(
     };
     tasks.spawn(accept(web, Ingress::Multiplex));
     for (listener, route) in legacy {
-        info!(listen = %listener.local_addr()?, route = %route.name, upstream = %route.upstream, "legacy listener");
+        info!(listen = %listener.local_addr()?, route = %route.name, upstream = route.upstream.as_deref().unwrap_or("-"), "legacy listener");
         tasks.spawn(accept(listener, Ingress::Fixed(route)));
     }
-    info!(web = %web_addr, diag = ?diag_addr, routes = proxy.table.entries.len(), "switchyard serving");
+    info!(web = %web_addr, diag = ?diag_addr, routes = proxy.table.entries().len(), "switchyard serving");
     println!(
         "switchyard ready web={web_addr} diag={}",
         diag_addr.map_or("-".to_owned(), |a| a.to_string())
@@ -123,7 +123,7 @@ pub(crate) async fn serve(
 fn reload(path: &Path, metrics: &Arc<Metrics>, proxies: &watch::Sender<Arc<Proxy>>) {
     match Config::load(path).and_then(|c| Proxy::new(c, metrics.clone())) {
         Ok(p) => {
-            info!(routes = p.table.entries.len(), config = %path.display(), "reloaded certificates and routes");
+            info!(routes = p.table.entries().len(), config = %path.display(), "reloaded certificates and routes");
             let _ = proxies.send(Arc::new(p));
         }
         Err(e) => {

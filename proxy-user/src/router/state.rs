@@ -6,18 +6,20 @@
 use super::certs;
 use super::metrics::Metrics;
 use super::ratelimit::RateLimit;
-use super::route::{Mode, RouteEntry, Table};
+use super::route::{Mode, Role, RouteEntry, Table};
 use crate::config::{Config, ConfigError};
 use rustls::ServerConfig;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A route of the running proxy: a terminated one carries its rustls configuration.
+pub(crate) type Route = RouteEntry<Arc<ServerConfig>>;
+
 /// Everything a connection needs, built once at start-up.
 pub(crate) struct Proxy {
     pub(crate) config: Config,
-    pub(crate) table: Table,
-    /// TLS configuration of each `table.entries[i]` that terminates.
-    pub(crate) tls: Vec<Option<Arc<ServerConfig>>>,
+    /// The routes, each terminated one with its TLS configuration.
+    pub(crate) table: Table<Arc<ServerConfig>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Rate limit for log lines about unrecognised or malformed input.
     pub(crate) noise: RateLimit,
@@ -26,15 +28,13 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// Builds the routes and loads certificates; errors name the configuration key.
     pub(crate) fn new(config: Config, metrics: Arc<Metrics>) -> Result<Proxy, ConfigError> {
-        let table = Table::new(&config);
-        let tls = certs::server_configs(&config, &table)?;
+        let table = certs::with_tls(&config, Table::new(&config))?;
         for (key, _) in config.legacy_listeners() {
             legacy_route(&config, key)?;
         }
         Ok(Proxy {
             config,
             table,
-            tls,
             metrics,
             noise: RateLimit::new(10, Duration::from_secs(10)),
         })
@@ -42,7 +42,7 @@ impl Proxy {
 }
 
 /// The route of a legacy listener key (`listen_addr` → ssh, ...).
-pub(crate) fn legacy_route(config: &Config, key: &str) -> Result<RouteEntry, ConfigError> {
+pub(crate) fn legacy_route(config: &Config, key: &str) -> Result<Route, ConfigError> {
     let u = &config.upstreams;
     let (name, upstream) = match key {
         "listen_addr" => ("ssh", &u.ssh),
@@ -61,7 +61,8 @@ pub(crate) fn legacy_route(config: &Config, key: &str) -> Result<RouteEntry, Con
     Ok(RouteEntry {
         name: format!("legacy-{name}"),
         mode: Mode::Passthrough,
-        upstream,
+        role: Role::Relay,
+        upstream: Some(upstream),
         alpn: vec![],
         allow: vec![],
     })

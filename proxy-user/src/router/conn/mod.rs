@@ -163,7 +163,7 @@ async fn web_connection<C: ClientIo>(
     proxy: &Proxy,
     client: C,
     pre: Preface,
-    route: &super::route::RouteEntry,
+    route: &super::state::Route,
 ) -> Result<Finished, ConnError> {
     match web::web(proxy, client, pre, route).await? {
         Web::Done(done) => Ok(done),

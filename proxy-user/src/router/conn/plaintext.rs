@@ -7,8 +7,8 @@ use super::error::{ConnError, Finished};
 use super::preface::Preface;
 use super::upstream::connect;
 use crate::relay::relay_plain;
-use crate::router::route::RouteEntry;
 use crate::router::state::Proxy;
+use crate::router::state::Route;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Span;
@@ -17,7 +17,7 @@ use tracing::Span;
 pub(crate) enum Plain<'a> {
     Done(Finished),
     /// Plaintext HTTP: the web route's own endpoints come next.
-    Web(TcpStream, Preface, &'a RouteEntry),
+    Web(TcpStream, Preface, &'a Route),
 }
 
 /// A legacy plaintext protocol on the single port: `route` is `ssh`, `web` or `postgres`.
@@ -27,11 +27,7 @@ pub(crate) async fn plaintext<'a>(
     pre: Preface,
     route: &str,
 ) -> Result<Plain<'a>, ConnError> {
-    let Some(entry) = proxy
-        .table
-        .plaintext(route)
-        .map(|i| &proxy.table.entries[i])
-    else {
+    let Some(entry) = proxy.table.plaintext(route) else {
         proxy.metrics.route(route, "reject");
         return Err(ConnError::NoRoute(format!(
             "plaintext {route} but no upstreams.{route} is configured"
@@ -55,7 +51,7 @@ pub(crate) async fn plaintext<'a>(
 pub(crate) async fn fixed(
     proxy: &Proxy,
     stream: TcpStream,
-    route: &RouteEntry,
+    route: &Route,
 ) -> Result<Finished, ConnError> {
     Span::current().record("route", route.name.as_str());
     proxy.metrics.route(&route.name, "relay");

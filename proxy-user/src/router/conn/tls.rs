@@ -11,8 +11,9 @@ use crate::io::{tls::CertIdentity, Prefixed};
 use crate::protocol::{H2_ALPN, PING_SUFFIX, REVERSE_TUNNEL_ALPN};
 use crate::relay::relay;
 use crate::router::hello;
-use crate::router::route::{Decision, Mode, RejectAlert, RouteEntry, TUNNEL_PROBE};
+use crate::router::route::{Decision, Mode, RejectAlert, Role, TUNNEL_PROBE};
 use crate::router::state::Proxy;
+use crate::router::state::Route;
 use std::io;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -28,7 +29,7 @@ pub(crate) enum Tls<'a, C> {
     Web {
         stream: Box<TlsStream<Prefixed<C>>>,
         preface: Preface,
-        route: &'a RouteEntry,
+        route: &'a Route,
     },
 }
 
@@ -47,30 +48,29 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         span.record("sni", sni.as_str());
     }
     span.record("alpn", tracing::field::debug(&hello.alpn));
-    let entry = match proxy.table.route(&hello) {
-        Decision::Route(i) => i,
+    let route = match proxy.table.route(&hello) {
+        Decision::Route(route) => route,
         Decision::Reject { reason, alert } => {
             proxy.metrics.route("none", "reject");
             send_alert(&mut client, alert).await;
             return Err(ConnError::NoRoute(reason));
         }
     };
-    let route = &proxy.table.entries[entry];
     span.record("route", route.name.as_str());
-    let buffer = proxy.config.limits.relay_buffer_bytes;
-    if route.mode == Mode::Passthrough {
-        proxy.metrics.route(&route.name, "passthrough");
-        let mut upstream = connect(proxy, route).await?;
-        upstream.write_all(pre.rest()).await?;
-        let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
-        let mut stats = relay_client(client, upstream, consumed, buffer).await;
-        stats.client_to_upstream += sent;
-        return Ok(Tls::Done(Finished::relayed(&route.name, stats)));
-    }
+    let config = match &route.mode {
+        Mode::Terminate { tls, .. } => tls.clone(),
+        Mode::Passthrough => {
+            proxy.metrics.route(&route.name, "passthrough");
+            let mut upstream = connect(proxy, route).await?;
+            upstream.write_all(pre.rest()).await?;
+            let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
+            let buffer = proxy.config.limits.relay_buffer_bytes;
+            let mut stats = relay_client(client, upstream, consumed, buffer).await;
+            stats.client_to_upstream += sent;
+            return Ok(Tls::Done(Finished::relayed(&route.name, stats)));
+        }
+    };
     proxy.metrics.route(&route.name, "terminate");
-    let config = proxy.tls[entry]
-        .clone()
-        .expect("terminated routes have a TLS config");
     let started = Instant::now();
     let deadline = pre.deadline;
     let inner = pre.inner();
@@ -116,12 +116,11 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     if let Some(p) = &negotiated {
         span.record("negotiated", p.as_str());
     }
-    if route.upstream.is_empty() && route.name == TUNNEL_PROBE {
+    if route.role == Role::DetectionProbe {
         debug!("answered a TLS routing probe (no upstreams.tunnel configured)");
         return Ok(Tls::Done(Finished::answered(&route.name, "none", 0, 0)));
     }
-    let is_web = proxy.table.web() == Some(entry);
-    if is_web && negotiated.as_deref() != Some(H2_ALPN) {
+    if route.role == Role::Web && negotiated.as_deref() != Some(H2_ALPN) {
         return Ok(Tls::Web {
             stream: Box::new(tls),
             preface: inner,
@@ -138,7 +137,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
 pub(crate) async fn relay_terminated<S>(
     proxy: &Proxy,
     tls: Box<TlsStream<S>>,
-    route: &RouteEntry,
+    route: &Route,
 ) -> Result<Finished, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

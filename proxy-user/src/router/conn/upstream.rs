@@ -7,8 +7,8 @@ use super::error::ConnError;
 use crate::io::{BoxedIo, Prefixed};
 use crate::relay::{relay, relay_plain, RelayStats};
 use crate::router::metrics::UpstreamLabel;
-use crate::router::route::RouteEntry;
 use crate::router::state::Proxy;
+use crate::router::state::Route;
 use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -46,7 +46,13 @@ pub(crate) async fn relay_client<C: ClientIo>(
 }
 
 /// Connects to a route's upstream within `limits.connect_timeout`.
-pub(crate) async fn connect(proxy: &Proxy, route: &RouteEntry) -> Result<TcpStream, ConnError> {
+pub(crate) async fn connect(proxy: &Proxy, route: &Route) -> Result<TcpStream, ConnError> {
+    let Some(addr) = route.upstream.as_deref() else {
+        return Err(ConnError::NoRoute(format!(
+            "route {} has no upstream (answered by the proxy itself)",
+            route.name
+        )));
+    };
     let fail = |error| {
         proxy
             .metrics
@@ -57,12 +63,12 @@ pub(crate) async fn connect(proxy: &Proxy, route: &RouteEntry) -> Result<TcpStre
             .inc();
         ConnError::Upstream {
             route: route.name.clone(),
-            upstream: route.upstream.clone(),
+            upstream: addr.to_owned(),
             error,
         }
     };
     let t = proxy.config.limits.connect_timeout;
-    let stream = match timeout(t, TcpStream::connect(&route.upstream)).await {
+    let stream = match timeout(t, TcpStream::connect(addr)).await {
         Err(_) => {
             return Err(fail(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -73,6 +79,6 @@ pub(crate) async fn connect(proxy: &Proxy, route: &RouteEntry) -> Result<TcpStre
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    debug!(upstream = %route.upstream, "upstream connected");
+    debug!(upstream = addr, "upstream connected");
     Ok(stream)
 }

@@ -11,8 +11,8 @@ use super::upstream::{connect, relay_client, ClientIo};
 use crate::io::{wire, BoxedIo, Prefixed};
 use crate::router::detect::{detect, Detected};
 use crate::router::metrics::Accepted;
-use crate::router::route::RouteEntry;
 use crate::router::state::Proxy;
+use crate::router::state::Route;
 use crate::router::webapi::{self, Kind, Refused, Target};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -38,7 +38,7 @@ pub(crate) async fn web<C: ClientIo>(
     proxy: &Proxy,
     mut client: C,
     mut pre: Preface,
-    route: &RouteEntry,
+    route: &Route,
 ) -> Result<Web, ConnError> {
     let limits = &proxy.config.limits;
     let max = limits.max_hello_bytes;
@@ -56,7 +56,7 @@ pub(crate) async fn web<C: ClientIo>(
         Err(e) => return Err(e),
     };
     if target == Target::Other {
-        if route.upstream.is_empty() {
+        if route.upstream.is_none() {
             let refused = webapi::no_web_upstream(request_path(pre.rest()));
             respond(&mut client, &refused.response()).await;
             return Err(ConnError::NoRoute(refused.reason));

@@ -1,5 +1,5 @@
 //! Routing: a pure matcher from what the client said (SNI, ALPN list) to a route
-//! (DESIGN.md §2).
+//! (DESIGN.md §2; the operator's view of the same rules is in `docs/config.md`).
 //!
 //! Precedence, first match wins:
 //! 1. SNI `kube-teleport-proxy-alpn.*` → the Kubernetes upstream, passthrough, before ALPN;
@@ -9,14 +9,18 @@
 //!    `teleport-proxy-ssh` an SNI `<node>.ssh.<anything>` picks `upstreams.ssh_nodes[node]`;
 //! 4. the web upstream for `http/1.1`, `h2`, or no ALPN.
 //!
-//! [`Table::new`] turns the configuration into [`RouteEntry`]s once; [`Table::route`] only
-//! reads them, so it is cheap on the per-connection path and tested with plain values.
+//! [`Table::new`] (in `build`) turns the configuration into [`RouteEntry`]s once;
+//! [`Table::route`] only reads them, so it is cheap on the per-connection path and tested
+//! with plain values. A table is generic over what a terminated route carries: `()` as
+//! built and in tests, the route's rustls configuration once [`Table::with_tls`] has given
+//! every terminated entry its own — so no terminated route can lack one.
+
+mod build;
 
 use super::hello::ClientHello;
-use crate::config::{AuthUpstreams, Config, RouteMode};
 use crate::protocol::{
-    ping_variant, AUTH_ALPN_PREFIX, AUTH_ALPN_SUFFIX, BUILTIN, KUBE_SNI_PREFIX, PING_SUFFIX,
-    POSTGRES_ALPN, SSH_ALPN, SSH_NODE_LABEL, TCP_ALPNS, TELEPORT_PREFIX, WEB_ALPN,
+    AUTH_ALPN_PREFIX, AUTH_ALPN_SUFFIX, BUILTIN, KUBE_SNI_PREFIX, PING_SUFFIX, POSTGRES_ALPN,
+    SSH_ALPN, SSH_NODE_LABEL, TCP_ALPNS, WEB_ALPN,
 };
 use std::collections::BTreeMap;
 
@@ -28,21 +32,35 @@ pub(crate) const TUNNEL_PROBE: &str = "tunnel-probe";
 
 /// What the proxy does with the TLS of a routed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub(crate) enum Mode<T = ()> {
     /// Forward the raw TLS bytes; the upstream terminates.
     Passthrough,
-    /// Terminate TLS here; `client_auth` requires a client certificate from the cluster CA.
-    Terminate { client_auth: bool },
+    /// Terminate TLS here with `tls`; `client_auth` requires a client certificate from the
+    /// cluster CA.
+    Terminate { client_auth: bool, tls: T },
+}
+
+/// What a route is for, beyond relaying to its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Relays to its upstream.
+    Relay,
+    /// The web route: the proxy's own `/webapi/` endpoints first, then its upstream (when
+    /// there is none, other paths get 404).
+    Web,
+    /// Answers the clients' layer-7 detection probe and closes ([`TUNNEL_PROBE`]).
+    DetectionProbe,
 }
 
 /// One destination, built from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RouteEntry {
+pub(crate) struct RouteEntry<T = ()> {
     /// Name in logs and metrics: `web`, `ssh`, `kube`, `auth:<cluster>`, or a `routes:` name.
     pub(crate) name: String,
-    pub(crate) mode: Mode,
-    /// `host:port`.
-    pub(crate) upstream: String,
+    pub(crate) mode: Mode<T>,
+    pub(crate) role: Role,
+    /// `host:port`; `None` for a route the proxy answers itself.
+    pub(crate) upstream: Option<String>,
     /// ALPN values the proxy may select when it terminates, server preference first.
     pub(crate) alpn: Vec<String>,
     /// Identities (CN or O) allowed; empty allows any certificate the CA signed.
@@ -86,12 +104,14 @@ impl SniMatch {
 }
 
 /// The routing decision for one ClientHello.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Decision {
-    /// Index into [`Table::entries`].
-    Route(usize),
+#[derive(Debug)]
+pub(crate) enum Decision<'a, T> {
+    Route(&'a RouteEntry<T>),
     /// No route: the reason goes to the log, the alert to the client.
-    Reject { reason: String, alert: RejectAlert },
+    Reject {
+        reason: String,
+        alert: RejectAlert,
+    },
 }
 
 /// The TLS alert sent with a rejection.
@@ -104,9 +124,9 @@ pub(crate) enum RejectAlert {
 }
 
 /// All routes of one listener.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Table {
-    pub(crate) entries: Vec<RouteEntry>,
+#[derive(Debug, Clone)]
+pub(crate) struct Table<T = ()> {
+    entries: Vec<RouteEntry<T>>,
     rules: Vec<Rule>,
     kube: Option<usize>,
     web: Option<usize>,
@@ -118,144 +138,67 @@ pub(crate) struct Table {
     ssh_nodes: BTreeMap<String, usize>,
 }
 
-impl Table {
-    /// Builds the table of a validated configuration.
-    pub(crate) fn new(config: &Config) -> Table {
-        let mut t = Table::default();
-        let u = &config.upstreams;
-        for (i, r) in config.routes.iter().enumerate() {
-            let is_teleport = r
-                .alpn
-                .as_deref()
-                .is_some_and(|a| a.starts_with(TELEPORT_PREFIX));
-            let mode = match r.mode {
-                RouteMode::Passthrough => Mode::Passthrough,
-                RouteMode::Terminate => Mode::Terminate {
-                    client_auth: r.client_auth.unwrap_or(is_teleport || !r.allow.is_empty()),
+impl Table<()> {
+    /// Gives every terminated entry its TLS configuration, `tls(entry)`; the first error
+    /// is the table's.
+    pub(crate) fn with_tls<T, E>(
+        self,
+        mut tls: impl FnMut(&RouteEntry) -> Result<T, E>,
+    ) -> Result<Table<T>, E> {
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in self.entries {
+            let mode = match e.mode {
+                Mode::Passthrough => Mode::Passthrough,
+                Mode::Terminate { client_auth, .. } => Mode::Terminate {
+                    client_auth,
+                    tls: tls(&e)?,
                 },
             };
-            let alpn = match &r.alpn {
-                Some(a) => ping_variant(a).into_iter().chain([a.clone()]).collect(),
-                None => strings(WEB_ALPN),
-            };
-            let entry = t.push(RouteEntry {
-                name: r.name.clone().unwrap_or_else(|| format!("routes[{i}]")),
+            entries.push(RouteEntry {
+                name: e.name,
                 mode,
-                upstream: r.upstream.clone(),
-                alpn,
-                allow: r.allow.clone(),
-            });
-            t.rules.push(Rule {
-                sni: r.sni.as_deref().map(SniMatch::parse),
-                alpn: r.alpn.clone(),
-                entry,
+                role: e.role,
+                upstream: e.upstream,
+                alpn: e.alpn,
+                allow: e.allow,
             });
         }
-        if let Some(kube) = &u.kube {
-            t.kube = Some(t.push(passthrough("kube", kube)));
-        }
-        // Without `upstreams.web` the web route still answers the proxy's own endpoints
-        // (`/webapi/connectionupgrade`, `/webapi/ping`) when there is a certificate to
-        // terminate with; its upstream is empty and other paths get 404.
-        let web = u
-            .web
-            .clone()
-            .or_else(|| (!config.proxy_service.https_keypairs.is_empty()).then(String::new));
-        if let Some(web) = web {
-            t.web = Some(t.push(RouteEntry {
-                name: "web".into(),
-                mode: Mode::Terminate { client_auth: false },
-                upstream: web,
-                alpn: strings(WEB_ALPN),
-                allow: vec![],
-            }));
-        }
-        for (name, protocols) in BUILTIN {
-            let upstream = match *name {
-                "ssh" => &u.ssh,
-                "tunnel" => &u.tunnel,
-                "postgres" => &u.postgres,
-                "mysql" => &u.mysql,
-                _ => &u.mongodb,
-            };
-            let entry = match upstream {
-                Some(upstream) => RouteEntry {
-                    name: (*name).into(),
-                    mode: Mode::Terminate { client_auth: true },
-                    upstream: upstream.clone(),
-                    alpn: strings(protocols),
-                    allow: vec![],
-                },
-                // Answers the layer-7 detection probe; no client certificate is asked for
-                // because nothing is behind it.
-                None if *name == "tunnel" && t.web.is_some() => RouteEntry {
-                    name: TUNNEL_PROBE.into(),
-                    mode: Mode::Terminate { client_auth: false },
-                    upstream: String::new(),
-                    alpn: strings(protocols),
-                    allow: vec![],
-                },
-                None => continue,
-            };
-            let entry = t.push(entry);
-            for p in *protocols {
-                t.builtin.insert((*p).into(), entry);
-            }
-        }
-        for (node, addr) in &u.ssh_nodes {
-            let entry = t.push(RouteEntry {
-                name: format!("ssh:{node}"),
-                mode: Mode::Terminate { client_auth: true },
-                upstream: addr.clone(),
-                alpn: vec![SSH_ALPN.into()],
-                allow: vec![],
-            });
-            t.ssh_nodes.insert(node.to_ascii_lowercase(), entry);
-        }
-        let clusters: Vec<(String, String)> = match &u.auth {
-            Some(AuthUpstreams::One(a)) => config
-                .auth_service
-                .cluster_name
-                .iter()
-                .map(|c| (c.clone(), a.clone()))
-                .collect(),
-            Some(AuthUpstreams::PerCluster(m)) => m.clone().into_iter().collect(),
-            None => vec![],
-        };
-        for (cluster, addr) in clusters {
-            let entry = t.push(passthrough(&format!("auth:{cluster}"), &addr));
-            t.auth.insert(cluster, entry);
-        }
-        t
+        Ok(Table {
+            entries,
+            rules: self.rules,
+            kube: self.kube,
+            web: self.web,
+            builtin: self.builtin,
+            auth: self.auth,
+            ssh_nodes: self.ssh_nodes,
+        })
+    }
+}
+
+impl<T> Table<T> {
+    /// Every route, in the order they were built.
+    pub(crate) fn entries(&self) -> &[RouteEntry<T>] {
+        &self.entries
     }
 
     /// The built-in entry that receives a legacy plaintext protocol: `web` (HTTP), `ssh`
     /// (`SSH-`) or `postgres` (SSLRequest and friends).
-    pub(crate) fn plaintext(&self, protocol: &str) -> Option<usize> {
-        match protocol {
+    pub(crate) fn plaintext(&self, protocol: &str) -> Option<&RouteEntry<T>> {
+        let i = match protocol {
             "web" => self.web,
             "ssh" => self.builtin.get(SSH_ALPN).copied(),
             "postgres" => self.builtin.get(POSTGRES_ALPN).copied(),
             _ => None,
-        }
-    }
-
-    /// The web route, which also serves the proxy's own `/webapi/` endpoints.
-    pub(crate) fn web(&self) -> Option<usize> {
-        self.web
-    }
-
-    fn push(&mut self, e: RouteEntry) -> usize {
-        self.entries.push(e);
-        self.entries.len() - 1
+        };
+        i.map(|i| &self.entries[i])
     }
 
     /// Routes one ClientHello.
-    pub(crate) fn route(&self, hello: &ClientHello) -> Decision {
+    pub(crate) fn route(&self, hello: &ClientHello) -> Decision<'_, T> {
         let sni = hello.sni.as_deref().unwrap_or("");
         if sni.starts_with(KUBE_SNI_PREFIX) {
             return match self.kube {
-                Some(i) => Decision::Route(i),
+                Some(i) => Decision::Route(&self.entries[i]),
                 None => reject(
                     "Kubernetes SNI but no upstreams.kube is configured",
                     RejectAlert::UnrecognizedName,
@@ -263,12 +206,12 @@ impl Table {
             };
         }
         if let Some(i) = self.match_rules(sni, &hello.alpn) {
-            return Decision::Route(i);
+            return Decision::Route(&self.entries[i]);
         }
         for protocol in &hello.alpn {
             if let Some(node) = ssh_node(sni).filter(|_| protocol == SSH_ALPN) {
                 return match self.ssh_nodes.get(node) {
-                    Some(&i) => Decision::Route(i),
+                    Some(&i) => Decision::Route(&self.entries[i]),
                     None => reject(
                         &format!("SSH node {node:?} is not in upstreams.ssh_nodes"),
                         RejectAlert::UnrecognizedName,
@@ -276,11 +219,11 @@ impl Table {
                 };
             }
             if let Some(&i) = self.builtin.get(protocol) {
-                return Decision::Route(i);
+                return Decision::Route(&self.entries[i]);
             }
             if let Some(cluster) = auth_cluster(protocol) {
                 return match cluster.and_then(|c| self.auth.get(&c).map(|&i| (c, i))) {
-                    Some((_, i)) => Decision::Route(i),
+                    Some((_, i)) => Decision::Route(&self.entries[i]),
                     None => reject(
                         &format!("no auth upstream for ALPN {protocol}"),
                         RejectAlert::NoApplicationProtocol,
@@ -303,7 +246,7 @@ impl Table {
         let wants_web =
             hello.alpn.is_empty() || hello.alpn.iter().any(|p| WEB_ALPN.contains(&p.as_str()));
         match (wants_web, self.web) {
-            (true, Some(i)) => Decision::Route(i),
+            (true, Some(i)) => Decision::Route(&self.entries[i]),
             (true, None) => reject(
                 "web request but no upstreams.web is configured",
                 RejectAlert::NoApplicationProtocol,
@@ -348,7 +291,7 @@ impl Table {
 
 /// `Some(Some(cluster))` for a well-formed `teleport-auth@<hex>.teleport.cluster.local`,
 /// `Some(None)` for a malformed one, `None` for other protocols.
-pub(crate) fn auth_cluster(protocol: &str) -> Option<Option<String>> {
+fn auth_cluster(protocol: &str) -> Option<Option<String>> {
     let rest = protocol.strip_prefix(AUTH_ALPN_PREFIX)?;
     Some(
         rest.strip_suffix(AUTH_ALPN_SUFFIX)
@@ -358,7 +301,7 @@ pub(crate) fn auth_cluster(protocol: &str) -> Option<Option<String>> {
 }
 
 /// The node of an SSH SNI `<node>.ssh.<rest>` (already lowercase, as parsed).
-pub(crate) fn ssh_node(sni: &str) -> Option<&str> {
+fn ssh_node(sni: &str) -> Option<&str> {
     let (node, rest) = sni.split_once('.')?;
     let (label, rest) = rest.split_once('.')?;
     (label == SSH_NODE_LABEL && !node.is_empty() && !rest.is_empty()).then_some(node)
@@ -372,27 +315,12 @@ fn builtin_upstream_key(protocol: &str) -> Option<&'static str> {
         .map(|(name, _)| *name)
 }
 
-fn passthrough(name: &str, upstream: &str) -> RouteEntry {
-    RouteEntry {
-        name: name.into(),
-        mode: Mode::Passthrough,
-        upstream: upstream.into(),
-        alpn: vec![],
-        allow: vec![],
-    }
-}
-
-fn reject(reason: &str, alert: RejectAlert) -> Decision {
+fn reject<'a, T>(reason: &str, alert: RejectAlert) -> Decision<'a, T> {
     Decision::Reject {
         reason: reason.into(),
         alert,
     }
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 #[cfg(test)]
-#[path = "route_tests.rs"]
 mod tests;

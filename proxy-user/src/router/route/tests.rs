@@ -1,7 +1,19 @@
 //! Precedence tests for the router.
 
 use super::*;
+use crate::config::Config;
+use crate::protocol::ping_variant;
 use std::path::Path;
+
+/// A terminated route that asks for a client certificate, and one that does not.
+const CLIENT_AUTH: Mode = Mode::Terminate {
+    client_auth: true,
+    tls: (),
+};
+const NO_CLIENT_AUTH: Mode = Mode::Terminate {
+    client_auth: false,
+    tls: (),
+};
 
 const CONFIG: &str = "
 auth_service: {cluster_name: root}
@@ -33,7 +45,7 @@ fn name(t: &Table, sni: Option<&str>, alpn: &[&str]) -> String {
         alpn: alpn.iter().map(|s| s.to_string()).collect(),
     };
     match t.route(&hello) {
-        Decision::Route(i) => t.entries[i].name.clone(),
+        Decision::Route(e) => e.name.clone(),
         Decision::Reject { reason, .. } => format!("reject: {reason}"),
     }
 }
@@ -90,15 +102,16 @@ fn auth_by_cluster_passthrough() {
     assert_eq!(name(&t, None, &[&alpn("leaf")]), "auth:leaf");
     assert!(name(&t, None, &[&alpn("other")]).starts_with("reject"));
     assert!(name(&t, None, &["teleport-auth@zz.teleport.cluster.local"]).starts_with("reject"));
-    let i = match t.route(&ClientHello {
+    let hello = ClientHello {
         sni: None,
         alpn: vec![alpn("root")],
-    }) {
-        Decision::Route(i) => i,
+    };
+    let e = match t.route(&hello) {
+        Decision::Route(e) => e,
         d => panic!("{d:?}"),
     };
-    assert_eq!(t.entries[i].mode, Mode::Passthrough);
-    assert_eq!(t.entries[i].upstream, "auth-root:3025");
+    assert_eq!(e.mode, Mode::Passthrough);
+    assert_eq!(e.upstream.as_deref(), Some("auth-root:3025"));
 }
 
 #[test]
@@ -133,15 +146,12 @@ fn routes_precedence() {
 fn route_entries_carry_mode_and_auth() {
     let t = table();
     let get = |n: &str| t.entries.iter().find(|e| e.name == n).unwrap().clone();
-    assert_eq!(get("grafana").mode, Mode::Terminate { client_auth: true });
+    assert_eq!(get("grafana").mode, CLIENT_AUTH);
     // The -ping variant comes first: the server's preference (DESIGN.md §2).
     assert_eq!(get("grafana").alpn, ["teleport-tcp-ping", "teleport-tcp"]);
-    assert_eq!(
-        get("exact-app").mode,
-        Mode::Terminate { client_auth: false }
-    );
+    assert_eq!(get("exact-app").mode, NO_CLIENT_AUTH);
     assert_eq!(get("web").alpn, ["h2", "http/1.1"]);
-    assert_eq!(get("ssh").mode, Mode::Terminate { client_auth: true });
+    assert_eq!(get("ssh").mode, CLIENT_AUTH);
     assert_eq!(
         get("postgres").alpn,
         ["teleport-postgres-ping", "teleport-postgres"]
@@ -175,17 +185,22 @@ upstreams: {ssh: 'ssh:22'}
 ";
     // Not validated: the certificate files need not exist to build the table.
     let t = Table::new(&serde_yaml_ng::from_str(config).unwrap());
-    let web = &t.entries[t.web().unwrap()];
-    assert_eq!((web.name.as_str(), web.upstream.as_str()), ("web", ""));
+    let web = t.plaintext("web").unwrap();
+    assert_eq!((web.name.as_str(), web.upstream.as_deref()), ("web", None));
+    assert_eq!(web.role, Role::Web);
     assert_eq!(name(&t, None, &["http/1.1"]), "web");
     let probe = &["teleport-reversetunnel"];
     assert_eq!(name(&t, None, probe), TUNNEL_PROBE);
     let entry = t.entries.iter().find(|e| e.name == TUNNEL_PROBE).unwrap();
-    assert_eq!(entry.mode, Mode::Terminate { client_auth: false });
+    assert_eq!(entry.mode, NO_CLIENT_AUTH);
+    assert_eq!(
+        (entry.role, entry.upstream.as_deref()),
+        (Role::DetectionProbe, None)
+    );
     // Without a certificate there is no web route, hence no probe answer either.
     let bare = "proxy_service: {web_listen_addr: '127.0.0.1:0'}\nupstreams: {kube: 'k:443'}\n";
     let t = Table::new(&Config::parse(bare, Path::new(".")).unwrap());
-    assert_eq!(t.web(), None);
+    assert!(t.plaintext("web").is_none());
     assert!(name(&t, None, probe).contains("no upstreams.tunnel"));
 }
 
@@ -208,6 +223,6 @@ fn ssh_nodes_by_sni_label() {
         "web"
     );
     let get = |n: &str| t.entries.iter().find(|e| e.name == n).unwrap().clone();
-    assert_eq!(get("ssh:node1").upstream, "node1:22");
-    assert_eq!(get("ssh:node1").mode, Mode::Terminate { client_auth: true });
+    assert_eq!(get("ssh:node1").upstream.as_deref(), Some("node1:22"));
+    assert_eq!(get("ssh:node1").mode, CLIENT_AUTH);
 }

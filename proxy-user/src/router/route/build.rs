@@ -1,0 +1,150 @@
+//! Building the route table from a validated configuration, once per start or reload:
+//! `routes:` entries with their matchers, the Kubernetes and web routes, the built-in ALPN
+//! table (`protocol::BUILTIN`), SSH nodes and auth clusters.
+
+use super::{Mode, Role, RouteEntry, Rule, SniMatch, Table, TUNNEL_PROBE};
+use crate::config::{AuthUpstreams, Config, RouteMode};
+use crate::protocol::{ping_variant, BUILTIN, SSH_ALPN, TELEPORT_PREFIX, WEB_ALPN};
+use std::collections::BTreeMap;
+
+impl Table {
+    /// Builds the table of a validated configuration.
+    pub(crate) fn new(config: &Config) -> Table {
+        let mut t = Table {
+            entries: vec![],
+            rules: vec![],
+            kube: None,
+            web: None,
+            builtin: BTreeMap::new(),
+            auth: BTreeMap::new(),
+            ssh_nodes: BTreeMap::new(),
+        };
+        let u = &config.upstreams;
+        for (i, r) in config.routes.iter().enumerate() {
+            let is_teleport = r
+                .alpn
+                .as_deref()
+                .is_some_and(|a| a.starts_with(TELEPORT_PREFIX));
+            let mode = match r.mode {
+                RouteMode::Passthrough => Mode::Passthrough,
+                RouteMode::Terminate => Mode::Terminate {
+                    client_auth: r.client_auth.unwrap_or(is_teleport || !r.allow.is_empty()),
+                    tls: (),
+                },
+            };
+            let alpn = match &r.alpn {
+                Some(a) => ping_variant(a).into_iter().chain([a.clone()]).collect(),
+                None => strings(WEB_ALPN),
+            };
+            let entry = t.push(RouteEntry {
+                name: r.name.clone().unwrap_or_else(|| format!("routes[{i}]")),
+                mode,
+                role: Role::Relay,
+                upstream: Some(r.upstream.clone()),
+                alpn,
+                allow: r.allow.clone(),
+            });
+            t.rules.push(Rule {
+                sni: r.sni.as_deref().map(SniMatch::parse),
+                alpn: r.alpn.clone(),
+                entry,
+            });
+        }
+        if let Some(kube) = &u.kube {
+            t.kube = Some(t.push(passthrough("kube", kube)));
+        }
+        // Without `upstreams.web` the web route still answers the proxy's own endpoints
+        // (`/webapi/connectionupgrade`, `/webapi/ping`) when there is a certificate to
+        // terminate with; it has no upstream and other paths get 404.
+        if u.web.is_some() || !config.proxy_service.https_keypairs.is_empty() {
+            let web = terminate("web", false, u.web.as_deref(), strings(WEB_ALPN));
+            t.web = Some(t.push(RouteEntry {
+                role: Role::Web,
+                ..web
+            }));
+        }
+        for (name, protocols) in BUILTIN {
+            let upstream = match *name {
+                "ssh" => &u.ssh,
+                "tunnel" => &u.tunnel,
+                "postgres" => &u.postgres,
+                "mysql" => &u.mysql,
+                _ => &u.mongodb,
+            };
+            let entry = match upstream {
+                Some(upstream) => terminate(name, true, Some(upstream), strings(protocols)),
+                // Answers the layer-7 detection probe; no client certificate is asked for
+                // because nothing is behind it.
+                None if *name == "tunnel" && t.web.is_some() => RouteEntry {
+                    role: Role::DetectionProbe,
+                    ..terminate(TUNNEL_PROBE, false, None, strings(protocols))
+                },
+                None => continue,
+            };
+            let entry = t.push(entry);
+            for p in *protocols {
+                t.builtin.insert((*p).into(), entry);
+            }
+        }
+        for (node, addr) in &u.ssh_nodes {
+            let name = format!("ssh:{node}");
+            let entry = t.push(terminate(&name, true, Some(addr), vec![SSH_ALPN.into()]));
+            t.ssh_nodes.insert(node.to_ascii_lowercase(), entry);
+        }
+        let clusters: Vec<(String, String)> = match &u.auth {
+            Some(AuthUpstreams::One(a)) => config
+                .auth_service
+                .cluster_name
+                .iter()
+                .map(|c| (c.clone(), a.clone()))
+                .collect(),
+            Some(AuthUpstreams::PerCluster(m)) => m.clone().into_iter().collect(),
+            None => vec![],
+        };
+        for (cluster, addr) in clusters {
+            let entry = t.push(passthrough(&format!("auth:{cluster}"), &addr));
+            t.auth.insert(cluster, entry);
+        }
+        t
+    }
+
+    fn push(&mut self, e: RouteEntry) -> usize {
+        self.entries.push(e);
+        self.entries.len() - 1
+    }
+}
+
+/// A terminated route entry (no TLS configuration yet).
+fn terminate(
+    name: &str,
+    client_auth: bool,
+    upstream: Option<&str>,
+    alpn: Vec<String>,
+) -> RouteEntry {
+    RouteEntry {
+        name: name.into(),
+        mode: Mode::Terminate {
+            client_auth,
+            tls: (),
+        },
+        role: Role::Relay,
+        upstream: upstream.map(str::to_owned),
+        alpn,
+        allow: vec![],
+    }
+}
+
+fn passthrough(name: &str, upstream: &str) -> RouteEntry {
+    RouteEntry {
+        name: name.into(),
+        mode: Mode::Passthrough,
+        role: Role::Relay,
+        upstream: Some(upstream.into()),
+        alpn: vec![],
+        allow: vec![],
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
