@@ -1,3 +1,4 @@
+use super::head::Request;
 use super::*;
 
 fn req(head: &str) -> Request {
@@ -33,6 +34,36 @@ fn target_is_known_from_the_request_line() {
     assert_eq!(target(b"GET /webapi/pingx HTTP/1.1"), Some(Target::Other));
     assert_eq!(target(b"POST /x HTTP/1.1"), Some(Target::Other));
     assert_eq!(target(b"PRI * HTTP/2.0\r\n"), Some(Target::Other));
+}
+
+/// Every prefix of a request line answers "not yet" or the final answer, and what follows
+/// the line (headers, a body, the next request) never changes it.
+#[test]
+fn every_prefix_of_a_request_line_and_longer_input_agree() {
+    let lines: [(&[u8], Target); 5] = [
+        (
+            b"GET /webapi/connectionupgrade HTTP/1.1\r\n",
+            Target::Upgrade,
+        ),
+        (b"GET /webapi/ping?x=1 HTTP/1.1\r\n", Target::Ping),
+        (b"GET /webapi/pingx HTTP/1.1\r\n", Target::Other),
+        (b"POST /x HTTP/1.0\r\n", Target::Other),
+        (b"PRI * HTTP/2.0\r\n", Target::Other),
+    ];
+    for (line, expected) in lines {
+        for n in 0..line.len() {
+            let got = target(&line[..n]);
+            assert!(
+                got.is_none() || got == Some(expected),
+                "{:?}: prefix of {n} bytes gave {got:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let mut longer = line.to_vec();
+        longer.extend_from_slice(b"Host: proxy\r\n\r\nGET /webapi/ping HTTP/1.1\r\n");
+        assert_eq!(target(line), Some(expected));
+        assert_eq!(target(&longer), Some(expected));
+    }
 }
 
 #[test]
@@ -199,7 +230,10 @@ fn heads_are_bounded_and_checked() {
     let r = Refused::from(HeadError::TooLarge(10));
     assert_eq!(r.status, 431);
     let text = String::from_utf8(r.response()).unwrap();
-    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{text}"
+    );
     assert!(text.contains("Connection: close"));
 }
 

@@ -1,0 +1,206 @@
+//! `GET /webapi/connectionupgrade` (DESIGN.md §4): which upgrade a request asks for and
+//! the `101 Switching Protocols` that answers it. `Upgrade: websocket` with
+//! `Sec-WebSocket-Protocol: alpn|alpn-ping` (RFC 6455) is preferred, then the legacy
+//! `Upgrade: alpn-ping`, then `alpn` (the type may also come in `X-Teleport-Upgrade`, for
+//! balancers that drop `Upgrade`). With `trust_x_forwarded_for`, the client's address comes
+//! from exactly one `X-Forwarded-For` value.
+
+use super::head::Request;
+use super::Refused;
+use crate::protocol::{
+    TELEPORT_UPGRADE_HEADER, UPGRADE_ALPN, UPGRADE_ALPN_PING, UPGRADE_PATH, WEBSOCKET,
+};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// The upgrade chosen, in the server's order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// WebSocket, `Sec-WebSocket-Protocol: alpn-ping`: ping frames keep it alive.
+    WebSocketPing,
+    /// WebSocket, `Sec-WebSocket-Protocol: alpn`.
+    WebSocket,
+    /// Legacy `Upgrade: alpn-ping`: u32 length framing with zero-length pings.
+    AlpnPing,
+    /// Legacy `Upgrade: alpn`: the raw inner bytes.
+    Alpn,
+}
+
+impl Kind {
+    /// The metric and log label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kind::WebSocketPing => "websocket_alpn_ping",
+            Kind::WebSocket => "websocket_alpn",
+            Kind::AlpnPing => "alpn_ping",
+            Kind::Alpn => "alpn",
+        }
+    }
+
+    /// Whether the server sends keep-alive pings.
+    pub(crate) fn pings(self) -> bool {
+        matches!(self, Kind::WebSocketPing | Kind::AlpnPing)
+    }
+}
+
+/// An accepted upgrade: what to write back and how the inner bytes travel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    pub(crate) kind: Kind,
+    /// The `101` response.
+    pub(crate) response: Vec<u8>,
+    /// The client's address from `X-Forwarded-For`, when trusted and present.
+    pub(crate) forwarded_for: Option<ClientAddr>,
+}
+
+/// A client address from `X-Forwarded-For`: an IP, with the port when one was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientAddr {
+    Ip(IpAddr),
+    Socket(SocketAddr),
+}
+
+impl fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientAddr::Ip(ip) => ip.fmt(f),
+            ClientAddr::Socket(s) => s.fmt(f),
+        }
+    }
+}
+
+/// Decides on a `/webapi/connectionupgrade` request.
+pub(crate) fn decide(req: &Request, trust_forwarded_for: bool) -> Result<Accepted, Refused> {
+    if req.method != "GET" {
+        return Err(Refused::new(
+            405,
+            format!("{UPGRADE_PATH} takes GET, not {}", req.method),
+        ));
+    }
+    let forwarded_for = if trust_forwarded_for {
+        forwarded_for(req)?
+    } else {
+        None
+    };
+    let mut offered = req.tokens("upgrade");
+    offered.extend(req.tokens(&TELEPORT_UPGRADE_HEADER.to_ascii_lowercase()));
+    if offered.is_empty() {
+        return Err(Refused::new(
+            400,
+            "missing Upgrade header (want websocket, alpn-ping or alpn)",
+        ));
+    }
+    let (kind, response) = if offered.iter().any(|t| t == WEBSOCKET) {
+        websocket(req)?
+    } else if offered.iter().any(|t| t == UPGRADE_ALPN_PING) {
+        (Kind::AlpnPing, legacy_response(UPGRADE_ALPN_PING))
+    } else if offered.iter().any(|t| t == UPGRADE_ALPN) {
+        (Kind::Alpn, legacy_response(UPGRADE_ALPN))
+    } else {
+        return Err(Refused::new(
+            400,
+            format!(
+                "unsupported upgrade type {:?} (want websocket, alpn-ping or alpn)",
+                offered.join(", ")
+            ),
+        ));
+    };
+    Ok(Accepted {
+        kind,
+        response,
+        forwarded_for,
+    })
+}
+
+/// The RFC 6455 server handshake, with `alpn-ping` preferred over `alpn`.
+fn websocket(req: &Request) -> Result<(Kind, Vec<u8>), Refused> {
+    if !req.tokens("connection").iter().any(|t| t == "upgrade") {
+        return Err(Refused::new(
+            400,
+            "websocket upgrade without `Connection: Upgrade`",
+        ));
+    }
+    let version: Vec<&str> = req.all("sec-websocket-version").collect();
+    if version != ["13"] {
+        return Err(Refused::new(
+            400,
+            format!("Sec-WebSocket-Version must be 13, got {version:?}"),
+        ));
+    }
+    let keys: Vec<&str> = req.all("sec-websocket-key").collect();
+    let [key] = keys[..] else {
+        return Err(Refused::new(
+            400,
+            "exactly one Sec-WebSocket-Key header is required",
+        ));
+    };
+    use base64::Engine as _;
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(raw) if raw.len() == 16 => {}
+        _ => {
+            return Err(Refused::new(
+                400,
+                "Sec-WebSocket-Key must be the base64 of 16 bytes",
+            ))
+        }
+    }
+    let protocols = req.tokens("sec-websocket-protocol");
+    let (kind, protocol) = if protocols.iter().any(|p| p == UPGRADE_ALPN_PING) {
+        (Kind::WebSocketPing, UPGRADE_ALPN_PING)
+    } else if protocols.iter().any(|p| p == UPGRADE_ALPN) {
+        (Kind::WebSocket, UPGRADE_ALPN)
+    } else {
+        return Err(Refused::new(
+            400,
+            format!("Sec-WebSocket-Protocol must offer alpn-ping or alpn, got {protocols:?}"),
+        ));
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    Ok((kind, response.into_bytes()))
+}
+
+fn legacy_response(kind: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {kind}\r\n{TELEPORT_UPGRADE_HEADER}: {kind}\r\nConnection: Upgrade\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The single trusted `X-Forwarded-For` value: `ip`, `ip:port` or `[v6]:port`. Two headers
+/// or a list are refused: only the balancer in front is trusted, and it sends one value.
+pub(crate) fn forwarded_for(req: &Request) -> Result<Option<ClientAddr>, Refused> {
+    let values: Vec<&str> = req.all("x-forwarded-for").collect();
+    let value = match values[..] {
+        [] => return Ok(None),
+        [v] => v,
+        _ => {
+            return Err(Refused::new(
+                400,
+                format!(
+                    "{} X-Forwarded-For headers: exactly one is accepted",
+                    values.len()
+                ),
+            ))
+        }
+    };
+    if value.contains(',') {
+        return Err(Refused::new(
+            400,
+            format!("X-Forwarded-For {value:?} is a list: exactly one address is accepted"),
+        ));
+    }
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(Some(ClientAddr::Ip(ip)));
+    }
+    if let Ok(s) = value.parse::<SocketAddr>() {
+        return Ok(Some(ClientAddr::Socket(s)));
+    }
+    Err(Refused::new(
+        400,
+        format!("X-Forwarded-For {value:?} is not an address (ip or ip:port)"),
+    ))
+}
