@@ -1,6 +1,7 @@
 //! Config parsing and validation: every refusal names its key.
 
 use super::*;
+use std::time::Duration;
 
 const MINIMAL: &str = "
 proxy_service:

@@ -1,0 +1,226 @@
+//! The sections of the configuration file, one serde struct each, every field documented
+//! (the operator's reference is `docs/config.md`). Defaults live here; checks that serde
+//! cannot make are in `validate`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `auth_service` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthService {
+    /// Name of this cluster; `teleport-auth@<hex(name)>` reaches `upstreams.auth` when that is
+    /// a single address.
+    #[serde(default)]
+    pub(crate) cluster_name: Option<String>,
+    /// `multiplex` tells clients to use TLS routing on the web port; `separate` tells them to
+    /// use the legacy listeners (published by `/webapi/ping`).
+    #[serde(default)]
+    pub(crate) proxy_listener_mode: Option<ListenerMode>,
+}
+
+/// `auth_service.proxy_listener_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ListenerMode {
+    Multiplex,
+    Separate,
+}
+
+/// `proxy_service` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxyService {
+    /// Accepted for compatibility with the reference (`enabled: "yes"`); must not be "no".
+    #[serde(default)]
+    pub(crate) enabled: Option<String>,
+    /// The single port every protocol arrives on, `ip:port`.
+    pub(crate) web_listen_addr: String,
+    /// Public address(es) clients use, `host:port`; the first names the proxy in dev output.
+    #[serde(default)]
+    pub(crate) public_addr: Option<OneOrMany>,
+    /// Legacy SSH listener (v1 default `0.0.0.0:3023`): plain relay to `upstreams.ssh`.
+    #[serde(default)]
+    pub(crate) listen_addr: Option<String>,
+    /// Legacy reverse-tunnel listener (v1 default `0.0.0.0:3024`): relay to `upstreams.tunnel`.
+    #[serde(default)]
+    pub(crate) tunnel_listen_addr: Option<String>,
+    /// Legacy Kubernetes listener: TLS passthrough to `upstreams.kube`.
+    #[serde(default)]
+    pub(crate) kube_listen_addr: Option<String>,
+    /// Legacy MySQL listener: relay to `upstreams.mysql`.
+    #[serde(default)]
+    pub(crate) mysql_listen_addr: Option<String>,
+    /// Legacy Postgres listener: relay to `upstreams.postgres`.
+    #[serde(default)]
+    pub(crate) postgres_listen_addr: Option<String>,
+    /// Legacy MongoDB listener: relay to `upstreams.mongodb`.
+    #[serde(default)]
+    pub(crate) mongo_listen_addr: Option<String>,
+    /// `on`: every connection must start with one PROXY header; `off`: any header is refused;
+    /// unset: at most one header is accepted.
+    #[serde(default)]
+    pub(crate) proxy_protocol: Option<ProxyProtocol>,
+    /// Take the client address from `X-Forwarded-For` on connection upgrades (issue 5).
+    #[serde(default)]
+    pub(crate) trust_x_forwarded_for: bool,
+    /// Certificates the proxy presents on terminated routes, chosen by SNI; the first is the
+    /// default.
+    #[serde(default)]
+    pub(crate) https_keypairs: Vec<KeyPairFiles>,
+    /// PEM bundle of the CA(s) that sign user and agent certificates; required when any route
+    /// asks for a client certificate.
+    #[serde(default)]
+    pub(crate) client_ca_file: Option<PathBuf>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(crate) fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `proxy_service.proxy_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ProxyProtocol {
+    On,
+    Off,
+}
+
+/// One entry of `proxy_service.https_keypairs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyPairFiles {
+    /// PEM certificate chain, leaf first.
+    pub(crate) cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub(crate) key_file: PathBuf,
+}
+
+/// `upstreams` section: `host:port` of each built-in destination.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Upstreams {
+    /// Plaintext HTTP server for `http/1.1`, `h2` and no-ALPN connections (must accept h2
+    /// prior knowledge when clients negotiate `h2`), and for plaintext HTTP.
+    pub(crate) web: Option<String>,
+    /// Plaintext SSH server: `teleport-proxy-ssh` connections that name no node, and legacy
+    /// `SSH-` connections.
+    pub(crate) ssh: Option<String>,
+    /// SSH nodes by name: `teleport-proxy-ssh` with SNI `<node>.ssh.<proxy name>` goes to
+    /// the node's address; an unknown node is refused.
+    #[serde(default)]
+    pub(crate) ssh_nodes: BTreeMap<String, String>,
+    /// Reverse-tunnel service: `teleport-reversetunnel(v2)`.
+    pub(crate) tunnel: Option<String>,
+    /// Postgres: `teleport-postgres` and plaintext SSLRequest/GSSENCRequest/CancelRequest.
+    pub(crate) postgres: Option<String>,
+    /// MySQL: `teleport-mysql`.
+    pub(crate) mysql: Option<String>,
+    /// MongoDB: `teleport-mongodb`.
+    pub(crate) mongodb: Option<String>,
+    /// Kubernetes (TLS, passthrough): SNI `kube-teleport-proxy-alpn.*`.
+    pub(crate) kube: Option<String>,
+    /// Auth service (TLS, passthrough): `teleport-auth@<hex(cluster)>.teleport.cluster.local`;
+    /// one address for `auth_service.cluster_name`, or a map cluster name → address.
+    pub(crate) auth: Option<AuthUpstreams>,
+}
+
+/// `upstreams.auth`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum AuthUpstreams {
+    One(String),
+    PerCluster(BTreeMap<String, String>),
+}
+
+/// One entry of `routes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteConfig {
+    /// Name used in logs and metrics (default `routes[N]`).
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    /// Exact server name, or `*.example.com` matching exactly one more label.
+    #[serde(default)]
+    pub(crate) sni: Option<String>,
+    /// An ALPN protocol the client must offer.
+    #[serde(default)]
+    pub(crate) alpn: Option<String>,
+    /// `terminate` (the proxy runs TLS) or `passthrough` (the upstream does).
+    pub(crate) mode: RouteMode,
+    /// `host:port`.
+    pub(crate) upstream: String,
+    /// Identities (client certificate CN or O) allowed; empty allows any valid certificate.
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    /// Require a client certificate; default: when `alpn` is a `teleport-*` protocol or
+    /// `allow` is set. Only for `terminate`.
+    #[serde(default)]
+    pub(crate) client_auth: Option<bool>,
+}
+
+/// `routes[].mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RouteMode {
+    Terminate,
+    Passthrough,
+}
+
+/// `limits` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Limits {
+    /// One deadline for detection, PROXY header and TLS handshake (`10s`).
+    #[serde(with = "humantime_serde")]
+    pub(crate) handshake_timeout: Duration,
+    /// Deadline for connecting to an upstream (`5s`).
+    #[serde(with = "humantime_serde")]
+    pub(crate) connect_timeout: Duration,
+    /// How long SIGTERM waits for live connections before closing them (`30s`).
+    #[serde(with = "humantime_serde")]
+    pub(crate) drain_timeout: Duration,
+    /// Connections handled at once; further clients wait in the listen backlog (`10000`).
+    pub(crate) max_connections: usize,
+    /// Largest ClientHello (or PROXY header plus preface) accepted, bytes (`16384`).
+    pub(crate) max_hello_bytes: usize,
+    /// Relay buffer per direction, bytes (`65536`).
+    pub(crate) relay_buffer_bytes: usize,
+    /// How often the proxy pings an idle `alpn-ping` upgrade or `-ping` ALPN connection, so
+    /// a balancer's idle timeout does not cut it (`30s`; `0s` turns pings off).
+    #[serde(with = "humantime_serde")]
+    pub(crate) ping_interval: Duration,
+    /// Largest WebSocket frame or message, and largest ping-framing frame, accepted on a
+    /// connection upgrade, bytes (`1048576`); larger ones close the connection (code 1009).
+    pub(crate) max_ws_frame_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_hello_bytes: 16 * 1024,
+            relay_buffer_bytes: 64 * 1024,
+            ping_interval: Duration::from_secs(30),
+            max_ws_frame_bytes: 1024 * 1024,
+        }
+    }
+}
