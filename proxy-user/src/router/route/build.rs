@@ -1,6 +1,7 @@
 //! Building the route table from a validated configuration, once per start or reload:
 //! `routes:` entries with their matchers, the Kubernetes and web routes, the built-in ALPN
-//! table (`protocol::BUILTIN`), SSH nodes and auth clusters.
+//! table (`protocol::BUILTIN`), SSH nodes and auth clusters; then [`Table::with_tls`]
+//! gives each terminated entry its TLS configuration.
 
 use super::{Mode, Role, RouteEntry, Rule, SniMatch, Table, TUNNEL_PROBE};
 use crate::config::{AuthUpstreams, Config, RouteMode};
@@ -111,6 +112,43 @@ impl Table {
     fn push(&mut self, e: RouteEntry) -> usize {
         self.entries.push(e);
         self.entries.len() - 1
+    }
+}
+
+impl Table<()> {
+    /// Gives every terminated entry its TLS configuration, `tls(entry)`; the first error
+    /// is the table's.
+    pub(crate) fn with_tls<T, E>(
+        self,
+        mut tls: impl FnMut(&RouteEntry) -> Result<T, E>,
+    ) -> Result<Table<T>, E> {
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in self.entries {
+            let mode = match e.mode {
+                Mode::Passthrough => Mode::Passthrough,
+                Mode::Terminate { client_auth, .. } => Mode::Terminate {
+                    client_auth,
+                    tls: tls(&e)?,
+                },
+            };
+            entries.push(RouteEntry {
+                name: e.name,
+                mode,
+                role: e.role,
+                upstream: e.upstream,
+                alpn: e.alpn,
+                allow: e.allow,
+            });
+        }
+        Ok(Table {
+            entries,
+            rules: self.rules,
+            kube: self.kube,
+            web: self.web,
+            builtin: self.builtin,
+            auth: self.auth,
+            ssh_nodes: self.ssh_nodes,
+        })
     }
 }
 

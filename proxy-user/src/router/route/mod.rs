@@ -138,43 +138,6 @@ pub(crate) struct Table<T = ()> {
     ssh_nodes: BTreeMap<String, usize>,
 }
 
-impl Table<()> {
-    /// Gives every terminated entry its TLS configuration, `tls(entry)`; the first error
-    /// is the table's.
-    pub(crate) fn with_tls<T, E>(
-        self,
-        mut tls: impl FnMut(&RouteEntry) -> Result<T, E>,
-    ) -> Result<Table<T>, E> {
-        let mut entries = Vec::with_capacity(self.entries.len());
-        for e in self.entries {
-            let mode = match e.mode {
-                Mode::Passthrough => Mode::Passthrough,
-                Mode::Terminate { client_auth, .. } => Mode::Terminate {
-                    client_auth,
-                    tls: tls(&e)?,
-                },
-            };
-            entries.push(RouteEntry {
-                name: e.name,
-                mode,
-                role: e.role,
-                upstream: e.upstream,
-                alpn: e.alpn,
-                allow: e.allow,
-            });
-        }
-        Ok(Table {
-            entries,
-            rules: self.rules,
-            kube: self.kube,
-            web: self.web,
-            builtin: self.builtin,
-            auth: self.auth,
-            ssh_nodes: self.ssh_nodes,
-        })
-    }
-}
-
 impl<T> Table<T> {
     /// Every route, in the order they were built.
     pub(crate) fn entries(&self) -> &[RouteEntry<T>] {

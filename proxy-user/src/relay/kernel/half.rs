@@ -1,0 +1,115 @@
+//! One direction of a spliced pair: forwards in userspace what the kernel passes up (before
+//! the switch, or after a failed redirect), and passes the half-close on once everything
+//! bound for the other socket, copied here or redirected by the kernel, has left.
+
+use proxy_common::{SockKey, Splice};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use crate::ebpf::sockopt::written;
+use crate::ebpf::Frontend;
+
+/// `e` with where it happened ("reading the client: Broken pipe"), same kind.
+fn at(e: io::Error, stage: &str, side: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{stage} the {side}: {e}"))
+}
+
+/// One direction: `src` → `dst` (index 0 → 1 of the arrays).
+pub(super) struct Half<'a> {
+    pub(super) f: &'a Frontend,
+    /// `client`/`upstream`, for error messages.
+    pub(super) names: [&'static str; 2],
+    pub(super) keys: [SockKey; 2],
+    pub(super) fds: [RawFd; 2],
+    /// Bytes written into `dst` before the relay started.
+    pub(super) dst_base: u64,
+    /// Bytes read from each socket and dealt with (forwarded, or consumed by detection);
+    /// `dst`'s is the other direction's.
+    pub(super) consumed: [&'a AtomicU64; 2],
+    /// Bytes this direction copied in userspace.
+    pub(super) copied: &'a AtomicU64,
+}
+
+/// Pause between looks at the kernel's counters while waiting for it.
+const POLL: Duration = Duration::from_millis(1);
+
+impl Half<'_> {
+    /// Forwards what the kernel passes up (before the switch, or a failed redirect) until
+    /// EOF, then passes the half-close on once the kernel's share has left too.
+    pub(super) async fn run(
+        self,
+        src: ReadHalf<'_>,
+        mut dst: WriteHalf<'_>,
+        buffer: usize,
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; buffer];
+        let [from, to] = self.names;
+        loop {
+            src.readable().await.map_err(|e| at(e, "reading", from))?;
+            let n = match src.try_read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(at(e, "reading", from)),
+            };
+            if n == 0 {
+                // EOF is reported while passed skbs still wait in the psock backlog (the
+                // receive buffer was full): they come first, then the real EOF.
+                if let Some(lost) = self.pending(0) {
+                    if written(self.fds[0])?.closed {
+                        return Err(io::Error::other(format!(
+                            "the kernel dropped {lost} bytes queued on a closed socket"
+                        )));
+                    }
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                self.drained()
+                    .await
+                    .map_err(|e| at(e, "waiting for the send queue of", to))?;
+                return dst.shutdown().await.map_err(|e| at(e, "shutting down", to));
+            }
+            dst.write_all(&buf[..n])
+                .await
+                .map_err(|e| at(e, "writing", to))?;
+            self.copied.fetch_add(n as u64, Ordering::Relaxed);
+            let forwarded = self.consumed[0].fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+            let splice = Splice {
+                peer: self.keys[1],
+                forwarded,
+            };
+            self.f
+                .mark(self.keys[0], splice)
+                .map_err(io::Error::other)?;
+        }
+    }
+
+    /// Bytes the kernel passed up from socket `i` that userspace has not read yet.
+    fn pending(&self, i: usize) -> Option<u64> {
+        let passed = self.f.stats(self.keys[i])?.passed;
+        let read = self.consumed[i].load(Ordering::Acquire);
+        (passed > read).then(|| passed - read)
+    }
+
+    /// Waits before shutting `dst` down until (1) everything bound for it, copied here or
+    /// redirected by the kernel, is in its send queue, and (2) everything it received has
+    /// been read by the other direction: our FIN may complete its close, and a socket that
+    /// reaches TCP_CLOSE loses its psock and whatever still waits in it. Stops waiting when
+    /// `dst` can no longer send.
+    async fn drained(&self) -> io::Result<()> {
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let spliced = self.f.stats(self.keys[0]).map_or(0, |s| s.spliced);
+            let expected = self.dst_base + self.copied.load(Ordering::Relaxed) + spliced;
+            let now = written(self.fds[1])?;
+            if !now.sending || (now.bytes >= expected && self.pending(1).is_none()) {
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}
