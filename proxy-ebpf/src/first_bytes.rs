@@ -27,9 +27,14 @@ fn try_first_bytes(ctx: &SkBuffContext) -> Result<i32, i32> {
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
     };
     let stats = SOCK_STATS.get_ptr_mut(key).ok_or(ALLOW)?;
-    // SAFETY: a map value of a live entry; `classified` is written here only.
-    let stats = unsafe { &mut *stats };
-    if stats.role != ROLE_ACCEPTED || stats.classified != 0 {
+    // SAFETY (for both accesses below): a pointer to a live map value, valid for this
+    // program run. Fields are accessed one at a time through the raw pointer, never as a
+    // `&mut SockStats`: this program writes only `classified`, while the stream verdict
+    // writes `passed` and `spliced` of the same value (see `SOCK_STATS`).
+    let classified = unsafe { &raw mut (*stats).classified };
+    let role = unsafe { (&raw const (*stats).role).read() };
+    // SAFETY: see above.
+    if role != ROLE_ACCEPTED || unsafe { classified.read() } != 0 {
         return Ok(ALLOW);
     }
     let payload = payload_offset(ctx).ok_or(ALLOW)?;
@@ -51,7 +56,8 @@ fn try_first_bytes(ctx: &SkBuffContext) -> Result<i32, i32> {
         b[0] = ctx.load::<u8>(payload).map_err(|_| ALLOW)?;
         1
     };
-    stats.classified = 1;
+    // SAFETY: see above.
+    unsafe { classified.write(1) };
     bump(classify(&b, n), 0);
     Ok(ALLOW)
 }

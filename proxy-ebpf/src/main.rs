@@ -44,7 +44,12 @@ const TCP_CLOSE: u32 = 7;
 #[map]
 static SOCKETS: SockHash<SockKey> = SockHash::with_max_entries(MAX_SOCKETS, 0);
 
-/// Per-socket counters (`proxy_common::STATS_MAP`), written here only.
+/// Per-socket counters (`proxy_common::STATS_MAP`). Each field has one writer in the
+/// kernel: `passed` and `spliced` the stream verdict, `classified` the first-bytes program
+/// ([`first_bytes`]); `sock_ops` creates and removes entries, and userspace replaces an
+/// entry whole when it registers a socket for the splice (before any verdict runs on it).
+/// The programs write fields through raw pointers, never through a `&mut` to the whole
+/// value, since two programs hold pointers to the same entry.
 #[map]
 pub(crate) static SOCK_STATS: HashMap<SockKey, SockStats> =
     HashMap::with_max_entries(MAX_SOCKETS, 0);
@@ -141,9 +146,14 @@ fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
         let _ = SOCK_STATS.insert(key, SockStats::default(), u64::from(BPF_NOEXIST));
     }
     let stats = SOCK_STATS.get_ptr_mut(key).ok_or(sk_action::SK_PASS)?;
-    // SAFETY: the kernel runs the verdict of one socket under its lock, and only this
-    // program writes SOCK_STATS values, so this is the only writer of `stats`.
-    let stats = unsafe { &mut *stats };
+    // SAFETY (for every access to `*stats` below): a pointer to a live map value, valid for
+    // this program run (map values are freed after an RCU grace period). Fields are read
+    // and written one at a time through the raw pointer: `passed` and `spliced` are written
+    // by this program only, which the kernel runs for one socket at a time (under the
+    // socket's lock), while `first_bytes` writes `classified` of the same value — so no
+    // `&mut SockStats` is ever formed.
+    let passed = unsafe { &raw mut (*stats).passed };
+    let spliced = unsafe { &raw mut (*stats).spliced };
     if len == 0 {
         // A pure FIN (or ACK-only) skb: TCP has already processed it (the socket has
         // RCV_SHUTDOWN set), and userspace passes the half-close on. Redirected, it would
@@ -155,17 +165,20 @@ fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
     }
     // SAFETY: read-only copy of a value userspace replaces whole.
     if let Some(splice) = unsafe { SPLICED.get(key) }.copied() {
-        if splice.forwarded == stats.passed {
+        // SAFETY: see `stats` above.
+        if splice.forwarded == unsafe { passed.read() } {
             let mut peer = splice.peer;
             if SOCKETS.redirect_skb(ctx, &mut peer, 0) == i64::from(sk_action::SK_PASS) {
-                stats.spliced += len;
+                // SAFETY: see `stats` above.
+                unsafe { spliced.write(spliced.read() + len) };
                 bump(Counter::Spliced, len);
                 return Ok(sk_action::SK_PASS);
             }
             bump(Counter::RedirectFailed, len);
         }
     }
-    stats.passed += len;
+    // SAFETY: see `stats` above.
+    unsafe { passed.write(passed.read() + len) };
     bump(Counter::Passed, len);
     Ok(sk_action::SK_PASS)
 }
