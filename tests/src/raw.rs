@@ -1,5 +1,6 @@
-//! Raw TCP for the byte-level tests: PROXY protocol headers, a plain HTTP request, and
-//! [`expect_closed`], which measures how long the peer takes to close.
+//! Raw TCP for the byte-level tests: PROXY protocol headers, a plain HTTP request, request
+//! heads of `GET /webapi/connectionupgrade` and the response head they get
+//! ([`read_head`]), and [`expect_closed`], which measures how long the peer takes to close.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
@@ -39,6 +40,80 @@ pub fn proxy_v2(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
 pub fn http_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: proxy.example.test\r\nConnection: close\r\n\r\n")
         .into_bytes()
+}
+
+/// A request head for the upgrade endpoint with `headers` (each `Name: value`).
+pub fn upgrade_head(headers: &[&str]) -> Vec<u8> {
+    let mut head = String::from("GET /webapi/connectionupgrade HTTP/1.1\r\nHost: localhost\r\n");
+    for h in headers {
+        head += h;
+        head += "\r\n";
+    }
+    head += "\r\n";
+    head.into_bytes()
+}
+
+/// A response head: the status code and the header lines (names lower-cased).
+pub struct Head {
+    /// The status code (0 when the status line does not parse).
+    pub status: u16,
+    /// `(name, value)`, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The whole head as text, for messages.
+    pub text: String,
+}
+
+impl Head {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a response head byte by byte (nothing after it is consumed).
+pub fn read_head(io: &mut impl Read) -> std::io::Result<Head> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        if io.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!(
+                    "closed before a response head: {:?}",
+                    String::from_utf8_lossy(&raw)
+                ),
+            ));
+        }
+        raw.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Head {
+        status,
+        headers,
+        text,
+    })
+}
+
+/// The legacy upgrade's request head: `Upgrade: PROTOCOL`, `X-Teleport-Upgrade: PROTOCOL`.
+pub fn legacy_head(protocol: &str) -> Vec<u8> {
+    upgrade_head(&[
+        &format!("Upgrade: {protocol}"),
+        &format!("X-Teleport-Upgrade: {protocol}"),
+        "Connection: Upgrade",
+    ])
 }
 
 /// Connects to `addr` (5 s timeout).

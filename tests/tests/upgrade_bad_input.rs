@@ -17,7 +17,9 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerNam
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use sha1::{Digest, Sha1};
 use switchyard_tests::balancer::start_proxy;
-use switchyard_tests::raw::{connect, exchange, expect_closed, http_request};
+use switchyard_tests::raw::{
+    connect, exchange, expect_closed, http_request, legacy_head, read_head, upgrade_head, Head,
+};
 use switchyard_tests::{wait_until, DemoUpstream, ProxyConfig, Switchyard, TestPki};
 
 /// The proxy under test: web upstream `web`, the TCP app `echo.example.test` (ALPN
@@ -124,17 +126,6 @@ fn accept_for(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-/// A request head for the upgrade endpoint with `headers` (each `Name: value`).
-fn upgrade_head(headers: &[&str]) -> Vec<u8> {
-    let mut head = String::from("GET /webapi/connectionupgrade HTTP/1.1\r\nHost: localhost\r\n");
-    for h in headers {
-        head += h;
-        head += "\r\n";
-    }
-    head += "\r\n";
-    head.into_bytes()
-}
-
 /// The headers of a valid WebSocket upgrade offering `protocol`.
 fn websocket_headers(key: &str, protocol: &str) -> Vec<String> {
     vec![
@@ -148,56 +139,6 @@ fn websocket_headers(key: &str, protocol: &str) -> Vec<String> {
 
 fn refs(headers: &[String]) -> Vec<&str> {
     headers.iter().map(String::as_str).collect()
-}
-
-/// A response head: the status code and the header lines (names lower-cased).
-struct Head {
-    status: u16,
-    headers: Vec<(String, String)>,
-    text: String,
-}
-
-impl Head {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads a response head byte by byte (nothing after it is consumed).
-fn read_head(io: &mut impl Read) -> std::io::Result<Head> {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        if io.read(&mut byte)? == 0 {
-            return Err(std::io::Error::new(
-                ErrorKind::UnexpectedEof,
-                format!(
-                    "closed before a response head: {:?}",
-                    String::from_utf8_lossy(&raw)
-                ),
-            ));
-        }
-        raw.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let mut lines = text.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(Head {
-        status,
-        headers,
-        text,
-    })
 }
 
 /// Plain HTTP to the proxy port: sends `head`, returns the stream and the response head.
@@ -225,15 +166,6 @@ fn send_upgrade(s: &Setup, head: &[u8]) -> (TcpStream, Head) {
 /// A WebSocket upgrade's request head with key [`KEY`] and `Sec-WebSocket-Protocol: PROTOCOL`.
 fn websocket_head(protocol: &str) -> Vec<u8> {
     upgrade_head(&refs(&websocket_headers(KEY, protocol)))
-}
-
-/// The legacy upgrade's request head: `Upgrade: PROTOCOL`, `X-Teleport-Upgrade: PROTOCOL`.
-fn legacy_head(protocol: &str) -> Vec<u8> {
-    upgrade_head(&[
-        &format!("Upgrade: {protocol}"),
-        &format!("X-Teleport-Upgrade: {protocol}"),
-        "Connection: Upgrade",
-    ])
 }
 
 /// Sends `head`; expects `400` and the connection closed, without reaching the upstream.
