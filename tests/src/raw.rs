@@ -36,6 +36,19 @@ pub fn proxy_v2(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
     header
 }
 
+/// [`proxy_v2`] with one TLV of type `kind` carrying `value` (the header's length field
+/// covers it), e.g. to make the header a given size.
+pub fn proxy_v2_with_tlv(src: SocketAddrV4, dst: SocketAddrV4, kind: u8, value: &[u8]) -> Vec<u8> {
+    let mut header = proxy_v2(src, dst);
+    let tlv_len = u16::try_from(value.len()).expect("a TLV value fits in 64 KiB");
+    header.push(kind);
+    header.extend_from_slice(&tlv_len.to_be_bytes());
+    header.extend_from_slice(value);
+    let len = u16::try_from(header.len() - 16).expect("a PROXY v2 header fits in 64 KiB");
+    header[14..16].copy_from_slice(&len.to_be_bytes());
+    header
+}
+
 /// A plain HTTP/1.1 request with `Connection: close`.
 pub fn http_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: proxy.example.test\r\nConnection: close\r\n\r\n")
