@@ -111,6 +111,7 @@ pub(crate) async fn handle(proxy: &Proxy, mut stream: TcpStream) -> Result<Finis
     if policy == Some(ProxyProtocol::On) && header.is_none() {
         return Err(ConnError::ProxyRequired);
     }
+    pre.settle();
     let ingress = if header.is_some() {
         "proxy_protocol"
     } else {

@@ -54,7 +54,8 @@ pub(crate) struct Preface {
     start: usize,
     /// `limits.max_hello_bytes`: the limit reported when the bytes outgrow it.
     max: usize,
-    /// `max` plus the room for PROXY headers, on the accepted socket only.
+    /// How far `buf` may grow: `max` plus the room for PROXY headers on the accepted socket
+    /// until detection is done ([`Preface::settle`]), then `max` past the headers.
     cap: usize,
     pub(crate) deadline: Deadline,
 }
@@ -93,6 +94,12 @@ impl Preface {
     /// Every byte read from the stream so far, PROXY headers included.
     pub(crate) fn consumed(&self) -> u64 {
         self.buf.len() as u64
+    }
+
+    /// Detection is done: the PROXY headers (if any) are behind, and from now on the
+    /// protocol's own bytes may grow to `max`, as inside a tunnel.
+    pub(crate) fn settle(&mut self) {
+        self.cap = self.start + self.max;
     }
 
     /// Skips `n` bytes of [`Preface::rest`] (a PROXY header that has been dealt with).

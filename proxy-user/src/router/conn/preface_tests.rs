@@ -53,6 +53,32 @@ async fn the_socket_allows_proxy_headers_on_top_of_the_limit_and_reports_the_lim
     assert_eq!(pre.consumed() as usize, 512 + PROXY_HEADER_ALLOWANCE);
 }
 
+/// Once detection is done, the room for PROXY headers is gone: the protocol's own bytes
+/// may grow to the limit past the headers, the same on the socket as in a tunnel.
+#[tokio::test]
+async fn after_detection_the_protocol_bytes_are_limited_past_the_headers() {
+    for header in [0, 100] {
+        let (mut client, mut server) = duplex(1 << 16);
+        client.write_all(&[b'h'; 100][..header]).await.unwrap();
+        client.write_all(&[b'x'; 8192]).await.unwrap();
+        let mut pre = Preface::accepted(Deadline::after(Duration::from_secs(10)), 512);
+        let header_in = |b: &[u8]| Ok::<_, ConnError>((b.len() >= header).then_some(()));
+        pre.read_until(&mut server, "PROXY header", header_in)
+            .await
+            .unwrap();
+        pre.skip(header);
+        pre.settle();
+        match pre.read_until(&mut server, "ClientHello", never).await {
+            Err(ConnError::TooLarge(limit)) => assert_eq!(limit, 512),
+            other => panic!("expected TooLarge(512), got {other:?}"),
+        }
+        // Nothing more is read once the limit is reached. With a header, the one 4 KiB
+        // read that brought it already held more than the limit.
+        let expected = if header == 0 { 512 } else { 4096 };
+        assert_eq!(pre.consumed(), expected, "after a {header}-byte header");
+    }
+}
+
 /// The regression of issue 9: inside a tunnel the limit is `max_hello_bytes` alone, and
 /// below the PROXY header allowance the old arithmetic underflowed (a panic in debug).
 #[tokio::test]
