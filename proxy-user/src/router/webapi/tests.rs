@@ -1,3 +1,6 @@
+//! Web API endpoint tests: request-line classification (every prefix), upgrade choice and
+//! refusals, X-Forwarded-For, head limits, and the `/webapi/ping` answer.
+
 use super::head::Request;
 use super::*;
 
