@@ -129,7 +129,8 @@ async fn handle(
         }
         Local::Mysql => {
             let mut tls = connector.dial().await?;
-            let greeting = mysql::relay_greeting(&mut tls, &mut stream, connector).await?;
+            let greeting =
+                mysql::relay_greeting(&mut tls, &mut stream, |e| connector.classify(e)).await?;
             let (up, down) = relay(stream, tls, connector).await?;
             Ok((up, down + greeting))
         }
