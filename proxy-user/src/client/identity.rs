@@ -160,12 +160,14 @@ fn check_validity(path: &Path, der: &[u8]) -> Result<(), ClientError> {
 mod tests {
     use super::*;
     use crate::tools::ca;
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
     use std::time::Duration;
+    use tempfile::TempDir;
 
-    fn pki(label: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sy-ident-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        ca::init(&dir, "test").unwrap();
+    /// A fresh CA in a temporary directory (removed on drop).
+    fn pki() -> TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        ca::init(dir.path(), "test").unwrap();
         dir
     }
 
@@ -178,27 +180,45 @@ mod tests {
         ca::issue(dir, &req).unwrap();
     }
 
+    /// `dir/NAME.crt` and `.key`: a client certificate from `dir`'s CA that was valid for
+    /// one day in 2020.
+    fn issue_expired(dir: &Path, name: &str) {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let ca_key = KeyPair::from_pem(&read("ca.key")).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&read("ca.crt"), ca_key).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 2);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+
     #[test]
     fn directory_with_one_identity_loads() {
-        let dir = pki("one");
-        issue(&dir, "alice", Duration::from_secs(3600));
-        let files = IdentityFiles::from_identity(&dir).unwrap();
+        let tmp = pki();
+        let dir = tmp.path();
+        issue(dir, "alice", Duration::from_secs(3600));
+        let files = IdentityFiles::from_identity(dir).unwrap();
         assert_eq!(files.cert, dir.join("alice.crt"));
         let id = Identity::load(&files).unwrap();
         assert_eq!(id.subject, "CN=alice");
-        issue(&dir, "bob", Duration::from_secs(3600));
-        let e = IdentityFiles::from_identity(&dir).unwrap_err().to_string();
+        issue(dir, "bob", Duration::from_secs(3600));
+        let e = IdentityFiles::from_identity(dir).unwrap_err().to_string();
         assert!(e.contains("several identities (alice, bob)"), "{e}");
         let bob = IdentityFiles::from_identity(&dir.join("bob")).unwrap();
         assert_eq!(Identity::load(&bob).unwrap().subject, "CN=bob");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn mismatched_expired_and_missing_files_are_refused() {
-        let dir = pki("bad");
-        issue(&dir, "alice", Duration::from_secs(3600));
-        issue(&dir, "bob", Duration::from_secs(3600));
+        let tmp = pki();
+        let dir = tmp.path();
+        issue(dir, "alice", Duration::from_secs(3600));
+        issue(dir, "bob", Duration::from_secs(3600));
         let mixed = IdentityFiles {
             cert: dir.join("alice.crt"),
             key: dir.join("bob.key"),
@@ -206,8 +226,7 @@ mod tests {
         };
         let e = Identity::load(&mixed).unwrap_err().to_string();
         assert!(e.contains("does not match"), "{e}");
-        issue(&dir, "old", Duration::from_secs(1));
-        std::thread::sleep(Duration::from_millis(2100));
+        issue_expired(dir, "old");
         let old = IdentityFiles::from_identity(&dir.join("old")).unwrap();
         let e = Identity::load(&old).unwrap_err().to_string();
         assert!(e.contains("expired"), "{e}");
@@ -217,6 +236,5 @@ mod tests {
             e.contains("nobody.crt") && e.contains("No such file"),
             "{e}"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
