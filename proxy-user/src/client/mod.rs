@@ -18,6 +18,7 @@ pub(crate) mod balancer;
 pub(crate) mod cli;
 pub(crate) mod db;
 pub(crate) mod dial;
+pub(crate) mod http_proxy;
 pub(crate) mod identity;
 pub(crate) mod kube;
 pub(crate) mod local;

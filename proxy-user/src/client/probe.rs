@@ -15,8 +15,9 @@
 
 use super::balancer::{self, Outcome, PROBE_ALPN};
 use super::dial::{Connector, Dialer, Verify};
+use super::http_proxy::ProxyEnv;
 use super::identity::{load_roots, Identity, IdentityFiles};
-use super::transport::{https_proxy_for, Transport};
+use super::transport::Transport;
 use super::upgrade::{tls_error, Endpoint, UpgradeMode};
 use super::ClientError;
 use crate::io::tls::provider;
@@ -186,10 +187,10 @@ impl Probe {
     async fn run(&self, mode: UpgradeMode) -> bool {
         let addr = self.addr().to_owned();
         let mut via_proxy = false;
-        match https_proxy_for(&self.endpoint.host) {
+        match ProxyEnv::get().for_addr(&self.endpoint.addr) {
             Ok(Some(p)) => {
                 via_proxy = true;
-                say!("via HTTP proxy {} (HTTPS_PROXY, CONNECT)", p.addr)
+                say!("via HTTP proxy {} ({}, CONNECT)", p.addr, p.var)
             }
             Ok(None) => {}
             Err(e) => {

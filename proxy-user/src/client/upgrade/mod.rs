@@ -83,7 +83,7 @@ impl Endpoint {
 
     /// TCP to the address (through `HTTPS_PROXY` when set).
     pub(crate) async fn tcp(&self) -> io::Result<TcpStream> {
-        transport::tcp_connect(&self.addr, &self.host).await
+        transport::tcp_connect(&self.addr).await
     }
 
     /// A TLS client offering `alpn`, SNI the host, no client certificate.
