@@ -9,15 +9,12 @@
 //! port, and only `http://` proxies are used — another scheme, or a value that is not a
 //! URL, is an error naming the variable rather than a silent direct connection.
 //!
-//! [`connect_via`] then asks the forward proxy for the tunnel and reads its answer.
+//! [`super::transport`] then asks the forward proxy for the tunnel (`CONNECT`).
 
 use hyper::Uri;
 use hyper_util::client::proxy::matcher::Matcher;
-use std::io;
 use std::sync::OnceLock;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// An HTTP proxy for `CONNECT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,78 +158,6 @@ fn no_proxy_entry(entry: &str) -> String {
     match host.strip_prefix("*.") {
         Some(domain) => format!(".{domain}"),
         None => host.to_owned(),
-    }
-}
-
-/// Largest `CONNECT` response head accepted.
-const MAX_CONNECT_HEAD: usize = 8 * 1024;
-
-/// The `CONNECT` request for `addr`.
-pub(crate) fn connect_request(proxy: &HttpProxy, addr: &str) -> String {
-    let mut req = format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n");
-    if let Some(auth) = &proxy.auth {
-        req += &format!("Proxy-Authorization: {auth}\r\n");
-    }
-    req + "\r\n"
-}
-
-/// `CONNECT addr` through `proxy`; the stream is the tunnel once the proxy answers 2xx.
-pub(crate) async fn connect_via(proxy: &HttpProxy, addr: &str) -> io::Result<TcpStream> {
-    let named = |e: io::Error, what: &str| {
-        let text = format!("HTTP proxy {} ({}){what}: {e}", proxy.addr, proxy.var);
-        io::Error::new(e.kind(), text)
-    };
-    let mut s = TcpStream::connect(&proxy.addr)
-        .await
-        .map_err(|e| named(e, ""))?;
-    let _ = s.set_nodelay(true);
-    s.write_all(connect_request(proxy, addr).as_bytes())
-        .await
-        .map_err(|e| named(e, ": sending CONNECT"))?;
-    // Byte by byte: nothing after the head may be consumed (the tunnel's first bytes are
-    // the TLS server's), and the head is small and read once per connection.
-    let mut head = Vec::with_capacity(256);
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() >= MAX_CONNECT_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("HTTP proxy {}: CONNECT response head too long", proxy.addr),
-            ));
-        }
-        let b = s
-            .read_u8()
-            .await
-            .map_err(|e| named(e, " closed before answering CONNECT"))?;
-        head.push(b);
-    }
-    connect_answer(&head, proxy, addr).map(|()| s)
-}
-
-/// Checks the head of the answer to `CONNECT addr`: 2xx, or an error with the status.
-pub(crate) fn connect_answer(head: &[u8], proxy: &HttpProxy, addr: &str) -> io::Result<()> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    let parsed = resp.parse(head).map_err(|e| {
-        bad(format!(
-            "HTTP proxy {}: bad CONNECT response: {e}",
-            proxy.addr
-        ))
-    })?;
-    match (parsed, resp.code) {
-        (httparse::Status::Complete(_), Some(200..=299)) => Ok(()),
-        (httparse::Status::Complete(_), Some(code)) => Err(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            format!(
-                "HTTP proxy {} refused CONNECT {addr}: {code} {}",
-                proxy.addr,
-                resp.reason.unwrap_or("")
-            ),
-        )),
-        _ => Err(bad(format!(
-            "HTTP proxy {}: incomplete CONNECT response",
-            proxy.addr
-        ))),
     }
 }
 

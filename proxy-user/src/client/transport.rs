@@ -1,13 +1,15 @@
-//! The byte stream under the TLS connection to the proxy: a TCP connection (straight, or
-//! through the HTTP proxy named by `HTTPS_PROXY` with `CONNECT`, [`super::http_proxy`]), or
-//! the tunnel of a connection upgrade through a layer-7 load balancer ([`super::upgrade`]).
+//! The byte stream under the TLS connection to the proxy: a TCP connection, or the tunnel
+//! of a connection upgrade through a layer-7 load balancer ([`super::upgrade`]). The TCP
+//! connection goes straight to the proxy, or through the HTTP proxy that `HTTPS_PROXY`
+//! names for it ([`super::http_proxy`]): this file writes the `CONNECT` and reads the
+//! answer, without consuming a byte of the tunnel behind it.
 
-use super::http_proxy::{connect_via, ProxyEnv};
+use super::http_proxy::{HttpProxy, ProxyEnv};
 use crate::io::wire::WireStream;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// What the TLS connection to the proxy runs over.
@@ -76,3 +78,79 @@ pub(crate) async fn tcp_connect(addr: &str) -> io::Result<TcpStream> {
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
+
+/// Largest `CONNECT` response head accepted.
+const MAX_CONNECT_HEAD: usize = 8 * 1024;
+
+/// The `CONNECT` request for `addr`.
+pub(crate) fn connect_request(proxy: &HttpProxy, addr: &str) -> String {
+    let mut req = format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n");
+    if let Some(auth) = &proxy.auth {
+        req += &format!("Proxy-Authorization: {auth}\r\n");
+    }
+    req + "\r\n"
+}
+
+/// `CONNECT addr` through `proxy`; the stream is the tunnel once the proxy answers 2xx.
+pub(crate) async fn connect_via(proxy: &HttpProxy, addr: &str) -> io::Result<TcpStream> {
+    let named = |e: io::Error, what: &str| {
+        let text = format!("HTTP proxy {} ({}){what}: {e}", proxy.addr, proxy.var);
+        io::Error::new(e.kind(), text)
+    };
+    let mut s = TcpStream::connect(&proxy.addr)
+        .await
+        .map_err(|e| named(e, ""))?;
+    let _ = s.set_nodelay(true);
+    s.write_all(connect_request(proxy, addr).as_bytes())
+        .await
+        .map_err(|e| named(e, ": sending CONNECT"))?;
+    // Byte by byte: nothing after the head may be consumed (the tunnel's first bytes are
+    // the TLS server's), and the head is small and read once per connection.
+    let mut head = Vec::with_capacity(256);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_CONNECT_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("HTTP proxy {}: CONNECT response head too long", proxy.addr),
+            ));
+        }
+        let b = s
+            .read_u8()
+            .await
+            .map_err(|e| named(e, " closed before answering CONNECT"))?;
+        head.push(b);
+    }
+    connect_answer(&head, proxy, addr).map(|()| s)
+}
+
+/// Checks the head of the answer to `CONNECT addr`: 2xx, or an error with the status.
+pub(crate) fn connect_answer(head: &[u8], proxy: &HttpProxy, addr: &str) -> io::Result<()> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let parsed = resp.parse(head).map_err(|e| {
+        bad(format!(
+            "HTTP proxy {}: bad CONNECT response: {e}",
+            proxy.addr
+        ))
+    })?;
+    match (parsed, resp.code) {
+        (httparse::Status::Complete(_), Some(200..=299)) => Ok(()),
+        (httparse::Status::Complete(_), Some(code)) => Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!(
+                "HTTP proxy {} refused CONNECT {addr}: {code} {}",
+                proxy.addr,
+                resp.reason.unwrap_or("")
+            ),
+        )),
+        _ => Err(bad(format!(
+            "HTTP proxy {}: incomplete CONNECT response",
+            proxy.addr
+        ))),
+    }
+}
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod tests;
