@@ -14,6 +14,7 @@
 //! [`probe`] checks all of it for a person.
 
 pub(crate) mod app;
+pub(crate) mod args;
 pub(crate) mod balancer;
 pub(crate) mod cli;
 pub(crate) mod db;
