@@ -9,7 +9,7 @@
 //! certificate against the SNI itself ([`Verify::Sni`]).
 //!
 //! Under that TLS connection is a [`Transport`]: TCP to the proxy (through `HTTPS_PROXY`
-//! when set), or, when the proxy is behind a layer-7 load balancer ([`super::detect`]),
+//! when set), or, when the proxy is behind a layer-7 load balancer ([`super::balancer`]),
 //! the tunnel of a connection upgrade ([`super::upgrade`]). The TLS handshake inside is
 //! the same either way. Only the plain ALPNs are offered (never the `-ping` variants):
 //! keep-alive through a balancer comes from the upgrade's own pings.

@@ -1,17 +1,20 @@
-//! Client side (DESIGN.md §5): local proxies that let clients which cannot set ALPN
+//! Client side (docs/client.md): local proxies that let clients which cannot set ALPN
 //! themselves — OpenSSH, psql, mysql, kubectl, browsers — reach the proxy's single port.
 //! Each wraps its client's bytes in TLS with the right SNI and ALPN and the user's
-//! certificate.
+//! certificate. This room imports only `crate::io`, `crate::protocol` and the address
+//! helpers of `crate::config`, never the router's internals.
 //!
+//! [`cli`] is the command line and [`args`] the arguments every command shares;
 //! [`identity`] loads and checks the user's files before any traffic, [`dial`] opens one
 //! TLS connection to the proxy and names its failures, [`local`] runs a local listener
-//! (one TLS connection per client connection), and the protocol modules ([`ssh`], [`db`],
-//! [`kube`], [`app`]) add what their clients need; [`cli`] is their command line.
+//! (one TLS connection per client connection), and the protocol modules ([`ssh`], [`db`]
+//! with [`pg`] and [`mysql`], [`kube`], [`app`]) add what their clients need.
 //!
-//! Behind a layer-7 load balancer (DESIGN.md §4), [`detect`] notices it once per proxy
-//! address, and every dial then runs its TLS inside the connection upgrade of
-//! [`upgrade`]; [`transport`] is what the TLS runs over (and honours `HTTPS_PROXY`);
-//! [`probe`] checks all of it for a person.
+//! Behind a layer-7 load balancer (docs/balancers.md), [`balancer`] notices it once per
+//! proxy address, and every dial then runs its TLS inside the connection upgrade of
+//! [`upgrade`]; [`transport`] is what the TLS runs over (TCP, possibly through the
+//! `HTTPS_PROXY` that [`http_proxy`] picks, or the upgrade's tunnel); [`probe`] checks all
+//! of it for a person.
 
 pub(crate) mod app;
 pub(crate) mod args;

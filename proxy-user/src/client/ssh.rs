@@ -4,7 +4,7 @@
 //!
 //! Naming a node (docs/client.md): the SSH host `NODE`, `NODE.CLUSTER` (with `--cluster`)
 //! or `NODE.<proxy host>` becomes the SNI `NODE.ssh.<proxy host>`; the proxy maps `NODE`
-//! through `upstreams.ssh_nodes` (route.rs). The proxy's certificate is still checked
+//! through `upstreams.ssh_nodes` (docs/config.md). The proxy's certificate is still checked
 //! against the proxy's own name.
 
 use super::dial::{Dialer, Verify};
