@@ -1,4 +1,4 @@
-//! Switchyard's kernel programs (DESIGN.md §6), built for the bpf target by
+//! Switchyard's kernel programs (`docs/ebpf.md`), built for the bpf target by
 //! `proxy-user/build.rs` and embedded in the `switchyard` binary.
 //!
 //! Owns the maps shared with userspace (types in `proxy-common`) and the program entry

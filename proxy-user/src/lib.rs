@@ -1,4 +1,4 @@
-//! Switchyard: a single-port TLS routing proxy (DESIGN.md §1), in rooms by role:
+//! Switchyard: a single-port TLS routing proxy (`docs/architecture.md` §1), in rooms by role:
 //!
 //! - [`router`]: the server side — accept, detect, route, terminate or pass through.
 //! - [`relay`]: moving the bytes of a routed pair (kernel splice, `splice(2)`, copy).

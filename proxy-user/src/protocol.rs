@@ -1,6 +1,6 @@
 //! Every wire value both sides of Switchyard agree on, defined once: ALPN protocol names,
 //! SNI conventions, the web route's own paths, the connection upgrade's header names and
-//! subprotocols, and the Postgres pre-startup request codes (DESIGN.md §2 and §4; the
+//! subprotocols, and the Postgres pre-startup request codes (`docs/architecture.md` §2 and `docs/balancers.md`; the
 //! operator-facing tables are in `docs/config.md` and `docs/client.md`).
 //!
 //! The router matches on these and the client sends them; neither defines its own copy.
@@ -8,7 +8,7 @@
 /// ALPN of SSH inside TLS.
 pub(crate) const SSH_ALPN: &str = "teleport-proxy-ssh";
 /// ALPN of reverse-tunnel agents; also the only ALPN of the clients' layer-7 detection
-/// handshake (DESIGN.md §4).
+/// handshake (`docs/balancers.md`).
 pub(crate) const REVERSE_TUNNEL_ALPN: &str = "teleport-reversetunnel";
 /// The second ALPN agents offer beside [`REVERSE_TUNNEL_ALPN`].
 pub(crate) const REVERSE_TUNNEL_V2_ALPN: &str = "teleport-reversetunnelv2";

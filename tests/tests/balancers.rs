@@ -1,4 +1,4 @@
-//! Behind real load balancers (DESIGN.md §4): nginx and HAProxy terminating TLS in front
+//! Behind real load balancers (`docs/balancers.md`): nginx and HAProxy terminating TLS in front
 //! of the proxy, so SNI/ALPN never reach it; the local proxies detect that on their own
 //! (no environment override) and tunnel their TLS through `GET /webapi/connectionupgrade`.
 //! OpenSSH, psql, kubectl and a TCP client work through nginx; ssh and psql through HAProxy
@@ -671,6 +671,8 @@ fn proxy_tcp_with_env(pki: &TestPki, front: SocketAddr, env: &[(&str, &str)]) ->
             "SWITCHYARD_TLS_ROUTING_CONN_UPGRADE",
             "HTTPS_PROXY",
             "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
             "NO_PROXY",
             "no_proxy",
         ] {

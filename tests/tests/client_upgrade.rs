@@ -1,4 +1,4 @@
-//! The client side of the connection upgrade (DESIGN.md §4) against Switchyard itself, no
+//! The client side of the connection upgrade (`docs/balancers.md`) against Switchyard itself, no
 //! balancer: `SWITCHYARD_TLS_ROUTING_CONN_UPGRADE=true` forces `proxy tcp` through the
 //! websocket and the legacy upgrade to an echo app (half-close included); without it the
 //! client detects direct TLS routing (the proxy has no tunnel upstream); a per-address
@@ -39,7 +39,9 @@ fn local_tcp(
             Some(v) => cmd.env(OVERRIDE, v),
             None => cmd.env_remove(OVERRIDE),
         };
-        cmd.env_remove("HTTPS_PROXY").env_remove("https_proxy");
+        for var in ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+            cmd.env_remove(var);
+        }
     })
     .unwrap()
 }

@@ -1,9 +1,9 @@
-//! Every route of the DESIGN §2 table with a real `openssl s_client`, against one proxy
+//! Every route of the routing table (`docs/config.md`) with a real `openssl s_client`, against one proxy
 //! whose upstreams identify themselves (`upstream=NAME`):
 //! - each terminated `teleport-*` ALPN (and `-ping` variant) with a cluster client
 //!   certificate reaches its upstream and echoes; with no certificate or one from another
 //!   CA it is refused with a TLS alert; a `-ping` ALPN carries the u32 length framing
-//!   both ways (DESIGN.md §4), so the client frames what it sends and sees framed replies;
+//!   both ways (`docs/balancers.md`), so the client frames what it sends and sees framed replies;
 //! - kube SNI and `teleport-auth@<hex(cluster)>` pass through: the client sees the
 //!   upstream's own certificate;
 //! - a ClientHello split over many TLS records and TCP segments (a real client behind a

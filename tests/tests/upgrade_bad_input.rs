@@ -1,4 +1,4 @@
-//! `GET /webapi/connectionupgrade` byte by byte (DESIGN.md §4), over plain HTTP to the
+//! `GET /webapi/connectionupgrade` byte by byte (`docs/balancers.md`), over plain HTTP to the
 //! proxy port and over TLS on the web route: a WebSocket upgrade answers `101` with the
 //! RFC 6455 `Sec-WebSocket-Accept` and the preferred protocol and then carries a whole
 //! inner TLS connection in binary frames; the legacy `Upgrade: alpn` carries it raw;

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: installs what building and testing Switchyard needs, skipping
 //! whatever is already there, and prints one line per thing it actually installs.
 //!
-//! The eBPF chain (DESIGN.md §6): nightly with `rust-src` for `proxy-ebpf` only, and
+//! The eBPF chain (`docs/ebpf.md`): nightly with `rust-src` for `proxy-ebpf` only, and
 //! `bpf-linker` 0.13 built against Debian's LLVM 22. The rest are the real clients and
 //! servers the integration tests drive.
 

@@ -1,4 +1,4 @@
-//! eBPF front end (DESIGN.md §6): owns everything between the proxy and its kernel
+//! eBPF front end (`docs/ebpf.md`): owns everything between the proxy and its kernel
 //! programs — the object `build.rs` builds from `proxy-ebpf` and embeds here, loading and
 //! attaching it ([`loader`], in a cgroup of the proxy's own: [`cgroup`]), the socket
 //! options the splice reads ([`sockopt`]), and the metrics read from its maps

@@ -1,4 +1,4 @@
-//! I/O that both sides of Switchyard share (DESIGN.md §8, "shared I/O in its own room"):
+//! I/O that both sides of Switchyard share (`docs/architecture.md` §3):
 //! the router and the client import from here, never from each other.
 //!
 //! - [`prefixed`]: replaying bytes already read to the next reader ("peek, then replay").

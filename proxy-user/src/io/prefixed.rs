@@ -1,6 +1,6 @@
 //! [`Prefixed`]: an I/O object whose reads first replay bytes already read (during
 //! detection, or past a response head), then read the inner stream; writes go straight
-//! through. The "peek, then replay" of DESIGN.md §8 (linkerd2-proxy `linkerd/io/src/prefixed.rs`).
+//! through. The "peek, then replay" of `docs/architecture.md` (linkerd2-proxy `linkerd/io/src/prefixed.rs`).
 
 use std::io;
 use std::pin::Pin;

@@ -1,5 +1,5 @@
 //! First-bytes protocol detection: a pure function from the bytes read so far to what the
-//! connection is (DESIGN.md §2).
+//! connection is (`docs/architecture.md` §2).
 //!
 //! [`detect`] never blocks and never allocates per call; the server calls it again after each
 //! read until the answer is not [`Detected::NeedMore`]. A PROXY header is parsed here too (with

@@ -1,4 +1,4 @@
-//! TLS ClientHello parsing: SNI and the ALPN list, from raw bytes (DESIGN.md §1).
+//! TLS ClientHello parsing: SNI and the ALPN list, from raw bytes (`docs/architecture.md` §1).
 //!
 //! A ClientHello may be split over several TCP segments and over several TLS records; this
 //! module reassembles the handshake message from the records' fragments and hands it to

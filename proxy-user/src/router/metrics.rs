@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §7): the metric families, and the text encoding served on
+//! Prometheus metrics (every family is listed in `docs/config.md`, `diag_addr`): the metric
 //! `diag_addr` `/metrics`.
 //!
 //! Label values are `&'static str` where the set is fixed and `String` where it comes from

@@ -1,4 +1,4 @@
-//! The router: the server side of the single port (DESIGN.md §1).
+//! The router: the server side of the single port (`docs/architecture.md` §1).
 //!
 //! The path of one connection: [`listener`] accepts it under the connection limit and gives
 //! it a span; [`conn`] runs it — [`detect`] classifies the first bytes, [`hello`] parses a

@@ -1,4 +1,4 @@
-//! Framings that carry one byte stream inside another (DESIGN.md §4), each turned back into
+//! Framings that carry one byte stream inside another (`docs/balancers.md`), each turned back into
 //! a plain byte stream by a pump task, so the rest of the proxy (and the client's local
 //! proxies) never see frames: [`websocket`] (binary WebSocket messages) and [`ping`] (the
 //! `u32` length framing of `alpn-ping` and the `-ping` ALPNs); [`raw`] puts an unframed

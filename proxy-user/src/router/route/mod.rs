@@ -1,5 +1,5 @@
 //! Routing: a pure matcher from what the client said (SNI, ALPN list) to a route
-//! (DESIGN.md §2; the operator's view of the same rules is in `docs/config.md`).
+//! (`docs/architecture.md`; the operator's view of the same rules is in `docs/config.md`).
 //!
 //! Precedence, first match wins:
 //! 1. SNI `kube-teleport-proxy-alpn.*` → the Kubernetes upstream, passthrough, before ALPN;

@@ -147,7 +147,7 @@ fn route_entries_carry_mode_and_auth() {
     let t = table();
     let get = |n: &str| t.entries.iter().find(|e| e.name == n).unwrap().clone();
     assert_eq!(get("grafana").mode, CLIENT_AUTH);
-    // The -ping variant comes first: the server's preference (DESIGN.md §2).
+    // The -ping variant comes first: the server's preference (`docs/architecture.md` §2).
     assert_eq!(get("grafana").alpn, ["teleport-tcp-ping", "teleport-tcp"]);
     assert_eq!(get("exact-app").mode, NO_CLIENT_AUTH);
     assert_eq!(get("web").alpn, ["h2", "http/1.1"]);

@@ -1,5 +1,5 @@
 //! The web route's own endpoints, answered by the proxy before anything reaches the web
-//! upstream (DESIGN.md §3–§4):
+//! upstream (`docs/config.md`, `docs/balancers.md`):
 //!
 //! - `GET /webapi/connectionupgrade`: the connection upgrade that lets clients behind a
 //!   TLS-terminating layer-7 balancer reach every route. `Upgrade: websocket` with

@@ -1,4 +1,4 @@
-//! `GET /webapi/connectionupgrade` (DESIGN.md §4): which upgrade a request asks for and
+//! `GET /webapi/connectionupgrade` (`docs/balancers.md`): which upgrade a request asks for and
 //! the `101 Switching Protocols` that answers it. `Upgrade: websocket` with
 //! `Sec-WebSocket-Protocol: alpn|alpn-ping` (RFC 6455) is preferred, then the legacy
 //! `Upgrade: alpn-ping`, then `alpn` (the type may also come in `X-Teleport-Upgrade`, for
