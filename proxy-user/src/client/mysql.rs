@@ -11,6 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const CLIENT_SSL: u16 = 0x0800;
 /// First byte of a protocol-10 greeting (an error packet starts with `0xff`).
 const PROTOCOL_10: u8 = 10;
+/// Largest greeting accepted: real ones are about 100 bytes; the packet header could
+/// announce 16 MiB, which is not allocated on a stranger's word.
+const MAX_GREETING: usize = 64 * 1024;
 
 /// Clears `CLIENT_SSL` in a protocol-10 greeting payload; other packets (an error packet
 /// from a server refusing the connection) are left alone. Returns whether it changed.
@@ -51,6 +54,11 @@ where
     remote.read_exact(&mut head).await.map_err(&failed)?;
     let [l0, l1, l2, _sequence] = head;
     let len = u32::from_le_bytes([l0, l1, l2, 0]) as usize;
+    if len > MAX_GREETING {
+        return Err(ClientError::Protocol(format!(
+            "MySQL server greeting of {len} bytes (more than {MAX_GREETING}): not a MySQL server?"
+        )));
+    }
     let mut payload = vec![0u8; len];
     remote.read_exact(&mut payload).await.map_err(&failed)?;
     strip_ssl(&mut payload)?;
@@ -138,5 +146,15 @@ mod tests {
         let cut = &remote[..20];
         let e = relay_greeting(&mut &cut[..], &mut Vec::new(), failed).await;
         assert!(e.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_huge_announced_greeting_is_refused_before_allocating_it() {
+        let head = [0xff, 0xff, 0xff, 0];
+        let mut local = Vec::new();
+        let e = relay_greeting(&mut &head[..], &mut local, failed).await;
+        let message = e.unwrap_err().to_string();
+        assert!(message.contains("16777215 bytes"), "{message}");
+        assert!(local.is_empty());
     }
 }
