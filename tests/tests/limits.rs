@@ -1,5 +1,5 @@
-//! The limits of one connection, from the outside (`docs/architecture.md` §1, `docs/balancers.md`), where a connection
-//! upgrade carries an inner TLS connection read as a preface of its own:
+//! The limits of one connection, from the outside (`docs/architecture.md` §1), where a
+//! connection upgrade carries an inner TLS connection read as a preface of its own:
 //!
 //! - `limits.max_hello_bytes`: a real ClientHello that fits the limit, re-cut into 1-byte
 //!   TLS records, outgrows 512 bytes before its handshake message completes. Inside a
