@@ -44,6 +44,17 @@ pub(super) struct Upgraded {
 }
 
 impl Probe {
+    /// TCP to the endpoint (through `HTTPS_PROXY` when it applies), its failure named.
+    async fn connect(&self) -> Result<tokio::net::TcpStream, ClientError> {
+        self.endpoint
+            .tcp()
+            .await
+            .map_err(|error| ClientError::Unreachable {
+                proxy: self.addr().to_owned(),
+                error,
+            })
+    }
+
     pub(super) fn addr(&self) -> &str {
         &self.endpoint.addr
     }
@@ -75,14 +86,7 @@ impl Probe {
         &self,
         tls: &tokio_rustls::TlsConnector,
     ) -> Result<(Outcome, Duration), ClientError> {
-        let tcp = self
-            .endpoint
-            .tcp()
-            .await
-            .map_err(|error| ClientError::Unreachable {
-                proxy: self.addr().to_owned(),
-                error,
-            })?;
+        let tcp = self.connect().await?;
         let t = Instant::now();
         let r = self.endpoint.tls(tls, tcp).await;
         let took = t.elapsed();
@@ -225,14 +229,7 @@ impl Probe {
     ) -> Result<Duration, ClientError> {
         self.repeat(|| async {
             let t = Instant::now();
-            let tcp = self
-                .endpoint
-                .tcp()
-                .await
-                .map_err(|error| ClientError::Unreachable {
-                    proxy: self.addr().to_owned(),
-                    error,
-                })?;
+            let tcp = self.connect().await?;
             let mut s = c.handshake(Transport::Tcp(tcp)).await?;
             let took = t.elapsed();
             let _ = s.shutdown().await;
