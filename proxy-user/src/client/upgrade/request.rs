@@ -186,7 +186,7 @@ pub(crate) fn check_legacy(head: &Head) -> Result<String, String> {
     let upgrade = head
         .header("upgrade")
         .filter(|u| !u.is_empty())
-        .or_else(|| head.header(&TELEPORT_UPGRADE_HEADER.to_ascii_lowercase()))
+        .or_else(|| head.header(TELEPORT_UPGRADE_HEADER))
         .unwrap_or("")
         .to_ascii_lowercase();
     match upgrade.as_str() {

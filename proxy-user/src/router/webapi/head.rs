@@ -18,11 +18,11 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    /// Every value of header `name` (lower case).
+    /// Every value of header `name` (any case: `protocol`'s canonical names work as is).
     pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
-            .filter(move |(n, _)| n == name)
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.trim())
     }
 

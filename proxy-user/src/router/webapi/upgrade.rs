@@ -84,7 +84,7 @@ pub(crate) fn decide(req: &Request, trust_forwarded_for: bool) -> Result<Accepte
         None
     };
     let mut offered = req.tokens("upgrade");
-    offered.extend(req.tokens(&TELEPORT_UPGRADE_HEADER.to_ascii_lowercase()));
+    offered.extend(req.tokens(TELEPORT_UPGRADE_HEADER));
     if offered.is_empty() {
         return Err(Refused::new(
             400,
