@@ -8,10 +8,12 @@
 //! Switchyard's own. Every key is documented for operators in `docs/config.md`.
 
 mod addr;
+mod apps;
 mod schema;
 mod validate;
 
 pub(crate) use addr::{dns_label, host_port, listen_addr};
+pub(crate) use apps::{http_target, HttpTarget};
 pub(crate) use schema::*;
 
 use serde::Deserialize;
@@ -60,6 +62,9 @@ pub(crate) struct Config {
     /// Extra routes by SNI and/or ALPN, matched before the built-in ALPN table.
     #[serde(default)]
     pub(crate) routes: Vec<RouteConfig>,
+    /// HTTP applications reached by host name on the proxy's port.
+    #[serde(default)]
+    pub(crate) apps: Vec<AppConfig>,
     /// Deadlines, connection and buffer limits.
     #[serde(default)]
     pub(crate) limits: Limits,
@@ -117,6 +122,30 @@ impl Config {
         self.base_dir.join(p)
     }
 
+    /// The host names of `proxy_service.public_addr`, lower-cased, without ports.
+    pub(crate) fn public_hosts(&self) -> Vec<String> {
+        let addrs = self
+            .proxy_service
+            .public_addr
+            .iter()
+            .flat_map(|a| a.to_vec());
+        addrs
+            .filter_map(|a| host_port("", &a).ok())
+            .map(|hp| hp.host.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// The host name of app `app` (validated: there is one).
+    pub(crate) fn app_host(&self, app: &AppConfig) -> Option<String> {
+        match &app.public_addr {
+            Some(a) => Some(strip_port(a).to_ascii_lowercase()),
+            None => self
+                .public_hosts()
+                .first()
+                .map(|h| format!("{}.{h}", app.name.to_ascii_lowercase())),
+        }
+    }
+
     /// The legacy listeners to open: `(key, address)`. v1 adds the default SSH and tunnel
     /// listeners when they are not set; v2 opens only what is set.
     pub(crate) fn legacy_listeners(&self) -> Vec<(&'static str, String)> {
@@ -140,6 +169,17 @@ impl Config {
         add("postgres_listen_addr", &p.postgres_listen_addr, None);
         add("mongo_listen_addr", &p.mongo_listen_addr, None);
         out
+    }
+}
+
+/// `host` from `host` or `host:port` (IPv6 in brackets keeps its brackets stripped).
+pub(crate) fn strip_port(a: &str) -> &str {
+    if let Some(v6) = a.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => h,
+        _ => a,
     }
 }
 

@@ -39,8 +39,8 @@ impl Config {
             readable("proxy_service.client_ca_file", &self.path(ca))?;
         }
         let u = &self.upstreams;
+        self.validate_http()?;
         for (key, value) in [
-            ("web", &u.web),
             ("ssh", &u.ssh),
             ("tunnel", &u.tunnel),
             ("postgres", &u.postgres),
@@ -131,6 +131,24 @@ impl Config {
                 "must be between 16384 and 67108864",
             ));
         }
+        if l.max_http_head_bytes < 8192 || l.max_http_head_bytes > 1 << 20 {
+            return Err(ConfigError::invalid(
+                "limits.max_http_head_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
+        if l.http2_max_streams == 0 {
+            return Err(ConfigError::invalid(
+                "limits.http2_max_streams",
+                "must be at least 1",
+            ));
+        }
+        if l.http_idle_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "limits.http_idle_timeout",
+                "must be positive",
+            ));
+        }
         if l.handshake_timeout.is_zero() || l.connect_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "limits.handshake_timeout",
@@ -141,7 +159,7 @@ impl Config {
     }
 }
 
-fn readable(key: &str, path: &Path) -> Result<(), ConfigError> {
+pub(super) fn readable(key: &str, path: &Path) -> Result<(), ConfigError> {
     std::fs::File::open(path)
         .map(|_| ())
         .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))

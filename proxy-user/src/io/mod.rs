@@ -7,8 +7,10 @@
 //! - [`wire`]: the framings that carry a byte stream inside another (WebSocket, the `u32`
 //!   ping framing) behind a plain byte stream.
 //! - [`tls`]: the rustls crypto provider and the identity read from a certificate.
+//! - [`insecure`]: a server-certificate verifier that accepts anything (explicit opt-ins).
 
 pub(crate) mod copy;
+pub(crate) mod insecure;
 pub(crate) mod prefixed;
 pub(crate) mod tls;
 pub(crate) mod wire;

@@ -97,7 +97,7 @@ async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer
         let _ = stream.set_nodelay(true);
         let started = Instant::now();
         let result = match ingress {
-            Ingress::Multiplex => conn::handle(&proxy, stream).await,
+            Ingress::Multiplex => conn::handle(&proxy, stream, peer).await,
             Ingress::Fixed(route) => conn::fixed(&proxy, stream, &route).await,
         };
         let ms = started.elapsed().as_millis() as u64;

@@ -65,6 +65,19 @@ pub(crate) struct UpstreamLabel {
     pub(crate) route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HttpLabel {
+    /// `web`, `app:<name>`, or `none` for a host that names no app.
+    pub(crate) route: String,
+    /// `1xx` … `5xx`.
+    pub(crate) class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RouteLabel {
+    pub(crate) route: String,
+}
+
 /// Every metric the proxy exports.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -78,6 +91,8 @@ pub(crate) struct Metrics {
     pub(crate) relay_bytes: Family<Bytes, Counter>,
     pub(crate) upstream_errors: Family<UpstreamLabel, Counter>,
     pub(crate) ebpf_loaded: Gauge,
+    pub(crate) http_requests: Family<HttpLabel, Counter>,
+    pub(crate) http_seconds: Family<RouteLabel, Histogram>,
 }
 
 impl Default for Metrics {
@@ -100,6 +115,10 @@ impl Metrics {
             relay_bytes: Family::default(),
             upstream_errors: Family::default(),
             ebpf_loaded: Gauge::default(),
+            http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +171,16 @@ impl Metrics {
             "1 when the eBPF front end is loaded and attached",
             m.ebpf_loaded.clone(),
         );
+        registry.register(
+            "switchyard_http_requests",
+            "HTTP requests on the web route and the apps, by route and status class",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "switchyard_http_request_seconds",
+            "Time from an HTTP request's head to the end of its response body, by route",
+            m.http_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -170,6 +199,26 @@ impl Metrics {
     pub(crate) fn upgrade(&self, kind: &'static str, outcome: &'static str) {
         self.upgrades
             .get_or_create(&Upgrade { kind, outcome })
+            .inc();
+    }
+
+    /// Counts one HTTP request that took `seconds`.
+    pub(crate) fn http_request(&self, route: &str, status: u16, seconds: f64) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let route = route.to_owned();
+        self.http_seconds
+            .get_or_create(&RouteLabel {
+                route: route.clone(),
+            })
+            .observe(seconds);
+        self.http_requests
+            .get_or_create(&HttpLabel { route, class })
             .inc();
     }
 

@@ -3,8 +3,8 @@
 //! The path of one connection: [`listener`] accepts it under the connection limit and gives
 //! it a span; [`conn`] runs it — [`detect`] classifies the first bytes, [`hello`] parses a
 //! TLS ClientHello, [`route`] picks a route, [`certs`] holds the TLS configurations of the
-//! terminated routes, [`webapi`] answers the web route's own endpoints — and hands the bytes
-//! to `relay`. [`state`] is the routing state built from the configuration, [`run`] starts
+//! terminated routes, [`http`] serves the web route and the HTTP apps, [`webapi`] answers
+//! the proxy's own endpoints — and hands the bytes to `relay`. [`state`] is the routing state built from the configuration, [`run`] starts
 //! the listeners and handles signals (reload, drain), [`metrics`] and [`diag`] are what
 //! operators watch.
 
@@ -13,6 +13,7 @@ pub(crate) mod conn;
 pub(crate) mod detect;
 pub(crate) mod diag;
 pub(crate) mod hello;
+pub(crate) mod http;
 pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod ratelimit;

@@ -4,6 +4,7 @@
 //! keeps the `Proxy` it was accepted with.
 
 use super::certs;
+use super::http::Front;
 use super::metrics::Metrics;
 use super::ratelimit::RateLimit;
 use super::route::{Mode, Role, RouteEntry, Table};
@@ -21,6 +22,8 @@ pub(crate) struct Proxy {
     /// The routes, each terminated one with its TLS configuration.
     pub(crate) table: Table<Arc<ServerConfig>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The HTTP servers behind the web route and the apps, with their connection pools.
+    pub(crate) front: Front,
     /// Rate limit for log lines about unrecognised or malformed input.
     pub(crate) noise: RateLimit,
 }
@@ -32,10 +35,12 @@ impl Proxy {
         for (key, _) in config.legacy_listeners() {
             legacy_route(&config, key)?;
         }
+        let front = Front::new(&config)?;
         Ok(Proxy {
             config,
             table,
             metrics,
+            front,
             noise: RateLimit::new(10, Duration::from_secs(10)),
         })
     }

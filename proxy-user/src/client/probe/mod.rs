@@ -15,10 +15,9 @@
 //!
 //! This file owns the command line and the set-up (URL, identity, how the server
 //! certificate is checked); [`checks`] makes the connections and times them, [`report`]
-//! prints one line per check and the conclusion, [`insecure`] is `--insecure`'s verifier.
+//! prints one line per check and the conclusion; `--insecure` uses `io::insecure`.
 
 mod checks;
-mod insecure;
 mod report;
 
 use super::balancer::PROBE_ALPN;
@@ -124,7 +123,7 @@ pub(crate) async fn run(args: &ProbeArgs) -> Result<ExitCode, ClientError> {
         _ => None,
     };
     let verifier: Arc<dyn ServerCertVerifier> = if args.insecure {
-        Arc::new(insecure::NoVerify)
+        Arc::new(crate::io::insecure::NoVerify)
     } else {
         let roots =
             match (&identity, &args.ca) {

@@ -22,12 +22,15 @@ pub(crate) use error::{ConnError, Finished};
 pub(crate) use plaintext::fixed;
 
 use super::detect::{detect, Detected, PgRequest, ProxyHeader};
+use super::http;
 use super::metrics::Accepted;
 use super::state::Proxy;
 use crate::config::ProxyProtocol;
 use crate::io::BoxedIo;
 use error::hex_preview;
 use preface::{Deadline, Preface};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use tls::Tls;
 use tokio::net::TcpStream;
 use tracing::{Instrument, Span};
@@ -75,8 +78,12 @@ fn step(bytes: &[u8]) -> Result<Option<Step>, ConnError> {
     }))
 }
 
-/// Handles one connection accepted on the single port.
-pub(crate) async fn handle(proxy: &Proxy, mut stream: TcpStream) -> Result<Finished, ConnError> {
+/// Handles one connection accepted on the single port from `peer`.
+pub(crate) async fn handle(
+    proxy: &Arc<Proxy>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Result<Finished, ConnError> {
     let limits = &proxy.config.limits;
     let deadline = Deadline::after(limits.handshake_timeout);
     let mut pre = Preface::accepted(deadline, limits.max_hello_bytes);
@@ -112,6 +119,7 @@ pub(crate) async fn handle(proxy: &Proxy, mut stream: TcpStream) -> Result<Finis
         return Err(ConnError::ProxyRequired);
     }
     pre.settle();
+    let client = header.as_ref().and_then(|h| h.source).unwrap_or(peer);
     let ingress = if header.is_some() {
         "proxy_protocol"
     } else {
@@ -129,7 +137,7 @@ pub(crate) async fn handle(proxy: &Proxy, mut stream: TcpStream) -> Result<Finis
         .inc();
     let _active = proxy.metrics.active_guard(protocol);
     let route = match routable {
-        Routable::Tls => return tls_connection(proxy, stream, pre).await,
+        Routable::Tls => return tls_connection(proxy, stream, pre, client).await,
         Routable::Ssh => "ssh",
         Routable::Http => "web",
         Routable::Postgres(_) => "postgres",
@@ -137,43 +145,68 @@ pub(crate) async fn handle(proxy: &Proxy, mut stream: TcpStream) -> Result<Finis
     match plaintext::plaintext(proxy, stream, pre, route).await? {
         plaintext::Plain::Done(done) => Ok(done),
         plaintext::Plain::Web(stream, pre, route) => {
-            web_connection(proxy, stream, pre, route).await
+            let conn = http::Conn {
+                route: route.name.clone(),
+                tls: false,
+                h2: false,
+                identity: None,
+                client,
+                upgrades: true,
+            };
+            web_connection(proxy, stream, pre, route, conn).await
         }
     }
 }
 
-/// A TLS connection on the socket.
+/// A TLS connection on the socket, from `client` (as believed).
 async fn tls_connection<C: ClientIo>(
-    proxy: &Proxy,
-    client: C,
+    proxy: &Arc<Proxy>,
+    stream: C,
     pre: Preface,
+    client: SocketAddr,
 ) -> Result<Finished, ConnError> {
-    match tls::tls(proxy, client, pre).await? {
+    match tls::tls(proxy, stream, pre).await? {
         Tls::Done(done) => Ok(done),
         Tls::Web {
             stream,
             preface,
             route,
-        } => web_connection(proxy, stream, preface, route).await,
+            identity,
+            h2,
+        } => {
+            let conn = http::Conn {
+                route: route.name.clone(),
+                tls: true,
+                h2,
+                identity,
+                client,
+                upgrades: true,
+            };
+            web_connection(proxy, stream, preface, route, conn).await
+        }
     }
 }
 
 /// The web route; an upgrade's inner connection is routed in its own span, and the
 /// closing line carries both.
 async fn web_connection<C: ClientIo>(
-    proxy: &Proxy,
-    client: C,
+    proxy: &Arc<Proxy>,
+    stream: C,
     pre: Preface,
     route: &super::state::Route,
+    conn: http::Conn,
 ) -> Result<Finished, ConnError> {
-    match web::web(proxy, client, pre, route).await? {
+    let client = conn.client;
+    match web::web(proxy, stream, pre, route, conn).await? {
         Web::Done(done) => Ok(done),
         Web::Upgraded {
             tunnel,
             preface,
             span,
+            forwarded_for,
         } => {
-            let inner = inner_connection(proxy, tunnel, preface);
+            let client = forwarded_for.map_or(client, |a| a.socket());
+            let inner = inner_connection(proxy, tunnel, preface, client);
             let done = inner.instrument(span.clone()).await?;
             Ok(Finished {
                 inner: Some(span),
@@ -184,14 +217,37 @@ async fn web_connection<C: ClientIo>(
 }
 
 /// The TLS connection inside an upgrade, routed like a direct one, one level deep: its
-/// web route goes straight to the web upstream (it does not upgrade again).
+/// web route and apps are HTTP that does not upgrade again.
 async fn inner_connection(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     tunnel: BoxedIo,
     pre: Preface,
+    client: SocketAddr,
 ) -> Result<Finished, ConnError> {
     match tls::tls(proxy, tunnel, pre).await? {
         Tls::Done(done) => Ok(done),
-        Tls::Web { stream, route, .. } => tls::relay_terminated(proxy, stream, route).await,
+        Tls::Web {
+            stream,
+            preface,
+            route,
+            identity,
+            h2,
+        } => {
+            let conn = http::Conn {
+                route: route.name.clone(),
+                tls: true,
+                h2,
+                identity,
+                client,
+                upgrades: false,
+            };
+            match web::web(proxy, stream, preface, route, conn).await? {
+                Web::Done(done) => Ok(done),
+                // `upgrades: false`: HTTP refuses the upgrade, so no tunnel comes back.
+                Web::Upgraded { .. } => Err(ConnError::NoRoute(
+                    "a connection upgrade inside an upgrade".into(),
+                )),
+            }
+        }
     }
 }

@@ -34,6 +34,11 @@ impl Deadline {
         }
     }
 
+    /// When it falls.
+    pub(crate) fn at(&self) -> Instant {
+        self.at
+    }
+
     /// Runs `fut` until the deadline; past it, a [`ConnError::Timeout`] naming `stage`.
     pub(crate) async fn run<F: Future>(
         self,
@@ -83,6 +88,15 @@ impl Preface {
             max: self.max,
             cap: self.max,
             deadline: self.deadline,
+        }
+    }
+
+    /// Like [`Preface::inner`], under a fresh deadline of `budget`: for the inner
+    /// connection of an upgrade asked for on a kept-alive connection, long after accept.
+    pub(crate) fn restarted(&self, budget: Duration) -> Preface {
+        Preface {
+            deadline: Deadline::after(budget),
+            ..self.inner()
         }
     }
 

@@ -1,7 +1,7 @@
 //! A TLS connection: read the whole ClientHello, route it (a TLS alert when there is no
 //! route), then pass the raw TLS through to the upstream, or terminate it here (mTLS where
 //! the route asks for it) and relay the plaintext — through the ping framing for `-ping`
-//! ALPNs, to the web route's own endpoints for HTTP/1.1 on the web route.
+//! ALPNs — or, on the web route and the HTTP apps, hand it to HTTP.
 
 use super::error::{ConnError, Finished};
 use super::preface::Preface;
@@ -24,12 +24,16 @@ use tracing::{debug, Span};
 pub(crate) enum Tls<'a, C> {
     /// Relayed, or answered: over.
     Done(Finished),
-    /// HTTP/1.1 on the web route, terminated: the web route's own endpoints come next, on
-    /// the plaintext `stream` with a fresh `preface` under the same deadline.
+    /// The web route or an HTTP app, terminated: HTTP comes next, on the plaintext
+    /// `stream` with a fresh `preface` under the same deadline.
     Web {
         stream: Box<TlsStream<Prefixed<C>>>,
         preface: Preface,
         route: &'a Route,
+        /// The client certificate's identity, when one was presented.
+        identity: Option<String>,
+        /// The client negotiated `h2`.
+        h2: bool,
     },
 }
 
@@ -103,12 +107,13 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         .handshake_seconds
         .observe(started.elapsed().as_secs_f64());
     let (_, session) = tls.get_ref();
-    if let Some(id) = session
+    let identity = session
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| CertIdentity::from_der(c))
-    {
-        span.record("identity", tracing::field::display(&id));
+        .map(|id| id.to_string());
+    if let Some(id) = &identity {
+        span.record("identity", id.as_str());
     }
     let negotiated = session
         .alpn_protocol()
@@ -120,11 +125,13 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         debug!("answered a TLS routing probe (no upstreams.tunnel configured)");
         return Ok(Tls::Done(Finished::answered(&route.name, "none", 0, 0)));
     }
-    if route.role == Role::Web && negotiated.as_deref() != Some(H2_ALPN) {
+    if matches!(route.role, Role::Web | Role::App) {
         return Ok(Tls::Web {
             stream: Box::new(tls),
             preface: inner,
             route,
+            identity,
+            h2: negotiated.as_deref() == Some(H2_ALPN),
         });
     }
     relay_terminated(proxy, Box::new(tls), route)
@@ -134,7 +141,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
 
 /// Relays the plaintext of a terminated connection to its route's upstream, through the
 /// ping framing when the negotiated ALPN is a `-ping` one.
-pub(crate) async fn relay_terminated<S>(
+async fn relay_terminated<S>(
     proxy: &Proxy,
     tls: Box<TlsStream<S>>,
     route: &Route,

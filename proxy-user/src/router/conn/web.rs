@@ -1,19 +1,21 @@
-//! The web route after TLS (or as plaintext HTTP): the request line decides between the
-//! proxy's own endpoints (`webapi`) and the web upstream, which then gets the connection
-//! byte for byte. A connection upgrade (`/webapi/connectionupgrade`) turns the rest of the
-//! connection into a tunnel whose bytes re-enter detection and routing as a connection of
-//! their own (one level deep: a tunnel's web route does not upgrade again), under the same
-//! deadline as everything before it.
+//! The web route and the HTTP apps after TLS (or as plaintext HTTP): HTTP is served by
+//! `router::http` (the proxy's own endpoints, the web upstream, the apps), except that a
+//! first request for `/webapi/connectionupgrade` is answered here from its bytes. A
+//! connection upgrade — first request or later — turns the rest of the connection into a
+//! tunnel whose bytes re-enter detection and routing as a connection of their own (one
+//! level deep: a tunnel's web route does not upgrade again).
 
 use super::error::{hex_preview, ConnError, Finished};
 use super::preface::Preface;
-use super::upstream::{connect, relay_client, ClientIo};
+use super::upstream::ClientIo;
 use crate::io::{wire, BoxedIo, Prefixed};
 use crate::router::detect::{detect, Detected};
+use crate::router::http::{self, Served};
 use crate::router::metrics::Accepted;
-use crate::router::state::Proxy;
-use crate::router::state::Route;
-use crate::router::webapi::{self, Kind, Refused, Target};
+use crate::router::route::Role as RouteRole;
+use crate::router::state::{Proxy, Route};
+use crate::router::webapi::{self, ClientAddr, Kind, Refused, Target};
+use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
@@ -29,45 +31,64 @@ pub(crate) enum Web {
         tunnel: BoxedIo,
         preface: Preface,
         span: Span,
+        /// The client's address from a trusted `X-Forwarded-For`, if any.
+        forwarded_for: Option<ClientAddr>,
     },
 }
 
-/// The web route: `pre` holds request bytes already read from `client` (plaintext HTTP)
-/// or none yet (after TLS).
+/// The web route or an HTTP app: `pre` holds request bytes already read from `client`
+/// (plaintext HTTP) or none yet (after TLS). A first request for the connection upgrade is
+/// answered here from its bytes, under the connection's one deadline; everything else is
+/// HTTP served by `router::http`, which may hand back an upgrade asked for later.
 pub(crate) async fn web<C: ClientIo>(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     mut client: C,
     mut pre: Preface,
     route: &Route,
+    conn: http::Conn,
 ) -> Result<Web, ConnError> {
-    let limits = &proxy.config.limits;
-    let max = limits.max_hello_bytes;
-    let request_line = |b: &[u8]| {
-        let target = webapi::target(b).or((b.len() >= max).then_some(Target::Other));
-        Ok::<_, ConnError>(target)
-    };
-    let target = match pre
-        .read_until(&mut client, "HTTP request", request_line)
-        .await
-    {
-        Ok(t) => t,
-        // A client that sent part of a request line and its EOF: the upstream answers it.
-        Err(ConnError::ClosedEarly(_)) if !pre.rest().is_empty() => Target::Other,
-        Err(e) => return Err(e),
-    };
-    if target == Target::Other {
-        if route.upstream.is_none() {
-            let refused = webapi::no_web_upstream(request_path(pre.rest()));
-            respond(&mut client, &refused.response()).await;
-            return Err(ConnError::NoRoute(refused.reason));
+    let max = proxy.config.limits.max_hello_bytes;
+    if conn.upgrades && !conn.h2 && route.role == RouteRole::Web {
+        let request_line = |b: &[u8]| {
+            let target = webapi::target(b).or((b.len() >= max).then_some(Target::Other));
+            Ok::<_, ConnError>(target)
+        };
+        let target = match pre
+            .read_until(&mut client, "HTTP request", request_line)
+            .await
+        {
+            Ok(t) => t,
+            // A client that sent part of a request line and its EOF: HTTP answers it.
+            Err(ConnError::ClosedEarly(_)) if !pre.rest().is_empty() => Target::Other,
+            Err(e) => return Err(e),
+        };
+        if target == Target::Upgrade {
+            return first_upgrade(proxy, client, pre).await;
         }
-        let mut upstream = connect(proxy, route).await?;
-        upstream.write_all(pre.rest()).await?;
-        let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
-        let mut stats = relay_client(client, upstream, consumed, limits.relay_buffer_bytes).await;
-        stats.client_to_upstream += sent;
-        return Ok(Web::Done(Finished::relayed(&route.name, stats)));
     }
+    let first_by = pre.deadline.at();
+    let inner_pre = pre.restarted(proxy.config.limits.handshake_timeout);
+    let io = Prefixed::new(pre.into_rest(), client);
+    let (served, (up, down)) = http::serve(proxy.clone(), conn, io, first_by).await?;
+    match served {
+        Served::Closed => Ok(Web::Done(Finished::answered(&route.name, "http", up, down))),
+        Served::Tunnel {
+            io,
+            kind,
+            forwarded_for,
+        } => tunnel(proxy, Box::new(io), inner_pre, kind, forwarded_for).await,
+    }
+}
+
+/// The connection upgrade as the first request: its head read from bytes (so a balancer
+/// that drops `Upgrade` and sends only `X-Teleport-Upgrade` still works), the `101`
+/// written, the rest of the connection a tunnel.
+async fn first_upgrade<C: ClientIo>(
+    proxy: &Proxy,
+    mut client: C,
+    mut pre: Preface,
+) -> Result<Web, ConnError> {
+    let max = proxy.config.limits.max_hello_bytes;
     let head = pre.read_until(&mut client, "HTTP request head", |b| {
         // A malformed head is an answer too: the refusal to write back.
         Ok::<_, ConnError>(webapi::parse(b, max).map_err(Refused::from).transpose())
@@ -80,36 +101,37 @@ pub(crate) async fn web<C: ClientIo>(
         }
         Err(e) => return Err(e),
     };
-    if target == Target::Ping {
-        let answer = webapi::ping_response(&proxy.config);
-        respond(&mut client, &answer).await;
-        let (up, down) = (pre.rest().len() as u64, answer.len() as u64);
-        return Ok(Web::Done(Finished::answered(
-            &route.name,
-            "answered",
-            up,
-            down,
-        )));
-    }
     let trust = proxy.config.proxy_service.trust_x_forwarded_for;
     let accepted = match webapi::decide(&request, trust) {
         Ok(a) => a,
         Err(refused) => return Err(refuse(proxy, &mut client, refused).await),
     };
-    client.write_all(&accepted.response).await?;
+    client.write_all(&accepted.response()).await?;
     client.flush().await?;
-    let kind = accepted.kind;
+    let inner_pre = pre.inner();
+    let leftover = pre.into_rest().split_off(request.len);
+    let io: BoxedIo = Box::new(Prefixed::new(leftover, client));
+    tunnel(proxy, io, inner_pre, accepted.kind, accepted.forwarded_for).await
+}
+
+/// An accepted upgrade: the tunnel's framing, then the inner connection's detection in
+/// a span of its own.
+async fn tunnel(
+    proxy: &Proxy,
+    io: BoxedIo,
+    inner_pre: Preface,
+    kind: Kind,
+    forwarded_for: Option<ClientAddr>,
+) -> Result<Web, ConnError> {
+    let limits = &proxy.config.limits;
     let span = Span::current();
     span.record("upgrade", kind.label());
-    if let Some(addr) = accepted.forwarded_for {
+    if let Some(addr) = forwarded_for {
         // On the outer span: every line of the connection, the closing one included.
         span.record("real_client", field::display(addr));
     }
     proxy.metrics.upgrade(kind.label(), "accepted");
     debug!(upgrade = kind.label(), "connection upgraded");
-    let inner_pre = pre.inner();
-    let leftover = pre.into_rest().split_off(request.len);
-    let io = Prefixed::new(leftover, client);
     let ping = kind.pings().then_some(limits.ping_interval);
     let max_frame = limits.max_ws_frame_bytes;
     let tunnel: BoxedIo = match kind {
@@ -119,7 +141,7 @@ pub(crate) async fn web<C: ClientIo>(
             Box::new(wire::websocket(ws, ping))
         }
         Kind::AlpnPing => Box::new(wire::ping_framed(io, ping, max_frame)),
-        Kind::Alpn => Box::new(io),
+        Kind::Alpn => io,
     };
     let tunnel_span = info_span!(
         "tunnel",
@@ -136,6 +158,7 @@ pub(crate) async fn web<C: ClientIo>(
         tunnel,
         preface,
         span: tunnel_span,
+        forwarded_for,
     })
 }
 
@@ -176,16 +199,4 @@ async fn refuse<S: AsyncWrite + Unpin>(proxy: &Proxy, client: &mut S, r: Refused
 async fn respond<S: AsyncWrite + Unpin>(client: &mut S, response: &[u8]) {
     let _ = client.write_all(response).await;
     let _ = client.shutdown().await;
-}
-
-/// The path of a request line, for messages.
-fn request_path(read: &[u8]) -> &str {
-    let line = read
-        .split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or(&[]);
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or("/")
 }

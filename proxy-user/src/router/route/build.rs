@@ -19,6 +19,7 @@ impl Table {
             builtin: BTreeMap::new(),
             auth: BTreeMap::new(),
             ssh_nodes: BTreeMap::new(),
+            apps: BTreeMap::new(),
         };
         let u = &config.upstreams;
         for (i, r) in config.routes.iter().enumerate() {
@@ -58,7 +59,8 @@ impl Table {
         // (`/webapi/connectionupgrade`, `/webapi/ping`) when there is a certificate to
         // terminate with; it has no upstream and other paths get 404.
         if u.web.is_some() || !config.proxy_service.https_keypairs.is_empty() {
-            let web = terminate("web", false, u.web.as_deref(), strings(WEB_ALPN));
+            let uri = u.web.as_ref().map(|w| w.http().uri);
+            let web = terminate("web", false, uri.as_deref(), strings(WEB_ALPN));
             t.web = Some(t.push(RouteEntry {
                 role: Role::Web,
                 ..web
@@ -91,6 +93,22 @@ impl Table {
             let name = format!("ssh:{node}");
             let entry = t.push(terminate(&name, true, Some(addr), vec![SSH_ALPN.into()]));
             t.ssh_nodes.insert(node.to_ascii_lowercase(), entry);
+        }
+        for app in &config.apps {
+            let Some(host) = config.app_host(app) else {
+                continue; // validation refuses such an app
+            };
+            let entry = t.push(RouteEntry {
+                role: Role::App,
+                allow: app.allow.clone(),
+                ..terminate(
+                    &app_route(&app.name),
+                    app.wants_client_cert(),
+                    Some(&app.uri),
+                    strings(WEB_ALPN),
+                )
+            });
+            t.apps.insert(host, entry);
         }
         let clusters: Vec<(String, String)> = match &u.auth {
             Some(AuthUpstreams::One(a)) => config
@@ -148,8 +166,14 @@ impl Table<()> {
             builtin: self.builtin,
             auth: self.auth,
             ssh_nodes: self.ssh_nodes,
+            apps: self.apps,
         })
     }
+}
+
+/// The route name of app `name` in logs and metrics.
+pub(crate) fn app_route(name: &str) -> String {
+    format!("app:{name}")
 }
 
 /// A terminated route entry (no TLS configuration yet).

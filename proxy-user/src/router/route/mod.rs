@@ -7,7 +7,8 @@
 //!    also names an ALPN beats one that does not; among equals the first in the file);
 //! 3. the built-in ALPN table, in the client's order of preference; for
 //!    `teleport-proxy-ssh` an SNI `<node>.ssh.<anything>` picks `upstreams.ssh_nodes[node]`;
-//! 4. the web upstream for `http/1.1`, `h2`, or no ALPN.
+//! 4. for `http/1.1`, `h2`, or no ALPN: the `apps:` entry whose host is the SNI, else the
+//!    web route.
 //!
 //! [`Table::new`] (in `build`) turns the configuration into [`RouteEntry`]s once;
 //! [`Table::route`] only reads them, so it is cheap on the per-connection path and tested
@@ -16,6 +17,8 @@
 //! every terminated entry its own — so no terminated route can lack one.
 
 mod build;
+
+pub(crate) use build::app_route;
 
 use super::hello::ClientHello;
 use crate::protocol::{
@@ -50,6 +53,8 @@ pub(crate) enum Role {
     Web,
     /// Answers the clients' layer-7 detection probe and closes ([`TUNNEL_PROBE`]).
     DetectionProbe,
+    /// An HTTP app (`apps:`), reached by its host name; the HTTP front door serves it.
+    App,
 }
 
 /// One destination, built from the configuration.
@@ -136,6 +141,8 @@ pub(crate) struct Table<T = ()> {
     auth: BTreeMap<String, usize>,
     /// SSH node name → entry.
     ssh_nodes: BTreeMap<String, usize>,
+    /// HTTP app host name → entry.
+    apps: BTreeMap<String, usize>,
 }
 
 impl<T> Table<T> {
@@ -208,6 +215,9 @@ impl<T> Table<T> {
         }
         let wants_web =
             hello.alpn.is_empty() || hello.alpn.iter().any(|p| WEB_ALPN.contains(&p.as_str()));
+        if let Some(&i) = self.apps.get(sni).filter(|_| wants_web) {
+            return Decision::Route(&self.entries[i]);
+        }
         match (wants_web, self.web) {
             (true, Some(i)) => Decision::Route(&self.entries[i]),
             (true, None) => reject(

@@ -18,6 +18,21 @@ pub(crate) struct Request {
 }
 
 impl Request {
+    /// The head of a request hyper has read (names are lower-case already).
+    pub(crate) fn from_http(method: &str, headers: &http::HeaderMap) -> Request {
+        Request {
+            method: method.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| {
+                    let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    (n.as_str().to_owned(), v)
+                })
+                .collect(),
+            len: 0,
+        }
+    }
+
     /// Every value of header `name` (any case: `protocol`'s canonical names work as is).
     pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers

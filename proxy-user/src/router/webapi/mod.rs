@@ -11,6 +11,10 @@
 //! - `GET /webapi/ping`: JSON telling clients whether TLS routing is on and where the
 //!   listeners are.
 //!
+//! Both are answered on any request of a web-route connection (`router::http`); the first
+//! request of a connection that asks for the upgrade is read here from bytes, so it keeps
+//! the connection's one deadline and works when a balancer drops the `Upgrade` header.
+//!
 //! These modules are the pure part: [`target`] classifies the request line, [`head`] reads
 //! request heads from bytes, [`upgrade`] decides on an upgrade; the caller (`conn::web`)
 //! owns the sockets. A refusal is a [`Refused`] with the status and the reason, written
@@ -19,8 +23,9 @@
 mod head;
 mod upgrade;
 
+pub(crate) use head::Request;
 pub(crate) use head::{parse, HeadError};
-pub(crate) use upgrade::{decide, Kind};
+pub(crate) use upgrade::{decide, ClientAddr, Kind};
 
 use crate::config::{Config, ListenerMode};
 use crate::protocol::{PING_PATH, UPGRADE_PATH};
@@ -66,7 +71,7 @@ pub(crate) struct Refused {
 }
 
 impl Refused {
-    fn new(status: u16, reason: impl Into<String>) -> Refused {
+    pub(crate) fn new(status: u16, reason: impl Into<String>) -> Refused {
         Refused {
             status,
             reason: reason.into(),
@@ -127,8 +132,8 @@ fn status_text(status: u16) -> &'static str {
         .unwrap_or("Error")
 }
 
-/// The `/webapi/ping` answer: whether TLS routing is on, and the listeners.
-pub(crate) fn ping_response(config: &Config) -> Vec<u8> {
+/// The `/webapi/ping` JSON: whether TLS routing is on, and the listeners.
+pub(crate) fn ping_body(config: &Config) -> String {
     let p = &config.proxy_service;
     let multiplex = config.auth_service.proxy_listener_mode != Some(ListenerMode::Separate);
     let legacy: serde_json::Map<String, serde_json::Value> = config
@@ -148,11 +153,7 @@ pub(crate) fn ping_response(config: &Config) -> Vec<u8> {
         "server_version": env!("CARGO_PKG_VERSION"),
     })
     .to_string();
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    body
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ fn every_prefix_of_a_request_line_and_longer_input_agree() {
 fn websocket_accept_key_is_rfc6455() {
     let a = decide(&with("Sec-WebSocket-Protocol: alpn"), false).unwrap();
     assert_eq!(a.kind, Kind::WebSocket);
-    let text = String::from_utf8(a.response).unwrap();
+    let text = String::from_utf8(a.response()).unwrap();
     // The worked example of RFC 6455 §1.3.
     assert!(
         text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
@@ -110,7 +110,7 @@ fn preference_is_websocket_then_alpn_ping_then_alpn() {
     let legacy = req("GET /webapi/connectionupgrade HTTP/1.1\nUpgrade: alpn\nX-Teleport-Upgrade: alpn-ping\nConnection: Upgrade\n\n");
     let a = decide(&legacy, false).unwrap();
     assert_eq!(a.kind, Kind::AlpnPing);
-    let text = String::from_utf8(a.response).unwrap();
+    let text = String::from_utf8(a.response()).unwrap();
     assert!(text.contains("Upgrade: alpn-ping\r\n"), "{text}");
     let plain = req("GET /webapi/connectionupgrade HTTP/1.1\nUpgrade: alpn\n\n");
     assert_eq!(decide(&plain, false).unwrap().kind, Kind::Alpn);
@@ -244,11 +244,8 @@ fn heads_are_bounded_and_checked() {
 fn ping_reports_tls_routing_and_listeners() {
     let yaml = "proxy_service:\n  web_listen_addr: 127.0.0.1:3080\n  public_addr: proxy.example.com:443\n  listen_addr: 127.0.0.1:3023\n";
     let config: crate::config::Config = serde_yaml_ng::from_str(yaml).unwrap();
-    let text = String::from_utf8(ping_response(&config)).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK"));
-    assert!(head.contains(&format!("Content-Length: {}", body.len())));
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let body = ping_body(&config);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["proxy"]["tls_routing_enabled"], true);
     assert_eq!(v["proxy"]["web_listen_addr"], "127.0.0.1:3080");
     assert_eq!(v["proxy"]["public_addr"][0], "proxy.example.com:443");
@@ -258,6 +255,6 @@ fn ping_reports_tls_routing_and_listeners() {
     );
     let separate = format!("auth_service:\n  proxy_listener_mode: separate\n{yaml}");
     let config: crate::config::Config = serde_yaml_ng::from_str(&separate).unwrap();
-    let text = String::from_utf8(ping_response(&config)).unwrap();
+    let text = ping_body(&config);
     assert!(text.contains("\"tls_routing_enabled\":false"), "{text}");
 }

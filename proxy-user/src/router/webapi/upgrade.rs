@@ -44,12 +44,15 @@ impl Kind {
     }
 }
 
+/// Header fields of a response, name and value, in order.
+pub(crate) type Fields = Vec<(&'static str, String)>;
+
 /// An accepted upgrade: what to write back and how the inner bytes travel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Accepted {
     pub(crate) kind: Kind,
-    /// The `101` response.
-    pub(crate) response: Vec<u8>,
+    /// The `101` response's header fields.
+    pub(crate) headers: Fields,
     /// The client's address from `X-Forwarded-For`, when trusted and present.
     pub(crate) forwarded_for: Option<ClientAddr>,
 }
@@ -59,6 +62,28 @@ pub(crate) struct Accepted {
 pub(crate) enum ClientAddr {
     Ip(IpAddr),
     Socket(SocketAddr),
+}
+
+impl Accepted {
+    /// The whole `101` response head, for a connection the proxy writes to itself.
+    pub(crate) fn response(&self) -> Vec<u8> {
+        let mut s = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+        for (name, value) in &self.headers {
+            s.push_str(&format!("{name}: {value}\r\n"));
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    }
+}
+
+impl ClientAddr {
+    /// As a socket address (port 0 when only the IP was given).
+    pub(crate) fn socket(self) -> SocketAddr {
+        match self {
+            ClientAddr::Ip(ip) => SocketAddr::new(ip, 0),
+            ClientAddr::Socket(s) => s,
+        }
+    }
 }
 
 impl fmt::Display for ClientAddr {
@@ -91,12 +116,12 @@ pub(crate) fn decide(req: &Request, trust_forwarded_for: bool) -> Result<Accepte
             "missing Upgrade header (want websocket, alpn-ping or alpn)",
         ));
     }
-    let (kind, response) = if offered.iter().any(|t| t == WEBSOCKET) {
+    let (kind, headers) = if offered.iter().any(|t| t == WEBSOCKET) {
         websocket(req)?
     } else if offered.iter().any(|t| t == UPGRADE_ALPN_PING) {
-        (Kind::AlpnPing, legacy_response(UPGRADE_ALPN_PING))
+        (Kind::AlpnPing, legacy_headers(UPGRADE_ALPN_PING))
     } else if offered.iter().any(|t| t == UPGRADE_ALPN) {
-        (Kind::Alpn, legacy_response(UPGRADE_ALPN))
+        (Kind::Alpn, legacy_headers(UPGRADE_ALPN))
     } else {
         return Err(Refused::new(
             400,
@@ -108,13 +133,13 @@ pub(crate) fn decide(req: &Request, trust_forwarded_for: bool) -> Result<Accepte
     };
     Ok(Accepted {
         kind,
-        response,
+        headers,
         forwarded_for,
     })
 }
 
 /// The RFC 6455 server handshake, with `alpn-ping` preferred over `alpn`.
-fn websocket(req: &Request) -> Result<(Kind, Vec<u8>), Refused> {
+fn websocket(req: &Request) -> Result<(Kind, Fields), Refused> {
     if !req.tokens("connection").iter().any(|t| t == "upgrade") {
         return Err(Refused::new(
             400,
@@ -156,18 +181,21 @@ fn websocket(req: &Request) -> Result<(Kind, Vec<u8>), Refused> {
             format!("Sec-WebSocket-Protocol must offer alpn-ping or alpn, got {protocols:?}"),
         ));
     };
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n",
-        derive_accept_key(key.as_bytes())
-    );
-    Ok((kind, response.into_bytes()))
+    let headers = vec![
+        ("Upgrade", WEBSOCKET.to_owned()),
+        ("Connection", "Upgrade".to_owned()),
+        ("Sec-WebSocket-Accept", derive_accept_key(key.as_bytes())),
+        ("Sec-WebSocket-Protocol", protocol.to_owned()),
+    ];
+    Ok((kind, headers))
 }
 
-fn legacy_response(kind: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {kind}\r\n{TELEPORT_UPGRADE_HEADER}: {kind}\r\nConnection: Upgrade\r\n\r\n"
-    )
-    .into_bytes()
+fn legacy_headers(kind: &str) -> Fields {
+    vec![
+        ("Upgrade", kind.to_owned()),
+        (TELEPORT_UPGRADE_HEADER, kind.to_owned()),
+        ("Connection", "Upgrade".to_owned()),
+    ]
 }
 
 /// The single trusted `X-Forwarded-For` value: `ip`, `ip:port` or `[v6]:port`. Two headers

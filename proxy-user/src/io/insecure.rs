@@ -1,6 +1,6 @@
-//! `switchyard probe --insecure`: a verifier that accepts any server certificate, so the
-//! probe can say whether the proxy is reachable and routes before the CA is at hand (it
-//! then says nothing about trust; clients always check the certificate).
+//! A verifier that accepts any server certificate, for `switchyard probe --insecure` (it
+//! then says nothing about trust) and for HTTP upstreams configured with
+//! `insecure_skip_verify` (test setups). Clients of the proxy always check its certificate.
 
 use crate::io::tls::provider;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -9,7 +9,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// `--insecure`: any certificate (the probe then says nothing about trust).
 #[derive(Debug)]
-pub(super) struct NoVerify;
+pub(crate) struct NoVerify;
 
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(

@@ -1,0 +1,103 @@
+//! [`Front`]: the HTTP servers behind the proxy, built once per start or reload — the web
+//! route's upstream and the `apps:` — and the host-name rules that pick one for a request.
+
+use super::pool::Upstream;
+use crate::config::{Config, ConfigError};
+use crate::router::route::app_route;
+use std::collections::BTreeMap;
+
+/// One HTTP app.
+pub(crate) struct App {
+    pub(crate) name: String,
+    /// The host name it is reached by, lower-case.
+    pub(crate) host: String,
+    /// Whether it asks for a client certificate (so it is not served over plaintext HTTP).
+    pub(crate) client_cert: bool,
+    pub(crate) upstream: Upstream,
+}
+
+/// The HTTP side of the running proxy.
+pub(crate) struct Front {
+    /// `upstreams.web`.
+    pub(crate) web: Option<Upstream>,
+    apps: Vec<App>,
+    /// App route name (`app:<name>`) → index.
+    by_route: BTreeMap<String, usize>,
+    /// Host name → index.
+    by_host: BTreeMap<String, usize>,
+    /// `proxy_service.public_addr` host names.
+    public: Vec<String>,
+}
+
+/// What a request's host names.
+#[derive(Clone, Copy)]
+pub(crate) enum Host<'a> {
+    /// The proxy itself: any host that is not an app's and not under a public address.
+    Proxy,
+    App(&'a App),
+    /// A name under a public address (`nope.proxy.example.com`) that is no app's: the
+    /// place apps are named, so a typo gets a clear 404 instead of the web route.
+    Unknown,
+}
+
+impl Front {
+    /// Builds the upstreams' pools from a validated configuration.
+    pub(crate) fn new(config: &Config) -> Result<Front, ConfigError> {
+        let web = match &config.upstreams.web {
+            Some(w) => Some(Upstream::new(config, "upstreams.web", "web", &w.http())?),
+            None => None,
+        };
+        let mut front = Front {
+            web,
+            apps: vec![],
+            by_route: BTreeMap::new(),
+            by_host: BTreeMap::new(),
+            public: config.public_hosts(),
+        };
+        for (i, a) in config.apps.iter().enumerate() {
+            let Some(host) = config.app_host(a) else {
+                continue; // refused by validation
+            };
+            let route = app_route(&a.name);
+            let upstream = Upstream::new(config, &format!("apps[{i}]"), &route, &a.upstream())?;
+            front.by_route.insert(route, front.apps.len());
+            front.by_host.insert(host.clone(), front.apps.len());
+            front.apps.push(App {
+                name: a.name.clone(),
+                host,
+                client_cert: a.wants_client_cert(),
+                upstream,
+            });
+        }
+        Ok(front)
+    }
+
+    /// The app a route name (`app:<name>`) belongs to.
+    pub(crate) fn app_of_route(&self, route: &str) -> Option<&App> {
+        self.by_route.get(route).map(|&i| &self.apps[i])
+    }
+
+    /// What `host` (lower-case, no port) names.
+    pub(crate) fn host(&self, host: Option<&str>) -> Host<'_> {
+        let Some(host) = host else {
+            return Host::Proxy;
+        };
+        if let Some(&i) = self.by_host.get(host) {
+            return Host::App(&self.apps[i]);
+        }
+        let under_public = self.public.iter().any(|p| {
+            host.strip_suffix(p.as_str())
+                .is_some_and(|l| l.ends_with('.'))
+        });
+        if under_public {
+            Host::Unknown
+        } else {
+            Host::Proxy
+        }
+    }
+
+    /// The apps' host names, for messages.
+    pub(crate) fn app_hosts(&self) -> impl Iterator<Item = &str> {
+        self.apps.iter().map(|a| a.host.as_str())
+    }
+}

@@ -1,0 +1,152 @@
+//! The HTTP servers behind the front door: one [`Upstream`] per server (the web route's and
+//! each app's), each with its own pool of kept-alive connections (hyper-util's client).
+//! An upstream speaks what its configuration says — HTTP/1.1, h2c (HTTP/2 prior knowledge)
+//! or h2 over TLS — whatever the client of the proxy speaks.
+
+use crate::config::{http_target, Config, ConfigError, HttpProtocol, HttpTarget, HttpUpstream};
+use crate::io::{insecure::NoVerify, tls::provider};
+use bytes::Bytes;
+use http::{Request, Response, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Errors carried by bodies in either direction.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A request or response body, whatever produced it.
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
+
+/// How long an idle pooled connection to an upstream is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Idle pooled connections kept per upstream.
+const POOL_MAX_IDLE: usize = 256;
+
+enum Pool {
+    Plain(Client<HttpConnector, Body>),
+    Tls(Client<HttpsConnector<HttpConnector>, Body>),
+}
+
+/// One HTTP server behind the proxy, with its connection pool.
+pub(crate) struct Upstream {
+    /// `web` or `app:<name>`: the route name in logs and metrics.
+    pub(crate) route: String,
+    /// What the configuration said, as checked.
+    pub(crate) target: HttpTarget,
+    /// `scheme://host:port`, the start of every request URI.
+    base: String,
+    pool: Pool,
+}
+
+impl Upstream {
+    /// Builds the upstream configured at `key` (`upstreams.web`, `apps[2]`).
+    pub(crate) fn new(
+        config: &Config,
+        key: &str,
+        route: &str,
+        u: &HttpUpstream,
+    ) -> Result<Upstream, ConfigError> {
+        let target = http_target(key, u)?;
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.limits.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            .http2_only(target.protocol != HttpProtocol::Http11);
+        let pool = if target.tls {
+            let tls = client_tls(config, key, u)?;
+            let connector = HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only();
+            let connector = match target.protocol {
+                HttpProtocol::H2 => connector.enable_http2().wrap_connector(http),
+                _ => connector.enable_http1().wrap_connector(http),
+            };
+            Pool::Tls(builder.build(connector))
+        } else {
+            Pool::Plain(builder.build(http))
+        };
+        let scheme = if target.tls { "https" } else { "http" };
+        Ok(Upstream {
+            route: route.to_owned(),
+            base: format!("{scheme}://{}", target.addr),
+            target,
+            pool,
+        })
+    }
+
+    /// The `host:port` the upstream is dialled at, for messages.
+    pub(crate) fn addr(&self) -> String {
+        self.target.addr.to_string()
+    }
+
+    /// Whether the upstream speaks HTTP/1.1 (so it can take an `Upgrade`).
+    pub(crate) fn is_http1(&self) -> bool {
+        self.target.protocol == HttpProtocol::Http11
+    }
+
+    /// The upstream URI of a request for `path_and_query`.
+    pub(crate) fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Ok(Uri::try_from(format!("{}{path_and_query}", self.base))?)
+    }
+
+    /// The HTTP version requests to this upstream are sent with.
+    pub(crate) fn version(&self) -> Version {
+        match self.target.protocol {
+            HttpProtocol::Http11 => Version::HTTP_11,
+            HttpProtocol::H2c | HttpProtocol::H2 => Version::HTTP_2,
+        }
+    }
+
+    /// Sends one request on a pooled (or new) connection.
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match &self.pool {
+            Pool::Plain(c) => c.request(req).await,
+            Pool::Tls(c) => c.request(req).await,
+        }
+    }
+}
+
+/// The TLS client configuration of an `https://` upstream: its CA bundle, or no check.
+fn client_tls(config: &Config, key: &str, u: &HttpUpstream) -> Result<ClientConfig, ConfigError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+    let tls = match &u.ca_file {
+        _ if u.insecure_skip_verify => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify)),
+        Some(ca) => {
+            let path = config.path(ca);
+            let bad = |m: String| ConfigError::invalid(format!("{key}.ca_file"), m);
+            let mut roots = RootCertStore::empty();
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+                .and_then(|it| it.collect())
+                .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(bad(format!("{}: no CA certificate found", path.display())));
+            }
+            builder.with_root_certificates(roots)
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                format!("{key}.ca_file"),
+                "an https:// upstream needs `ca_file` or `insecure_skip_verify: true`",
+            ))
+        }
+    };
+    Ok(tls.with_no_client_auth())
+}

@@ -1,0 +1,331 @@
+//! One request on the HTTP front door. Which server it is for comes from the connection
+//! (accepted for an app by SNI, or for the web route) and the request's host:
+//!
+//! - on an app's connection, the app (a request for another host gets `421`, so the
+//!   browser opens a connection with the right server name);
+//! - on the web route, a host that is an app's gets `421` over TLS (its own TLS settings
+//!   and allow list apply only on its own connection) and is served over plaintext unless
+//!   the app asks for a client certificate (`403`); an unknown name gets `404`; the
+//!   proxy's own names get `/webapi/ping`, `/webapi/connectionupgrade`, then `upstreams.web`.
+//!
+//! Forwarding keeps the request's method, path, host and body (streamed both ways), drops
+//! hop-by-hop fields, sets `X-Forwarded-*`, and passes an app's own upgrade (WebSocket)
+//! through to an HTTP/1.1 upstream.
+
+use super::body::{Line, Logged, Received};
+use super::front::Host;
+use super::headers::{self, Forwarded};
+use super::pages::{empty, full, page};
+use super::pool::Upstream;
+use super::{Handoff, Shared};
+use crate::protocol::{PING_PATH, UPGRADE_PATH};
+use crate::router::metrics::UpstreamLabel;
+use crate::router::webapi::{self, Refused};
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+/// Answers one request; the access-log line is written when the response body ends.
+pub(super) async fn handle(
+    sh: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Logged>, Infallible> {
+    sh.stats.begin();
+    let started = Instant::now();
+    let authority = headers::authority(&req);
+    let host = authority.as_deref().map(headers::host_name);
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let received = Arc::new(AtomicU64::new(0));
+    let (route, resp) = respond(&sh, req, host.as_deref(), authority.as_deref(), &received).await;
+    let line = Line {
+        span: sh.span.clone(),
+        metrics: sh.proxy.metrics.clone(),
+        route,
+        method,
+        host: host.unwrap_or_default(),
+        path,
+        status: resp.status().as_u16(),
+        identity: sh.conn.identity.clone(),
+        started,
+        received,
+    };
+    Ok(resp.map(|b| Logged::new(b, line, sh.stats.clone())))
+}
+
+/// The route a request counts under and its response.
+async fn respond(
+    sh: &Shared,
+    req: Request<Incoming>,
+    host: Option<&str>,
+    authority: Option<&str>,
+    received: &Arc<AtomicU64>,
+) -> (String, Response<super::pool::Body>) {
+    let front = &sh.proxy.front;
+    if let Some(app) = front.app_of_route(&sh.conn.route) {
+        let route = app.upstream.route.clone();
+        if let Some(h) = host.filter(|h| *h != app.host) {
+            let m = format!(
+                "421 Misdirected Request: this connection is for app {} ({}), not {h}: \
+                 connect to {h} by its own name",
+                app.name, app.host
+            );
+            return (route, page(StatusCode::MISDIRECTED_REQUEST, &m, false));
+        }
+        return (
+            route,
+            forward(sh, &app.upstream, req, authority, received).await,
+        );
+    }
+    match front.host(host) {
+        Host::App(app) if sh.conn.tls => {
+            let m = format!(
+                "421 Misdirected Request: {} is app {}; connect to it by its name \
+                 (TLS server name {}), not on this connection",
+                app.host, app.name, app.host
+            );
+            let route = app.upstream.route.clone();
+            (route, page(StatusCode::MISDIRECTED_REQUEST, &m, false))
+        }
+        Host::App(app) if app.client_cert => {
+            let m = format!(
+                "403 Forbidden: app {} asks for a client certificate: use https://{}/",
+                app.name, app.host
+            );
+            let route = app.upstream.route.clone();
+            (route, page(StatusCode::FORBIDDEN, &m, false))
+        }
+        Host::App(app) => {
+            let route = app.upstream.route.clone();
+            (
+                route,
+                forward(sh, &app.upstream, req, authority, received).await,
+            )
+        }
+        Host::Unknown => {
+            let apps: Vec<&str> = front.app_hosts().collect();
+            let m = format!(
+                "404 Not Found: no app is named {} on this proxy (apps: {})",
+                host.unwrap_or_default(),
+                if apps.is_empty() {
+                    "none".to_owned()
+                } else {
+                    apps.join(", ")
+                }
+            );
+            ("none".into(), page(StatusCode::NOT_FOUND, &m, false))
+        }
+        Host::Proxy => ("web".into(), web(sh, req, authority, received).await),
+    }
+}
+
+/// The web route: the proxy's own endpoints, then `upstreams.web`.
+async fn web(
+    sh: &Shared,
+    mut req: Request<Incoming>,
+    authority: Option<&str>,
+    received: &Arc<AtomicU64>,
+) -> Response<super::pool::Body> {
+    match req.uri().path() {
+        PING_PATH => {
+            let mut r = Response::new(full(webapi::ping_body(&sh.proxy.config)));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        UPGRADE_PATH => upgrade(sh, &mut req),
+        _ => match &sh.proxy.front.web {
+            Some(up) => forward(sh, up, req, authority, received).await,
+            None => {
+                let r = webapi::no_web_upstream(req.uri().path());
+                page(status(r.status), &r.to_string(), false)
+            }
+        },
+    }
+}
+
+/// `/webapi/connectionupgrade` on a request after the first of its connection (the first
+/// is answered before HTTP is served, `conn::web`): the tunnel is handed to the caller.
+fn upgrade(sh: &Shared, req: &mut Request<Incoming>) -> Response<super::pool::Body> {
+    let refusal = if !sh.conn.upgrades {
+        Some(Refused::new(
+            400,
+            "a connection upgrade cannot be nested in another",
+        ))
+    } else if req.version() != Version::HTTP_11 {
+        Some(Refused::new(
+            400,
+            format!(
+                "the connection upgrade needs HTTP/1.1, not {:?}",
+                req.version()
+            ),
+        ))
+    } else if !req.headers().contains_key(header::UPGRADE) {
+        Some(Refused::new(
+            400,
+            "missing Upgrade header (want websocket, alpn-ping or alpn)",
+        ))
+    } else {
+        None
+    };
+    let head = webapi::Request::from_http(req.method().as_str(), req.headers());
+    let trust = sh.proxy.config.proxy_service.trust_x_forwarded_for;
+    let accepted = match refusal.map_or_else(|| webapi::decide(&head, trust), Err) {
+        Ok(a) => a,
+        Err(r) => {
+            sh.proxy.metrics.upgrade("none", r.outcome());
+            if let Some(suppressed) = sh.proxy.noise.allow() {
+                warn!(
+                    suppressed,
+                    status = r.status,
+                    "connection upgrade refused: {r}"
+                );
+            }
+            return page(status(r.status), &r.to_string(), true);
+        }
+    };
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (name, value) in &accepted.headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            r.headers_mut().append(*name, v);
+        }
+    }
+    let handoff = Handoff::Tunnel {
+        on: hyper::upgrade::on(req),
+        kind: accepted.kind,
+        forwarded_for: accepted.forwarded_for,
+    };
+    if let Ok(mut slot) = sh.handoff.lock() {
+        *slot = Some(handoff);
+    }
+    r
+}
+
+/// Sends a request on to `up` and streams its answer back.
+async fn forward(
+    sh: &Shared,
+    up: &Upstream,
+    mut req: Request<Incoming>,
+    authority: Option<&str>,
+    received: &Arc<AtomicU64>,
+) -> Response<super::pool::Body> {
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    if upgrade && !up.is_http1() {
+        let m = format!(
+            "501 Not Implemented: {} speaks HTTP/2; an HTTP/1.1 upgrade cannot be passed to it",
+            up.route
+        );
+        return page(StatusCode::NOT_IMPLEMENTED, &m, false);
+    }
+    let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match up.uri(pq) {
+        Ok(u) => u,
+        Err(e) => {
+            let m = format!("400 Bad Request: request target {pq:?}: {e}");
+            return page(StatusCode::BAD_REQUEST, &m, true);
+        }
+    };
+    parts.version = up.version();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // hyper has answered `Expect: 100-continue` to the client when the body was first read.
+    parts.headers.remove(header::EXPECT);
+    let forwarded = Forwarded {
+        client: sh.conn.client.ip(),
+        proto: if sh.conn.tls { "https" } else { "http" },
+        host: authority,
+        trust_incoming: sh.proxy.config.proxy_service.trust_x_forwarded_for,
+    };
+    headers::set_forwarded(&mut parts.headers, &forwarded);
+    if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        // HTTP/2 clients name the host in `:authority` only; the upstream gets it as Host.
+        parts.headers.insert(header::HOST, v);
+    }
+    let body = Received {
+        inner: body,
+        received: received.clone(),
+    };
+    let mut resp = match up.send(Request::from_parts(parts, body.boxed())).await {
+        Ok(r) => r,
+        Err(e) => return bad_gateway(sh, up, &e),
+    };
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match (switching, client_side) {
+        (true, Some(client)) => {
+            let upstream = hyper::upgrade::on(&mut resp);
+            let copy = async move {
+                let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
+                    debug!("an upgraded request ended before both sides switched");
+                    return;
+                };
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                debug!(result = ?r, "upgraded request closed");
+            };
+            if let Ok(mut slot) = sh.handoff.lock() {
+                *slot = Some(Handoff::App(Box::pin(copy)));
+            }
+        }
+        (true, None) => {
+            let m = format!(
+                "502 Bad Gateway: {} answered 101 to a request that asked for no upgrade",
+                up.route
+            );
+            return page(StatusCode::BAD_GATEWAY, &m, true);
+        }
+        _ => {}
+    }
+    headers::strip_hop_by_hop(resp.headers_mut(), switching);
+    resp.map(|b| b.map_err(Into::into).boxed())
+}
+
+/// The answer when the upstream cannot be reached or fails mid-request: `502`, counted,
+/// and one line naming the route and the address (rate-limited).
+fn bad_gateway(
+    sh: &Shared,
+    up: &Upstream,
+    e: &hyper_util::client::legacy::Error,
+) -> Response<super::pool::Body> {
+    let label = UpstreamLabel {
+        route: up.route.clone(),
+    };
+    sh.proxy.metrics.upstream_errors.get_or_create(&label).inc();
+    let why = chain(e);
+    if let Some(suppressed) = sh.proxy.noise.allow() {
+        error!(suppressed, route = %up.route, upstream = %up.addr(), "HTTP upstream failed: {why}");
+    }
+    let m = format!(
+        "502 Bad Gateway: {} ({}) did not answer: {why}",
+        up.route,
+        up.addr()
+    );
+    page(StatusCode::BAD_GATEWAY, &m, false)
+}
+
+/// An error and its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    s
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+}
