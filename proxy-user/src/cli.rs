@@ -93,6 +93,11 @@ struct DemoArgs {
     /// Speak HTTP/1.1 and h2c instead of echo.
     #[arg(long, conflicts_with = "tls_cert")]
     http: bool,
+    /// Be a web application for browsers, HTTP/1.1 only: a page whose script fetches
+    /// `/api/hello` and echoes over the WebSocket `/ws`; `/headers`, `POST /upload`,
+    /// `/download?bytes=N`.
+    #[arg(long, conflicts_with_all = ["tls_cert", "http"])]
+    webapp: bool,
 }
 
 #[derive(Subcommand)]
@@ -231,6 +236,7 @@ async fn demo_upstream(a: DemoArgs) -> anyhow::Result<()> {
     let kind = match (a.tls_cert, a.tls_key) {
         (Some(c), Some(k)) => demo::Kind::TlsEcho(demo::tls_config(&c, &k)?),
         _ if a.http => demo::Kind::Http,
+        _ if a.webapp => demo::Kind::WebApp,
         _ => demo::Kind::Echo,
     };
     let listener = TcpListener::bind(a.listen)

@@ -1,9 +1,12 @@
 //! Demo upstreams and the dev mode behind `cargo xtask run`.
 //!
 //! `switchyard demo-upstream` runs one small server that identifies itself (echo, TLS echo
-//! with its own certificate, or HTTP/1.1 + h2c); tests start them as real processes. `serve
-//! --dev DIR` generates a dev PKI, starts one of each in-process, and writes the embedded
-//! default configuration (`dev.yaml`) with their addresses.
+//! with its own certificate, HTTP/1.1 + h2c, or the browser-facing web application of
+//! [`webapp`]); tests start them as real processes. `serve --dev DIR` generates a dev PKI,
+//! starts one of each in-process, and writes the embedded default configuration
+//! (`dev.yaml`) with their addresses.
+
+mod webapp;
 
 use super::ca::{self, IssueRequest};
 use crate::io::tls::provider;
@@ -31,6 +34,8 @@ pub(crate) enum Kind {
     TlsEcho(Arc<ServerConfig>),
     /// HTTP/1.1 and h2 prior knowledge: `200 upstream=NAME path=PATH\n`.
     Http,
+    /// An HTTP/1.1-only web application for browsers: page, API, WebSocket ([`webapp`]).
+    WebApp,
 }
 
 /// A TLS server configuration from PEM files, for a TLS demo upstream.
@@ -63,6 +68,7 @@ pub(crate) async fn run(listener: TcpListener, name: String, kind: Kind) {
                     }
                 }
                 Kind::Http => http(stream, name).await,
+                Kind::WebApp => webapp::serve(stream, name).await,
             }
         });
     }
