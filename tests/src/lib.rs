@@ -2,8 +2,9 @@
 //!
 //! Everything here starts REAL processes bound to 127.0.0.1 only and stops them on `Drop`:
 //! the `switchyard` binary ([`switchyard`]), an OpenSSH `sshd` ([`sshd`]), a PostgreSQL
-//! server ([`postgres`]), and real clients (`openssl s_client`, `curl`, `ssh`, `psql`,
-//! [`clients`]). Certificates come from [`pki::TestPki`], built on rcgen.
+//! server ([`postgres`]), real clients (`openssl s_client`, `curl`, `ssh`, `psql`,
+//! [`clients`]) and a headless Chromium ([`browser`]). Certificates come from
+//! [`pki::TestPki`], built on rcgen.
 //!
 //! Missing tools are a hard failure naming the Debian package to install (the xtask
 //! installs them); there are no silent skips, with or without `CI=true`. The tests that
@@ -11,6 +12,7 @@
 //! (`tests/build.rs`), so elsewhere they show as ignored, not as passed.
 
 pub mod balancer;
+pub mod browser;
 pub mod clients;
 pub mod local_proxy;
 pub mod mariadb;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub use browser::Chromium;
 pub use clients::{curl, http_get, run_with_timeout, SClient, SClientOutput};
 pub use pki::TestPki;
 pub use postgres::Postgres;

@@ -325,6 +325,16 @@ impl DemoUpstream {
         Self::start(name, &["--http".into()])
     }
 
+    /// The web application for browsers, HTTP/1.1 only (`--webapp`): `GET /` is a page
+    /// whose script fills `#fetch` from `/api/hello` and `#ws` from a WebSocket echo on
+    /// `/ws`, then sets `#status` to `done` (or `error: …`); `/api/hello` answers JSON
+    /// with `app`, `host` and the `x_forwarded_*` headers; `/headers` lists the request
+    /// headers; `POST /upload` answers `received=N`; `/download?bytes=N` streams N bytes,
+    /// byte i being `i % 251`.
+    pub fn webapp(name: &str) -> Result<DemoUpstream> {
+        Self::start(name, &["--webapp".into()])
+    }
+
     /// Echo kind inside TLS terminated by the upstream with `tls`.
     pub fn tls_echo(name: &str, tls: &CertFiles) -> Result<DemoUpstream> {
         let args = [

@@ -28,6 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     "haproxy",
     "tinyproxy",
+    // Headless browser of tests/tests/web_browser.rs (tests/src/browser.rs).
+    "chromium",
 ];
 
 /// Tools the tests need and the Debian package that provides them when they are not on
