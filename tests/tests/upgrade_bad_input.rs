@@ -422,6 +422,54 @@ fn websocket_tunnel_over_plain_http_carries_inner_tls() {
     inner_get(&s, WsStream::new(stream));
 }
 
+/// Reads one response with a `Content-Length` body from `stream`: (head, body).
+fn read_response(s: &Setup, stream: &mut TcpStream) -> (Head, String) {
+    let head = read_head(stream).unwrap_or_else(|e| panic!("no response: {e}\n{}", s.proxy.log()));
+    let len: usize = head
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length: {}", head.text));
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The upgrade as the third request of a kept-alive connection (after one for the web
+/// upstream and one for `/webapi/ping`), as a balancer with an upstream connection pool
+/// sends it: every request is seen, and the inner TLS is routed as on a fresh connection.
+#[test]
+fn upgrade_as_a_later_request_of_a_kept_alive_connection_carries_inner_tls() {
+    let s = setup();
+    let mut stream = connect(s.proxy.web).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&s, &mut stream);
+    assert_eq!(head.status, 200, "{}", head.text);
+    assert_eq!(body, "upstream=web path=/first\n");
+    stream
+        .write_all(b"GET /webapi/ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&s, &mut stream);
+    assert_eq!(head.status, 200, "{}", head.text);
+    assert!(body.contains("\"tls_routing_enabled\":true"), "{body}");
+    stream.write_all(&websocket_head("alpn")).unwrap();
+    let head = read_head(&mut stream).unwrap();
+    assert_eq!(head.status, 101, "{}\n{}", head.text, s.proxy.log());
+    let accept = head.header("sec-websocket-accept").map(str::to_owned);
+    assert_eq!(accept.as_deref(), Some(accept_for(KEY).as_str()));
+    inner_get(&s, WsStream::new(stream));
+    let accepted = [("kind", "websocket_alpn"), ("outcome", "accepted")];
+    let n = s
+        .proxy
+        .metric("switchyard_connection_upgrades_total", &accepted)
+        .unwrap();
+    assert_eq!(n, 1.0);
+}
+
 #[test]
 fn legacy_alpn_upgrade_carries_raw_inner_tls() {
     let s = setup();

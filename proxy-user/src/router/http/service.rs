@@ -220,7 +220,8 @@ async fn forward(
     authority: Option<&str>,
     received: &Arc<AtomicU64>,
 ) -> Response<super::pool::Body> {
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let version = req.version();
+    let upgrade = version == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     if upgrade && !up.is_http1() {
         let m = format!(
             "501 Not Implemented: {} speaks HTTP/2; an HTTP/1.1 upgrade cannot be passed to it",
@@ -249,9 +250,16 @@ async fn forward(
         trust_incoming: sh.proxy.config.proxy_service.trust_x_forwarded_for,
     };
     headers::set_forwarded(&mut parts.headers, &forwarded);
-    if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
-        // HTTP/2 clients name the host in `:authority` only; the upstream gets it as Host.
-        parts.headers.insert(header::HOST, v);
+    match authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        // HTTP/2 clients name the host in `:authority` only; an HTTP/1.1 upstream gets it
+        // as Host. An HTTP/2 upstream gets the upstream's address as `:authority` (and the
+        // client's host in X-Forwarded-Host): a Host beside it is a duplicate to nginx.
+        Some(v) if up.is_http1() => {
+            parts.headers.insert(header::HOST, v);
+        }
+        _ => {
+            parts.headers.remove(header::HOST);
+        }
     }
     let body = Received {
         inner: body,
@@ -288,6 +296,9 @@ async fn forward(
         _ => {}
     }
     headers::strip_hop_by_hop(resp.headers_mut(), switching);
+    // The client's version, not the upstream's (an HTTP/1.0 server's answer to an
+    // HTTP/1.1 or h2 client is still written in the client's version).
+    *resp.version_mut() = version;
     resp.map(|b| b.map_err(Into::into).boxed())
 }
 
