@@ -95,9 +95,41 @@ impl Nginx {
         backend: SocketAddr,
         read_timeout: Option<Duration>,
     ) -> Result<Balancer> {
+        Nginx::configure(dir, front_cert, front_key, backend, read_timeout, false)
+    }
+
+    /// [`Nginx::layer7`] with an upstream `keepalive` pool toward the proxy: requests of
+    /// different clients, upgrades included, share kept-alive connections
+    /// (`Connection: ""` for plain requests, `upgrade` for upgrades).
+    pub fn layer7_pooled(
+        dir: &Path,
+        front_cert: &Path,
+        front_key: &Path,
+        backend: SocketAddr,
+    ) -> Result<Balancer> {
+        Nginx::configure(dir, front_cert, front_key, backend, None, true)
+    }
+
+    fn configure(
+        dir: &Path,
+        front_cert: &Path,
+        front_key: &Path,
+        backend: SocketAddr,
+        read_timeout: Option<Duration>,
+        pooled: bool,
+    ) -> Result<Balancer> {
         let nginx = require_tool("nginx", "nginx", &[])?;
         let read_timeout = read_timeout.unwrap_or(Duration::from_secs(60)).as_millis();
         let d = dir.display();
+        let (pool, target, no_upgrade) = if pooled {
+            (
+                format!("  upstream switchyard {{ server {backend}; keepalive 4; }}\n"),
+                "switchyard".to_owned(),
+                "''",
+            )
+        } else {
+            (String::new(), backend.to_string(), "close")
+        };
         start("nginx", dir, |port| {
             let config = dir.join("nginx.conf");
             std::fs::write(
@@ -113,14 +145,15 @@ impl Nginx {
                      \x20 fastcgi_temp_path {d}/fastcgi_temp;\n\
                      \x20 uwsgi_temp_path {d}/uwsgi_temp;\n\
                      \x20 scgi_temp_path {d}/scgi_temp;\n\
-                     \x20 map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+                     \x20 map $http_upgrade $connection_upgrade {{ default upgrade; '' {no_upgrade}; }}\n\
+                     {pool}\
                      \x20 server {{\n\
                      \x20   listen 127.0.0.1:{port} ssl;\n\
                      \x20   server_name localhost;\n\
                      \x20   ssl_certificate {cert};\n\
                      \x20   ssl_certificate_key {key};\n\
                      \x20   location / {{\n\
-                     \x20     proxy_pass https://{backend};\n\
+                     \x20     proxy_pass https://{target};\n\
                      \x20     proxy_http_version 1.1;\n\
                      \x20     proxy_set_header Host $host;\n\
                      \x20     proxy_set_header Upgrade $http_upgrade;\n\

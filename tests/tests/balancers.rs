@@ -480,6 +480,54 @@ fn nginx_tcp_client_through_proxy_tcp_detects_and_upgrades() {
     );
 }
 
+/// nginx with an upstream `keepalive` pool sends the upgrade on a connection to the proxy
+/// that already carried a plain request: the proxy looks at every request, so the
+/// upgrade is answered (not passed to the web upstream) and its inner TLS routed.
+#[test]
+fn nginx_keepalive_pool_delivers_the_upgrade_on_a_reused_connection() {
+    let pki = TestPki::new().unwrap();
+    let echo = DemoUpstream::echo("echo").unwrap();
+    let web = DemoUpstream::http("web").unwrap();
+    let config = ProxyConfig::default()
+        .echo_app(echo.addr)
+        .upstream("web", web.addr);
+    let proxy = start_proxy(&pki, &config, true, &[]);
+    let dir = TempDir::new("nginx-pool").unwrap();
+    let cert = front_cert(&pki);
+    let front = Nginx::layer7_pooled(dir.path(), &cert.cert, &cert.key, proxy.web).unwrap();
+    assert_curl_reaches_web(&pki, &front, &proxy, "/warm-up");
+    let warm = proxy
+        .log()
+        .lines()
+        .find(|l| l.contains("path=/warm-up"))
+        .and_then(|l| l.split("client=").nth(1))
+        .and_then(|rest| rest.split([' ', '}']).next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no access line for /warm-up\n{}", proxy.log()));
+    let local = proxy_tcp_echo(&pki, front.addr, &[]);
+    let mut client = EchoClient::connect(&local);
+    let echoed = client.echo("hello through a pooled connection");
+    assert_eq!(
+        echoed.as_deref().ok(),
+        Some("hello through a pooled connection\n"),
+        "{}\n{}",
+        local.logs(),
+        proxy.log()
+    );
+    drop(client);
+    assert_upgraded(&proxy, &front, "echo-app", &local.logs());
+    let reused = proxy
+        .log()
+        .lines()
+        .any(|l| l.contains(&format!("client={warm}")) && l.contains("connection upgraded"));
+    assert!(
+        reused,
+        "the upgrade did not come on the pooled connection {warm}\n{}\n{}",
+        proxy.log(),
+        front.logs()
+    );
+}
+
 /// Sends `len` bytes (a pattern seeded by `seed`) through the echo app and checks they come
 /// back unchanged.
 fn echo_bulk(addr: SocketAddr, seed: u8, len: usize) -> Result<(), String> {
