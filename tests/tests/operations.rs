@@ -119,6 +119,45 @@ fn sigterm_drains_live_connections_then_exits() {
     assert!(p.proc.stderr().contains("draining"), "{}", p.proc.logs());
 }
 
+/// A kept-alive HTTP connection idling between requests does not hold the drain for
+/// `http_idle_timeout`: at SIGTERM the proxy closes it (after what is in flight) and
+/// exits long before `drain_timeout`.
+#[test]
+fn sigterm_closes_idle_kept_alive_http_connections() {
+    let pki = TestPki::new().unwrap();
+    let ssh = DemoUpstream::echo("ssh").unwrap();
+    let web = DemoUpstream::http("web").unwrap();
+    let extra = "limits: {drain_timeout: 60s, http_idle_timeout: 60s}\n";
+    let text = yaml(&pki, ssh.addr, extra).replace(
+        "upstreams: {ssh:",
+        &format!("upstreams: {{web: \"{}\", ssh:", web.addr),
+    );
+    let mut p = start(&pki, &text);
+    let mut s = TcpStream::connect(p.web).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"GET /kept HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = s.read(&mut got).unwrap();
+    let answer = String::from_utf8_lossy(&got[..n]).into_owned();
+    assert!(answer.contains("upstream=web path=/kept"), "{answer}");
+    p.proc.signal(Signal::TERM).unwrap();
+    // The idle connection is closed by the proxy (EOF), not left for 60 s.
+    let n = s.read(&mut got).unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "expected EOF, got {:?}",
+        String::from_utf8_lossy(&got[..n])
+    );
+    let status = p
+        .proc
+        .wait_exit(T)
+        .unwrap()
+        .expect("exits without waiting out the drain");
+    assert!(status.success(), "{status:?}\n{}", p.proc.logs());
+}
+
 #[test]
 fn sighup_reloads_routes_without_dropping_live_connections() {
     let pki = TestPki::new().unwrap();

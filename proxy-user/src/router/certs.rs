@@ -94,7 +94,7 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-fn dns_names(cert: Option<&CertificateDer<'_>>) -> Vec<String> {
+pub(crate) fn dns_names(cert: Option<&CertificateDer<'_>>) -> Vec<String> {
     let Some(Ok((_, cert))) = cert.map(|c| x509_parser::parse_x509_certificate(c)) else {
         return vec![];
     };

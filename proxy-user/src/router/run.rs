@@ -60,7 +60,8 @@ pub(crate) async fn serve(
         None => None,
     };
     let limits = config.limits.clone();
-    let proxy = Arc::new(Proxy::new(config, metrics.clone())?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let proxy = Arc::new(Proxy::new(config, metrics.clone(), stop_rx.clone())?);
     if let Some(f) = frontend {
         let ports = std::iter::once(&web).chain(legacy.iter().map(|(l, _)| l));
         for listener in ports {
@@ -69,7 +70,6 @@ pub(crate) async fn serve(
         }
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (proxy_tx, proxy_rx) = watch::channel(proxy.clone());
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let web_addr = web.local_addr()?;
@@ -104,7 +104,7 @@ pub(crate) async fn serve(
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(path, &metrics, &proxy_tx),
+            _ = hup.recv() => reload(path, &metrics, &proxy_tx, &stop_rx),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -120,8 +120,13 @@ pub(crate) async fn serve(
 
 /// SIGHUP: reload certificates and routes; live connections keep the old ones. Listener
 /// addresses and limits need a restart.
-fn reload(path: &Path, metrics: &Arc<Metrics>, proxies: &watch::Sender<Arc<Proxy>>) {
-    match Config::load(path).and_then(|c| Proxy::new(c, metrics.clone())) {
+fn reload(
+    path: &Path,
+    metrics: &Arc<Metrics>,
+    proxies: &watch::Sender<Arc<Proxy>>,
+    stopping: &watch::Receiver<bool>,
+) {
+    match Config::load(path).and_then(|c| Proxy::new(c, metrics.clone(), stopping.clone())) {
         Ok(p) => {
             info!(routes = p.table.entries().len(), config = %path.display(), "reloaded certificates and routes");
             let _ = proxies.send(Arc::new(p));

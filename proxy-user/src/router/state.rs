@@ -12,6 +12,7 @@ use crate::config::{Config, ConfigError};
 use rustls::ServerConfig;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// A route of the running proxy: a terminated one carries its rustls configuration.
 pub(crate) type Route = RouteEntry<Arc<ServerConfig>>;
@@ -26,11 +27,18 @@ pub(crate) struct Proxy {
     pub(crate) front: Front,
     /// Rate limit for log lines about unrecognised or malformed input.
     pub(crate) noise: RateLimit,
+    /// Turns true when the process starts draining (SIGTERM): kept-alive HTTP connections
+    /// then close once their requests in flight are answered.
+    pub(crate) stopping: watch::Receiver<bool>,
 }
 
 impl Proxy {
     /// Builds the routes and loads certificates; errors name the configuration key.
-    pub(crate) fn new(config: Config, metrics: Arc<Metrics>) -> Result<Proxy, ConfigError> {
+    pub(crate) fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<Proxy, ConfigError> {
         let table = certs::with_tls(&config, Table::new(&config))?;
         for (key, _) in config.legacy_listeners() {
             legacy_route(&config, key)?;
@@ -42,6 +50,7 @@ impl Proxy {
             metrics,
             front,
             noise: RateLimit::new(10, Duration::from_secs(10)),
+            stopping,
         })
     }
 }

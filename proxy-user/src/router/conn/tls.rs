@@ -79,14 +79,17 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     let deadline = pre.deadline;
     let inner = pre.inner();
     let replay = Prefixed::new(pre.into_rest(), client);
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(replay);
+    let accept = tokio_rustls::TlsAcceptor::from(config)
+        .accept(replay)
+        .into_fallible();
     let tls = match deadline.run("TLS handshake", accept).await {
         Err(timeout) => {
             proxy.metrics.handshake_failed(&route.name, "timeout");
             return Err(timeout);
         }
-        Ok(Err(error)) => {
+        Ok(Err((error, io))) => {
             let reason = handshake_reason(&error);
+            linger(io).await;
             if reason == "no_certificate" && is_detection_probe(&hello.alpn) {
                 // A client checking for a layer-7 balancer: it learnt what it wanted from
                 // the ALPN; not a refusal worth a warning.
@@ -187,6 +190,32 @@ fn handshake_reason(e: &io::Error) -> &'static str {
         _ => "other",
     }
 }
+
+/// After a failed handshake (whose alert rustls has written): closes the sending side and
+/// reads what the client still sends for a moment before closing. Closing a socket with
+/// unread bytes resets it, and the reset can destroy the alert before the client reads
+/// it: with TLS 1.3 a client certificate is refused after the client has already sent its
+/// first request, so without this the client sees "connection reset" instead of
+/// `access_denied` or `certificate_required`.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    use tokio::io::AsyncReadExt;
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// How long [`linger`] waits for the client to close, and how much it reads meanwhile.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Sends a fatal TLS alert record, best effort, before closing an unroutable connection.
 async fn send_alert<S: AsyncWrite + Unpin>(client: &mut S, alert: RejectAlert) {

@@ -103,7 +103,8 @@ where
 
 /// Serves one HTTP connection until it closes or upgrades. No request may have begun by
 /// `first_by` (the connection's one deadline) and the connection is closed, as it is
-/// when it sits with no request in flight for `limits.http_idle_timeout`. Returns the
+/// when it sits with no request in flight for `limits.http_idle_timeout`, or when the
+/// process drains (after the requests in flight). Returns the
 /// bytes read from and written to the client with the outcome.
 pub(crate) async fn serve<I>(
     proxy: Arc<Proxy>,
@@ -148,10 +149,17 @@ where
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(counted), service);
     tokio::pin!(connection);
     let mut closing = false;
+    let mut stopping = shared.proxy.stopping.clone();
     let result = loop {
         let wake = shared.stats.wake(first_by, limits.http_idle_timeout);
         tokio::select! {
             r = connection.as_mut() => break r,
+            // Draining: answer what is in flight, take no new request (h2: GOAWAY).
+            _ = stopping.wait_for(|s| *s), if !closing => {
+                debug!("draining: closing the HTTP connection after its requests in flight");
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
             _ = tokio::time::sleep_until(wake), if !closing => {
                 if shared.stats.requests() == 0 && Instant::now() >= first_by {
                     let stage = "HTTP request";

@@ -96,6 +96,25 @@ async fn http(stream: tokio::net::TcpStream, name: String) {
         .await;
 }
 
+/// The host names of the dev config's HTTP apps (and the TCP app), in the proxy's
+/// certificate.
+const DEV_APPS: [&str; 3] = [
+    "dashboard.localhost",
+    "admin.localhost",
+    "grafana.localhost",
+];
+
+/// Whether the certificate in PEM file `path` names `host`.
+fn covers(path: &Path, host: &str) -> bool {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let Ok(cert) = CertificateDer::from_pem_file(path) else {
+        return false;
+    };
+    crate::router::certs::dns_names(Some(&cert))
+        .iter()
+        .any(|n| n == host)
+}
+
 /// The dev environment: where its files are and what to print.
 pub(crate) struct Dev {
     pub(crate) config_path: PathBuf,
@@ -115,7 +134,6 @@ pub(crate) async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> a
             ttl: day,
             ..Default::default()
         };
-        ca::issue(&pki, &server("proxy", &["localhost", "*.localhost"]))?;
         ca::issue(&pki, &server("kube", &["kube.internal"]))?;
         ca::issue(&pki, &server("auth", &["auth.internal"]))?;
         for (user, org) in [("alice", "dev"), ("bob", "guests")] {
@@ -130,6 +148,21 @@ pub(crate) async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> a
             )?;
         }
     }
+    // Browsers and curl do not take `*.localhost` for a name one label under a top-level
+    // domain: the apps' names are in the certificate too (reissued for an older dev PKI).
+    let proxy_cert = pki.join("proxy.crt");
+    if !covers(&proxy_cert, DEV_APPS[0]) {
+        let mut names = vec!["localhost", "*.localhost"];
+        names.extend(DEV_APPS);
+        let request = IssueRequest {
+            name: "proxy".into(),
+            dns: names.iter().map(|s| s.to_string()).collect(),
+            ips: vec!["127.0.0.1".parse().expect("literal")],
+            ttl: Duration::from_secs(30 * 86400),
+            ..Default::default()
+        };
+        ca::issue(&pki, &request)?;
+    }
     let mut text = include_str!("dev.yaml")
         .replace("{listen}", &listen.to_string())
         .replace("{port}", &listen.port().to_string())
@@ -137,7 +170,9 @@ pub(crate) async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> a
     let kube_tls = tls_config(&pki.join("kube.crt"), &pki.join("kube.key"))?;
     let auth_tls = tls_config(&pki.join("auth.crt"), &pki.join("auth.key"))?;
     for (name, kind) in [
-        ("web", Kind::Http),
+        ("web", Kind::WebApp),
+        ("dashboard", Kind::WebApp),
+        ("admin", Kind::WebApp),
         ("ssh", Kind::Echo),
         ("tunnel", Kind::Echo),
         ("postgres", Kind::Echo),
@@ -166,9 +201,16 @@ pub(crate) fn instructions(dev: &Dev, web: SocketAddr, diag: SocketAddr) -> Stri
     format!(
         "\nSwitchyard dev proxy on {web} (config {cfg}); metrics on http://{diag}/metrics\n\
          Try (each demo upstream greets with upstream=NAME, then echoes what you type):\n\
-         \n  # web (HTTP/1.1 and h2), no client certificate\n\
-         \x20 curl --cacert {p}/ca.crt https://localhost:{port}/hello\n\
-         \x20 curl --http2 --cacert {p}/ca.crt https://localhost:{port}/hello\n\
+         \n  # in a browser (trust {p}/ca.crt, or accept the warning): HTTP/1.1 apps by name,\n\
+         \x20 # served over h2 or HTTP/1.1; each page fetches JSON and echoes over a WebSocket\n\
+         \x20 https://localhost:{port}/            the web route (upstreams.web)\n\
+         \x20 https://dashboard.localhost:{port}/  the app `dashboard`\n\
+         \n  # web route and apps with curl (h2 by default; --http1.1 too)\n\
+         \x20 curl --cacert {p}/ca.crt https://localhost:{port}/api/hello\n\
+         \x20 curl --cacert {p}/ca.crt https://dashboard.localhost:{port}/api/hello\n\
+         \x20 curl -k https://nope.localhost:{port}/     # 404 page: no app of that name\n\
+         \x20 curl --cacert {p}/ca.crt --cert {p}/alice.crt --key {p}/alice.key https://admin.localhost:{port}/api/hello\n\
+         \x20 curl --cacert {p}/ca.crt --cert {p}/bob.crt --key {p}/bob.key https://admin.localhost:{port}/  # bob: refused\n\
          \n  # SSH, Postgres, reverse tunnel: TLS terminated, client certificate required\n\
          \x20 {tls} -servername localhost -alpn teleport-proxy-ssh {user}\n\
          \x20 {tls} -servername localhost -alpn teleport-postgres {user}\n\
