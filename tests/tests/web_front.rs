@@ -405,3 +405,57 @@ fn an_upstream_that_is_down_gets_a_502_naming_it() {
         .unwrap();
     assert_eq!(errors, 1.0);
 }
+
+/// Sends `bytes` on a plain connection to the proxy port and returns all it answers.
+fn raw(p: &Switchyard, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(p.web).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn bad_requests_get_a_clear_status_and_the_proxy_keeps_serving() {
+    let pki = TestPki::new().unwrap();
+    let app = DemoUpstream::webapp("web").unwrap();
+    let p = proxy(&pki, Some(app.addr), &[], false);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let cases: [(&[u8], &str); 6] = [
+        (big.as_bytes(), "HTTP/1.1 431 "),
+        (b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400 "),
+        (
+            b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+            "HTTP/1.1 405 ",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "HTTP/1.1 400 "),
+        (
+            b"GET / HTTP/1.1\r\nHost: user@evil\r\n\r\n",
+            "HTTP/1.1 400 ",
+        ),
+        // HTTP/2 prior knowledge, then garbage: a GOAWAY frame (type 7), then closed.
+        (
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nnot-a-frame-not-a-frame",
+            "",
+        ),
+    ];
+    for (bytes, status) in cases {
+        let answer = raw(&p, bytes);
+        assert!(
+            answer.starts_with(status),
+            "{:?}: {answer:?}",
+            String::from_utf8_lossy(&bytes[..20])
+        );
+    }
+    let ok = raw(
+        &p,
+        b"GET /api/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+    assert!(!p.log().contains("panicked"), "{}", p.log());
+}

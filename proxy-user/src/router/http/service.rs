@@ -21,7 +21,8 @@ use super::{Handoff, Shared};
 use crate::protocol::{PING_PATH, UPGRADE_PATH};
 use crate::router::metrics::UpstreamLabel;
 use crate::router::webapi::{self, Refused};
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::uri::Authority;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -67,6 +68,14 @@ async fn respond(
     authority: Option<&str>,
     received: &Arc<AtomicU64>,
 ) -> (String, Response<super::pool::Body>) {
+    if req.method() == Method::CONNECT {
+        let m = "405 Method Not Allowed: this proxy does not tunnel CONNECT requests";
+        return ("none".into(), page(StatusCode::METHOD_NOT_ALLOWED, m, true));
+    }
+    if let Some(a) = authority.filter(|a| a.contains('@') || a.parse::<Authority>().is_err()) {
+        let m = format!("400 Bad Request: {a:?} is not a host name or address");
+        return ("none".into(), page(StatusCode::BAD_REQUEST, &m, true));
+    }
     let front = &sh.proxy.front;
     if let Some(app) = front.app_of_route(&sh.conn.route) {
         let route = app.upstream.route.clone();
