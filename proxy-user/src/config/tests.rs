@@ -79,3 +79,75 @@ fn auth_upstreams_one_or_map() {
     .unwrap();
     assert!(matches!(c.upstreams.auth, Some(AuthUpstreams::PerCluster(m)) if m.len() == 2));
 }
+
+#[test]
+fn http_upstreams_and_apps_are_checked_key_by_key() {
+    let base =
+        "proxy_service:\n  web_listen_addr: 127.0.0.1:1\n  public_addr: proxy.example.com:443\n";
+    let ok = format!(
+        "{base}upstreams:\n  web: {{uri: 'http://127.0.0.1:8080', protocol: h2c}}\napps:\n  - {{name: grafana, uri: 'http://10.0.0.9:3000'}}\n  - {{name: docs, public_addr: 'Docs.Example.com:8443', uri: 'https://10.0.0.8', protocol: h2, insecure_skip_verify: true}}\n"
+    );
+    let c = Config::parse(&ok, Path::new(".")).unwrap();
+    let hosts: Vec<_> = c.apps.iter().map(|a| c.app_host(a).unwrap()).collect();
+    assert_eq!(hosts, ["grafana.proxy.example.com", "docs.example.com"]);
+    let target = http_target("apps[1]", &c.apps[1].upstream()).unwrap();
+    assert_eq!((target.tls, target.addr.port), (true, 443));
+    for (apps, key, words) in [
+        (
+            "[{name: 'a b', uri: 'http://x:1'}]",
+            "apps[0].name",
+            "DNS label",
+        ),
+        (
+            "[{name: a, uri: 'ftp://x:1'}]",
+            "apps[0].uri",
+            "http or https",
+        ),
+        (
+            "[{name: a, uri: 'http://x:1/path'}]",
+            "apps[0].uri",
+            "no path",
+        ),
+        (
+            "[{name: a, uri: 'https://x:1', protocol: h2c}]",
+            "apps[0].protocol",
+            "h2c",
+        ),
+        (
+            "[{name: a, uri: 'http://x:1', protocol: h2}]",
+            "apps[0].protocol",
+            "over TLS",
+        ),
+        (
+            "[{name: a, uri: 'https://x:1'}]",
+            "apps[0].ca_file",
+            "ca_file",
+        ),
+        (
+            "[{name: a, uri: 'http://x:1'}, {name: A, uri: 'http://y:1'}]",
+            "apps[1].name",
+            "two apps",
+        ),
+        (
+            "[{name: a, public_addr: proxy.example.com, uri: 'http://x:1'}]",
+            "apps[0].public_addr",
+            "public_addr",
+        ),
+        (
+            "[{name: a, uri: 'http://x:1', allow: [sre]}]",
+            "proxy_service.client_ca_file",
+            "client certificates",
+        ),
+    ] {
+        let e = err(&format!("{base}apps: {apps}\n"));
+        assert!(e.contains(key) && e.contains(words), "{apps}: {e}");
+    }
+    let e = err(
+        "proxy_service: {web_listen_addr: '127.0.0.1:1'}\napps: [{name: a, uri: 'http://x:1'}]\n",
+    );
+    assert!(e.contains("apps[0].public_addr"), "{e}");
+    let e = err(&format!(
+        "{base}upstreams: {{web: {{uri: 'http://x'}}}}\nlimits: {{max_http_head_bytes: 100}}\n"
+    ));
+    assert!(e.contains("limits.max_http_head_bytes"), "{e}");
+}

@@ -101,3 +101,55 @@ impl Front {
         self.apps.iter().map(|a| a.host.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn front(public: &str) -> Front {
+        let text = format!(
+            "proxy_service: {{web_listen_addr: '127.0.0.1:0'{public}}}\n\
+             upstreams: {{web: 'web:80'}}\n\
+             apps: [{{name: docs, public_addr: docs.example.com, uri: 'http://docs:80'}}]\n"
+        );
+        Front::new(&Config::parse(&text, Path::new(".")).unwrap()).unwrap()
+    }
+
+    fn named(f: &Front, host: Option<&str>) -> &'static str {
+        match f.host(host) {
+            Host::Proxy => "proxy",
+            Host::App(a) if a.name == "docs" => "docs",
+            Host::App(_) => "another app",
+            Host::Unknown => "unknown",
+        }
+    }
+
+    #[test]
+    fn a_host_is_an_app_the_proxy_or_a_name_under_a_public_address_that_is_neither() {
+        let f = front(", public_addr: ['proxy.example.com:443', 'alt.example.net:443']");
+        assert_eq!(named(&f, Some("docs.example.com")), "docs");
+        for proxy in [None, Some("proxy.example.com"), Some("alt.example.net")] {
+            assert_eq!(named(&f, proxy), "proxy", "{proxy:?}");
+        }
+        for other in [
+            "127.0.0.1",
+            "[::1]",
+            "localhost",
+            "example.com",
+            "xproxy.example.com",
+        ] {
+            assert_eq!(named(&f, Some(other)), "proxy", "{other}");
+        }
+        for unknown in ["nope.proxy.example.com", "a.b.alt.example.net"] {
+            assert_eq!(named(&f, Some(unknown)), "unknown", "{unknown}");
+        }
+        assert!(f.app_of_route("app:docs").is_some());
+        assert!(f.app_of_route("web").is_none());
+        let without_public = front("");
+        assert_eq!(
+            named(&without_public, Some("nope.proxy.example.com")),
+            "proxy"
+        );
+    }
+}

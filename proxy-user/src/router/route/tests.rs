@@ -226,3 +226,39 @@ fn ssh_nodes_by_sni_label() {
     assert_eq!(get("ssh:node1").upstream.as_deref(), Some("node1:22"));
     assert_eq!(get("ssh:node1").mode, CLIENT_AUTH);
 }
+
+#[test]
+fn http_apps_are_routed_by_server_name_for_web_protocols_only() {
+    let config = "
+proxy_service: {web_listen_addr: '127.0.0.1:0', public_addr: 'proxy.example.com:443', client_ca_file: /dev/null}
+upstreams: {web: 'web:80', ssh: 'ssh:22'}
+apps:
+  - {name: grafana, uri: 'http://grafana:3000', allow: [sre]}
+  - {name: docs, public_addr: 'docs.example.com:8443', uri: 'http://docs:80'}
+routes:
+  - {name: tcp, sni: grafana.proxy.example.com, alpn: teleport-tcp, mode: terminate, upstream: 'tcp:1'}
+";
+    let t = Table::new(&Config::parse(config, Path::new(".")).unwrap());
+    let sni = Some("grafana.proxy.example.com");
+    assert_eq!(name(&t, sni, &["h2", "http/1.1"]), "app:grafana");
+    assert_eq!(name(&t, sni, &[]), "app:grafana");
+    assert_eq!(
+        name(&t, Some("docs.example.com"), &["http/1.1"]),
+        "app:docs"
+    );
+    // Other protocols on an app's name route as they would anywhere.
+    assert_eq!(name(&t, sni, &["teleport-tcp"]), "tcp");
+    assert_eq!(name(&t, sni, &["teleport-proxy-ssh"]), "ssh");
+    // Names that are no app's: the web route (the HTTP layer answers 404 for them).
+    assert_eq!(name(&t, Some("nope.proxy.example.com"), &["h2"]), "web");
+    let app = t
+        .entries()
+        .iter()
+        .find(|e| e.name == "app:grafana")
+        .unwrap();
+    assert_eq!(app.role, Role::App);
+    assert_eq!(app.mode, CLIENT_AUTH);
+    assert_eq!(app.allow, ["sre"]);
+    let docs = t.entries().iter().find(|e| e.name == "app:docs").unwrap();
+    assert_eq!(docs.mode, NO_CLIENT_AUTH);
+}
