@@ -8,12 +8,14 @@
 //! - [`Front`] (built with each `Proxy`): the web upstream, the apps and their host names.
 //! - [`serve`]: one connection under its limits (idle time, head size, h2 streams), ending
 //!   either closed or handing back the tunnel of an accepted connection upgrade.
-//! - `service`: one request — which upstream or endpoint, forwarding, the access log line.
+//! - `service`: one request — which upstream or endpoint, the access log line;
+//!   `forward`: sending it on to its upstream.
 //! - `headers` (pure): hop-by-hop fields, `X-Forwarded-*`, the request's host.
 //! - `body`: counting bodies and the per-request log line; `pages`: the proxy's answers.
 //! - `pool`: the upstreams' connection pools.
 
 mod body;
+mod forward;
 mod front;
 mod headers;
 mod pages;

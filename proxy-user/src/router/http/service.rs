@@ -8,29 +8,24 @@
 //!   the app asks for a client certificate (`403`); an unknown name gets `404`; the
 //!   proxy's own names get `/webapi/ping`, `/webapi/connectionupgrade`, then `upstreams.web`.
 //!
-//! Forwarding keeps the request's method, path, host and body (streamed both ways), drops
-//! hop-by-hop fields, sets `X-Forwarded-*`, and passes an app's own upgrade (WebSocket)
-//! through to an HTTP/1.1 upstream.
+//! Forwarding is `forward`'s.
 
-use super::body::{Line, Logged, Received};
+use super::body::{Line, Logged};
+use super::forward::forward;
 use super::front::Host;
-use super::headers::{self, Forwarded};
+use super::headers;
 use super::pages::{empty, full, page};
-use super::pool::Upstream;
 use super::{Handoff, Shared};
 use crate::protocol::{PING_PATH, UPGRADE_PATH};
-use crate::router::metrics::UpstreamLabel;
 use crate::router::webapi::{self, Refused};
 use http::uri::Authority;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::time::Instant;
-use tracing::{debug, error, warn};
+use tracing::warn;
 
 /// Answers one request; the access-log line is written when the response body ends.
 pub(super) async fn handle(
@@ -219,131 +214,6 @@ fn upgrade(sh: &Shared, req: &mut Request<Incoming>) -> Response<super::pool::Bo
         *slot = Some(handoff);
     }
     r
-}
-
-/// Sends a request on to `up` and streams its answer back.
-async fn forward(
-    sh: &Shared,
-    up: &Upstream,
-    mut req: Request<Incoming>,
-    authority: Option<&str>,
-    received: &Arc<AtomicU64>,
-) -> Response<super::pool::Body> {
-    let version = req.version();
-    let upgrade = version == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-    if upgrade && !up.is_http1() {
-        let m = format!(
-            "501 Not Implemented: {} speaks HTTP/2; an HTTP/1.1 upgrade cannot be passed to it",
-            up.route
-        );
-        return page(StatusCode::NOT_IMPLEMENTED, &m, false);
-    }
-    let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match up.uri(pq) {
-        Ok(u) => u,
-        Err(e) => {
-            let m = format!("400 Bad Request: request target {pq:?}: {e}");
-            return page(StatusCode::BAD_REQUEST, &m, true);
-        }
-    };
-    parts.version = up.version();
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    // hyper has answered `Expect: 100-continue` to the client when the body was first read.
-    parts.headers.remove(header::EXPECT);
-    let forwarded = Forwarded {
-        client: sh.conn.client.ip(),
-        proto: if sh.conn.tls { "https" } else { "http" },
-        host: authority,
-        trust_incoming: sh.proxy.config.proxy_service.trust_x_forwarded_for,
-    };
-    headers::set_forwarded(&mut parts.headers, &forwarded);
-    match authority.and_then(|a| HeaderValue::from_str(a).ok()) {
-        // HTTP/2 clients name the host in `:authority` only; an HTTP/1.1 upstream gets it
-        // as Host. An HTTP/2 upstream gets the upstream's address as `:authority` (and the
-        // client's host in X-Forwarded-Host): a Host beside it is a duplicate to nginx.
-        Some(v) if up.is_http1() => {
-            parts.headers.insert(header::HOST, v);
-        }
-        _ => {
-            parts.headers.remove(header::HOST);
-        }
-    }
-    let body = Received {
-        inner: body,
-        received: received.clone(),
-    };
-    let mut resp = match up.send(Request::from_parts(parts, body.boxed())).await {
-        Ok(r) => r,
-        Err(e) => return bad_gateway(sh, up, &e),
-    };
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    match (switching, client_side) {
-        (true, Some(client)) => {
-            let upstream = hyper::upgrade::on(&mut resp);
-            let copy = async move {
-                let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
-                    debug!("an upgraded request ended before both sides switched");
-                    return;
-                };
-                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                debug!(result = ?r, "upgraded request closed");
-            };
-            if let Ok(mut slot) = sh.handoff.lock() {
-                *slot = Some(Handoff::App(Box::pin(copy)));
-            }
-        }
-        (true, None) => {
-            let m = format!(
-                "502 Bad Gateway: {} answered 101 to a request that asked for no upgrade",
-                up.route
-            );
-            return page(StatusCode::BAD_GATEWAY, &m, true);
-        }
-        _ => {}
-    }
-    headers::strip_hop_by_hop(resp.headers_mut(), switching);
-    // The client's version, not the upstream's (an HTTP/1.0 server's answer to an
-    // HTTP/1.1 or h2 client is still written in the client's version).
-    *resp.version_mut() = version;
-    resp.map(|b| b.map_err(Into::into).boxed())
-}
-
-/// The answer when the upstream cannot be reached or fails mid-request: `502`, counted,
-/// and one line naming the route and the address (rate-limited).
-fn bad_gateway(
-    sh: &Shared,
-    up: &Upstream,
-    e: &hyper_util::client::legacy::Error,
-) -> Response<super::pool::Body> {
-    let label = UpstreamLabel {
-        route: up.route.clone(),
-    };
-    sh.proxy.metrics.upstream_errors.get_or_create(&label).inc();
-    let why = chain(e);
-    if let Some(suppressed) = sh.proxy.noise.allow() {
-        error!(suppressed, route = %up.route, upstream = %up.addr(), "HTTP upstream failed: {why}");
-    }
-    let m = format!(
-        "502 Bad Gateway: {} ({}) did not answer: {why}",
-        up.route,
-        up.addr()
-    );
-    page(StatusCode::BAD_GATEWAY, &m, false)
-}
-
-/// An error and its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    s
 }
 
 fn status(code: u16) -> StatusCode {
