@@ -150,18 +150,25 @@ fn curl_in_h2_and_http11_reaches_pythons_http_server() {
     assert_eq!(out.stdout, "served by python\n", "{out:?}");
 }
 
-/// nginx answering only h2c (HTTP/2 with prior knowledge) on a port of its own.
-fn nginx_h2c(dir: &TempDir) -> (Proc, SocketAddr) {
+/// nginx answering only h2c (HTTP/2 with prior knowledge) on a port of its own, or, with
+/// `tls` (certificate, key), HTTP/2 over TLS.
+fn nginx_h2(dir: &TempDir, tls: Option<(&str, &str)>) -> (Proc, SocketAddr) {
     let nginx = require_tool("nginx", "nginx", &[]).unwrap();
     let port = free_port();
     let d = dir.path().display();
+    let listen = match tls {
+        Some((cert, key)) => {
+            format!("ssl http2;\n    ssl_certificate {cert};\n    ssl_certificate_key {key}")
+        }
+        None => "http2".to_owned(),
+    };
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
          error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
          http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
          \x20 proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n\
          \x20 uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         \x20 server {{\n    listen 127.0.0.1:{port} http2;\n\
+         \x20 server {{\n    listen 127.0.0.1:{port} {listen};\n\
          \x20   location / {{ return 200 \"nginx $server_protocol host=$host\\n\"; }}\n  }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
@@ -184,7 +191,7 @@ fn nginx_h2c(dir: &TempDir) -> (Proc, SocketAddr) {
 fn an_h2c_app_is_spoken_to_in_http2_whatever_the_client_speaks() {
     let pki = TestPki::new().unwrap();
     let dir = TempDir::new("nginx-h2c").unwrap();
-    let (_nginx, addr) = nginx_h2c(&dir);
+    let (_nginx, addr) = nginx_h2(&dir, None);
     let app = format!(
         "{{name: h2app, public_addr: h2.example.test, uri: 'http://{addr}', protocol: h2c}}"
     );
@@ -199,6 +206,41 @@ fn an_h2c_app_is_spoken_to_in_http2_whatever_the_client_speaks() {
             p.log()
         );
     }
+}
+
+#[test]
+fn an_h2_app_over_tls_is_verified_with_its_ca_file() {
+    let pki = TestPki::new().unwrap();
+    let dir = TempDir::new("nginx-h2").unwrap();
+    let cert = pki
+        .issue_server("app", "app.internal", &["127.0.0.1"])
+        .unwrap();
+    let (c, k) = (
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+    );
+    let (_nginx, addr) = nginx_h2(&dir, Some((&c, &k)));
+    let ca = pki.ca_cert().display().to_string();
+    let apps = [
+        format!("{{name: good, public_addr: good.example.test, uri: 'https://{addr}', protocol: h2, ca_file: '{ca}'}}"),
+        // The wrong CA: the proxy refuses the app's certificate and says so in the 502.
+        format!(
+            "{{name: bad, public_addr: bad.example.test, uri: 'https://{addr}', protocol: h2, ca_file: '{}'}}",
+            pki.wrong_ca_cert().display()
+        ),
+    ];
+    let p = proxy(&pki, None, &apps, false);
+    let out = curl_to(&pki, &p, "good.example.test", "/x", &["--http1.1"]);
+    let (body, _) = body_and_version(&out);
+    assert!(
+        body.starts_with("nginx HTTP/2.0 host=127.0.0.1"),
+        "{out:?}\n{}",
+        p.log()
+    );
+    let out = curl_to(&pki, &p, "bad.example.test", "/x", &[]);
+    let (body, _) = body_and_version(&out);
+    assert!(body.starts_with("502 Bad Gateway: app:bad"), "{out:?}");
+    assert!(body.contains("certificate"), "the 502 says why: {body}");
 }
 
 /// The proxy's resident memory now (`VmRSS`) and at its peak (`VmHWM`), in KiB.
