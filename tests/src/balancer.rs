@@ -187,6 +187,25 @@ impl HAProxy {
     /// `mode http`: `bind … ssl crt` (no ALPN), `option forwardfor`, `server s1 backend
     /// ssl verify none` (no SNI, no ALPN), `timeout tunnel 1h` for upgraded connections.
     pub fn http(dir: &Path, front: &CertFiles, backend: SocketAddr) -> Result<Balancer> {
+        HAProxy::http_with(dir, front, backend, "")
+    }
+
+    /// [`HAProxy::http`] with `http-reuse always`: idle connections to the proxy are shared
+    /// by every client session, so any request (an upgrade too) may go on a reused one.
+    pub fn http_reuse_always(
+        dir: &Path,
+        front: &CertFiles,
+        backend: SocketAddr,
+    ) -> Result<Balancer> {
+        HAProxy::http_with(dir, front, backend, "  http-reuse always\n")
+    }
+
+    fn http_with(
+        dir: &Path,
+        front: &CertFiles,
+        backend: SocketAddr,
+        extra: &str,
+    ) -> Result<Balancer> {
         let pem = dir.join("haproxy-front.pem");
         let mut both = std::fs::read_to_string(&front.cert)?;
         both.push_str(&std::fs::read_to_string(&front.key)?);
@@ -199,7 +218,7 @@ impl HAProxy {
                  timeout tunnel 1h\n\
                  frontend fe\n  bind 127.0.0.1:{port} ssl crt {pem}\n  option forwardfor\n  \
                  default_backend be\n\
-                 backend be\n  server s1 {backend} ssl verify none source {BALANCER_SOURCE}\n",
+                 backend be\n{extra}  server s1 {backend} ssl verify none source {BALANCER_SOURCE}\n",
                 pem = pem.display(),
             )
         })

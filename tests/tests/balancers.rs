@@ -480,11 +480,11 @@ fn nginx_tcp_client_through_proxy_tcp_detects_and_upgrades() {
     );
 }
 
-/// nginx with an upstream `keepalive` pool sends the upgrade on a connection to the proxy
-/// that already carried a plain request: the proxy looks at every request, so the
-/// upgrade is answered (not passed to the web upstream) and its inner TLS routed.
-#[test]
-fn nginx_keepalive_pool_delivers_the_upgrade_on_a_reused_connection() {
+/// A balancer that reuses its connections to the proxy (an nginx upstream `keepalive`
+/// pool, HAProxy `http-reuse always`) sends the upgrade on a connection that already
+/// carried a plain request: the proxy looks at every request, so the upgrade is answered
+/// (not passed to the web upstream) and its inner TLS routed.
+fn upgrade_on_a_reused_connection(start: impl Fn(&Path, &CertFiles, SocketAddr) -> Balancer) {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
     let web = DemoUpstream::http("web").unwrap();
@@ -492,9 +492,8 @@ fn nginx_keepalive_pool_delivers_the_upgrade_on_a_reused_connection() {
         .echo_app(echo.addr)
         .upstream("web", web.addr);
     let proxy = start_proxy(&pki, &config, true, &[]);
-    let dir = TempDir::new("nginx-pool").unwrap();
-    let cert = front_cert(&pki);
-    let front = Nginx::layer7_pooled(dir.path(), &cert.cert, &cert.key, proxy.web).unwrap();
+    let dir = TempDir::new("reuse").unwrap();
+    let front = start(dir.path(), &front_cert(&pki), proxy.web);
     assert_curl_reaches_web(&pki, &front, &proxy, "/warm-up");
     let warm = proxy
         .log()
@@ -506,10 +505,10 @@ fn nginx_keepalive_pool_delivers_the_upgrade_on_a_reused_connection() {
         .unwrap_or_else(|| panic!("no access line for /warm-up\n{}", proxy.log()));
     let local = proxy_tcp_echo(&pki, front.addr, &[]);
     let mut client = EchoClient::connect(&local);
-    let echoed = client.echo("hello through a pooled connection");
+    let echoed = client.echo("hello through a reused connection");
     assert_eq!(
         echoed.as_deref().ok(),
-        Some("hello through a pooled connection\n"),
+        Some("hello through a reused connection\n"),
         "{}\n{}",
         local.logs(),
         proxy.log()
@@ -522,10 +521,24 @@ fn nginx_keepalive_pool_delivers_the_upgrade_on_a_reused_connection() {
         .any(|l| l.contains(&format!("client={warm}")) && l.contains("connection upgraded"));
     assert!(
         reused,
-        "the upgrade did not come on the pooled connection {warm}\n{}\n{}",
+        "the upgrade did not come on the reused connection {warm}\n{}\n{}",
         proxy.log(),
         front.logs()
     );
+}
+
+#[test]
+fn nginx_keepalive_pool_delivers_the_upgrade_on_a_reused_connection() {
+    upgrade_on_a_reused_connection(|dir, cert, backend| {
+        Nginx::layer7_pooled(dir, &cert.cert, &cert.key, backend).unwrap()
+    });
+}
+
+#[test]
+fn haproxy_http_reuse_always_delivers_the_upgrade_on_a_reused_connection() {
+    upgrade_on_a_reused_connection(|dir, cert, backend| {
+        HAProxy::http_reuse_always(dir, cert, backend).unwrap()
+    });
 }
 
 /// Sends `len` bytes (a pattern seeded by `seed`) through the echo app and checks they come
