@@ -7,11 +7,14 @@
 //! interleaved across peers so drift hits them alike, and reported as median and min–max.
 //! Bulk throughput (`bulk.rs`: direct, kernel splice, `splice(2)` relay, userspace copy,
 //! HAProxy, nginx, single and parallel streams, CPU per GB; chart in `chart.rs`) follows
-//! the connection scenarios.
+//! the connection scenarios, then the HTTP request rate through the web route (`http.rs`:
+//! direct, Switchyard, nginx and HAProxy as TLS-terminating reverse proxies; HTTP/1.1 with
+//! `wrk`, HTTP/2 with `h2load`; CPU per 10k requests).
 
 mod bulk;
 mod chart;
 mod env;
+mod http;
 mod load;
 mod peers;
 mod quiet;
@@ -50,9 +53,22 @@ pub struct Options {
     /// Parallel streams of the parallel throughput rows.
     #[arg(long, default_value_t = 8)]
     streams: usize,
-    /// Measure only throughput (skip the new-connection scenarios).
-    #[arg(long)]
+    /// Measure only throughput (skip the new-connection scenarios and the HTTP rows).
+    #[arg(long, conflicts_with = "http_only")]
     throughput_only: bool,
+    /// Measure only the HTTP request rate through the web route (and rewrite only its
+    /// block of docs/benchmarks.md).
+    #[arg(long)]
+    http_only: bool,
+    /// Keep-alive connections of the HTTP/1.1 rows (`wrk -t1 -c N`).
+    #[arg(long, default_value_t = 32)]
+    wrk_connections: usize,
+    /// Connections of the HTTP/2 rows (`h2load -t1 -c N`).
+    #[arg(long, default_value_t = 8)]
+    h2_clients: usize,
+    /// Concurrent streams per connection of the HTTP/2 rows (`h2load -m N`).
+    #[arg(long, default_value_t = 16)]
+    h2_streams: usize,
 }
 
 /// What a scenario does on each connection. The eBPF issue adds bulk throughput here.
@@ -147,6 +163,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     if opts.runs == 0 || opts.concurrency == 0 || opts.seconds <= 0.0 {
         bail!("--runs, --concurrency and --seconds must be positive");
     }
+    if opts.wrk_connections == 0 || opts.h2_clients == 0 || opts.h2_streams == 0 {
+        bail!("--wrk-connections, --h2-clients and --h2-streams must be positive");
+    }
     let target_dir =
         std_env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     if cfg!(debug_assertions) {
@@ -161,16 +180,78 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     crate::cargo(&["build", "--release", "-p", "proxy-user"])?;
     let binary = target_dir.join("release").join("switchyard");
     let out = target_dir.join("bench");
-    let env = Env::start(&binary, &out)?;
+    let pki = env::make_pki(&binary, &out)?;
+    let started = Instant::now();
+    let cells = if opts.throughput_only || opts.http_only {
+        Vec::new()
+    } else {
+        connections(&binary, &out, &pki, opts)?
+    };
+    let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
+    let doc = root.join("docs").join("benchmarks.md");
+    if !opts.http_only {
+        let bulk = bulk::run(
+            &binary,
+            &out,
+            opts.seconds,
+            opts.runs,
+            opts.streams,
+            &facts.chart_subtitle(),
+        )?;
+        // Written before the HTTP rows run, so a failure there keeps these.
+        let block = format!("{}\n{}{bulk}", facts.markdown(), report::table(&cells));
+        println!("{block}");
+        if !opts.no_docs {
+            report::update_doc(&doc, report::RESULTS_BLOCK, &block)?;
+            eprintln!("xtask: updated the results block of {}", doc.display());
+            let png = out.join("throughput.png");
+            if png.exists() {
+                let to = root.join("docs").join("benchmarks.png");
+                std::fs::copy(&png, &to).with_context(|| format!("copy to {}", to.display()))?;
+                eprintln!("xtask: wrote {}", to.display());
+            }
+        }
+    }
+    let http = if opts.throughput_only {
+        None
+    } else {
+        let settings = http::Settings {
+            // wrk and h2load take whole seconds.
+            seconds: opts.seconds.ceil() as u64,
+            runs: opts.runs,
+            wrk_connections: opts.wrk_connections,
+            h2_clients: opts.h2_clients,
+            h2_streams: opts.h2_streams,
+        };
+        let http = http::run(&binary, &out, &pki, &settings, &facts.measured())?;
+        println!("{}", http.markdown);
+        if !opts.no_docs {
+            report::update_doc(&doc, report::HTTP_BLOCK, &http.markdown)?;
+            eprintln!("xtask: updated the HTTP block of {}", doc.display());
+        }
+        Some(http)
+    };
+    eprintln!(
+        "xtask: measured in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let json = out.join("results.json");
+    let http_json = http.map_or_else(|| serde_json::json!([]), |h| h.json);
+    std::fs::write(&json, report::json(&facts, &cells, http_json)?)
+        .with_context(|| format!("write {}", json.display()))?;
+    eprintln!("xtask: wrote {}", json.display());
+    Ok(())
+}
+
+/// The new-connection scenarios: every scenario × load × peer, `--runs` times each.
+fn connections(binary: &Path, out: &Path, pki: &Path, opts: &Options) -> Result<Vec<Cell>> {
+    let env = Env::start(binary, out, pki)?;
     let pids = env.pids();
     let duration = Duration::from_secs_f64(opts.seconds);
     let loads = [Load::Sequential, Load::Concurrent(opts.concurrency)];
-    let started = Instant::now();
-
     let runtime = tokio::runtime::Runtime::new().context("starting the load client runtime")?;
     let mut cells = Vec::new();
-    let scenarios = if opts.throughput_only { &[] } else { SCENARIOS };
-    for scenario in scenarios {
+    for scenario in SCENARIOS {
         let targets = PEERS
             .iter()
             .map(|&peer| Ok((peer, Arc::new(env.target(scenario, peer)?))))
@@ -205,38 +286,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     drop(runtime);
     drop(env);
-    let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
-    let bulk = bulk::run(
-        &binary,
-        &out,
-        opts.seconds,
-        opts.runs,
-        opts.streams,
-        &facts.chart_subtitle(),
-    )?;
-    eprintln!(
-        "xtask: measured in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-
-    let table = report::table(&cells) + &bulk;
-    println!("{}\n{table}", facts.markdown());
-    let json = out.join("results.json");
-    std::fs::write(&json, report::json(&facts, &cells)?)
-        .with_context(|| format!("write {}", json.display()))?;
-    eprintln!("xtask: wrote {}", json.display());
-    if !opts.no_docs {
-        let doc = root.join("docs").join("benchmarks.md");
-        report::update_doc(&doc, &format!("{}\n{table}", facts.markdown()))?;
-        eprintln!("xtask: updated the results block of {}", doc.display());
-        let png = out.join("throughput.png");
-        if png.exists() {
-            let to = root.join("docs").join("benchmarks.png");
-            std::fs::copy(&png, &to).with_context(|| format!("copy to {}", to.display()))?;
-            eprintln!("xtask: wrote {}", to.display());
-        }
-    }
-    Ok(())
+    Ok(cells)
 }
 
 /// One measured run, redone when other work took more than `quiet::FOREIGN` of the CPUs

@@ -9,7 +9,8 @@ use std::process::{Command, Output};
 
 use anyhow::{bail, Context as _, Result};
 
-/// Debian packages: bpf-linker's build inputs, then the tests' clients and servers.
+/// Debian packages: bpf-linker's build inputs, then the tests' clients and servers, then
+/// the HTTP load clients of `cargo xtask bench` (`wrk`; `h2load` from `nghttp2-client`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     "tinyproxy",
     // Headless browser of tests/tests/web_browser.rs (tests/src/browser.rs).
     "chromium",
+    "wrk",
+    "nghttp2-client",
 ];
 
 /// Tools the tests need and the Debian package that provides them when they are not on

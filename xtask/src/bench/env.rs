@@ -38,37 +38,41 @@ pub struct Env {
     tls: TlsEchoes,
 }
 
-impl Env {
-    /// Creates `out/pki`, `out/logs` and `out/switchyard.yaml`, and starts every server.
-    pub fn start(binary: &Path, out: &Path) -> Result<Env> {
-        if !binary.exists() {
-            bail!(
-                "{} is missing; build it with cargo build --release -p proxy-user",
-                binary.display()
-            );
-        }
-        let pki = out.join("pki");
-        let logs = out.join("logs");
-        if pki.exists() {
-            std::fs::remove_dir_all(&pki).with_context(|| format!("remove {}", pki.display()))?;
-        }
-        std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
-        let dir = pki.to_str().context("non-UTF-8 target dir")?;
-        run(binary, &["ca", "init", "--dir", dir, "--cluster", "bench"])?;
-        #[rustfmt::skip]
-        run(binary, &["ca", "issue", "--dir", dir, "--name", "proxy",
-            "--dns", "localhost", "--dns", "*.bench.test", "--ip", "127.0.0.1"])?;
-        // The kube upstream also covers *.bench.test: the client verifies it under the
-        // passthrough SNI, direct and through the proxy alike.
-        #[rustfmt::skip]
-        run(binary, &["ca", "issue", "--dir", dir, "--name", "kube",
-            "--dns", "kube.internal", "--dns", "*.bench.test", "--ip", "127.0.0.1"])?;
-        run(binary, &["ca", "issue", "--dir", dir, "--name", "alice"])?;
+/// Creates a fresh `out/pki` with `switchyard ca` (CA; `proxy` for `localhost`,
+/// `*.bench.test` and 127.0.0.1; `kube`; client `alice`) and `out/logs`; returns the PKI
+/// directory. The connection scenarios and the HTTP rows share it.
+pub fn make_pki(binary: &Path, out: &Path) -> Result<PathBuf> {
+    if !binary.exists() {
+        bail!(
+            "{} is missing; build it with cargo build --release -p proxy-user",
+            binary.display()
+        );
+    }
+    let pki = out.join("pki");
+    let logs = out.join("logs");
+    if pki.exists() {
+        std::fs::remove_dir_all(&pki).with_context(|| format!("remove {}", pki.display()))?;
+    }
+    std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+    let dir = pki.to_str().context("non-UTF-8 target dir")?;
+    run(binary, &["ca", "init", "--dir", dir, "--cluster", "bench"])?;
+    #[rustfmt::skip]
+    run(binary, &["ca", "issue", "--dir", dir, "--name", "proxy",
+        "--dns", "localhost", "--dns", "*.bench.test", "--ip", "127.0.0.1"])?;
+    // The kube upstream also covers *.bench.test: the client verifies it under the
+    // passthrough SNI, direct and through the proxy alike.
+    #[rustfmt::skip]
+    run(binary, &["ca", "issue", "--dir", dir, "--name", "kube",
+        "--dns", "kube.internal", "--dns", "*.bench.test", "--ip", "127.0.0.1"])?;
+    run(binary, &["ca", "issue", "--dir", dir, "--name", "alice"])?;
+    Ok(pki)
+}
 
-        let mut children = Children {
-            logs,
-            list: Vec::new(),
-        };
+impl Env {
+    /// Writes `pki/switchyard.yaml` and starts every server (PKI from [`make_pki`]).
+    pub fn start(binary: &Path, out: &Path, pki: &Path) -> Result<Env> {
+        let pki = pki.to_path_buf();
+        let mut children = Children::new(out.join("logs"));
         let tls = TlsEchoes::start(&pki, SSH_ALPN)?;
         let kube = tls.kube;
         let ssh = children.spawn(
@@ -104,8 +108,7 @@ impl Env {
 
     /// Our processes for CPU accounting: this one (0, with the TLS echoes) and the children.
     pub fn pids(&self) -> Vec<u32> {
-        let children = self.children.list.iter().map(|c| c.id());
-        std::iter::once(0).chain(children).collect()
+        std::iter::once(0).chain(self.children.pids()).collect()
     }
 
     /// Where and how the client connects for `scenario` through `peer`.
@@ -133,7 +136,7 @@ impl Env {
     }
 }
 
-fn path(p: &Path) -> Result<&str> {
+pub fn path(p: &Path) -> Result<&str> {
     p.to_str()
         .with_context(|| format!("non-UTF-8 path {}", p.display()))
 }
@@ -154,16 +157,33 @@ fn run(binary: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Child processes, killed and reaped on drop.
-struct Children {
+/// `switchyard` child processes, killed and reaped on drop.
+pub struct Children {
     logs: PathBuf,
     list: Vec<Child>,
 }
 
 impl Children {
+    pub fn new(logs: PathBuf) -> Children {
+        Children {
+            logs,
+            list: Vec::new(),
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.list.iter().map(Child::id).collect()
+    }
+
     /// Spawns `binary args` with stderr to `logs/NAME.log`, and returns the address in the
     /// `KEY=` field of its `switchyard ready` line.
-    fn spawn(&mut self, binary: &Path, name: &str, key: &str, args: &[&str]) -> Result<SocketAddr> {
+    pub fn spawn(
+        &mut self,
+        binary: &Path,
+        name: &str,
+        key: &str,
+        args: &[&str],
+    ) -> Result<SocketAddr> {
         let log_path = self.logs.join(format!("{name}.log"));
         let log =
             File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;

@@ -209,7 +209,7 @@ pub async fn measure(target: Arc<Target>, clients: usize, duration: Duration) ->
 }
 
 /// Nearest-rank percentile of sorted, non-empty values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }

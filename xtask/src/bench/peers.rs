@@ -3,7 +3,8 @@
 //! Switchyard with `splice(2)` through pipes (`--ebpf off`), Switchyard copying in
 //! userspace (`--ebpf off`, `SWITCHYARD_RELAY=copy`), HAProxy in TCP mode routing by
 //! `req.ssl_sni`, and nginx `stream` with `ssl_preread`. HAProxy and nginx come from
-//! Debian's packages, installed here when missing (the bench's own dependencies).
+//! Debian's packages, installed here when missing (the bench's own dependencies, with the
+//! HTTP rows' load clients `wrk` and `h2load`).
 
 use std::{
     fs::File,
@@ -16,12 +17,15 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-/// Debian packages of the peers, and the chart's font.
-const PACKAGES: [&str; 4] = [
+/// Debian packages of the peers, the chart's font, and the HTTP load clients (`wrk`;
+/// `h2load` is in `nghttp2-client`).
+const PACKAGES: [&str; 6] = [
     "haproxy",
     "nginx",
     "libnginx-mod-stream",
     "fonts-dejavu-core",
+    "wrk",
+    "nghttp2-client",
 ];
 /// Where Debian puts nginx's dynamic stream module.
 const NGINX_STREAM: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
@@ -66,6 +70,17 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A peer already spawned (the HTTP rows start their own), waited for until `addr`
+    /// accepts connections; killed like the others when dropped.
+    pub fn spawned(addr: SocketAddr, child: Child, name: &str, logs: &Path) -> Result<Peer> {
+        let peer = Peer {
+            addr,
+            child: Some(child),
+        };
+        wait_listening(addr, name, logs)?;
+        Ok(peer)
+    }
+
     /// The pids whose CPU time counts as the peer's (nginx's and HAProxy's workers are its
     /// threads or children in the same process group: counted through the leader's group).
     pub fn pids(&self) -> Vec<u32> {
@@ -152,7 +167,7 @@ pub fn install() -> Result<()> {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -251,20 +266,17 @@ pub fn start(via: Via, sink: SocketAddr, binary: &Path, dir: &Path, sni: &str) -
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("spawn {}", via.name()))?;
-    let peer = Peer {
-        addr,
-        child: Some(child),
-    };
+    Peer::spawned(addr, child, via.name(), dir)
+}
+
+/// Waits up to 10 s until `addr` accepts a TCP connection.
+fn wait_listening(addr: SocketAddr, name: &str, logs: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {
-            bail!(
-                "{} is not listening on {addr}; see {}",
-                via.name(),
-                dir.display()
-            );
+            bail!("{name} is not listening on {addr}; see {}", logs.display());
         }
         thread::sleep(Duration::from_millis(50));
     }
-    Ok(peer)
+    Ok(())
 }

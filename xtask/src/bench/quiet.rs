@@ -29,7 +29,8 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Reads the machine's busy time and the CPU time of `pids` (0 means this process).
+    /// Reads the machine's busy time and the CPU time of `pids` (0 means this process and
+    /// the children it has already waited for, such as a finished `wrk`).
     pub fn take(pids: &[u32]) -> Sample {
         let busy = std::fs::read_to_string("/proc/stat")
             .ok()
@@ -78,7 +79,16 @@ fn capacity(d: Duration) -> f64 {
     (d.as_secs_f64() * 100.0 * cpus as f64).max(1.0)
 }
 
-/// utime + stime of a process, all its threads included; 0 when it is gone.
+/// CPU seconds (utime + stime, all threads) that `pids` have used so far (0 as in
+/// [`Sample::take`]).
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|&pid| process_ticks(pid)).sum::<u64>() as f64 / 100.0
+}
+
+/// utime + stime of a process, all its threads included; 0 when it is gone. For 0 (this
+/// process) also cutime + cstime: the children it has reaped, so that a load client run as
+/// a child (`wrk`, `h2load`) counts as ours once it has exited. No other child is reaped
+/// while a run is measured.
 fn process_ticks(pid: u32) -> u64 {
     let path = match pid {
         0 => "/proc/self/stat".to_owned(),
@@ -97,7 +107,8 @@ fn process_ticks(pid: u32) -> u64 {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    field(14) + field(15)
+    let reaped = if pid == 0 { field(16) + field(17) } else { 0 };
+    field(14) + field(15) + reaped
 }
 
 /// Waits until the CPUs are less than `QUIET` busy over `PROBE` (our servers idle).

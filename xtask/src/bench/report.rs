@@ -9,8 +9,10 @@ use serde_json::{json, Value};
 
 use super::{load::RunStats, Load, Peer, Scenario, SCENARIOS};
 
-const BEGIN: &str = "<!-- bench:results:begin -->";
-const END: &str = "<!-- bench:results:end -->";
+/// The block of docs/benchmarks.md the connection and throughput rows rewrite.
+pub const RESULTS_BLOCK: &str = "results";
+/// The block the HTTP rows rewrite (`--http-only` touches only this one).
+pub const HTTP_BLOCK: &str = "http";
 
 /// All runs of one scenario under one load against one peer.
 pub struct Cell {
@@ -129,16 +131,20 @@ impl Facts {
         )
     }
 
+    /// When and on what: `Measured DATE on N CPUs (CPU), Linux K, switchyard COMMIT`.
+    pub fn measured(&self) -> String {
+        format!(
+            "Measured {} on {} CPUs ({}), Linux {}, switchyard {}",
+            self.date, self.nproc, self.cpu, self.kernel, self.commit
+        )
+    }
+
     /// The facts, then one line per scenario saying what it measures.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "Measured {} on {} CPUs ({}), Linux {}, switchyard {}; loopback, {} runs × {} s \
-             per row, concurrent = {} clients. Cells: median (min–max) over the runs.\n\n",
-            self.date,
-            self.nproc,
-            self.cpu,
-            self.kernel,
-            self.commit,
+            "{}; loopback, {} runs × {} s per row, concurrent = {} clients. Cells: median \
+             (min–max) over the runs.\n\n",
+            self.measured(),
             self.runs,
             self.seconds,
             self.concurrency
@@ -214,7 +220,9 @@ fn comparisons(cells: &[Cell]) -> impl Iterator<Item = (&Cell, &Cell)> {
         })
 }
 
-pub fn json(facts: &Facts, cells: &[Cell]) -> Result<String> {
+/// `results.json`: the facts, the connection rows and their comparisons, and `http`, the
+/// HTTP rows (an empty list when they were not measured).
+pub fn json(facts: &Facts, cells: &[Cell], http: Value) -> Result<String> {
     let spread = |c: &Cell, metric| {
         let s = c.spread(metric);
         json!({"median": round(s.median), "min": round(s.min), "max": round(s.max)})
@@ -276,6 +284,7 @@ pub fn json(facts: &Facts, cells: &[Cell]) -> Result<String> {
         },
         "results": results,
         "comparisons": comparisons,
+        "http": http,
     });
     Ok(serde_json::to_string_pretty(&doc)? + "\n")
 }
@@ -289,15 +298,20 @@ fn ratio(a: f64, b: f64) -> f64 {
     (a / b * 1000.0).round() / 1000.0
 }
 
-/// Replaces the text between the result markers of `doc` with `block`.
-pub fn update_doc(doc: &Path, block: &str) -> Result<()> {
+/// Replaces the text between the markers `<!-- bench:NAME:begin -->` and
+/// `<!-- bench:NAME:end -->` of `doc` with `block`, leaving the rest of the file alone.
+pub fn update_doc(doc: &Path, name: &str, block: &str) -> Result<()> {
+    let (begin, end) = (
+        format!("<!-- bench:{name}:begin -->"),
+        format!("<!-- bench:{name}:end -->"),
+    );
     let text = std::fs::read_to_string(doc).with_context(|| format!("read {}", doc.display()))?;
-    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
-        bail!("{} lacks the {BEGIN} … {END} markers", doc.display());
+    let (Some(b), Some(e)) = (text.find(&begin), text.find(&end)) else {
+        bail!("{} lacks the {begin} … {end} markers", doc.display());
     };
     if e < b {
-        bail!("{}: {END} comes before {BEGIN}", doc.display());
+        bail!("{}: {end} comes before {begin}", doc.display());
     }
-    let new = format!("{}{BEGIN}\n{block}{}", &text[..b], &text[e..]);
+    let new = format!("{}{begin}\n{block}{}", &text[..b], &text[e..]);
     std::fs::write(doc, new).with_context(|| format!("write {}", doc.display()))
 }
