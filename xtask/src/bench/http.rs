@@ -43,6 +43,23 @@ const BODY: &str = "upstream=web path=/bench\n";
 const WARMUP_SECONDS: u64 = 1;
 /// Seconds after which wrk counts a request as timed out.
 const WRK_TIMEOUT: &str = "5s";
+/// The one TLS 1.3 cipher suite the load clients offer, so that every TLS peer does the
+/// same record work (left alone, nginx 1.22 stops at TLS 1.2 and the servers that follow
+/// the client's order pick AES-256 for wrk and AES-128 for h2load).
+const CIPHER: &str = "TLS_AES_128_GCM_SHA256";
+/// The one key exchange group they offer.
+const GROUP: &str = "X25519";
+/// OpenSSL configuration (`OPENSSL_CONF`) of wrk, h2load and curl: TLS 1.3 only, [`CIPHER`]
+/// and [`GROUP`] only. wrk has no TLS options of its own; h2load sets its own TLS 1.3 list,
+/// so it also gets `--tls13-ciphers`.
+fn openssl_conf() -> String {
+    format!(
+        "# Written by cargo xtask bench for its HTTP load clients.\n\
+         openssl_conf = bench_conf\n[bench_conf]\nssl_conf = bench_ssl\n\
+         [bench_ssl]\nsystem_default = bench_tls\n[bench_tls]\n\
+         MinProtocol = TLSv1.3\nCiphersuites = {CIPHER}\nGroups = {GROUP}\n"
+    )
+}
 
 /// The load of the HTTP rows.
 pub struct Settings {
@@ -106,6 +123,7 @@ struct Servers {
     nginx: Running,
     haproxy: Running,
     pki: PathBuf,
+    logs: PathBuf,
 }
 
 impl Servers {
@@ -139,6 +157,7 @@ impl Servers {
             nginx,
             haproxy,
             pki: pki.to_path_buf(),
+            logs: logs.to_path_buf(),
         })
     }
 
@@ -187,10 +206,12 @@ impl Servers {
     }
 
     /// One `curl` per peer and protocol before measuring: the certificate verifies as
-    /// `localhost` against the bench CA, the protocol is the one asked for, and the body is
+    /// `localhost` against the bench CA, TLS 1.3 with [`CIPHER`] works (curl offers only
+    /// that, as the load clients do), the protocol is the one asked for, and the body is
     /// the upstream's.
     fn check(&self, via: Via, protocol: Protocol) -> Result<()> {
         let mut curl = Command::new("curl");
+        curl.env("OPENSSL_CONF", self.logs.join("bench-openssl.cnf"));
         curl.args(["-sS", "--max-time", "5", "-w", "\n%{http_version}"]);
         curl.arg(match (protocol, via) {
             (Protocol::Http1, _) => "--http1.1",
@@ -225,7 +246,8 @@ impl Servers {
 }
 
 /// nginx as a TLS-terminating reverse proxy: `http2` on the listener, HTTP/1.1 with a
-/// keep-alive pool to the upstream, no access log, no request limit per connection.
+/// keep-alive pool to the upstream, no access log, no request limit per connection, and
+/// TLS 1.3 enabled (nginx 1.22's default `ssl_protocols` ends at TLS 1.2).
 fn start_nginx(upstream: SocketAddr, logs: &Path, pki: &Path) -> Result<Running> {
     let addr: SocketAddr = ([127, 0, 0, 1], peers::free_port()?).into();
     let config = logs.join("nginx-http.conf");
@@ -241,9 +263,10 @@ fn start_nginx(upstream: SocketAddr, logs: &Path, pki: &Path) -> Result<Running>
              client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n  \
              fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  \
              scgi_temp_path {tmp}/scgi;\n  \
-             upstream web {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}\n  \
+             upstream web {{ server {upstream}; keepalive 256; keepalive_requests 1000000; }}\n  \
              server {{\n    listen {addr} ssl http2;\n    \
              ssl_certificate {pki}/proxy.crt;\n    ssl_certificate_key {pki}/proxy.key;\n    \
+             ssl_protocols TLSv1.2 TLSv1.3;\n    \
              keepalive_requests 1000000;\n    \
              location / {{\n      proxy_pass http://web;\n      proxy_http_version 1.1;\n      \
              proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
@@ -339,7 +362,7 @@ fn command(
     seconds: u64,
     logs: &Path,
 ) -> Command {
-    match protocol {
+    let mut c = match protocol {
         Protocol::Http1 => {
             let mut c = Command::new("wrk");
             c.args(["-t1", &format!("-c{}", settings.wrk_connections)]);
@@ -355,10 +378,9 @@ fn command(
                 "-D",
                 &seconds.to_string(),
             ]);
-            c.arg(format!(
-                "--log-file={}",
-                logs.join("h2load-requests.tsv").display()
-            ));
+            c.arg(format!("--tls13-ciphers={CIPHER}"));
+            let log = logs.join("h2load-requests.tsv");
+            c.arg(format!("--log-file={}", log.display()));
             if via != Via::Direct {
                 let addr = servers.addr(via);
                 c.arg(format!("--connect-to={}:{}", addr.ip(), addr.port()));
@@ -366,7 +388,9 @@ fn command(
             c.arg(servers.url(via));
             c
         }
-    }
+    };
+    c.env("OPENSSL_CONF", logs.join("bench-openssl.cnf"));
+    c
 }
 
 /// wrk's `done` hook: one machine-readable line with wrk's own totals and percentiles.
@@ -419,8 +443,9 @@ fn drive(
         Protocol::Http2 => {
             let log =
                 std::fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
+            let tls = (via != Via::Direct).then_some(("TLSv1.3", CIPHER, GROUP));
             let want = if via == Via::Direct { "h2c" } else { "h2" };
-            parse_h2load(&stdout, &log, want)
+            parse_h2load(&stdout, &log, want, tls)
         }
     }
     .with_context(|| format!("{}: {stdout}", what()))?;
@@ -457,16 +482,35 @@ fn parse_wrk(stdout: &str) -> Result<Load> {
 }
 
 /// Reads h2load's summary (`finished in …`, `requests: …`, the application protocol,
-/// which must be `protocol`) and its per-request log (start µs, status, µs to the end of
-/// the response) for the latency percentiles of the successful requests.
-fn parse_h2load(stdout: &str, log: &str, protocol: &str) -> Result<Load> {
-    let negotiated = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Application protocol:"))
-        .map(str::trim)
+/// which must be `protocol`, and the TLS version, cipher and key exchange, which must be
+/// `tls` when given) and its per-request log (start µs, status, µs to the end of the
+/// response) for the latency percentiles of the successful requests.
+fn parse_h2load(
+    stdout: &str,
+    log: &str,
+    protocol: &str,
+    tls: Option<(&str, &str, &str)>,
+) -> Result<Load> {
+    let printed = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let negotiated = printed("Application protocol")
         .context("h2load printed no application protocol (did the connections fail?)")?;
     if negotiated != protocol {
         bail!("h2load spoke {negotiated}, not {protocol}");
+    }
+    if let Some((version, cipher, group)) = tls {
+        let got = (
+            printed("TLS Protocol").unwrap_or("?"),
+            printed("Cipher").unwrap_or("?"),
+            printed("Server Temp Key").unwrap_or("?"),
+        );
+        if got.0 != version || got.1 != cipher || !got.2.starts_with(group) {
+            bail!("h2load negotiated {got:?}, not {version} {cipher} {group}");
+        }
     }
     let seconds = stdout
         .lines()
@@ -589,6 +633,7 @@ pub fn run(binary: &Path, out: &Path, pki: &Path, s: &Settings, measured: &str) 
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs)?;
     std::fs::write(logs.join("wrk-report.lua"), WRK_REPORT)?;
+    std::fs::write(logs.join("bench-openssl.cnf"), openssl_conf())?;
     let servers = Servers::start(binary, &logs, pki)?;
     for protocol in PROTOCOLS {
         for via in VIAS {
@@ -670,7 +715,8 @@ fn markdown(rows: &[Row], s: &Settings, measured: &str) -> String {
         "{measured}; loopback, {runs} runs × {secs} s per row. Upstream: `switchyard \
          demo-upstream --http` (body `{body}`, {len} bytes). HTTP/1.1: `wrk -t1 -c{c}` ({wrk}), \
          keep-alive. HTTP/2: `h2load -t1 -c{h2c} -m{m}` ({h2load}), h2 over TLS (h2c to the \
-         direct upstream). Peers: nginx {nginx}, HAProxy {haproxy}. Cells: median (min–max) \
+         direct upstream). TLS 1.3 with {CIPHER} and {GROUP} for every TLS peer. Peers: nginx {nginx}, \
+         HAProxy {haproxy}. Cells: median (min–max) \
          over the runs; CPU s/10k req: CPU seconds per 10 000 requests of the proxy's \
          processes, of the upstream, and of the whole machine (load client and kernel \
          included).\n\n\
@@ -776,14 +822,19 @@ mod tests {
     fn reads_h2loads_summary_and_log() {
         let out = "finished in 3.00s, 1000.00 req/s, 40.00KB/s\n\
                    requests: 3003 total, 3003 started, 3003 done, 3000 succeeded, 3 failed, \
-                   1 errored, 0 timeout\nApplication protocol: h2\n";
+                   1 errored, 0 timeout\nTLS Protocol: TLSv1.3\n\
+                   Cipher: TLS_AES_128_GCM_SHA256\nServer Temp Key: X25519 253 bits\n\
+                   Application protocol: h2\n";
         let log: String = (1..=100).map(|i| format!("1\t200\t{i}\n")).collect();
-        let load = parse_h2load(out, &(log.clone() + "1\t502\t99999\n"), "h2").unwrap();
+        let tls = Some(("TLSv1.3", CIPHER, GROUP));
+        let load = parse_h2load(out, &(log.clone() + "1\t502\t99999\n"), "h2", tls).unwrap();
         assert_eq!(load.requests, 3000);
         assert_eq!(load.seconds, 3.0);
         assert_eq!((load.p50_us, load.p99_us), (50.0, 99.0));
         assert_eq!(load.errors, 4);
-        assert!(parse_h2load(out, &log, "h2c").is_err());
+        assert!(parse_h2load(out, &log, "h2c", None).is_err());
+        let tls12 = Some(("TLSv1.2", CIPHER, GROUP));
+        assert!(parse_h2load(out, &log, "h2", tls12).is_err());
     }
 
     #[test]
