@@ -9,11 +9,15 @@
 
 mod addr;
 mod apps;
+mod nets;
 mod schema;
 mod validate;
 
 pub(crate) use addr::{dns_label, host_port, listen_addr};
 pub(crate) use apps::{http_target, HttpTarget};
+#[cfg(test)]
+pub(crate) use nets::Net;
+pub(crate) use nets::Nets;
 pub(crate) use schema::*;
 
 use serde::Deserialize;
@@ -65,6 +69,9 @@ pub(crate) struct Config {
     /// HTTP applications reached by host name on the proxy's port.
     #[serde(default)]
     pub(crate) apps: Vec<AppConfig>,
+    /// Client addresses allowed on the built-in routes, by `upstreams` key.
+    #[serde(default)]
+    pub(crate) allow_from: BuiltinAllowFrom,
     /// Deadlines, connection and buffer limits.
     #[serde(default)]
     pub(crate) limits: Limits,

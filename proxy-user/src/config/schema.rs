@@ -2,6 +2,7 @@
 //! (the operator's reference is `docs/config.md`). Defaults live here; checks that serde
 //! cannot make are in `validate`.
 
+use super::nets::Nets;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -59,13 +60,20 @@ pub(crate) struct ProxyService {
     /// Legacy MongoDB listener: relay to `upstreams.mongodb`.
     #[serde(default)]
     pub(crate) mongo_listen_addr: Option<String>,
-    /// `on`: every connection must start with one PROXY header; `off`: any header is refused;
-    /// unset: at most one header is accepted.
+    /// `on`: every connection must start with one PROXY header from a trusted proxy; `off`:
+    /// any header is refused; unset: at most one header is accepted, and its address is
+    /// believed only from a trusted proxy.
     #[serde(default)]
     pub(crate) proxy_protocol: Option<ProxyProtocol>,
-    /// Take the client address from `X-Forwarded-For` on connection upgrades (issue 5).
+    /// The balancers (addresses or CIDR ranges) whose PROXY headers and `X-Forwarded-For`
+    /// are believed; from any other peer they are never the client's address.
     #[serde(default)]
-    pub(crate) trust_x_forwarded_for: bool,
+    pub(crate) trusted_proxies: Nets,
+    /// Whether, and how, the client address of a connection upgrade comes from
+    /// `X-Forwarded-For` sent by a trusted proxy: `false`, `true` (exactly one value) or
+    /// `hops` (the right-most address that is not a trusted proxy).
+    #[serde(default)]
+    pub(crate) trust_x_forwarded_for: XffMode,
     /// Certificates the proxy presents on terminated routes, chosen by SNI; the first is the
     /// default.
     #[serde(default)]
@@ -90,6 +98,40 @@ impl OneOrMany {
             OneOrMany::One(s) => vec![s.clone()],
             OneOrMany::Many(v) => v.clone(),
         }
+    }
+}
+
+/// `proxy_service.trust_x_forwarded_for`: `false`, `true` or `hops`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum XffMode {
+    /// `false`: the header is not looked at.
+    #[default]
+    Off,
+    /// `true`: exactly one value, from a trusted proxy.
+    Single,
+    /// `hops`: a list through a chain of trusted proxies.
+    Hops,
+}
+
+impl<'de> Deserialize<'de> for XffMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<XffMode, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = XffMode;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or hops")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<XffMode, E> {
+                Ok(if v { XffMode::Single } else { XffMode::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<XffMode, E> {
+                match v {
+                    "hops" => Ok(XffMode::Hops),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -221,6 +263,10 @@ pub(crate) struct AppConfig {
     /// Require a client certificate from the cluster CA; default: when `allow` is set.
     #[serde(default)]
     pub(crate) client_auth: Option<bool>,
+    /// Client addresses allowed (after the trusted PROXY / `X-Forwarded-For` step); unset
+    /// allows any.
+    #[serde(default)]
+    pub(crate) allow_from: Option<Nets>,
 }
 
 impl AppConfig {
@@ -272,6 +318,54 @@ pub(crate) struct RouteConfig {
     /// `allow` is set. Only for `terminate`.
     #[serde(default)]
     pub(crate) client_auth: Option<bool>,
+    /// Client addresses allowed, checked before the TLS handshake; unset allows any.
+    #[serde(default)]
+    pub(crate) allow_from: Option<Nets>,
+}
+
+/// `allow_from` section: client addresses allowed on the built-in routes, by the
+/// `upstreams` key they reach; a route without an entry allows any address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BuiltinAllowFrom {
+    pub(crate) web: Option<Nets>,
+    pub(crate) ssh: Option<Nets>,
+    /// Every `upstreams.ssh_nodes` node.
+    pub(crate) ssh_nodes: Option<Nets>,
+    pub(crate) tunnel: Option<Nets>,
+    pub(crate) postgres: Option<Nets>,
+    pub(crate) mysql: Option<Nets>,
+    pub(crate) mongodb: Option<Nets>,
+    pub(crate) kube: Option<Nets>,
+    /// Every auth cluster.
+    pub(crate) auth: Option<Nets>,
+}
+
+impl BuiltinAllowFrom {
+    /// `(key, rule)` for every key that is set.
+    pub(crate) fn entries(&self) -> Vec<(&'static str, &Nets)> {
+        [
+            ("web", &self.web),
+            ("ssh", &self.ssh),
+            ("ssh_nodes", &self.ssh_nodes),
+            ("tunnel", &self.tunnel),
+            ("postgres", &self.postgres),
+            ("mysql", &self.mysql),
+            ("mongodb", &self.mongodb),
+            ("kube", &self.kube),
+            ("auth", &self.auth),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|n| (k, n)))
+        .collect()
+    }
+
+    /// The rule for the built-in routes of `upstreams.<key>`, if any.
+    pub(crate) fn get(&self, key: &str) -> Option<&Nets> {
+        self.entries()
+            .into_iter()
+            .find_map(|(k, n)| (k == key).then_some(n))
+    }
 }
 
 /// `routes[].mode`.
