@@ -11,7 +11,8 @@
 //!   the list.
 //! - `allow_from` on the Postgres route: psql through `proxy db` from an allowed source
 //!   (an office egress: tinyproxy bound to 127.0.0.2) works; from 127.0.0.1 it is refused
-//!   before the TLS handshake, and psql prints why.
+//!   before the TLS handshake, and psql prints why; on an app, curl from another source
+//!   gets the `access_denied` alert over TLS and a 403 over plaintext.
 //!
 //! After every refusal the proxy still serves other connections.
 
@@ -450,4 +451,64 @@ fn allow_from_on_the_postgres_route_admits_only_its_sources_and_psql_says_why() 
         out.stdout.contains("upstream=web path=/still-open"),
         "{out:?}"
     );
+}
+
+#[test]
+fn allow_from_on_an_app_is_checked_before_the_handshake_and_on_plaintext_requests() {
+    let pki = TestPki::new().unwrap();
+    let app = DemoUpstream::webapp("files").unwrap();
+    let mut text = ProxyConfig::default().render();
+    text += &format!(
+        "apps:\n  - {{name: files, public_addr: files.example.test, uri: 'http://{}', \
+         allow_from: ['127.0.0.2']}}\n",
+        app.addr
+    );
+    let proxy = Switchyard::start_text(&pki, &text, None).unwrap();
+    let port = proxy.web.port();
+    let ca = pki.ca_cert().display().to_string();
+    let resolve = format!("files.example.test:{port}:127.0.0.1");
+    let url = format!("https://files.example.test:{port}/api/hello");
+    let tls = |source: &str| {
+        let args = [
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "--interface",
+            source,
+            &url,
+        ];
+        curl(args).unwrap()
+    };
+    let refused = tls("127.0.0.1");
+    assert!(
+        !refused.success() && refused.stderr.contains("access denied"),
+        "curl should get the access_denied alert: {refused:?}"
+    );
+    let allowed = tls("127.0.0.2");
+    assert_eq!(
+        hello_json(allowed.stdout.as_bytes())["app"],
+        "files",
+        "{allowed:?}\n{}",
+        proxy.log()
+    );
+    let lines = wait_lines(&proxy, "the refusal", 1, |l| l.contains("source_refused"));
+    assert!(
+        lines[0].contains(
+            "route app:files refused: client 127.0.0.1 (from peer) is not in apps[0].allow_from"
+        ),
+        "{}",
+        lines[0]
+    );
+    // Over plaintext the host names the app per request: refused there too.
+    let plain = format!("http://127.0.0.1:{port}/api/hello");
+    let host = "Host: files.example.test";
+    let out = curl(["-H", host, "--interface", "127.0.0.1", &plain]).unwrap();
+    assert!(
+        out.stdout
+            .starts_with("403 Forbidden: app files does not accept clients from 127.0.0.1"),
+        "{out:?}"
+    );
+    let out = curl(["-H", host, "--interface", "127.0.0.2", &plain]).unwrap();
+    assert_eq!(hello_json(out.stdout.as_bytes())["app"], "files", "{out:?}");
 }
