@@ -1,7 +1,8 @@
 //! The configuration file: [`Config`] and one serde struct per YAML section ([`schema`]), a
 //! doc comment on every field, and [`Config::load`] which parses and validates
 //! ([`validate`]) with messages that name the key. [`addr`] holds the address types both
-//! the router and the client parse (`host:port`, listen addresses, DNS labels).
+//! the router and the client parse (`host:port`, listen addresses, DNS labels); [`trust`]
+//! the trust settings (address ranges, `trust_x_forwarded_for`, the `allow_from` section).
 //!
 //! Keys follow the reference (`version`, `auth_service.*`, `proxy_service.*`) so its
 //! migration guide reads literally; `upstreams`, `routes`, `limits` and `diag_addr` are
@@ -9,16 +10,16 @@
 
 mod addr;
 mod apps;
-mod nets;
 mod schema;
+mod trust;
 mod validate;
 
 pub(crate) use addr::{dns_label, host_port, listen_addr};
 pub(crate) use apps::{http_target, HttpTarget};
-#[cfg(test)]
-pub(crate) use nets::Net;
-pub(crate) use nets::Nets;
 pub(crate) use schema::*;
+#[cfg(test)]
+pub(crate) use trust::Net;
+pub(crate) use trust::{BuiltinAllowFrom, Nets, XffMode};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

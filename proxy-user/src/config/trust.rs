@@ -1,6 +1,8 @@
-//! Address ranges in the configuration: [`Net`] (one `ip` or `ip/prefix`, IPv4 or IPv6,
-//! parsed with `ipnet` while the file is read) and [`Nets`] (a list, and whether an address
-//! is in it). `proxy_service.trusted_proxies` and every `allow_from` are `Nets`.
+//! The trust settings of the configuration: address ranges — [`Net`] (one `ip` or
+//! `ip/prefix`, IPv4 or IPv6, parsed with `ipnet` while the file is read) and [`Nets`] (a
+//! list, and whether an address is in it) for `proxy_service.trusted_proxies` and every
+//! `allow_from` — the [`XffMode`] of `trust_x_forwarded_for`, and the top-level
+//! `allow_from` section ([`BuiltinAllowFrom`]).
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -73,6 +75,85 @@ impl fmt::Display for Nets {
             n.fmt(f)?;
         }
         f.write_str("]")
+    }
+}
+
+/// `proxy_service.trust_x_forwarded_for`: `false`, `true` or `hops`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum XffMode {
+    /// `false`: the header is not looked at.
+    #[default]
+    Off,
+    /// `true`: exactly one value, from a trusted proxy.
+    Single,
+    /// `hops`: a list through a chain of trusted proxies.
+    Hops,
+}
+
+impl<'de> Deserialize<'de> for XffMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<XffMode, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = XffMode;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or hops")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<XffMode, E> {
+                Ok(if v { XffMode::Single } else { XffMode::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<XffMode, E> {
+                match v {
+                    "hops" => Ok(XffMode::Hops),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `allow_from` section: client addresses allowed on the built-in routes, by the
+/// `upstreams` key they reach; a route without an entry allows any address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BuiltinAllowFrom {
+    pub(crate) web: Option<Nets>,
+    pub(crate) ssh: Option<Nets>,
+    /// Every `upstreams.ssh_nodes` node.
+    pub(crate) ssh_nodes: Option<Nets>,
+    pub(crate) tunnel: Option<Nets>,
+    pub(crate) postgres: Option<Nets>,
+    pub(crate) mysql: Option<Nets>,
+    pub(crate) mongodb: Option<Nets>,
+    pub(crate) kube: Option<Nets>,
+    /// Every auth cluster.
+    pub(crate) auth: Option<Nets>,
+}
+
+impl BuiltinAllowFrom {
+    /// `(key, rule)` for every key that is set.
+    pub(crate) fn entries(&self) -> Vec<(&'static str, &Nets)> {
+        [
+            ("web", &self.web),
+            ("ssh", &self.ssh),
+            ("ssh_nodes", &self.ssh_nodes),
+            ("tunnel", &self.tunnel),
+            ("postgres", &self.postgres),
+            ("mysql", &self.mysql),
+            ("mongodb", &self.mongodb),
+            ("kube", &self.kube),
+            ("auth", &self.auth),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|n| (k, n)))
+        .collect()
+    }
+
+    /// The rule for the built-in routes of `upstreams.<key>`, if any.
+    pub(crate) fn get(&self, key: &str) -> Option<&Nets> {
+        self.entries()
+            .into_iter()
+            .find_map(|(k, n)| (k == key).then_some(n))
     }
 }
 
