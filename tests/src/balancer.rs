@@ -1,13 +1,14 @@
 //! Real load balancers in front of the proxy: nginx as a TLS-terminating layer-7 reverse
-//! proxy ([`Nginx::layer7`]), HAProxy in `mode http` ([`HAProxy::http`]) and HAProxy in
+//! proxy ([`Nginx::layer7`], or one of a chain, [`Nginx::hop`]), HAProxy in `mode http` ([`HAProxy::http`]) and HAProxy in
 //! `mode tcp` sending a PROXY v2 header ([`HAProxy::tcp_proxy_v2`]); and tinyproxy as the
 //! HTTP `CONNECT` proxy of clients' `HTTPS_PROXY` ([`ConnectProxy`]).
 //!
 //! Each runs in the foreground as a [`Proc`] (stopped on drop) with every file it writes
 //! (config, pid, logs, temp dirs) in the caller's directory, listens on a free
 //! `127.0.0.1` port (retried on "address in use"), and reaches its backend from
-//! [`BALANCER_SOURCE`], so the proxy's `client=` (the balancer) differs from the
-//! `real_client=` it learns from `X-Forwarded-For` or the PROXY header (the client).
+//! [`BALANCER_SOURCE`] (unless told another loopback source) (a trusted proxy in [`start_proxy`]), so the proxy's `peer=` (the
+//! balancer) differs from the `client=` it learns from `X-Forwarded-For` or the PROXY
+//! header (the client).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -55,21 +56,22 @@ impl Balancer {
 
 /// Starts the proxy with `config`, plus `proxy_service.trust_x_forwarded_for: true` when
 /// `trust_xff`, and `limits` keys (`"key: value"`, e.g. `"ping_interval: 2s"`) that
-/// [`ProxyConfig`] does not model.
+/// [`ProxyConfig`] does not model. The balancers connect from [`BALANCER_SOURCE`]: it is
+/// the trusted proxy unless `config` names its own `trusted_proxies`.
 pub fn start_proxy(
     pki: &TestPki,
     config: &ProxyConfig,
     trust_xff: bool,
     limits: &[&str],
 ) -> Result<Switchyard> {
-    let mut text = config.render();
+    let mut config = config.clone();
     if trust_xff {
-        let off = "trust_x_forwarded_for: false";
-        if !text.contains(off) {
-            bail!("ProxyConfig::render no longer writes `{off}`:\n{text}");
-        }
-        text = text.replace(off, "trust_x_forwarded_for: true");
+        config.trust_x_forwarded_for = "true".into();
     }
+    if config.trusted_proxies.is_empty() {
+        config.trusted_proxies.push(BALANCER_SOURCE.to_string());
+    }
+    let mut text = config.render();
     for key in limits {
         if !text.contains("limits: {") {
             bail!("ProxyConfig::render no longer writes `limits: {{`:\n{text}");
@@ -95,7 +97,14 @@ impl Nginx {
         backend: SocketAddr,
         read_timeout: Option<Duration>,
     ) -> Result<Balancer> {
-        Nginx::configure(dir, front_cert, front_key, backend, read_timeout, false)
+        let read_timeout = read_timeout.unwrap_or(Duration::from_secs(60));
+        let hop = Hop {
+            source: BALANCER_SOURCE,
+            forwarded_for: "$remote_addr",
+            read_timeout,
+            pooled: false,
+        };
+        nginx(dir, front_cert, front_key, backend, hop)
     }
 
     /// [`Nginx::layer7`] with an upstream `keepalive` pool toward the proxy: requests of
@@ -107,77 +116,113 @@ impl Nginx {
         front_key: &Path,
         backend: SocketAddr,
     ) -> Result<Balancer> {
-        Nginx::configure(dir, front_cert, front_key, backend, None, true)
+        let hop = Hop {
+            source: BALANCER_SOURCE,
+            forwarded_for: "$remote_addr",
+            read_timeout: Duration::from_secs(60),
+            pooled: true,
+        };
+        nginx(dir, front_cert, front_key, backend, hop)
     }
 
-    fn configure(
+    /// One balancer of a chain: as [`Nginx::layer7`], but reaching `backend` (the proxy, or
+    /// the next balancer) from `source`, and appending its client to the `X-Forwarded-For`
+    /// it received (`$proxy_add_x_forwarded_for`) instead of setting it.
+    pub fn hop(
         dir: &Path,
         front_cert: &Path,
         front_key: &Path,
         backend: SocketAddr,
-        read_timeout: Option<Duration>,
-        pooled: bool,
+        source: IpAddr,
     ) -> Result<Balancer> {
-        let nginx = require_tool("nginx", "nginx", &[])?;
-        let read_timeout = read_timeout.unwrap_or(Duration::from_secs(60)).as_millis();
-        let d = dir.display();
-        let (pool, target, no_upgrade) = if pooled {
-            (
-                format!("  upstream switchyard {{ server {backend}; keepalive 4; }}\n"),
-                "switchyard".to_owned(),
-                "''",
-            )
-        } else {
-            (String::new(), backend.to_string(), "close")
+        let hop = Hop {
+            source,
+            forwarded_for: "$proxy_add_x_forwarded_for",
+            read_timeout: Duration::from_secs(60),
+            pooled: false,
         };
-        start("nginx", dir, |port| {
-            let config = dir.join("nginx.conf");
-            std::fs::write(
-                &config,
-                format!(
-                    "daemon off;\nmaster_process off;\nworker_processes 1;\n\
-                     pid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\n\
-                     events {{ worker_connections 256; }}\n\
-                     http {{\n\
-                     \x20 access_log {d}/nginx-access.log;\n\
-                     \x20 client_body_temp_path {d}/client_body;\n\
-                     \x20 proxy_temp_path {d}/proxy_temp;\n\
-                     \x20 fastcgi_temp_path {d}/fastcgi_temp;\n\
-                     \x20 uwsgi_temp_path {d}/uwsgi_temp;\n\
-                     \x20 scgi_temp_path {d}/scgi_temp;\n\
-                     \x20 map $http_upgrade $connection_upgrade {{ default upgrade; '' {no_upgrade}; }}\n\
-                     {pool}\
-                     \x20 server {{\n\
-                     \x20   listen 127.0.0.1:{port} ssl;\n\
-                     \x20   server_name localhost;\n\
-                     \x20   ssl_certificate {cert};\n\
-                     \x20   ssl_certificate_key {key};\n\
-                     \x20   location / {{\n\
-                     \x20     proxy_pass https://{target};\n\
-                     \x20     proxy_http_version 1.1;\n\
-                     \x20     proxy_set_header Host $host;\n\
-                     \x20     proxy_set_header Upgrade $http_upgrade;\n\
-                     \x20     proxy_set_header Connection $connection_upgrade;\n\
-                     \x20     proxy_set_header X-Forwarded-For $remote_addr;\n\
-                     \x20     proxy_ssl_server_name off;\n\
-                     \x20     proxy_bind {BALANCER_SOURCE};\n\
-                     \x20     proxy_read_timeout {read_timeout}ms;\n\
-                     \x20   }}\n\
-                     \x20 }}\n\
-                     }}\n",
-                    cert = front_cert.display(),
-                    key = front_key.display(),
-                ),
-            )?;
-            let mut cmd = Command::new(&nginx);
-            cmd.arg("-p")
-                .arg(dir)
-                .arg("-e")
-                .arg(dir.join("nginx-error.log"));
-            cmd.arg("-c").arg(&config);
-            Ok(cmd)
-        })
+        nginx(dir, front_cert, front_key, backend, hop)
     }
+}
+
+/// What differs between the nginx fixtures.
+struct Hop {
+    /// `proxy_bind`.
+    source: IpAddr,
+    /// The value of `proxy_set_header X-Forwarded-For`.
+    forwarded_for: &'static str,
+    read_timeout: Duration,
+    /// An upstream `keepalive` pool (`Connection: ""` unless upgrading).
+    pooled: bool,
+}
+
+fn nginx(
+    dir: &Path,
+    front_cert: &Path,
+    front_key: &Path,
+    backend: SocketAddr,
+    hop: Hop,
+) -> Result<Balancer> {
+    let nginx = require_tool("nginx", "nginx", &[])?;
+    let read_timeout = hop.read_timeout.as_millis();
+    let (source, xff) = (hop.source, hop.forwarded_for);
+    let d = dir.display();
+    let (pool, target, no_upgrade) = if hop.pooled {
+        (
+            format!("  upstream switchyard {{ server {backend}; keepalive 4; }}\n"),
+            "switchyard".to_owned(),
+            "''",
+        )
+    } else {
+        (String::new(), backend.to_string(), "close")
+    };
+    start("nginx", dir, |port| {
+        let config = dir.join("nginx.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\n\
+                 pid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n\
+                 \x20 access_log {d}/nginx-access.log;\n\
+                 \x20 client_body_temp_path {d}/client_body;\n\
+                 \x20 proxy_temp_path {d}/proxy_temp;\n\
+                 \x20 fastcgi_temp_path {d}/fastcgi_temp;\n\
+                 \x20 uwsgi_temp_path {d}/uwsgi_temp;\n\
+                 \x20 scgi_temp_path {d}/scgi_temp;\n\
+                 \x20 map $http_upgrade $connection_upgrade {{ default upgrade; '' {no_upgrade}; }}\n\
+                 {pool}\
+                 \x20 server {{\n\
+                 \x20   listen 127.0.0.1:{port} ssl;\n\
+                 \x20   server_name localhost;\n\
+                 \x20   ssl_certificate {cert};\n\
+                 \x20   ssl_certificate_key {key};\n\
+                 \x20   location / {{\n\
+                 \x20     proxy_pass https://{target};\n\
+                 \x20     proxy_http_version 1.1;\n\
+                 \x20     proxy_set_header Host $host;\n\
+                 \x20     proxy_set_header Upgrade $http_upgrade;\n\
+                 \x20     proxy_set_header Connection $connection_upgrade;\n\
+                 \x20     proxy_set_header X-Forwarded-For {xff};\n\
+                 \x20     proxy_ssl_server_name off;\n\
+                 \x20     proxy_bind {source};\n\
+                 \x20     proxy_read_timeout {read_timeout}ms;\n\
+                 \x20   }}\n\
+                 \x20 }}\n\
+                 }}\n",
+                cert = front_cert.display(),
+                key = front_key.display(),
+            ),
+        )?;
+        let mut cmd = Command::new(&nginx);
+        cmd.arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("nginx-error.log"));
+        cmd.arg("-c").arg(&config);
+        Ok(cmd)
+    })
 }
 
 /// HAProxy in the foreground (`-db`), logging requests to stderr.
@@ -308,6 +353,13 @@ pub struct ConnectProxy {
 impl ConnectProxy {
     /// Starts tinyproxy on a free loopback port, with its files in `dir`.
     pub fn start(dir: &Path) -> Result<ConnectProxy> {
+        ConnectProxy::start_from(dir, None)
+    }
+
+    /// [`ConnectProxy::start`], its outgoing connections from `source` (`Bind`): what
+    /// it relays reaches the proxy as a client at that address (an office's egress).
+    pub fn start_from(dir: &Path, source: Option<IpAddr>) -> Result<ConnectProxy> {
+        let bind = source.map_or(String::new(), |s| format!("Bind {s}\n"));
         let tinyproxy = require_tool("tinyproxy", "tinyproxy", &[])?;
         let inner = start("tinyproxy", dir, |port| {
             let config = dir.join("tinyproxy.conf");
@@ -316,7 +368,7 @@ impl ConnectProxy {
                 &config,
                 format!(
                     "User nobody\nGroup nogroup\nPort {port}\nListen 127.0.0.1\nTimeout 600\n\
-                     LogLevel Info\nMaxClients 100\nAllow 127.0.0.1\n"
+                     LogLevel Info\nMaxClients 100\nAllow 127.0.0.1\n{bind}"
                 ),
             )?;
             let mut cmd = Command::new(&tinyproxy);

@@ -37,6 +37,33 @@ pub use process::Proc;
 pub use sshd::Sshd;
 pub use switchyard::{switchyard_bin, DemoUpstream, ProxyConfig, Switchyard};
 
+/// The values of the field `name` in a log line of the proxy (`name=value` after `{` or a
+/// space, so `client` does not match `claimed_client`; quotes of string values removed),
+/// outermost span first, the event's own fields last.
+pub fn log_fields<'a>(line: &'a str, name: &str) -> Vec<&'a str> {
+    let key = format!("{name}=");
+    let mut out = Vec::new();
+    for (i, _) in line.match_indices(&key) {
+        let before = line[..i].chars().next_back();
+        if !matches!(before, Some('{' | ' ')) {
+            continue;
+        }
+        let rest = &line[i + key.len()..];
+        let end = rest.find([' ', '}']).unwrap_or(rest.len());
+        out.push(rest[..end].trim_matches('"'));
+    }
+    out
+}
+
+/// The client address a log line says decisions were made on, and how it was obtained:
+/// the innermost `client=` and `client_from=` (an upgrade's inner connection carries its
+/// own when `X-Forwarded-For` was believed).
+pub fn decided_client(line: &str) -> Option<(&str, &str)> {
+    let client = *log_fields(line, "client").last()?;
+    let from = *log_fields(line, "client_from").last()?;
+    Some((client, from))
+}
+
 /// A loopback port that was free a moment ago (bind `127.0.0.1:0`, read it, close).
 ///
 /// Only for servers that cannot bind `:0` and report the port themselves (sshd,

@@ -3,7 +3,7 @@
 //! ([`read_head`]), and [`expect_closed`], which measures how long the peer takes to close.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -127,6 +127,23 @@ pub fn legacy_head(protocol: &str) -> Vec<u8> {
         &format!("X-Teleport-Upgrade: {protocol}"),
         "Connection: Upgrade",
     ])
+}
+
+/// Connects to `addr` from the local address `source` (another loopback address, such as
+/// 127.0.0.2, to be a different client than 127.0.0.1).
+pub fn connect_from(source: IpAddr, addr: SocketAddr) -> Result<TcpStream> {
+    use rustix::net::{bind, connect as connect_to, socket, AddressFamily, SocketType};
+    let family = if source.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = socket(family, SocketType::STREAM, None)?;
+    bind(&fd, &SocketAddr::new(source, 0))?;
+    connect_to(&fd, &addr)?;
+    let stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(stream)
 }
 
 /// Connects to `addr` (5 s timeout).

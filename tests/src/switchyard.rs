@@ -97,6 +97,12 @@ fn build_switchyard() -> Result<PathBuf> {
 pub struct ProxyConfig {
     /// `proxy_service.proxy_protocol`: `Some("on")`, `Some("off")`, or omitted.
     pub proxy_protocol: Option<String>,
+    /// `proxy_service.trusted_proxies` (addresses or CIDRs); omitted when empty.
+    pub trusted_proxies: Vec<String>,
+    /// `proxy_service.trust_x_forwarded_for`: `false`, `true` or `hops`.
+    pub trust_x_forwarded_for: String,
+    /// The top-level `allow_from:` section: `(upstreams key, YAML list)`.
+    pub allow_from: Vec<(String, String)>,
     /// `limits.handshake_timeout`.
     pub handshake_timeout: String,
     /// `upstreams.<key>: <value>` (value is YAML: an address or a flow map).
@@ -111,6 +117,9 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             proxy_protocol: None,
+            trusted_proxies: Vec::new(),
+            trust_x_forwarded_for: "false".into(),
+            allow_from: Vec::new(),
             handshake_timeout: "2s".into(),
             upstreams: Vec::new(),
             routes: Vec::new(),
@@ -152,6 +161,30 @@ impl ProxyConfig {
         self
     }
 
+    /// Adds `proxy_service.trusted_proxies` entries.
+    pub fn trusted(mut self, proxies: &[&str]) -> Self {
+        self.trusted_proxies
+            .extend(proxies.iter().map(|p| p.to_string()));
+        self
+    }
+
+    /// Sets `proxy_service.trust_x_forwarded_for` (`false`, `true`, `hops`).
+    pub fn trust_xff(mut self, value: &str) -> Self {
+        self.trust_x_forwarded_for = value.into();
+        self
+    }
+
+    /// Sets `allow_from.<key>` (`key` an `upstreams` key) to the ranges `nets`.
+    pub fn allow_from(mut self, key: &str, nets: &[&str]) -> Self {
+        let list = nets
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.allow_from.push((key.into(), format!("[{list}]")));
+        self
+    }
+
     /// The config file text.
     pub fn render(&self) -> String {
         let mut y = String::from(
@@ -160,9 +193,18 @@ impl ProxyConfig {
              proxy_service:\n  web_listen_addr: 127.0.0.1:0\n\
              \x20 public_addr: proxy.example.test:3080\n\
              \x20 https_keypairs: [{cert_file: proxy.crt, key_file: proxy.key}]\n\
-             \x20 client_ca_file: ca.crt\n\
-             \x20 trust_x_forwarded_for: false\n",
+             \x20 client_ca_file: ca.crt\n",
         );
+        y += &format!("  trust_x_forwarded_for: {}\n", self.trust_x_forwarded_for);
+        if !self.trusted_proxies.is_empty() {
+            let list = self
+                .trusted_proxies
+                .iter()
+                .map(|p| format!("'{p}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            y += &format!("  trusted_proxies: [{list}]\n");
+        }
         if let Some(pp) = &self.proxy_protocol {
             y += &format!("  proxy_protocol: \"{pp}\"\n");
         }
@@ -182,6 +224,12 @@ impl ProxyConfig {
             y += "routes:\n";
             for route in &self.routes {
                 y += &format!("  - {route}\n");
+            }
+        }
+        if !self.allow_from.is_empty() {
+            y += "allow_from:\n";
+            for (key, list) in &self.allow_from {
+                y += &format!("  {key}: {list}\n");
             }
         }
         y += "diag_addr: 127.0.0.1:0\n";

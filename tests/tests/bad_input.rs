@@ -24,6 +24,10 @@ fn setup(handshake_timeout: &str, proxy_protocol: Option<&str>) -> Setup {
     let mut config = ProxyConfig::default().upstream("web", web.addr);
     config.handshake_timeout = handshake_timeout.into();
     config.proxy_protocol = proxy_protocol.map(String::from);
+    // The tests' connections (from 127.0.0.1) play the balancer under `on`.
+    if proxy_protocol == Some("on") {
+        config = config.trusted(&["127.0.0.1"]);
+    }
     let proxy = Switchyard::start(&pki, &config).unwrap();
     Setup {
         _pki: pki,

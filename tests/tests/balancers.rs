@@ -22,13 +22,15 @@ use switchyard_tests::postgres::psql;
 use switchyard_tests::process::Proc;
 use switchyard_tests::sshd::{scp_10mb, ScpCopy};
 use switchyard_tests::{
-    curl, free_port, require_tool, run_with_timeout, wait_until, DemoUpstream, Postgres,
-    ProxyConfig, SClient, SClientOutput, Sshd, Switchyard, TempDir, TestPki,
+    curl, decided_client, free_port, require_tool, run_with_timeout, wait_until, DemoUpstream,
+    Postgres, ProxyConfig, SClient, SClientOutput, Sshd, Switchyard, TempDir, TestPki,
 };
 
-/// What the proxy logs for a connection whose client address came from nginx's or
-/// HAProxy's `X-Forwarded-For` (the local proxy's address as the balancer saw it).
-const REAL_FROM_XFF: &str = "real_client=127.0.0.1";
+/// Whether a proxy log line decided on the client 127.0.0.1 (the local proxy's address as
+/// the balancer saw it) from nginx's or HAProxy's `X-Forwarded-For`.
+fn client_from_xff(line: &str) -> bool {
+    decided_client(line) == Some(("127.0.0.1", "x_forwarded_for"))
+}
 
 fn start_proxy(
     pki: &TestPki,
@@ -82,7 +84,7 @@ fn assert_upgraded(proxy: &Switchyard, balancer: &Balancer, route: &str, client:
     let inner = || {
         proxy.log().lines().any(|l| {
             l.contains(route)
-                && l.contains(REAL_FROM_XFF)
+                && client_from_xff(l)
                 && l.contains("upgrade=")
                 && l.contains("websocket")
                 && l.contains("ping")
@@ -101,7 +103,7 @@ fn assert_upgraded(proxy: &Switchyard, balancer: &Balancer, route: &str, client:
     let what = if !inner() {
         format!(
             "no proxy log line for {route:?} with upgrade=websocket(alpn-ping) and \
-             {REAL_FROM_XFF:?}"
+             client=127.0.0.1 client_from=x_forwarded_for"
         )
     } else if balancer.log().contains("/webapi/connectionupgrade") {
         "the balancer logged /webapi/connectionupgrade, but not answered 101".to_owned()
@@ -123,6 +125,9 @@ fn assert_upgraded(proxy: &Switchyard, balancer: &Balancer, route: &str, client:
 fn web_proxy(pki: &TestPki, web: &DemoUpstream, proxy_protocol: Option<&str>) -> Switchyard {
     let mut config = ProxyConfig::default().upstream("web", web.addr);
     config.proxy_protocol = proxy_protocol.map(String::from);
+    if proxy_protocol.is_some() {
+        config = config.trusted(&[&BALANCER_SOURCE.to_string()]);
+    }
     Switchyard::start(pki, &config).unwrap()
 }
 
@@ -163,7 +168,7 @@ fn fixture_nginx_layer7_reaches_the_web_route_and_strips_alpn() {
     let front = nginx(&pki, &dir, &proxy, None);
     assert_curl_reaches_web(&pki, &front, &proxy, "/through-nginx");
     assert!(
-        proxy.log().contains(&format!("client={BALANCER_SOURCE}:")),
+        proxy.log().contains(&format!("peer={BALANCER_SOURCE}:")),
         "nginx did not connect from {BALANCER_SOURCE}\n{}",
         proxy.log()
     );
@@ -203,12 +208,29 @@ fn fixture_haproxy_tcp_sends_proxy_v2_with_the_client_address() {
     let dir = TempDir::new("haproxy-tcp").unwrap();
     let front = HAProxy::tcp_proxy_v2(dir.path(), proxy.web).unwrap();
     assert_curl_reaches_web(&pki, &front, &proxy, "/through-l4");
-    let log = proxy.log();
-    assert!(
-        log.contains(&format!("client={BALANCER_SOURCE}:"))
-            && log.contains("real_client=127.0.0.1:"),
-        "expected client={BALANCER_SOURCE} (HAProxy) and real_client=127.0.0.1:PORT (curl)\n{log}"
-    );
+    assert_proxy_v2_client(&proxy.log());
+}
+
+/// Every closing line of the proxy names HAProxy as the peer and, from its PROXY v2
+/// header, the client's own address (127.0.0.1:PORT) as the client.
+fn assert_proxy_v2_client(log: &str) {
+    let closed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection closed"))
+        .collect();
+    assert!(!closed.is_empty(), "no closing line\n{log}");
+    for line in closed {
+        let peer = switchyard_tests::log_fields(line, "peer");
+        let (client, from) = decided_client(line).unwrap_or_default();
+        assert!(
+            peer.len() == 1
+                && peer[0].starts_with(&format!("{BALANCER_SOURCE}:"))
+                && client.starts_with("127.0.0.1:")
+                && from == "proxy_v2",
+            "expected peer={BALANCER_SOURCE}:PORT (HAProxy) client=127.0.0.1:PORT \
+             client_from=proxy_v2 (its PROXY v2 header): {line}\n{log}"
+        );
+    }
 }
 
 // ---- nginx (layer 7) in front ----------------------------------------------------------
@@ -656,12 +678,7 @@ fn haproxy_tcp_proxy_v2_keeps_direct_tls_routing_and_the_client_address() {
     );
     let log = proxy.log();
     assert!(log.contains("ssh:node1"), "{log}");
-    assert!(
-        log.contains(&format!("client={BALANCER_SOURCE}:"))
-            && log.contains("real_client=127.0.0.1:"),
-        "expected client={BALANCER_SOURCE}:PORT (HAProxy) and real_client=127.0.0.1:PORT (from \
-         the PROXY v2 header)\n{log}"
-    );
+    assert_proxy_v2_client(&log);
     // A layer-4 balancer passes ALPN through: no upgrade is needed.
     assert!(
         !log.contains("upgrade=") && !log.contains("connection upgraded"),
@@ -714,8 +731,8 @@ fn legacy_upgrade_mode_through_nginx_and_haproxy_http() {
         let line = upgraded_line(&proxy, "alpn_ping");
         assert!(
             line.as_ref()
-                .is_some_and(|l| !l.contains("websocket") && l.contains(REAL_FROM_XFF)),
-            "{front_kind}: no legacy alpn-ping upgrade with {REAL_FROM_XFF} logged for echo-app: \
+                .is_some_and(|l| !l.contains("websocket") && client_from_xff(l)),
+            "{front_kind}: no legacy alpn-ping upgrade with client=127.0.0.1 from X-Forwarded-For logged for echo-app: \
              {line:?}\n{}",
             context()
         );

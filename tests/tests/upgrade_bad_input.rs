@@ -20,7 +20,9 @@ use switchyard_tests::balancer::start_proxy;
 use switchyard_tests::raw::{
     connect, exchange, expect_closed, http_request, legacy_head, read_head, upgrade_head, Head,
 };
-use switchyard_tests::{wait_until, DemoUpstream, ProxyConfig, Switchyard, TestPki};
+use switchyard_tests::{
+    decided_client, wait_until, DemoUpstream, ProxyConfig, Switchyard, TestPki,
+};
 
 /// The proxy under test: web upstream `web`, the TCP app `echo.example.test` (ALPN
 /// teleport-tcp, client certificate) → an echo upstream, `trust_x_forwarded_for: true`, a
@@ -36,7 +38,10 @@ fn setup() -> Setup {
     let pki = TestPki::new().unwrap();
     let web = DemoUpstream::http("web").unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
-    let mut config = ProxyConfig::default().upstream("web", web.addr);
+    // The tests' own connections (from 127.0.0.1) play the balancer.
+    let mut config = ProxyConfig::default()
+        .upstream("web", web.addr)
+        .trusted(&["127.0.0.1"]);
     config.routes.push(format!(
         "{{name: echo-app, sni: echo.example.test, alpn: teleport-tcp, mode: terminate, upstream: '{}'}}",
         echo.addr
@@ -403,12 +408,14 @@ fn websocket_tunnel_over_tls_carries_inner_tls_and_takes_x_forwarded_for() {
     inner_get(&s, WsStream::new(outer));
     wait_until(
         Duration::from_secs(5),
-        "real_client from X-Forwarded-For",
+        "the client from X-Forwarded-For",
         || {
-            Ok(s.proxy
-                .log()
-                .contains("real_client=203.0.113.7")
-                .then_some(()))
+            let log = s.proxy.log();
+            let believed = log.lines().any(|l| {
+                l.contains("connection closed")
+                    && decided_client(l) == Some(("203.0.113.7", "x_forwarded_for"))
+            });
+            Ok(believed.then_some(()))
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", s.proxy.log()));

@@ -20,19 +20,27 @@ use switchyard_tests::{
 };
 
 /// Starts the proxy with `upstreams.web` (when given), the `apps:` entries (YAML flow
-/// maps) and `trust_x_forwarded_for`.
+/// maps) and `trust_x_forwarded_for` for the tests' own connections (127.0.0.1).
 fn proxy(pki: &TestPki, web: Option<SocketAddr>, apps: &[String], trust: bool) -> Switchyard {
-    let mut config = ProxyConfig::default();
+    let trusted: &[&str] = if trust { &["127.0.0.1"] } else { &[] };
+    proxy_trusting(pki, web, apps, trust, trusted)
+}
+
+/// [`proxy`] with `trusted_proxies` of its own.
+fn proxy_trusting(
+    pki: &TestPki,
+    web: Option<SocketAddr>,
+    apps: &[String],
+    trust: bool,
+    trusted: &[&str],
+) -> Switchyard {
+    let mut config = ProxyConfig::default()
+        .trust_xff(if trust { "true" } else { "false" })
+        .trusted(trusted);
     if let Some(web) = web {
         config = config.upstream("web", web);
     }
     let mut text = config.render();
-    if trust {
-        text = text.replace(
-            "trust_x_forwarded_for: false",
-            "trust_x_forwarded_for: true",
-        );
-    }
     if !apps.is_empty() {
         text += "apps:\n";
         for a in apps {
@@ -395,7 +403,7 @@ fn two_apps_by_name_an_unknown_name_and_an_allow_list() {
 }
 
 #[test]
-fn x_forwarded_headers_reach_the_app_and_a_spoofed_for_is_believed_only_when_trusted() {
+fn x_forwarded_headers_reach_the_app_and_a_spoofed_for_is_believed_only_from_a_trusted_proxy() {
     let pki = TestPki::new().unwrap();
     let app = DemoUpstream::webapp("echo").unwrap();
     let spoof = [
@@ -404,11 +412,13 @@ fn x_forwarded_headers_reach_the_app_and_a_spoofed_for_is_believed_only_when_tru
         "-H",
         "X-Forwarded-Host: evil.example",
     ];
-    for (trust, xff, host) in [
-        (false, "127.0.0.1", "proxy.example.test:PORT"),
-        (true, "203.0.113.9, 127.0.0.1", "evil.example"),
+    // Trusting X-Forwarded-For from another address (127.0.0.3) than curl's: not believed.
+    for (trust, trusted, xff, host) in [
+        (false, "127.0.0.1", "127.0.0.1", "proxy.example.test:PORT"),
+        (true, "127.0.0.3", "127.0.0.1", "proxy.example.test:PORT"),
+        (true, "127.0.0.1", "203.0.113.9, 127.0.0.1", "evil.example"),
     ] {
-        let p = proxy(&pki, Some(app.addr), &[], trust);
+        let p = proxy_trusting(&pki, Some(app.addr), &[], trust, &[trusted]);
         let out = curl_to(&pki, &p, "proxy.example.test", "/api/hello", &spoof);
         let hello: Value = serde_json::from_str(body_and_version(&out).0).unwrap();
         let host = host.replace("PORT", &p.web.port().to_string());

@@ -207,7 +207,28 @@ impl Connector {
         self.connector
             .connect(self.server_name.clone(), transport)
             .await
-            .map_err(|e| self.classify(e))
+            .map_err(|e| self.classify_handshake(e))
+    }
+
+    /// A failure during the handshake: `access_denied` there is what the proxy answers a
+    /// ClientHello from an address the route's `allow_from` does not hold (under TLS 1.3
+    /// a refused certificate arrives later, on the first read: [`Connector::classify`]).
+    fn classify_handshake(&self, error: io::Error) -> ClientError {
+        let alert = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>());
+        match alert {
+            Some(rustls::Error::AlertReceived(a @ AlertDescription::AccessDenied)) => {
+                ClientError::Denied {
+                    proxy: self.proxy.clone(),
+                    sni: self.sni.clone(),
+                    alpn: self.alpn.clone(),
+                    subject: self.subject.clone(),
+                    alert: format!("{a:?}"),
+                }
+            }
+            _ => self.classify(error),
+        }
     }
 
     /// Names a TLS-level failure: during the handshake, or (TLS 1.3 decides on the client

@@ -120,7 +120,13 @@ async fn handle(
         Local::Raw => relay(stream, connector.dial().await?, connector).await,
         Local::Postgres => {
             let startup = pg::local_startup(&mut stream).await?;
-            let mut tls = connector.dial().await?;
+            let mut tls = match connector.dial().await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    pg::refuse(&mut stream, &e).await;
+                    return Err(e);
+                }
+            };
             tls.write_all(&startup)
                 .await
                 .map_err(|e| connector.classify(e))?;

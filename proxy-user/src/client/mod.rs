@@ -55,6 +55,14 @@ pub(crate) enum ClientError {
         subject: String,
         alert: String,
     },
+    #[error("proxy {proxy} denied access to SNI {sni:?} ALPN {alpn:?} ({alert}): this client's address is not in the route's allow_from (or certificate {subject} is not in its allow list)")]
+    Denied {
+        proxy: String,
+        sni: String,
+        alpn: Vec<String>,
+        subject: String,
+        alert: String,
+    },
     #[error(
         "proxy {proxy} presented a certificate the cluster CA does not vouch for ({name}): {error}"
     )]

@@ -4,7 +4,9 @@
 //! follows, so `sslmode=prefer` and `disable` both work.
 //!
 //! [`classify`] is pure (bytes in, answer out, `Ok(None)` while the 8-byte head has not
-//! arrived); [`local_startup`] reads the client's packets and answers them.
+//! arrived); [`local_startup`] reads the client's packets and answers them. When the
+//! connection to the proxy fails, [`error_response`] tells psql why, so the reason is
+//! printed by the client itself (`FATAL:  switchyard: proxy … denied access …`).
 
 use super::ClientError;
 use crate::protocol::{PG_GSSENC_REQUEST, PG_SSL_REQUEST};
@@ -89,6 +91,36 @@ pub(crate) async fn local_startup(client: &mut TcpStream) -> Result<Vec<u8>, Cli
     }
 }
 
+/// A Postgres `ErrorResponse` (severity FATAL, SQLSTATE 08001: the client could not
+/// establish the connection) carrying `message`.
+pub(crate) fn error_response(message: &str) -> Vec<u8> {
+    let mut fields = Vec::new();
+    for (code, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "08001"),
+        (b'M', message),
+    ] {
+        fields.push(code);
+        // A NUL would end the field early: the message is one C string.
+        fields.extend(value.bytes().filter(|&b| b != 0));
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut packet = vec![b'E'];
+    packet.extend(((fields.len() + 4) as u32).to_be_bytes());
+    packet.extend(fields);
+    packet
+}
+
+/// Tells psql why its connection cannot go on, best effort, then closes it.
+pub(crate) async fn refuse(client: &mut TcpStream, error: &ClientError) {
+    let _ = client
+        .write_all(&error_response(&format!("switchyard: {error}")))
+        .await;
+    let _ = client.shutdown().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +193,15 @@ mod tests {
         }
         assert!(classify(&[0, 0, 0, 7, 0, 3, 0, 0]).is_err());
         assert!(classify(&[0, 0, 0x27, 0x11, 0, 3, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn error_response_is_one_fatal_message() {
+        let p = error_response("no\0 route");
+        assert_eq!(p[0], b'E');
+        let len = u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize;
+        assert_eq!(len + 1, p.len());
+        assert_eq!(&p[5..], b"SFATAL\0VFATAL\0C08001\0Mno route\0\0");
     }
 
     #[tokio::test]

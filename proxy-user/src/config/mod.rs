@@ -1,7 +1,8 @@
 //! The configuration file: [`Config`] and one serde struct per YAML section ([`schema`]), a
 //! doc comment on every field, and [`Config::load`] which parses and validates
 //! ([`validate`]) with messages that name the key. [`addr`] holds the address types both
-//! the router and the client parse (`host:port`, listen addresses, DNS labels).
+//! the router and the client parse (`host:port`, listen addresses, DNS labels); [`trust`]
+//! the trust settings (address ranges, `trust_x_forwarded_for`, the `allow_from` section).
 //!
 //! Keys follow the reference (`version`, `auth_service.*`, `proxy_service.*`) so its
 //! migration guide reads literally; `upstreams`, `routes`, `limits` and `diag_addr` are
@@ -10,11 +11,15 @@
 mod addr;
 mod apps;
 mod schema;
+mod trust;
 mod validate;
 
 pub(crate) use addr::{dns_label, host_port, listen_addr};
 pub(crate) use apps::{http_target, HttpTarget};
 pub(crate) use schema::*;
+#[cfg(test)]
+pub(crate) use trust::Net;
+pub(crate) use trust::{BuiltinAllowFrom, Nets, XffMode};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -65,6 +70,9 @@ pub(crate) struct Config {
     /// HTTP applications reached by host name on the proxy's port.
     #[serde(default)]
     pub(crate) apps: Vec<AppConfig>,
+    /// Client addresses allowed on the built-in routes, by `upstreams` key.
+    #[serde(default)]
+    pub(crate) allow_from: BuiltinAllowFrom,
     /// Deadlines, connection and buffer limits.
     #[serde(default)]
     pub(crate) limits: Limits,

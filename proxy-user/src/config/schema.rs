@@ -2,6 +2,7 @@
 //! (the operator's reference is `docs/config.md`). Defaults live here; checks that serde
 //! cannot make are in `validate`.
 
+use super::trust::{Nets, XffMode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -59,13 +60,20 @@ pub(crate) struct ProxyService {
     /// Legacy MongoDB listener: relay to `upstreams.mongodb`.
     #[serde(default)]
     pub(crate) mongo_listen_addr: Option<String>,
-    /// `on`: every connection must start with one PROXY header; `off`: any header is refused;
-    /// unset: at most one header is accepted.
+    /// `on`: every connection must start with one PROXY header from a trusted proxy; `off`:
+    /// any header is refused; unset: at most one header is accepted, and its address is
+    /// believed only from a trusted proxy.
     #[serde(default)]
     pub(crate) proxy_protocol: Option<ProxyProtocol>,
-    /// Take the client address from `X-Forwarded-For` on connection upgrades (issue 5).
+    /// The balancers (addresses or CIDR ranges) whose PROXY headers and `X-Forwarded-For`
+    /// are believed; from any other peer they are never the client's address.
     #[serde(default)]
-    pub(crate) trust_x_forwarded_for: bool,
+    pub(crate) trusted_proxies: Nets,
+    /// Whether, and how, the client address of a connection upgrade comes from
+    /// `X-Forwarded-For` sent by a trusted proxy: `false`, `true` (exactly one value) or
+    /// `hops` (the right-most address that is not a trusted proxy).
+    #[serde(default)]
+    pub(crate) trust_x_forwarded_for: XffMode,
     /// Certificates the proxy presents on terminated routes, chosen by SNI; the first is the
     /// default.
     #[serde(default)]
@@ -221,6 +229,10 @@ pub(crate) struct AppConfig {
     /// Require a client certificate from the cluster CA; default: when `allow` is set.
     #[serde(default)]
     pub(crate) client_auth: Option<bool>,
+    /// Client addresses allowed (after the trusted PROXY / `X-Forwarded-For` step); unset
+    /// allows any.
+    #[serde(default)]
+    pub(crate) allow_from: Option<Nets>,
 }
 
 impl AppConfig {
@@ -272,6 +284,9 @@ pub(crate) struct RouteConfig {
     /// `allow` is set. Only for `terminate`.
     #[serde(default)]
     pub(crate) client_auth: Option<bool>,
+    /// Client addresses allowed, checked before the TLS handshake; unset allows any.
+    #[serde(default)]
+    pub(crate) allow_from: Option<Nets>,
 }
 
 /// `routes[].mode`.

@@ -151,3 +151,81 @@ fn http_upstreams_and_apps_are_checked_key_by_key() {
     ));
     assert!(e.contains("limits.max_http_head_bytes"), "{e}");
 }
+
+const TLS: &str = "
+proxy_service:
+  web_listen_addr: 127.0.0.1:3080
+";
+
+#[test]
+fn trusted_proxies_and_allow_from_are_parsed() {
+    let c = Config::parse(
+        &format!(
+            "{TLS}  trusted_proxies: [127.0.0.3, 10.0.0.0/8, '2001:db8::/32']\n  \
+             trust_x_forwarded_for: hops\n  proxy_protocol: \"on\"\n\
+             upstreams: {{postgres: 127.0.0.1:5432}}\n\
+             routes:\n  - {{sni: a.test, mode: passthrough, upstream: 127.0.0.1:1, allow_from: [192.0.2.0/24]}}\n\
+             allow_from: {{postgres: [127.0.0.2]}}\n"
+        ),
+        Path::new("."),
+    )
+    .unwrap();
+    let p = &c.proxy_service;
+    assert_eq!(
+        p.trusted_proxies.to_string(),
+        "[127.0.0.3/32, 10.0.0.0/8, 2001:db8::/32]"
+    );
+    assert_eq!(p.trust_x_forwarded_for, XffMode::Hops);
+    assert_eq!(
+        c.routes[0].allow_from.as_ref().unwrap().to_string(),
+        "[192.0.2.0/24]"
+    );
+    assert_eq!(
+        c.allow_from.get("postgres").unwrap().to_string(),
+        "[127.0.0.2/32]"
+    );
+    assert!(c.allow_from.get("ssh").is_none());
+    for (word, mode) in [
+        ("false", XffMode::Off),
+        ("true", XffMode::Single),
+        ("hops", XffMode::Hops),
+    ] {
+        let text =
+            format!("{TLS}  trusted_proxies: [127.0.0.3]\n  trust_x_forwarded_for: {word}\n");
+        let c = Config::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(c.proxy_service.trust_x_forwarded_for, mode, "{word}");
+    }
+    let c = Config::parse(TLS, Path::new(".")).unwrap();
+    assert_eq!(c.proxy_service.trust_x_forwarded_for, XffMode::Off);
+    assert!(c.proxy_service.trusted_proxies.is_empty());
+}
+
+#[test]
+fn trust_settings_without_trusted_proxies_and_bad_ranges_are_refused() {
+    let e = err(&format!("{TLS}  proxy_protocol: \"on\"\n"));
+    assert!(
+        e.contains("`proxy_service.trusted_proxies`") && e.contains("proxy_protocol"),
+        "{e}"
+    );
+    let e = err(&format!("{TLS}  trust_x_forwarded_for: true\n"));
+    assert!(
+        e.contains("`proxy_service.trusted_proxies`") && e.contains("X-Forwarded-For"),
+        "{e}"
+    );
+    let e = err(&format!("{TLS}  trusted_proxies: [10.0.0.5/8]\n"));
+    assert!(e.contains("did you mean 10.0.0.0/8?"), "{e}");
+    let e = err(&format!("{TLS}  trusted_proxies: [lb.example.com]\n"));
+    assert!(
+        e.contains("`lb.example.com` is not an address or a CIDR"),
+        "{e}"
+    );
+    let e = err(&format!("{TLS}  trust_x_forwarded_for: always\n"));
+    assert!(e.contains("trust_x_forwarded_for"), "{e}");
+    let e = err(&format!("{TLS}allow_from: {{postgres: []}}\n"));
+    assert!(
+        e.contains("`allow_from.postgres`") && e.contains("empty list"),
+        "{e}"
+    );
+    let e = err(&format!("{TLS}allow_from: {{postgress: [10.0.0.0/8]}}\n"));
+    assert!(e.contains("unknown field `postgress`"), "{e}");
+}

@@ -2,7 +2,7 @@
 //! (`proxy_service.web_listen_addr`, `routes[2].upstream`, `limits.max_hello_bytes`, ...).
 
 use super::addr::{dns_label, host_port, listen_addr};
-use super::{AuthUpstreams, Config, ConfigError, RouteMode};
+use super::{AuthUpstreams, Config, ConfigError, Nets, ProxyProtocol, RouteMode, XffMode};
 use std::path::Path;
 
 impl Config {
@@ -38,6 +38,7 @@ impl Config {
         if let Some(ca) = &p.client_ca_file {
             readable("proxy_service.client_ca_file", &self.path(ca))?;
         }
+        self.validate_trust()?;
         let u = &self.upstreams;
         self.validate_http()?;
         for (key, value) in [
@@ -153,6 +154,51 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.handshake_timeout",
                 "timeouts must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `trusted_proxies` with what relies on it, and every `allow_from`.
+    fn validate_trust(&self) -> Result<(), ConfigError> {
+        let p = &self.proxy_service;
+        let untrusting = p.trusted_proxies.is_empty();
+        if untrusting && p.proxy_protocol == Some(ProxyProtocol::On) {
+            return Err(ConfigError::invalid(
+                "proxy_service.trusted_proxies",
+                "required with proxy_protocol: \"on\": the addresses of the balancers that send PROXY headers (from any other peer a connection is refused)",
+            ));
+        }
+        if untrusting && p.trust_x_forwarded_for != XffMode::Off {
+            return Err(ConfigError::invalid(
+                "proxy_service.trusted_proxies",
+                "required with trust_x_forwarded_for: the addresses of the balancers whose X-Forwarded-For is believed",
+            ));
+        }
+        let mut rules: Vec<(String, &Nets)> = vec![];
+        for (i, r) in self.routes.iter().enumerate() {
+            rules.extend(
+                r.allow_from
+                    .iter()
+                    .map(|n| (format!("routes[{i}].allow_from"), n)),
+            );
+        }
+        for (i, a) in self.apps.iter().enumerate() {
+            rules.extend(
+                a.allow_from
+                    .iter()
+                    .map(|n| (format!("apps[{i}].allow_from"), n)),
+            );
+        }
+        for (key, n) in self.allow_from.entries() {
+            rules.push((format!("allow_from.{key}"), n));
+        }
+        if let Some((key, _)) = rules.into_iter().find(|(_, n)| n.is_empty()) {
+            return Err(ConfigError::invalid(
+                key,
+                "an empty list would refuse every client: remove the key to allow any address",
             ));
         }
         Ok(())

@@ -84,8 +84,10 @@ pub(crate) async fn drain(permits: &Semaphore, max: usize, deadline: Duration) {
 async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer: SocketAddr) {
     let span = info_span!(
         "conn",
-        client = %peer,
-        real_client = field::Empty,
+        peer = %peer,
+        client = field::Empty,
+        client_from = field::Empty,
+        claimed_client = field::Empty,
         sni = field::Empty,
         alpn = field::Empty,
         negotiated = field::Empty,
@@ -98,7 +100,7 @@ async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer
         let started = Instant::now();
         let result = match ingress {
             Ingress::Multiplex => conn::handle(&proxy, stream, peer).await,
-            Ingress::Fixed(route) => conn::fixed(&proxy, stream, &route).await,
+            Ingress::Fixed(route) => conn::fixed(&proxy, stream, peer, &route).await,
         };
         let ms = started.elapsed().as_millis() as u64;
         match result {
@@ -131,6 +133,11 @@ async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer
 /// clients must not become a flood of log lines); the count of suppressed lines is
 /// reported with the next line that passes.
 fn log_failure(proxy: &Proxy, e: &ConnError, duration_ms: u64) {
+    if let ConnError::Inner { span, error } = e {
+        // In the inner connection's span: its client, SNI and route are on the line.
+        let _inner = span.enter();
+        return log_failure(proxy, error, duration_ms);
+    }
     let outcome = e.detect_outcome();
     if let Some(outcome) = outcome {
         proxy.metrics.detect(outcome);
@@ -151,6 +158,10 @@ fn log_failure(proxy: &Proxy, e: &ConnError, duration_ms: u64) {
             warn!(reason, duration_ms, "connection refused: {e}")
         }
         ConnError::Upstream { .. } => error!(duration_ms, "{e}"),
+        ConnError::SourceRefused { .. } => warn!(
+            outcome = "source_refused",
+            duration_ms, "connection refused: {e}"
+        ),
         ConnError::Upgrade(r) => warn!(
             outcome = "upgrade_refused",
             status = r.status,

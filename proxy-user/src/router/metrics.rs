@@ -29,6 +29,15 @@ pub(crate) struct Upgrade {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Claim {
+    /// `proxy_v1`, `proxy_v2` or `x_forwarded_for`.
+    pub(crate) kind: &'static str,
+    /// `believed` (from a trusted proxy), `ignored` (kept as `claimed_client` only) or
+    /// `refused` (the connection was closed: `proxy_protocol: on`).
+    pub(crate) outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Protocol {
     pub(crate) protocol: &'static str,
 }
@@ -41,7 +50,8 @@ pub(crate) struct Outcome {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RouteAction {
     pub(crate) route: String,
-    /// `passthrough`, `terminate`, `relay` (plaintext) or `reject`.
+    /// `passthrough`, `terminate`, `relay` (plaintext), `reject` (no route) or
+    /// `source_refused` (the route's `allow_from`).
     pub(crate) action: &'static str,
 }
 
@@ -82,6 +92,7 @@ pub(crate) struct RouteLabel {
 pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) upgrades: Family<Upgrade, Counter>,
+    pub(crate) claims: Family<Claim, Counter>,
     pub(crate) accepted: Family<Accepted, Counter>,
     pub(crate) active: Family<Protocol, Gauge>,
     pub(crate) detect: Family<Outcome, Counter>,
@@ -106,6 +117,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             upgrades: Family::default(),
+            claims: Family::default(),
             accepted: Family::default(),
             active: Family::default(),
             detect: Family::default(),
@@ -125,6 +137,11 @@ impl Metrics {
             "switchyard_connection_upgrades",
             "Requests to /webapi/connectionupgrade, by upgrade kind and outcome",
             m.upgrades.clone(),
+        );
+        registry.register(
+            "switchyard_client_address_claims",
+            "Client addresses claimed by PROXY headers and X-Forwarded-For, by kind and outcome",
+            m.claims.clone(),
         );
         registry.register(
             "switchyard_accepted_connections",
@@ -194,6 +211,10 @@ impl Metrics {
 
     pub(crate) fn detect(&self, outcome: &'static str) {
         self.detect.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub(crate) fn claim(&self, kind: &'static str, outcome: &'static str) {
+        self.claims.get_or_create(&Claim { kind, outcome }).inc();
     }
 
     pub(crate) fn upgrade(&self, kind: &'static str, outcome: &'static str) {

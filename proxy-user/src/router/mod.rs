@@ -4,7 +4,8 @@
 //! it a span; [`conn`] runs it — [`detect`] classifies the first bytes, [`hello`] parses a
 //! TLS ClientHello, [`route`] picks a route, [`certs`] holds the TLS configurations of the
 //! terminated routes, [`http`] serves the web route and the HTTP apps, [`webapi`] answers
-//! the proxy's own endpoints — and hands the bytes to `relay`. [`state`] is the routing state built from the configuration, [`run`] starts
+//! the proxy's own endpoints, [`trust`] decides whose address a connection is from and
+//! whether a route's `allow_from` admits it — and hands the bytes to `relay`. [`state`] is the routing state built from the configuration, [`run`] starts
 //! the listeners and handles signals (reload, drain), [`metrics`] and [`diag`] are what
 //! operators watch.
 
@@ -20,4 +21,5 @@ pub(crate) mod ratelimit;
 pub(crate) mod route;
 pub(crate) mod run;
 pub(crate) mod state;
+pub(crate) mod trust;
 pub(crate) mod webapi;

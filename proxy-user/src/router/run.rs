@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
     let a = config::listen_addr(key, addr)?;
@@ -36,6 +36,7 @@ pub(crate) async fn serve(
     ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    warn_untrusted_headers(&config);
     // Before any listener: sockets belong to the cgroup of the process that creates them.
     let fallback = PlainRelay::chosen().describe();
     let frontend = ebpf::start(mode, fallback).context("--ebpf require")?;
@@ -116,6 +117,20 @@ pub(crate) async fn serve(
     ebpf::stop();
     info!("stopped");
     Ok(())
+}
+
+/// Once at start: an unset `proxy_protocol` with no trusted proxies takes PROXY headers
+/// from anyone, and believes none of them.
+fn warn_untrusted_headers(config: &Config) {
+    let p = &config.proxy_service;
+    if p.proxy_protocol.is_none() && p.trusted_proxies.is_empty() {
+        warn!(
+            "proxy_service.proxy_protocol is unset and proxy_service.trusted_proxies is empty: \
+             PROXY headers are accepted from any peer without verification; their addresses are \
+             never used as the client's, only logged as claimed_client (set proxy_protocol: \"off\" \
+             if no balancer sends them, or list the balancers in trusted_proxies)"
+        );
+    }
 }
 
 /// SIGHUP: reload certificates and routes; live connections keep the old ones. Listener

@@ -7,7 +7,7 @@ use super::certs;
 use super::http::Front;
 use super::metrics::Metrics;
 use super::ratelimit::RateLimit;
-use super::route::{Mode, Role, RouteEntry, Table};
+use super::route::{builtin_rule, Mode, Role, RouteEntry, Table};
 use crate::config::{Config, ConfigError};
 use rustls::ServerConfig;
 use std::sync::Arc;
@@ -79,5 +79,6 @@ pub(crate) fn legacy_route(config: &Config, key: &str) -> Result<Route, ConfigEr
         upstream: Some(upstream),
         alpn: vec![],
         allow: vec![],
+        allow_from: builtin_rule(config, name),
     })
 }

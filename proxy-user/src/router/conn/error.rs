@@ -6,6 +6,7 @@ use crate::relay::RelayStats;
 use crate::router::hello::HelloError;
 use crate::router::webapi::Refused;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 use thiserror::Error;
 use tracing::Span;
@@ -27,12 +28,16 @@ pub(crate) enum ConnError {
     ProxyForbidden,
     #[error("a second PROXY header is not allowed")]
     SecondProxy,
+    #[error("PROXY header from {peer}, which is not in proxy_service.trusted_proxies (proxy_protocol: on takes headers only from the balancers)")]
+    ProxyUntrusted { peer: SocketAddr },
     #[error("preface larger than {0} bytes (limits.max_hello_bytes)")]
     TooLarge(usize),
     #[error("bad ClientHello: {0}")]
     BadHello(#[from] HelloError),
     #[error("no route: {0}")]
     NoRoute(String),
+    #[error("route {route} refused: {reason}")]
+    SourceRefused { route: String, reason: String },
     #[error("TLS handshake failed on route {route}: {error}")]
     Handshake {
         route: String,
@@ -49,6 +54,9 @@ pub(crate) enum ConnError {
     Upgrade(Refused),
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The connection carried by an upgrade failed: logged in its own span.
+    #[error("{error}")]
+    Inner { span: Span, error: Box<ConnError> },
 }
 
 impl ConnError {
@@ -62,8 +70,10 @@ impl ConnError {
             ConnError::ProxyRequired => "proxy_required",
             ConnError::ProxyForbidden => "proxy_forbidden",
             ConnError::SecondProxy => "second_proxy_header",
+            ConnError::ProxyUntrusted { .. } => "proxy_untrusted",
             ConnError::TooLarge(_) => "too_large",
             ConnError::BadHello(_) => "bad_client_hello",
+            ConnError::Inner { error, .. } => return error.detect_outcome(),
             _ => return None,
         })
     }

@@ -1,10 +1,14 @@
 //! One client connection of the single port, from accept to close: detect the protocol
-//! (stripping PROXY headers), then hand it to the stage that routes it — [`tls`] (read the
+//! (stripping PROXY headers, whose source is the client only from a trusted proxy:
+//! `router::trust`), then hand it to the stage that routes it — [`tls`] (read the
 //! ClientHello, route, pass through or terminate), [`plaintext`] (legacy SSH, HTTP and
 //! Postgres), [`web`] (the web route's own endpoints and the connection upgrade) — and
 //! [`upstream`] (dial, relay). Each stage returns what comes next, and this module chains
 //! them: a terminated web connection goes to `web`, and the inner connection of an upgrade
-//! comes back to `tls` as a connection of its own (one level deep).
+//! comes back to `tls` as a connection of its own (one level deep), from the client a
+//! trusted `X-Forwarded-For` names. The client used for decisions, and how it was
+//! obtained, are recorded once in the connection's span (`client`, `client_from`; a claim
+//! not believed is `claimed_client`).
 //!
 //! Everything before the relay reads through one [`Preface`] and runs under its one
 //! [`Deadline`] (`limits.handshake_timeout`), so a slow or silent client costs a timer, not a
@@ -25,6 +29,8 @@ use super::detect::{detect, Detected, PgRequest, ProxyHeader};
 use super::http;
 use super::metrics::Accepted;
 use super::state::Proxy;
+use super::trust::{proxy_verdict, Client, ClientAddr, ClientFrom, Verdict};
+use super::webapi::{Forwarded, Xff};
 use crate::config::ProxyProtocol;
 use crate::io::BoxedIo;
 use error::hex_preview;
@@ -33,7 +39,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tls::Tls;
 use tokio::net::TcpStream;
-use tracing::{Instrument, Span};
+use tracing::{field, Instrument, Span};
 use upstream::ClientIo;
 use web::Web;
 
@@ -87,44 +93,13 @@ pub(crate) async fn handle(
     let limits = &proxy.config.limits;
     let deadline = Deadline::after(limits.handshake_timeout);
     let mut pre = Preface::accepted(deadline, limits.max_hello_bytes);
-    let policy = proxy.config.proxy_service.proxy_protocol;
-    let mut header: Option<ProxyHeader> = None;
-    let routable = loop {
-        match pre
-            .read_until(&mut stream, "protocol preface", step)
-            .await?
-        {
-            Step::Routable(r) => break r,
-            Step::Proxy(h) => {
-                if policy == Some(ProxyProtocol::Off) {
-                    return Err(ConnError::ProxyForbidden);
-                }
-                if header.is_some() {
-                    return Err(ConnError::SecondProxy);
-                }
-                proxy.metrics.detect(if h.version == 1 {
-                    "proxy_v1"
-                } else {
-                    "proxy_v2"
-                });
-                if let Some(src) = h.source {
-                    Span::current().record("real_client", tracing::field::display(src));
-                }
-                pre.skip(h.len);
-                header = Some(h);
-            }
-        }
-    };
-    if policy == Some(ProxyProtocol::On) && header.is_none() {
-        return Err(ConnError::ProxyRequired);
-    }
+    let mut client = Client::peer(peer);
+    let detected = first_bytes(proxy, &mut stream, &mut pre, peer, &mut client).await;
+    // Once, whatever detection ended with: every closing line names the client.
+    record_client(&Span::current(), &client);
+    let (routable, header) = detected?;
     pre.settle();
-    let client = header.as_ref().and_then(|h| h.source).unwrap_or(peer);
-    let ingress = if header.is_some() {
-        "proxy_protocol"
-    } else {
-        "direct"
-    };
+    let ingress = if header { "proxy_protocol" } else { "direct" };
     let protocol = routable.label();
     proxy.metrics.detect(protocol);
     proxy
@@ -142,30 +117,80 @@ pub(crate) async fn handle(
         Routable::Http => "web",
         Routable::Postgres(_) => "postgres",
     };
-    match plaintext::plaintext(proxy, stream, pre, route).await? {
+    match plaintext::plaintext(proxy, stream, pre, route, &client).await? {
         plaintext::Plain::Done(done) => Ok(done),
         plaintext::Plain::Web(stream, pre, route) => {
-            let conn = http::Conn {
-                route: route.name.clone(),
-                tls: false,
-                h2: false,
-                identity: None,
-                client,
-                upgrades: true,
-            };
-            web_connection(proxy, stream, pre, route, conn).await
+            let conn = http_conn(proxy, route, false, false, None, &client, true);
+            web_connection(proxy, stream, pre, route, conn, client).await
         }
     }
 }
 
+/// Detection of the first bytes, PROXY headers judged on the way
+/// (`proxy_service.proxy_protocol`, `trusted_proxies`): `client` becomes a trusted
+/// header's source; an untrusted one's is only `claimed_client`. Returns what was found
+/// and whether a header came first.
+async fn first_bytes(
+    proxy: &Proxy,
+    stream: &mut TcpStream,
+    pre: &mut Preface,
+    peer: SocketAddr,
+    client: &mut Client,
+) -> Result<(Routable, bool), ConnError> {
+    let service = &proxy.config.proxy_service;
+    let policy = service.proxy_protocol;
+    let peer_trusted = service.trusted_proxies.contains(peer.ip());
+    let mut header = false;
+    let routable = loop {
+        let h = match pre.read_until(stream, "protocol preface", step).await? {
+            Step::Routable(r) => break r,
+            Step::Proxy(h) => h,
+        };
+        if policy == Some(ProxyProtocol::Off) {
+            return Err(ConnError::ProxyForbidden);
+        }
+        if header {
+            return Err(ConnError::SecondProxy);
+        }
+        let from = ClientFrom::proxy(h.version);
+        proxy.metrics.detect(from.label());
+        let verdict = proxy_verdict(policy, peer_trusted);
+        if let Some(src) = h.source {
+            let outcome = match verdict {
+                Verdict::Believe => {
+                    *client = Client {
+                        addr: ClientAddr::Socket(src),
+                        from,
+                    };
+                    "believed"
+                }
+                Verdict::Claim => "ignored",
+                Verdict::Refuse => "refused",
+            };
+            if verdict != Verdict::Believe {
+                Span::current().record("claimed_client", field::display(src));
+            }
+            proxy.metrics.claim(from.label(), outcome);
+        }
+        if verdict == Verdict::Refuse {
+            return Err(ConnError::ProxyUntrusted { peer });
+        }
+        pre.skip(h.len);
+        header = true;
+    };
+    if policy == Some(ProxyProtocol::On) && !header {
+        return Err(ConnError::ProxyRequired);
+    }
+    Ok((routable, header))
+}
 /// A TLS connection on the socket, from `client` (as believed).
 async fn tls_connection<C: ClientIo>(
     proxy: &Arc<Proxy>,
     stream: C,
     pre: Preface,
-    client: SocketAddr,
+    client: Client,
 ) -> Result<Finished, ConnError> {
-    match tls::tls(proxy, stream, pre).await? {
+    match tls::tls(proxy, stream, pre, &client).await? {
         Tls::Done(done) => Ok(done),
         Tls::Web {
             stream,
@@ -174,29 +199,23 @@ async fn tls_connection<C: ClientIo>(
             identity,
             h2,
         } => {
-            let conn = http::Conn {
-                route: route.name.clone(),
-                tls: true,
-                h2,
-                identity,
-                client,
-                upgrades: true,
-            };
-            web_connection(proxy, stream, preface, route, conn).await
+            let conn = http_conn(proxy, route, true, h2, identity, &client, true);
+            web_connection(proxy, stream, preface, route, conn, client).await
         }
     }
 }
 
-/// The web route; an upgrade's inner connection is routed in its own span, and the
-/// closing line carries both.
+/// The web route; an upgrade's inner connection is routed in its own span, from the
+/// client a trusted `X-Forwarded-For` names (else the same client), and the closing line
+/// carries both spans.
 async fn web_connection<C: ClientIo>(
     proxy: &Arc<Proxy>,
     stream: C,
     pre: Preface,
     route: &super::state::Route,
     conn: http::Conn,
+    client: Client,
 ) -> Result<Finished, ConnError> {
-    let client = conn.client;
     match web::web(proxy, stream, pre, route, conn).await? {
         Web::Done(done) => Ok(done),
         Web::Upgraded {
@@ -205,13 +224,24 @@ async fn web_connection<C: ClientIo>(
             span,
             forwarded_for,
         } => {
-            let client = forwarded_for.map_or(client, |a| a.socket());
+            let client = match forwarded_for {
+                Forwarded::Believed(addr) => Client {
+                    addr,
+                    from: ClientFrom::XForwardedFor,
+                },
+                Forwarded::Claimed(_) | Forwarded::None => client,
+            };
             let inner = inner_connection(proxy, tunnel, preface, client);
-            let done = inner.instrument(span.clone()).await?;
-            Ok(Finished {
-                inner: Some(span),
-                ..done
-            })
+            match inner.instrument(span.clone()).await {
+                Ok(done) => Ok(Finished {
+                    inner: Some(span),
+                    ..done
+                }),
+                Err(error) => Err(ConnError::Inner {
+                    span,
+                    error: Box::new(error),
+                }),
+            }
         }
     }
 }
@@ -222,9 +252,9 @@ async fn inner_connection(
     proxy: &Arc<Proxy>,
     tunnel: BoxedIo,
     pre: Preface,
-    client: SocketAddr,
+    client: Client,
 ) -> Result<Finished, ConnError> {
-    match tls::tls(proxy, tunnel, pre).await? {
+    match tls::tls(proxy, tunnel, pre, &client).await? {
         Tls::Done(done) => Ok(done),
         Tls::Web {
             stream,
@@ -233,14 +263,7 @@ async fn inner_connection(
             identity,
             h2,
         } => {
-            let conn = http::Conn {
-                route: route.name.clone(),
-                tls: true,
-                h2,
-                identity,
-                client,
-                upgrades: false,
-            };
+            let conn = http_conn(proxy, route, true, h2, identity, &client, false);
             match web::web(proxy, stream, preface, route, conn).await? {
                 Web::Done(done) => Ok(done),
                 // `upgrades: false`: HTTP refuses the upgrade, so no tunnel comes back.
@@ -250,4 +273,36 @@ async fn inner_connection(
             }
         }
     }
+}
+
+/// What HTTP knows of a connection from `client`: its `X-Forwarded-For` is judged by
+/// whether `client` is a trusted proxy.
+fn http_conn(
+    proxy: &Proxy,
+    route: &super::state::Route,
+    tls: bool,
+    h2: bool,
+    identity: Option<String>,
+    client: &Client,
+    upgrades: bool,
+) -> http::Conn {
+    let service = &proxy.config.proxy_service;
+    http::Conn {
+        route: route.name.clone(),
+        tls,
+        h2,
+        identity,
+        client: client.addr.socket(),
+        xff: Xff {
+            mode: service.trust_x_forwarded_for,
+            sender_trusted: service.trusted_proxies.contains(client.addr.ip()),
+        },
+        upgrades,
+    }
+}
+
+/// Records the client used for decisions, and how it was obtained, on `span`.
+pub(super) fn record_client(span: &Span, client: &Client) {
+    span.record("client", field::display(client.addr));
+    span.record("client_from", field::display(client.from.label()));
 }

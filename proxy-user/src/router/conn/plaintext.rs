@@ -5,10 +5,14 @@
 
 use super::error::{ConnError, Finished};
 use super::preface::Preface;
+use super::record_client;
 use super::upstream::connect;
 use crate::relay::relay_plain;
 use crate::router::state::Proxy;
 use crate::router::state::Route;
+use crate::router::trust::{self, Client};
+use crate::router::webapi::Refused;
+use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Span;
@@ -20,12 +24,14 @@ pub(crate) enum Plain<'a> {
     Web(TcpStream, Preface, &'a Route),
 }
 
-/// A legacy plaintext protocol on the single port: `route` is `ssh`, `web` or `postgres`.
+/// A legacy plaintext protocol on the single port: `route` is `ssh`, `web` or `postgres`;
+/// `from` is the client as believed, checked against the route's `allow_from`.
 pub(crate) async fn plaintext<'a>(
     proxy: &'a Proxy,
-    client: TcpStream,
+    mut client: TcpStream,
     pre: Preface,
     route: &str,
+    from: &Client,
 ) -> Result<Plain<'a>, ConnError> {
     let Some(entry) = proxy.table.plaintext(route) else {
         proxy.metrics.route(route, "reject");
@@ -34,6 +40,18 @@ pub(crate) async fn plaintext<'a>(
         )));
     };
     Span::current().record("route", route);
+    if let Err(reason) = trust::allowed(entry.allow_from.as_ref(), from) {
+        proxy.metrics.route(route, "source_refused");
+        if route == "web" {
+            let answer = Refused::new(403, format!("the web route refused this client: {reason}"));
+            let _ = client.write_all(&answer.response()).await;
+        }
+        let _ = client.shutdown().await;
+        return Err(ConnError::SourceRefused {
+            route: route.to_owned(),
+            reason,
+        });
+    }
     proxy.metrics.route(route, "relay");
     if route == "web" {
         return Ok(Plain::Web(client, pre, entry));
@@ -47,13 +65,25 @@ pub(crate) async fn plaintext<'a>(
     Ok(Plain::Done(Finished::relayed(route, stats)))
 }
 
-/// A legacy listener's connection: straight to its upstream.
+/// A legacy listener's connection from `peer` (no PROXY header is read here): straight to
+/// its upstream, when the route's `allow_from` admits the peer.
 pub(crate) async fn fixed(
     proxy: &Proxy,
     stream: TcpStream,
+    peer: SocketAddr,
     route: &Route,
 ) -> Result<Finished, ConnError> {
-    Span::current().record("route", route.name.as_str());
+    let span = Span::current();
+    let from = Client::peer(peer);
+    record_client(&span, &from);
+    span.record("route", route.name.as_str());
+    if let Err(reason) = trust::allowed(route.allow_from.as_ref(), &from) {
+        proxy.metrics.route(&route.name, "source_refused");
+        return Err(ConnError::SourceRefused {
+            route: route.name.clone(),
+            reason,
+        });
+    }
     proxy.metrics.route(&route.name, "relay");
     let _active = proxy.metrics.active_guard("legacy");
     let upstream = connect(proxy, route).await?;

@@ -1,5 +1,5 @@
 //! A TLS connection: read the whole ClientHello, route it (a TLS alert when there is no
-//! route), then pass the raw TLS through to the upstream, or terminate it here (mTLS where
+//! route, or when the route's `allow_from` does not hold the client's address), then pass the raw TLS through to the upstream, or terminate it here (mTLS where
 //! the route asks for it) and relay the plaintext — through the ping framing for `-ping`
 //! ALPNs — or, on the web route and the HTTP apps, hand it to HTTP.
 
@@ -14,6 +14,7 @@ use crate::router::hello;
 use crate::router::route::{Decision, Mode, RejectAlert, Role, TUNNEL_PROBE};
 use crate::router::state::Proxy;
 use crate::router::state::Route;
+use crate::router::trust::{self, Client};
 use std::io;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -37,11 +38,13 @@ pub(crate) enum Tls<'a, C> {
     },
 }
 
-/// TLS: read the whole ClientHello, route it, then pass through or terminate.
+/// TLS: read the whole ClientHello, route it, check the route's `allow_from` against
+/// `from` (the client as believed), then pass through or terminate.
 pub(crate) async fn tls<'a, C: ClientIo>(
     proxy: &'a Proxy,
     mut client: C,
     mut pre: Preface,
+    from: &Client,
 ) -> Result<Tls<'a, C>, ConnError> {
     let max = proxy.config.limits.max_hello_bytes;
     let hello = pre
@@ -61,6 +64,14 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         }
     };
     span.record("route", route.name.as_str());
+    if let Err(reason) = trust::allowed(route.allow_from.as_ref(), from) {
+        proxy.metrics.route(&route.name, "source_refused");
+        send_alert(&mut client, RejectAlert::AccessDenied).await;
+        return Err(ConnError::SourceRefused {
+            route: route.name.clone(),
+            reason,
+        });
+    }
     let config = match &route.mode {
         Mode::Terminate { tls, .. } => tls.clone(),
         Mode::Passthrough => {
@@ -217,11 +228,13 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// Sends a fatal TLS alert record, best effort, before closing an unroutable connection.
+/// Sends a fatal TLS alert record, best effort, before closing an unroutable or refused
+/// connection (before any handshake: a plaintext alert record).
 async fn send_alert<S: AsyncWrite + Unpin>(client: &mut S, alert: RejectAlert) {
     let code = match alert {
         RejectAlert::UnrecognizedName => 112,
         RejectAlert::NoApplicationProtocol => 120,
+        RejectAlert::AccessDenied => 49,
     };
     let _ = client
         .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, code])

@@ -14,7 +14,7 @@ use crate::router::http::{self, Served};
 use crate::router::metrics::Accepted;
 use crate::router::route::Role as RouteRole;
 use crate::router::state::{Proxy, Route};
-use crate::router::webapi::{self, ClientAddr, Kind, Refused, Target};
+use crate::router::webapi::{self, Forwarded, Kind, Refused, Target};
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -31,8 +31,8 @@ pub(crate) enum Web {
         tunnel: BoxedIo,
         preface: Preface,
         span: Span,
-        /// The client's address from a trusted `X-Forwarded-For`, if any.
-        forwarded_for: Option<ClientAddr>,
+        /// What the upgrade's `X-Forwarded-For` said, as judged.
+        forwarded_for: Forwarded,
     },
 }
 
@@ -63,7 +63,7 @@ pub(crate) async fn web<C: ClientIo>(
             Err(e) => return Err(e),
         };
         if target == Target::Upgrade {
-            return first_upgrade(proxy, client, pre).await;
+            return first_upgrade(proxy, client, pre, &conn).await;
         }
     }
     let first_by = pre.deadline.at();
@@ -87,6 +87,7 @@ async fn first_upgrade<C: ClientIo>(
     proxy: &Proxy,
     mut client: C,
     mut pre: Preface,
+    conn: &http::Conn,
 ) -> Result<Web, ConnError> {
     let max = proxy.config.limits.max_hello_bytes;
     let head = pre.read_until(&mut client, "HTTP request head", |b| {
@@ -101,8 +102,8 @@ async fn first_upgrade<C: ClientIo>(
         }
         Err(e) => return Err(e),
     };
-    let trust = proxy.config.proxy_service.trust_x_forwarded_for;
-    let accepted = match webapi::decide(&request, trust) {
+    let trusted = &proxy.config.proxy_service.trusted_proxies;
+    let accepted = match webapi::decide(&request, conn.xff, trusted) {
         Ok(a) => a,
         Err(refused) => return Err(refuse(proxy, &mut client, refused).await),
     };
@@ -115,21 +116,18 @@ async fn first_upgrade<C: ClientIo>(
 }
 
 /// An accepted upgrade: the tunnel's framing, then the inner connection's detection in
-/// a span of its own.
+/// a span of its own, which carries the client a trusted `X-Forwarded-For` names
+/// (`client_from=x_forwarded_for`) or what an untrusted one claimed.
 async fn tunnel(
     proxy: &Proxy,
     io: BoxedIo,
     inner_pre: Preface,
     kind: Kind,
-    forwarded_for: Option<ClientAddr>,
+    forwarded_for: Forwarded,
 ) -> Result<Web, ConnError> {
     let limits = &proxy.config.limits;
     let span = Span::current();
     span.record("upgrade", kind.label());
-    if let Some(addr) = forwarded_for {
-        // On the outer span: every line of the connection, the closing one included.
-        span.record("real_client", field::display(addr));
-    }
     proxy.metrics.upgrade(kind.label(), "accepted");
     debug!(upgrade = kind.label(), "connection upgraded");
     let ping = kind.pings().then_some(limits.ping_interval);
@@ -145,15 +143,39 @@ async fn tunnel(
     };
     let tunnel_span = info_span!(
         "tunnel",
+        client = field::Empty,
+        client_from = field::Empty,
+        claimed_client = field::Empty,
         sni = field::Empty,
         alpn = field::Empty,
         negotiated = field::Empty,
         route = field::Empty,
         identity = field::Empty,
     );
-    let (tunnel, preface) = inner(proxy, tunnel, inner_pre, kind)
+    match forwarded_for {
+        Forwarded::Believed(addr) => {
+            tunnel_span.record("client", field::display(addr));
+            tunnel_span.record("client_from", field::display("x_forwarded_for"));
+            proxy.metrics.claim("x_forwarded_for", "believed");
+        }
+        Forwarded::Claimed(addr) => {
+            tunnel_span.record("claimed_client", field::display(addr));
+            proxy.metrics.claim("x_forwarded_for", "ignored");
+        }
+        Forwarded::None => {}
+    }
+    let detected = inner(proxy, tunnel, inner_pre, kind)
         .instrument(tunnel_span.clone())
-        .await?;
+        .await;
+    let (tunnel, preface) = match detected {
+        Ok(d) => d,
+        Err(error) => {
+            return Err(ConnError::Inner {
+                span: tunnel_span,
+                error: Box::new(error),
+            })
+        }
+    };
     Ok(Web::Upgraded {
         tunnel,
         preface,

@@ -52,7 +52,7 @@ pub(super) async fn forward(
         client: sh.conn.client.ip(),
         proto: if sh.conn.tls { "https" } else { "http" },
         host: authority,
-        trust_incoming: sh.proxy.config.proxy_service.trust_x_forwarded_for,
+        trust_incoming: sh.conn.xff.believed(),
     };
     headers::set_forwarded(&mut parts.headers, &forwarded);
     match authority.and_then(|a| HeaderValue::from_str(a).ok()) {

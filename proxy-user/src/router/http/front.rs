@@ -4,6 +4,7 @@
 use super::pool::Upstream;
 use crate::config::{Config, ConfigError};
 use crate::router::route::app_route;
+use crate::router::trust::AllowFrom;
 use std::collections::BTreeMap;
 
 /// One HTTP app.
@@ -13,6 +14,8 @@ pub(crate) struct App {
     pub(crate) host: String,
     /// Whether it asks for a client certificate (so it is not served over plaintext HTTP).
     pub(crate) client_cert: bool,
+    /// Its `allow_from` (over TLS checked before the handshake, by the route table).
+    pub(crate) allow_from: Option<AllowFrom>,
     pub(crate) upstream: Upstream,
 }
 
@@ -66,6 +69,10 @@ impl Front {
                 name: a.name.clone(),
                 host,
                 client_cert: a.wants_client_cert(),
+                allow_from: a
+                    .allow_from
+                    .as_ref()
+                    .map(|n| AllowFrom::new(format!("apps[{i}].allow_from"), n)),
                 upstream,
             });
         }

@@ -26,7 +26,7 @@ pub(crate) use front::Front;
 
 use crate::router::conn::ConnError;
 use crate::router::state::Proxy;
-use crate::router::webapi::{ClientAddr, Kind};
+use crate::router::webapi::{Forwarded, Kind, Xff};
 use body::Stats;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -50,8 +50,12 @@ pub(crate) struct Conn {
     pub(crate) h2: bool,
     /// The client certificate's identity, when one was presented.
     pub(crate) identity: Option<String>,
-    /// The client's address as the proxy believes it (PROXY header, else the peer).
+    /// The client's address as the proxy believes it (a trusted PROXY header, else the
+    /// peer).
     pub(crate) client: SocketAddr,
+    /// How this connection's `X-Forwarded-For` is judged: the setting, and whether
+    /// `client` is a trusted proxy.
+    pub(crate) xff: Xff,
     /// Whether `/webapi/connectionupgrade` may be accepted (not inside an upgrade).
     pub(crate) upgrades: bool,
 }
@@ -64,7 +68,7 @@ pub(crate) enum Served {
     Tunnel {
         io: TokioIo<Upgraded>,
         kind: Kind,
-        forwarded_for: Option<ClientAddr>,
+        forwarded_for: Forwarded,
     },
 }
 
@@ -74,7 +78,7 @@ pub(super) enum Handoff {
     Tunnel {
         on: OnUpgrade,
         kind: Kind,
-        forwarded_for: Option<ClientAddr>,
+        forwarded_for: Forwarded,
     },
     /// An app's own upgrade (WebSocket, ...): both sides copied until they close.
     App(Pin<Box<dyn Future<Output = ()> + Send>>),

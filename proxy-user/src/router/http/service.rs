@@ -105,6 +105,20 @@ async fn respond(
             let route = app.upstream.route.clone();
             (route, page(StatusCode::FORBIDDEN, &m, false))
         }
+        Host::App(app)
+            if app
+                .allow_from
+                .as_ref()
+                .is_some_and(|r| !r.allows(sh.conn.client.ip())) =>
+        {
+            let m = format!(
+                "403 Forbidden: app {} does not accept clients from {} (its allow_from)",
+                app.name,
+                sh.conn.client.ip()
+            );
+            let route = app.upstream.route.clone();
+            (route, page(StatusCode::FORBIDDEN, &m, false))
+        }
         Host::App(app) => {
             let route = app.upstream.route.clone();
             (
@@ -183,8 +197,9 @@ fn upgrade(sh: &Shared, req: &mut Request<Incoming>) -> Response<super::pool::Bo
         None
     };
     let head = webapi::Request::from_http(req.method().as_str(), req.headers());
-    let trust = sh.proxy.config.proxy_service.trust_x_forwarded_for;
-    let accepted = match refusal.map_or_else(|| webapi::decide(&head, trust), Err) {
+    let trusted = &sh.proxy.config.proxy_service.trusted_proxies;
+    let decided = || webapi::decide(&head, sh.conn.xff, trusted);
+    let accepted = match refusal.map_or_else(decided, Err) {
         Ok(a) => a,
         Err(r) => {
             sh.proxy.metrics.upgrade("none", r.outcome());

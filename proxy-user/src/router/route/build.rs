@@ -6,6 +6,7 @@
 use super::{Mode, Role, RouteEntry, Rule, SniMatch, Table, TUNNEL_PROBE};
 use crate::config::{AuthUpstreams, Config, RouteMode};
 use crate::protocol::{ping_variant, BUILTIN, SSH_ALPN, TELEPORT_PREFIX, WEB_ALPN};
+use crate::router::trust::AllowFrom;
 use std::collections::BTreeMap;
 
 impl Table {
@@ -45,6 +46,10 @@ impl Table {
                 upstream: Some(r.upstream.clone()),
                 alpn,
                 allow: r.allow.clone(),
+                allow_from: r
+                    .allow_from
+                    .as_ref()
+                    .map(|n| AllowFrom::new(format!("routes[{i}].allow_from"), n)),
             });
             t.rules.push(Rule {
                 sni: r.sni.as_deref().map(SniMatch::parse),
@@ -52,8 +57,13 @@ impl Table {
                 entry,
             });
         }
+        // The built-in routes' `allow_from.<upstreams key>`.
+        let rule = |key: &str| builtin_rule(config, key);
         if let Some(kube) = &u.kube {
-            t.kube = Some(t.push(passthrough("kube", kube)));
+            t.kube = Some(t.push(RouteEntry {
+                allow_from: rule("kube"),
+                ..passthrough("kube", kube)
+            }));
         }
         // Without `upstreams.web` the web route still answers the proxy's own endpoints
         // (`/webapi/connectionupgrade`, `/webapi/ping`) when there is a certificate to
@@ -63,6 +73,7 @@ impl Table {
             let web = terminate("web", false, uri.as_deref(), strings(WEB_ALPN));
             t.web = Some(t.push(RouteEntry {
                 role: Role::Web,
+                allow_from: rule("web"),
                 ..web
             }));
         }
@@ -75,7 +86,10 @@ impl Table {
                 _ => &u.mongodb,
             };
             let entry = match upstream {
-                Some(upstream) => terminate(name, true, Some(upstream), strings(protocols)),
+                Some(upstream) => RouteEntry {
+                    allow_from: rule(name),
+                    ..terminate(name, true, Some(upstream), strings(protocols))
+                },
                 // Answers the layer-7 detection probe; no client certificate is asked for
                 // because nothing is behind it.
                 None if *name == "tunnel" && t.web.is_some() => RouteEntry {
@@ -91,16 +105,23 @@ impl Table {
         }
         for (node, addr) in &u.ssh_nodes {
             let name = format!("ssh:{node}");
-            let entry = t.push(terminate(&name, true, Some(addr), vec![SSH_ALPN.into()]));
+            let entry = t.push(RouteEntry {
+                allow_from: rule("ssh_nodes"),
+                ..terminate(&name, true, Some(addr), vec![SSH_ALPN.into()])
+            });
             t.ssh_nodes.insert(node.to_ascii_lowercase(), entry);
         }
-        for app in &config.apps {
+        for (i, app) in config.apps.iter().enumerate() {
             let Some(host) = config.app_host(app) else {
                 continue; // validation refuses such an app
             };
             let entry = t.push(RouteEntry {
                 role: Role::App,
                 allow: app.allow.clone(),
+                allow_from: app
+                    .allow_from
+                    .as_ref()
+                    .map(|n| AllowFrom::new(format!("apps[{i}].allow_from"), n)),
                 ..terminate(
                     &app_route(&app.name),
                     app.wants_client_cert(),
@@ -121,7 +142,10 @@ impl Table {
             None => vec![],
         };
         for (cluster, addr) in clusters {
-            let entry = t.push(passthrough(&format!("auth:{cluster}"), &addr));
+            let entry = t.push(RouteEntry {
+                allow_from: rule("auth"),
+                ..passthrough(&format!("auth:{cluster}"), &addr)
+            });
             t.auth.insert(cluster, entry);
         }
         t
@@ -156,6 +180,7 @@ impl Table<()> {
                 upstream: e.upstream,
                 alpn: e.alpn,
                 allow: e.allow,
+                allow_from: e.allow_from,
             });
         }
         Ok(Table {
@@ -169,6 +194,13 @@ impl Table<()> {
             apps: self.apps,
         })
     }
+}
+
+/// The `allow_from.<key>` rule of the built-in routes of `upstreams.<key>` (also the
+/// legacy listener of that upstream).
+pub(crate) fn builtin_rule(config: &Config, key: &str) -> Option<AllowFrom> {
+    let nets = config.allow_from.get(key)?;
+    Some(AllowFrom::new(format!("allow_from.{key}"), nets))
 }
 
 /// The route name of app `name` in logs and metrics.
@@ -193,6 +225,7 @@ fn terminate(
         upstream: upstream.map(str::to_owned),
         alpn,
         allow: vec![],
+        allow_from: None,
     }
 }
 
@@ -204,6 +237,7 @@ fn passthrough(name: &str, upstream: &str) -> RouteEntry {
         upstream: Some(upstream.into()),
         alpn: vec![],
         allow: vec![],
+        allow_from: None,
     }
 }
 

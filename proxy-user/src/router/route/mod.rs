@@ -18,9 +18,10 @@
 
 mod build;
 
-pub(crate) use build::app_route;
+pub(crate) use build::{app_route, builtin_rule};
 
 use super::hello::ClientHello;
+use super::trust::AllowFrom;
 use crate::protocol::{
     AUTH_ALPN_PREFIX, AUTH_ALPN_SUFFIX, BUILTIN, KUBE_SNI_PREFIX, PING_SUFFIX, POSTGRES_ALPN,
     SSH_ALPN, SSH_NODE_LABEL, TCP_ALPNS, WEB_ALPN,
@@ -70,6 +71,8 @@ pub(crate) struct RouteEntry<T = ()> {
     pub(crate) alpn: Vec<String>,
     /// Identities (CN or O) allowed; empty allows any certificate the CA signed.
     pub(crate) allow: Vec<String>,
+    /// Client addresses allowed, checked before the TLS handshake; `None` allows any.
+    pub(crate) allow_from: Option<AllowFrom>,
 }
 
 /// A `routes:` entry's matcher, pointing at its [`RouteEntry`].
@@ -126,6 +129,8 @@ pub(crate) enum RejectAlert {
     UnrecognizedName,
     /// No route for the offered protocols (alert 120).
     NoApplicationProtocol,
+    /// The route's `allow_from` does not hold the client's address (alert 49).
+    AccessDenied,
 }
 
 /// All routes of one listener.

@@ -262,3 +262,51 @@ routes:
     let docs = t.entries().iter().find(|e| e.name == "app:docs").unwrap();
     assert_eq!(docs.mode, NO_CLIENT_AUTH);
 }
+
+#[test]
+fn source_rules_reach_the_routes_they_name() {
+    let text = format!(
+        "{CONFIG}  - {{name: office-db, alpn: teleport-mysql, mode: terminate, upstream: 'db:3306', allow_from: [10.1.0.0/16]}}\n\
+         allow_from: {{postgres: [127.0.0.2], ssh_nodes: ['192.0.2.0/24'], auth: ['::1']}}\n"
+    );
+    let t = Table::new(&Config::parse(&text, Path::new(".")).unwrap());
+    let rule = |sni: Option<&str>, alpn: &[&str]| {
+        let hello = ClientHello {
+            sni: sni.map(str::to_owned),
+            alpn: alpn.iter().map(|s| s.to_string()).collect(),
+        };
+        match t.route(&hello) {
+            Decision::Route(e) => e
+                .allow_from
+                .as_ref()
+                .map(|r| format!("{} {}", r.key, r.nets)),
+            Decision::Reject { reason, .. } => panic!("{reason}"),
+        }
+    };
+    assert_eq!(
+        rule(None, &["teleport-mysql"]).as_deref(),
+        Some("routes[6].allow_from [10.1.0.0/16]")
+    );
+    assert_eq!(
+        rule(None, &["teleport-postgres"]).as_deref(),
+        Some("allow_from.postgres [127.0.0.2/32]")
+    );
+    assert_eq!(
+        rule(Some("node1.ssh.proxy"), &["teleport-proxy-ssh"]).as_deref(),
+        Some("allow_from.ssh_nodes [192.0.2.0/24]")
+    );
+    let auth = format!(
+        "teleport-auth@{}.teleport.cluster.local",
+        hex::encode("leaf")
+    );
+    assert_eq!(
+        rule(None, &[&auth]).as_deref(),
+        Some("allow_from.auth [::1/128]")
+    );
+    // SSH without a node, the web route and the kube route stay open.
+    assert_eq!(rule(Some("proxy"), &["teleport-proxy-ssh"]), None);
+    assert_eq!(rule(None, &["h2"]), None);
+    assert_eq!(rule(Some("kube-teleport-proxy-alpn.x"), &[]), None);
+    // The legacy plaintext Postgres route is the same entry.
+    assert!(t.plaintext("postgres").unwrap().allow_from.is_some());
+}

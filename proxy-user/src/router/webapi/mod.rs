@@ -16,16 +16,19 @@
 //! the connection's one deadline and works when a balancer drops the `Upgrade` header.
 //!
 //! These modules are the pure part: [`target`] classifies the request line, [`head`] reads
-//! request heads from bytes, [`upgrade`] decides on an upgrade; the caller (`conn::web`)
+//! request heads from bytes, [`upgrade`] decides on an upgrade, [`forwarded`] judges its
+//! `X-Forwarded-For`; the caller (`conn::web`)
 //! owns the sockets. A refusal is a [`Refused`] with the status and the reason, written
 //! back as a short `text/plain` response.
 
+mod forwarded;
 mod head;
 mod upgrade;
 
+pub(crate) use forwarded::{Forwarded, Xff};
 pub(crate) use head::Request;
 pub(crate) use head::{parse, HeadError};
-pub(crate) use upgrade::{decide, ClientAddr, Kind};
+pub(crate) use upgrade::{decide, Kind};
 
 use crate::config::{Config, ListenerMode};
 use crate::protocol::{PING_PATH, UPGRADE_PATH};

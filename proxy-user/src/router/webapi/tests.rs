@@ -4,6 +4,13 @@
 use super::head::Request;
 use super::*;
 
+/// `trust_x_forwarded_for: false`, no trusted proxies.
+const OFF: Xff = Xff {
+    mode: crate::config::XffMode::Off,
+    sender_trusted: false,
+};
+static NO_PROXIES: crate::config::Nets = crate::config::Nets(Vec::new());
+
 fn req(head: &str) -> Request {
     let bytes = head.replace('\n', "\r\n");
     parse(bytes.as_bytes(), 16 * 1024)
@@ -71,7 +78,7 @@ fn every_prefix_of_a_request_line_and_longer_input_agree() {
 
 #[test]
 fn websocket_accept_key_is_rfc6455() {
-    let a = decide(&with("Sec-WebSocket-Protocol: alpn"), false).unwrap();
+    let a = decide(&with("Sec-WebSocket-Protocol: alpn"), OFF, &NO_PROXIES).unwrap();
     assert_eq!(a.kind, Kind::WebSocket);
     let text = String::from_utf8(a.response()).unwrap();
     // The worked example of RFC 6455 §1.3.
@@ -86,11 +93,17 @@ fn websocket_accept_key_is_rfc6455() {
 
 #[test]
 fn preference_is_websocket_then_alpn_ping_then_alpn() {
-    let both = decide(&with("Sec-WebSocket-Protocol: alpn, alpn-ping"), false).unwrap();
+    let both = decide(
+        &with("Sec-WebSocket-Protocol: alpn, alpn-ping"),
+        OFF,
+        &NO_PROXIES,
+    )
+    .unwrap();
     assert_eq!(both.kind, Kind::WebSocketPing);
     let two_headers = decide(
         &with("Sec-WebSocket-Protocol: alpn\nSec-WebSocket-Protocol: alpn-ping"),
-        false,
+        OFF,
+        &NO_PROXIES,
     )
     .unwrap();
     assert_eq!(two_headers.kind, Kind::WebSocketPing);
@@ -106,17 +119,20 @@ fn preference_is_websocket_then_alpn_ping_then_alpn() {
         .concat(),
         ..mixed
     };
-    assert_eq!(decide(&mixed, false).unwrap().kind, Kind::WebSocket);
+    assert_eq!(
+        decide(&mixed, OFF, &NO_PROXIES).unwrap().kind,
+        Kind::WebSocket
+    );
     let legacy = req("GET /webapi/connectionupgrade HTTP/1.1\nUpgrade: alpn\nX-Teleport-Upgrade: alpn-ping\nConnection: Upgrade\n\n");
-    let a = decide(&legacy, false).unwrap();
+    let a = decide(&legacy, OFF, &NO_PROXIES).unwrap();
     assert_eq!(a.kind, Kind::AlpnPing);
     let text = String::from_utf8(a.response()).unwrap();
     assert!(text.contains("Upgrade: alpn-ping\r\n"), "{text}");
     let plain = req("GET /webapi/connectionupgrade HTTP/1.1\nUpgrade: alpn\n\n");
-    assert_eq!(decide(&plain, false).unwrap().kind, Kind::Alpn);
+    assert_eq!(decide(&plain, OFF, &NO_PROXIES).unwrap().kind, Kind::Alpn);
     // A balancer that drops Upgrade but keeps the custom header.
     let custom = req("GET /webapi/connectionupgrade HTTP/1.1\nX-Teleport-Upgrade: alpn\n\n");
-    assert_eq!(decide(&custom, false).unwrap().kind, Kind::Alpn);
+    assert_eq!(decide(&custom, OFF, &NO_PROXIES).unwrap().kind, Kind::Alpn);
 }
 
 #[test]
@@ -139,7 +155,7 @@ fn bad_upgrades_are_refused_with_a_reason() {
         ),
     ];
     for (head, status, reason) in cases {
-        let e = decide(&req(head), false).unwrap_err();
+        let e = decide(&req(head), OFF, &NO_PROXIES).unwrap_err();
         assert_eq!(e.status, *status, "{head}");
         assert!(e.reason.contains(reason), "{head}: {e}");
     }
@@ -147,7 +163,7 @@ fn bad_upgrades_are_refused_with_a_reason() {
         "{}Sec-WebSocket-Protocol: alpn\n\n",
         WS.replace("dGhlIHNhbXBsZSBub25jZQ==", "not-base64!")
     ));
-    assert!(decide(&bad_key, false)
+    assert!(decide(&bad_key, OFF, &NO_PROXIES)
         .unwrap_err()
         .reason
         .contains("base64 of 16 bytes"));
@@ -155,9 +171,12 @@ fn bad_upgrades_are_refused_with_a_reason() {
         "{}Sec-WebSocket-Protocol: alpn\n\n",
         WS.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")
     ));
-    assert_eq!(decide(&short_key, false).unwrap_err().status, 400);
+    assert_eq!(
+        decide(&short_key, OFF, &NO_PROXIES).unwrap_err().status,
+        400
+    );
     let no_protocol = with("");
-    assert!(decide(&no_protocol, false)
+    assert!(decide(&no_protocol, OFF, &NO_PROXIES)
         .unwrap_err()
         .reason
         .contains("alpn-ping or alpn"));
@@ -165,55 +184,46 @@ fn bad_upgrades_are_refused_with_a_reason() {
         "{}Sec-WebSocket-Protocol: alpn\n\n",
         WS.replace("Version: 13", "Version: 8")
     ));
-    assert_eq!(decide(&old_version, false).unwrap_err().status, 400);
+    assert_eq!(
+        decide(&old_version, OFF, &NO_PROXIES).unwrap_err().status,
+        400
+    );
     let no_connection = req(&format!(
         "{}Sec-WebSocket-Protocol: alpn\n\n",
         WS.replace("Connection: Upgrade\n", "")
     ));
-    assert_eq!(decide(&no_connection, false).unwrap_err().status, 400);
+    assert_eq!(
+        decide(&no_connection, OFF, &NO_PROXIES).unwrap_err().status,
+        400
+    );
 }
 
 #[test]
-fn forwarded_for_takes_one_value_only_when_trusted() {
+fn forwarded_for_is_judged_under_the_connection_rule() {
     let one = with("Sec-WebSocket-Protocol: alpn\nX-Forwarded-For: 203.0.113.7");
-    assert_eq!(decide(&one, false).unwrap().forwarded_for, None);
     assert_eq!(
-        decide(&one, true)
-            .unwrap()
-            .forwarded_for
-            .unwrap()
-            .to_string(),
-        "203.0.113.7"
+        decide(&one, OFF, &NO_PROXIES).unwrap().forwarded_for,
+        Forwarded::None
     );
-    let port = with("Sec-WebSocket-Protocol: alpn\nX-Forwarded-For: 203.0.113.7:5555");
+    let trusting = Xff {
+        mode: crate::config::XffMode::Single,
+        sender_trusted: true,
+    };
+    let got = decide(&one, trusting, &NO_PROXIES).unwrap().forwarded_for;
+    assert!(
+        matches!(got, Forwarded::Believed(a) if a.to_string() == "203.0.113.7"),
+        "{got:?}"
+    );
+    let list = with("Sec-WebSocket-Protocol: alpn\nX-Forwarded-For: 1.2.3.4, 203.0.113.7");
     assert_eq!(
-        decide(&port, true)
-            .unwrap()
-            .forwarded_for
-            .unwrap()
-            .to_string(),
-        "203.0.113.7:5555"
+        decide(&list, trusting, &NO_PROXIES).unwrap_err().status,
+        400
     );
-    let v6 = with("Sec-WebSocket-Protocol: alpn\nX-Forwarded-For: [2001:db8::1]:443");
-    assert_eq!(
-        decide(&v6, true)
-            .unwrap()
-            .forwarded_for
-            .unwrap()
-            .to_string(),
-        "[2001:db8::1]:443"
-    );
-    for spoof in [
-        "X-Forwarded-For: 1.2.3.4, 203.0.113.7",
-        "X-Forwarded-For: 1.2.3.4\nX-Forwarded-For: 203.0.113.7",
-        "X-Forwarded-For: evil.example",
-    ] {
-        let r = with(&format!("Sec-WebSocket-Protocol: alpn\n{spoof}"));
-        let e = decide(&r, true).unwrap_err();
-        assert_eq!(e.status, 400, "{spoof}");
-        // Untrusted, the header is ignored rather than refused.
-        assert!(decide(&r, false).is_ok());
-    }
+    let untrusted = Xff {
+        sender_trusted: false,
+        ..trusting
+    };
+    assert!(decide(&list, untrusted, &NO_PROXIES).is_ok());
 }
 
 #[test]

@@ -2,16 +2,15 @@
 //! the `101 Switching Protocols` that answers it. `Upgrade: websocket` with
 //! `Sec-WebSocket-Protocol: alpn|alpn-ping` (RFC 6455) is preferred, then the legacy
 //! `Upgrade: alpn-ping`, then `alpn` (the type may also come in `X-Teleport-Upgrade`, for
-//! balancers that drop `Upgrade`). With `trust_x_forwarded_for`, the client's address comes
-//! from exactly one `X-Forwarded-For` value.
+//! balancers that drop `Upgrade`). `X-Forwarded-For` is judged by [`super::forwarded`].
 
+use super::forwarded::{forwarded_for, Forwarded, Xff};
 use super::head::Request;
 use super::Refused;
+use crate::config::Nets;
 use crate::protocol::{
     TELEPORT_UPGRADE_HEADER, UPGRADE_ALPN, UPGRADE_ALPN_PING, UPGRADE_PATH, WEBSOCKET,
 };
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// The upgrade chosen, in the server's order of preference.
@@ -53,15 +52,8 @@ pub(crate) struct Accepted {
     pub(crate) kind: Kind,
     /// The `101` response's header fields.
     pub(crate) headers: Fields,
-    /// The client's address from `X-Forwarded-For`, when trusted and present.
-    pub(crate) forwarded_for: Option<ClientAddr>,
-}
-
-/// A client address from `X-Forwarded-For`: an IP, with the port when one was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ClientAddr {
-    Ip(IpAddr),
-    Socket(SocketAddr),
+    /// What `X-Forwarded-For` said, as judged.
+    pub(crate) forwarded_for: Forwarded,
 }
 
 impl Accepted {
@@ -76,38 +68,16 @@ impl Accepted {
     }
 }
 
-impl ClientAddr {
-    /// As a socket address (port 0 when only the IP was given).
-    pub(crate) fn socket(self) -> SocketAddr {
-        match self {
-            ClientAddr::Ip(ip) => SocketAddr::new(ip, 0),
-            ClientAddr::Socket(s) => s,
-        }
-    }
-}
-
-impl fmt::Display for ClientAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientAddr::Ip(ip) => ip.fmt(f),
-            ClientAddr::Socket(s) => s.fmt(f),
-        }
-    }
-}
-
-/// Decides on a `/webapi/connectionupgrade` request.
-pub(crate) fn decide(req: &Request, trust_forwarded_for: bool) -> Result<Accepted, Refused> {
+/// Decides on a `/webapi/connectionupgrade` request; `xff` and the trusted proxies judge
+/// its `X-Forwarded-For`.
+pub(crate) fn decide(req: &Request, xff: Xff, trusted: &Nets) -> Result<Accepted, Refused> {
     if req.method != "GET" {
         return Err(Refused::new(
             405,
             format!("{UPGRADE_PATH} takes GET, not {}", req.method),
         ));
     }
-    let forwarded_for = if trust_forwarded_for {
-        forwarded_for(req)?
-    } else {
-        None
-    };
+    let forwarded_for = forwarded_for(req, xff, trusted)?;
     let mut offered = req.tokens("upgrade");
     offered.extend(req.tokens(TELEPORT_UPGRADE_HEADER));
     if offered.is_empty() {
@@ -196,39 +166,4 @@ fn legacy_headers(kind: &str) -> Fields {
         (TELEPORT_UPGRADE_HEADER, kind.to_owned()),
         ("Connection", "Upgrade".to_owned()),
     ]
-}
-
-/// The single trusted `X-Forwarded-For` value: `ip`, `ip:port` or `[v6]:port`. Two headers
-/// or a list are refused: only the balancer in front is trusted, and it sends one value.
-pub(crate) fn forwarded_for(req: &Request) -> Result<Option<ClientAddr>, Refused> {
-    let values: Vec<&str> = req.all("x-forwarded-for").collect();
-    let value = match values[..] {
-        [] => return Ok(None),
-        [v] => v,
-        _ => {
-            return Err(Refused::new(
-                400,
-                format!(
-                    "{} X-Forwarded-For headers: exactly one is accepted",
-                    values.len()
-                ),
-            ))
-        }
-    };
-    if value.contains(',') {
-        return Err(Refused::new(
-            400,
-            format!("X-Forwarded-For {value:?} is a list: exactly one address is accepted"),
-        ));
-    }
-    if let Ok(ip) = value.parse::<IpAddr>() {
-        return Ok(Some(ClientAddr::Ip(ip)));
-    }
-    if let Ok(s) = value.parse::<SocketAddr>() {
-        return Ok(Some(ClientAddr::Socket(s)));
-    }
-    Err(Refused::new(
-        400,
-        format!("X-Forwarded-For {value:?} is not an address (ip or ip:port)"),
-    ))
 }
