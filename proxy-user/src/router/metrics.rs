@@ -223,24 +223,24 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one HTTP request that took `seconds`.
-    pub(crate) fn http_request(&self, route: &str, status: u16, seconds: f64) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+    /// The request counters of HTTP route `name`, looked up once so that a request
+    /// costs no label hashing or allocation.
+    pub(crate) fn http_route(&self, name: &str) -> std::sync::Arc<HttpRoute> {
+        let counter = |class| {
+            let label = HttpLabel {
+                route: name.to_owned(),
+                class,
+            };
+            self.http_requests.get_or_create(&label).clone()
         };
-        let route = route.to_owned();
-        self.http_seconds
-            .get_or_create(&RouteLabel {
-                route: route.clone(),
-            })
-            .observe(seconds);
-        self.http_requests
-            .get_or_create(&HttpLabel { route, class })
-            .inc();
+        let seconds = self.http_seconds.get_or_create(&RouteLabel {
+            route: name.to_owned(),
+        });
+        std::sync::Arc::new(HttpRoute {
+            name: name.to_owned(),
+            classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(counter),
+            seconds: seconds.clone(),
+        })
     }
 
     pub(crate) fn route(&self, route: &str, action: &'static str) {
@@ -303,6 +303,23 @@ impl Metrics {
         let gauge = self.active.get_or_create(&Protocol { protocol }).clone();
         gauge.inc();
         ActiveGuard(gauge)
+    }
+}
+
+/// One HTTP route (`web`, `app:<name>`, `none`): its name and request counters.
+pub(crate) struct HttpRoute {
+    pub(crate) name: String,
+    /// `switchyard_http_requests_total` for `1xx` … `5xx`.
+    classes: [Counter; 5],
+    seconds: Histogram,
+}
+
+impl HttpRoute {
+    /// Counts one request answered with `status` that took `seconds`.
+    pub(crate) fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.classes[class].inc();
+        self.seconds.observe(seconds);
     }
 }
 

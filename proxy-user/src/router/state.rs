@@ -43,7 +43,7 @@ impl Proxy {
         for (key, _) in config.legacy_listeners() {
             legacy_route(&config, key)?;
         }
-        let front = Front::new(&config)?;
+        let front = Front::new(&config, &metrics)?;
         Ok(Proxy {
             config,
             table,

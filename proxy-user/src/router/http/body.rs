@@ -4,7 +4,7 @@
 //! bytes, duration) is written when the body ends — or is dropped because the client left.
 
 use super::pool::{Body, BoxError};
-use crate::router::metrics::Metrics;
+use crate::router::metrics::HttpRoute;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use std::io;
@@ -142,12 +142,12 @@ impl Stats {
     }
 }
 
-/// What the access-log line of one request says.
+/// What the access-log line of one request says (`host` and `path` are left empty when
+/// the access log is off: they are copies).
 pub(crate) struct Line {
     pub(crate) span: Span,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) route: String,
-    pub(crate) method: String,
+    pub(crate) route: Arc<HttpRoute>,
+    pub(crate) method: http::Method,
     pub(crate) host: String,
     pub(crate) path: String,
     pub(crate) status: u16,
@@ -179,11 +179,11 @@ impl Logged {
         };
         stats.end();
         let seconds = l.started.elapsed().as_secs_f64();
-        l.metrics.http_request(&l.route, l.status, seconds);
+        l.route.observe(l.status, seconds);
         let _enter = l.span.enter();
         info!(
             target: "switchyard::access",
-            route = %l.route,
+            route = %l.route.name,
             method = %l.method,
             host = %l.host,
             path = %l.path,

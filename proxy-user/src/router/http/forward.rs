@@ -36,11 +36,10 @@ pub(super) async fn forward(
     }
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match up.uri(pq) {
+    parts.uri = match up.uri(parts.uri.path_and_query()) {
         Ok(u) => u,
         Err(e) => {
-            let m = format!("400 Bad Request: request target {pq:?}: {e}");
+            let m = format!("400 Bad Request: request target {:?}: {e}", parts.uri);
             return page(StatusCode::BAD_REQUEST, &m, true);
         }
     };

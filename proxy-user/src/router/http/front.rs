@@ -3,7 +3,9 @@
 
 use super::pool::Upstream;
 use crate::config::{Config, ConfigError};
+use crate::router::metrics::{HttpRoute, Metrics};
 use crate::router::route::app_route;
+use std::sync::Arc;
 use crate::router::trust::AllowFrom;
 use std::collections::BTreeMap;
 
@@ -17,6 +19,8 @@ pub(crate) struct App {
     /// Its `allow_from` (over TLS checked before the handshake, by the route table).
     pub(crate) allow_from: Option<AllowFrom>,
     pub(crate) upstream: Upstream,
+    /// Its requests' counters (`app:<name>`).
+    pub(crate) route: Arc<HttpRoute>,
 }
 
 /// The HTTP side of the running proxy.
@@ -30,6 +34,9 @@ pub(crate) struct Front {
     by_host: BTreeMap<String, usize>,
     /// `proxy_service.public_addr` host names.
     public: Vec<String>,
+    /// The counters of requests for the web route and of those for no known name.
+    pub(crate) web_route: Arc<HttpRoute>,
+    pub(crate) none_route: Arc<HttpRoute>,
 }
 
 /// What a request's host names.
@@ -45,7 +52,7 @@ pub(crate) enum Host<'a> {
 
 impl Front {
     /// Builds the upstreams' pools from a validated configuration.
-    pub(crate) fn new(config: &Config) -> Result<Front, ConfigError> {
+    pub(crate) fn new(config: &Config, metrics: &Metrics) -> Result<Front, ConfigError> {
         let web = match &config.upstreams.web {
             Some(w) => Some(Upstream::new(config, "upstreams.web", "web", &w.http())?),
             None => None,
@@ -56,6 +63,8 @@ impl Front {
             by_route: BTreeMap::new(),
             by_host: BTreeMap::new(),
             public: config.public_hosts(),
+            web_route: metrics.http_route("web"),
+            none_route: metrics.http_route("none"),
         };
         for (i, a) in config.apps.iter().enumerate() {
             let Some(host) = config.app_host(a) else {
@@ -63,6 +72,7 @@ impl Front {
             };
             let route = app_route(&a.name);
             let upstream = Upstream::new(config, &format!("apps[{i}]"), &route, &a.upstream())?;
+            let stats = metrics.http_route(&route);
             front.by_route.insert(route, front.apps.len());
             front.by_host.insert(host.clone(), front.apps.len());
             front.apps.push(App {
@@ -74,6 +84,7 @@ impl Front {
                     .as_ref()
                     .map(|n| AllowFrom::new(format!("apps[{i}].allow_from"), n)),
                 upstream,
+                route: stats,
             });
         }
         Ok(front)
@@ -120,7 +131,8 @@ mod tests {
              upstreams: {{web: 'web:80'}}\n\
              apps: [{{name: docs, public_addr: docs.example.com, uri: 'http://docs:80'}}]\n"
         );
-        Front::new(&Config::parse(&text, Path::new(".")).unwrap()).unwrap()
+        let config = Config::parse(&text, Path::new(".")).unwrap();
+        Front::new(&config, &Metrics::new()).unwrap()
     }
 
     fn named(f: &Front, host: Option<&str>) -> &'static str {

@@ -124,6 +124,7 @@ where
     let limits = proxy.config.limits.clone();
     let span = Span::current();
     let h2_only = conn.h2;
+    let tls = conn.tls;
     let http1_only = conn.tls && !conn.h2;
     let shared = Arc::new(Shared {
         proxy,
@@ -139,7 +140,9 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.http_idle_timeout)
-        .max_buf_size(limits.max_http_head_bytes);
+        .max_buf_size(limits.max_http_head_bytes)
+        // One buffer per write: over TLS each vectored slice would be a record of its own.
+        .writev(!tls);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -6,6 +6,7 @@
 use crate::config::{http_target, Config, ConfigError, HttpProtocol, HttpTarget, HttpUpstream};
 use crate::io::{insecure::NoVerify, tls::provider};
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -39,8 +40,9 @@ pub(crate) struct Upstream {
     pub(crate) route: String,
     /// What the configuration said, as checked.
     pub(crate) target: HttpTarget,
-    /// `scheme://host:port`, the start of every request URI.
-    base: String,
+    /// The scheme and authority of every request URI.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
     pool: Pool,
 }
 
@@ -75,10 +77,20 @@ impl Upstream {
         } else {
             Pool::Plain(builder.build(http))
         };
-        let scheme = if target.tls { "https" } else { "http" };
+        let scheme = if target.tls {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        let authority = target
+            .addr
+            .to_string()
+            .parse()
+            .map_err(|e| ConfigError::invalid(format!("{key}.uri"), format!("{e}")))?;
         Ok(Upstream {
             route: route.to_owned(),
-            base: format!("{scheme}://{}", target.addr),
+            scheme,
+            authority,
             target,
             pool,
         })
@@ -94,9 +106,14 @@ impl Upstream {
         self.target.protocol == HttpProtocol::Http11
     }
 
-    /// The upstream URI of a request for `path_and_query`.
-    pub(crate) fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Ok(Uri::try_from(format!("{}{path_and_query}", self.base))?)
+    /// The upstream URI of a request for `path_and_query` (`/` when the request had none).
+    pub(crate) fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        let pq = path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
     }
 
     /// The HTTP version requests to this upstream are sent with.

@@ -17,6 +17,7 @@ use super::headers;
 use super::pages::{empty, full, page};
 use super::{Handoff, Shared};
 use crate::protocol::{PING_PATH, UPGRADE_PATH};
+use crate::router::metrics::HttpRoute;
 use crate::router::webapi::{self, Refused};
 use http::uri::Authority;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -36,16 +37,20 @@ pub(super) async fn handle(
     let started = Instant::now();
     let authority = headers::authority(&req);
     let host = authority.as_deref().map(headers::host_name);
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let logged = tracing::enabled!(target: "switchyard::access", tracing::Level::INFO);
+    let path = if logged {
+        req.uri().path().to_owned()
+    } else {
+        String::new()
+    };
     let received = Arc::new(AtomicU64::new(0));
     let (route, resp) = respond(&sh, req, host.as_deref(), authority.as_deref(), &received).await;
     let line = Line {
         span: sh.span.clone(),
-        metrics: sh.proxy.metrics.clone(),
         route,
         method,
-        host: host.unwrap_or_default(),
+        host: host.filter(|_| logged).unwrap_or_default(),
         path,
         status: resp.status().as_u16(),
         identity: sh.conn.identity.clone(),
@@ -62,18 +67,18 @@ async fn respond(
     host: Option<&str>,
     authority: Option<&str>,
     received: &Arc<AtomicU64>,
-) -> (String, Response<super::pool::Body>) {
+) -> (Arc<HttpRoute>, Response<super::pool::Body>) {
+    let front = &sh.proxy.front;
     if req.method() == Method::CONNECT {
         let m = "405 Method Not Allowed: this proxy does not tunnel CONNECT requests";
-        return ("none".into(), page(StatusCode::METHOD_NOT_ALLOWED, m, true));
+        return (front.none_route.clone(), page(StatusCode::METHOD_NOT_ALLOWED, m, true));
     }
     if let Some(a) = authority.filter(|a| a.contains('@') || a.parse::<Authority>().is_err()) {
         let m = format!("400 Bad Request: {a:?} is not a host name or address");
-        return ("none".into(), page(StatusCode::BAD_REQUEST, &m, true));
+        return (front.none_route.clone(), page(StatusCode::BAD_REQUEST, &m, true));
     }
-    let front = &sh.proxy.front;
     if let Some(app) = front.app_of_route(&sh.conn.route) {
-        let route = app.upstream.route.clone();
+        let route = app.route.clone();
         if let Some(h) = host.filter(|h| *h != app.host) {
             let m = format!(
                 "421 Misdirected Request: this connection is for app {} ({}), not {h}: \
@@ -94,7 +99,7 @@ async fn respond(
                  (TLS server name {}), not on this connection",
                 app.host, app.name, app.host
             );
-            let route = app.upstream.route.clone();
+            let route = app.route.clone();
             (route, page(StatusCode::MISDIRECTED_REQUEST, &m, false))
         }
         Host::App(app) if app.client_cert => {
@@ -102,7 +107,7 @@ async fn respond(
                 "403 Forbidden: app {} asks for a client certificate: use https://{}/",
                 app.name, app.host
             );
-            let route = app.upstream.route.clone();
+            let route = app.route.clone();
             (route, page(StatusCode::FORBIDDEN, &m, false))
         }
         Host::App(app)
@@ -116,11 +121,11 @@ async fn respond(
                 app.name,
                 sh.conn.client.ip()
             );
-            let route = app.upstream.route.clone();
+            let route = app.route.clone();
             (route, page(StatusCode::FORBIDDEN, &m, false))
         }
         Host::App(app) => {
-            let route = app.upstream.route.clone();
+            let route = app.route.clone();
             (
                 route,
                 forward(sh, &app.upstream, req, authority, received).await,
@@ -137,9 +142,9 @@ async fn respond(
                     apps.join(", ")
                 }
             );
-            ("none".into(), page(StatusCode::NOT_FOUND, &m, false))
+            (front.none_route.clone(), page(StatusCode::NOT_FOUND, &m, false))
         }
-        Host::Proxy => ("web".into(), web(sh, req, authority, received).await),
+        Host::Proxy => (front.web_route.clone(), web(sh, req, authority, received).await),
     }
 }
 
