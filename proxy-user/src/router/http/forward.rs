@@ -6,7 +6,7 @@
 use super::body::Received;
 use super::headers::{self, Forwarded};
 use super::pages::page;
-use super::pool::{Body, Upstream};
+use super::pool::{Body, BoxError, Upstream};
 use super::{Handoff, Shared};
 use crate::router::metrics::UpstreamLabel;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
@@ -103,21 +103,17 @@ pub(super) async fn forward(
     // The client's version, not the upstream's (an HTTP/1.0 server's answer to an
     // HTTP/1.1 or h2 client is still written in the client's version).
     *resp.version_mut() = version;
-    resp.map(|b| b.map_err(Into::into).boxed())
+    resp
 }
 
 /// The answer when the upstream cannot be reached or fails mid-request: `502`, counted,
 /// and one line naming the route and the address (rate-limited).
-fn bad_gateway(
-    sh: &Shared,
-    up: &Upstream,
-    e: &hyper_util::client::legacy::Error,
-) -> Response<Body> {
+fn bad_gateway(sh: &Shared, up: &Upstream, e: &BoxError) -> Response<Body> {
     let label = UpstreamLabel {
         route: up.route.clone(),
     };
     sh.proxy.metrics.upstream_errors.get_or_create(&label).inc();
-    let why = chain(e);
+    let why = chain(e.as_ref());
     if let Some(suppressed) = sh.proxy.noise.allow() {
         error!(suppressed, route = %up.route, upstream = %up.addr(), "HTTP upstream failed: {why}");
     }

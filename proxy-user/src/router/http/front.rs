@@ -5,9 +5,9 @@ use super::pool::Upstream;
 use crate::config::{Config, ConfigError};
 use crate::router::metrics::{HttpRoute, Metrics};
 use crate::router::route::app_route;
-use std::sync::Arc;
 use crate::router::trust::AllowFrom;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One HTTP app.
 pub(crate) struct App {

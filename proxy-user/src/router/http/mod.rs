@@ -12,11 +12,12 @@
 //!   `forward`: sending it on to its upstream.
 //! - `headers` (pure): hop-by-hop fields, `X-Forwarded-*`, the request's host.
 //! - `body`: counting bodies and the per-request log line; `pages`: the proxy's answers.
-//! - `pool`: the upstreams' connection pools.
+//! - `pool`: the upstreams' connection pools (`h1pool` for plaintext HTTP/1.1).
 
 mod body;
 mod forward;
 mod front;
+mod h1pool;
 mod headers;
 mod pages;
 mod pool;

@@ -3,12 +3,14 @@
 //! An upstream speaks what its configuration says — HTTP/1.1, h2c (HTTP/2 prior knowledge)
 //! or h2 over TLS — whatever the client of the proxy speaks.
 
+use super::h1pool::H1Pool;
 use crate::config::{http_target, Config, ConfigError, HttpProtocol, HttpTarget, HttpUpstream};
 use crate::io::{insecure::NoVerify, tls::provider};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -30,6 +32,9 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE: usize = 256;
 
 enum Pool {
+    /// Plaintext HTTP/1.1: the proxy's own lean pool.
+    H1(H1Pool),
+    /// h2c.
     Plain(Client<HttpConnector, Body>),
     Tls(Client<HttpsConnector<HttpConnector>, Body>),
 }
@@ -74,6 +79,14 @@ impl Upstream {
                 _ => connector.enable_http1().wrap_connector(http),
             };
             Pool::Tls(builder.build(connector))
+        } else if target.protocol == HttpProtocol::Http11 {
+            let t = config.limits.connect_timeout;
+            Pool::H1(H1Pool::new(
+                target.addr.to_string(),
+                t,
+                POOL_IDLE,
+                POOL_MAX_IDLE,
+            ))
         } else {
             Pool::Plain(builder.build(http))
         };
@@ -108,7 +121,9 @@ impl Upstream {
 
     /// The upstream URI of a request for `path_and_query` (`/` when the request had none).
     pub(crate) fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        let pq = path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let pq = path_and_query
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -124,16 +139,29 @@ impl Upstream {
         }
     }
 
-    /// Sends one request on a pooled (or new) connection.
-    pub(crate) async fn send(
-        &self,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+    /// Sends one request (its URI absolute, from [`Upstream::uri`]) on a pooled or new
+    /// connection.
+    pub(crate) async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
         match &self.pool {
-            Pool::Plain(c) => c.request(req).await,
-            Pool::Tls(c) => c.request(req).await,
+            Pool::H1(pool) => {
+                // HTTP/1.1 on the wire: origin form, and a Host (HTTP/1.0 clients may omit it).
+                let pq = req.uri().path_and_query().cloned();
+                *req.uri_mut() = pq.map(Uri::from).unwrap_or_else(|| Uri::from_static("/"));
+                if !req.headers().contains_key(http::header::HOST) {
+                    if let Ok(v) = http::HeaderValue::from_str(self.authority.as_str()) {
+                        req.headers_mut().insert(http::header::HOST, v);
+                    }
+                }
+                Ok(pool.send(req).await?)
+            }
+            Pool::Plain(c) => Ok(boxed(c.request(req).await?)),
+            Pool::Tls(c) => Ok(boxed(c.request(req).await?)),
         }
     }
+}
+
+fn boxed(resp: Response<Incoming>) -> Response<Body> {
+    resp.map(|b| b.map_err(Into::into).boxed())
 }
 
 /// The TLS client configuration of an `https://` upstream: its CA bundle, or no check.

@@ -71,11 +71,17 @@ async fn respond(
     let front = &sh.proxy.front;
     if req.method() == Method::CONNECT {
         let m = "405 Method Not Allowed: this proxy does not tunnel CONNECT requests";
-        return (front.none_route.clone(), page(StatusCode::METHOD_NOT_ALLOWED, m, true));
+        return (
+            front.none_route.clone(),
+            page(StatusCode::METHOD_NOT_ALLOWED, m, true),
+        );
     }
     if let Some(a) = authority.filter(|a| a.contains('@') || a.parse::<Authority>().is_err()) {
         let m = format!("400 Bad Request: {a:?} is not a host name or address");
-        return (front.none_route.clone(), page(StatusCode::BAD_REQUEST, &m, true));
+        return (
+            front.none_route.clone(),
+            page(StatusCode::BAD_REQUEST, &m, true),
+        );
     }
     if let Some(app) = front.app_of_route(&sh.conn.route) {
         let route = app.route.clone();
@@ -142,9 +148,15 @@ async fn respond(
                     apps.join(", ")
                 }
             );
-            (front.none_route.clone(), page(StatusCode::NOT_FOUND, &m, false))
+            (
+                front.none_route.clone(),
+                page(StatusCode::NOT_FOUND, &m, false),
+            )
         }
-        Host::Proxy => (front.web_route.clone(), web(sh, req, authority, received).await),
+        Host::Proxy => (
+            front.web_route.clone(),
+            web(sh, req, authority, received).await,
+        ),
     }
 }
 
