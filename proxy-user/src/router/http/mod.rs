@@ -139,8 +139,9 @@ where
     let mut builder = auto::Builder::new(InSpan(span));
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.http_idle_timeout)
+        // The watchdog below bounds idle time and every head after the first; hyper's own
+        // per-request header timer would only repeat it (a timer armed per request).
+        .header_read_timeout(None)
         .max_buf_size(limits.max_http_head_bytes)
         // One buffer per write: over TLS each vectored slice would be a record of its own.
         .writev(!tls);
