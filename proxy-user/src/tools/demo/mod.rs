@@ -223,7 +223,7 @@ pub(crate) fn instructions(dev: &Dev, web: SocketAddr, diag: SocketAddr) -> Stri
          \x20 openssl s_client -connect 127.0.0.1:{port} -servername kube-teleport-proxy-alpn.localhost </dev/null | grep subject\n\
          \x20 openssl s_client -connect 127.0.0.1:{port} -alpn {auth_alpn} </dev/null | grep subject\n\
          \n  # legacy plaintext\n\
-         \x20 curl http://127.0.0.1:{port}/plain\n\
+         \x20 curl http://127.0.0.1:{port}/api/hello        # plaintext HTTP: the web route\n\
          \x20 printf 'SSH-2.0-demo\\r\\n' | curl -s --max-time 1 telnet://127.0.0.1:{port}\n",
         cfg = dev.config_path.display(),
     )
