@@ -63,20 +63,23 @@ struct Idle {
 }
 
 impl Idle {
-    /// Takes the most recently used idle connection that is still open and fresh.
-    async fn pop(&self) -> Option<SendRequest<Body>> {
-        loop {
-            let conn = self.conns.lock().ok()?.pop()?;
-            if conn.used.elapsed() > self.idle_timeout {
+    /// Takes the most recently used idle connection that is open, fresh and ready now.
+    /// One that is not ready yet (still sending the rest of a request body its upstream
+    /// answered early, say) goes back to the bottom rather than being waited for, so no
+    /// request queues behind another's upload.
+    fn pop(&self) -> Option<SendRequest<Body>> {
+        let mut conns = self.conns.lock().ok()?;
+        for _ in 0..conns.len() {
+            let conn = conns.pop()?;
+            if conn.used.elapsed() > self.idle_timeout || conn.sender.is_closed() {
                 continue; // dropped: hyper closes it
             }
-            let mut sender = conn.sender;
-            // hyper marks a connection ready once the previous response has been read,
-            // which follows the end of its body at once; a closed one errors.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            if conn.sender.is_ready() {
+                return Some(conn.sender);
             }
+            conns.insert(0, conn);
         }
+        None
     }
 
     /// Returns a connection whose response has been read.
@@ -126,7 +129,7 @@ impl H1Pool {
     /// Sends `req` (its URI in origin form) and returns the response; the connection goes
     /// back to the pool when the response body has been read.
     pub(crate) async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
-        if let Some(mut sender) = self.idle.pop().await {
+        if let Some(mut sender) = self.idle.pop() {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.returning(resp, sender)),
                 Err(mut e) => match e.take_message() {
