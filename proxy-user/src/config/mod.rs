@@ -15,7 +15,7 @@ mod trust;
 mod validate;
 
 pub(crate) use addr::{dns_label, host_port, listen_addr};
-pub(crate) use apps::{http_target, HttpTarget};
+pub(crate) use apps::{http_target, AppConfig, HttpProtocol, HttpTarget, HttpUpstream};
 pub(crate) use schema::*;
 #[cfg(test)]
 pub(crate) use trust::Net;

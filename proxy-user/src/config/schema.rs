@@ -2,6 +2,7 @@
 //! (the operator's reference is `docs/config.md`). Defaults live here; checks that serde
 //! cannot make are in `validate`.
 
+use super::apps::WebUpstream;
 use super::trust::{Nets, XffMode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -148,108 +149,6 @@ pub(crate) struct Upstreams {
     /// Auth service (TLS, passthrough): `teleport-auth@<hex(cluster)>.teleport.cluster.local`;
     /// one address for `auth_service.cluster_name`, or a map cluster name → address.
     pub(crate) auth: Option<AuthUpstreams>,
-}
-
-/// `upstreams.web`: a bare `host:port`, or a full HTTP upstream.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum WebUpstream {
-    Addr(String),
-    Http(HttpUpstream),
-}
-
-impl WebUpstream {
-    /// The upstream as an [`HttpUpstream`] (`host:port` is plaintext HTTP/1.1).
-    pub(crate) fn http(&self) -> HttpUpstream {
-        match self {
-            WebUpstream::Addr(a) => HttpUpstream {
-                uri: format!("http://{a}"),
-                ..HttpUpstream::default()
-            },
-            WebUpstream::Http(h) => h.clone(),
-        }
-    }
-}
-
-/// An HTTP server behind the proxy: the web upstream, or an app's.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct HttpUpstream {
-    /// `http://host:port` or `https://host:port` (a path is not allowed: requests keep theirs).
-    pub(crate) uri: String,
-    /// What the upstream speaks: `http/1.1` (default), `h2c` (h2 prior knowledge over
-    /// `http://`), `h2` (over `https://`, ALPN `h2`).
-    #[serde(default)]
-    pub(crate) protocol: HttpProtocol,
-    /// PEM bundle of the CA(s) that sign an `https://` upstream's certificate.
-    #[serde(default)]
-    pub(crate) ca_file: Option<PathBuf>,
-    /// Do not verify an `https://` upstream's certificate (test setups only).
-    #[serde(default)]
-    pub(crate) insecure_skip_verify: bool,
-}
-
-/// `protocol` of an HTTP upstream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub(crate) enum HttpProtocol {
-    #[default]
-    #[serde(rename = "http/1.1")]
-    Http11,
-    #[serde(rename = "h2c")]
-    H2c,
-    #[serde(rename = "h2")]
-    H2,
-}
-
-/// One entry of `apps`: an HTTP application reached by its host name (SNI and
-/// `Host`/`:authority`) on the proxy's port, with its own upstream.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AppConfig {
-    /// One DNS label, used in logs and metrics and as the default host's first label.
-    pub(crate) name: String,
-    /// The host name clients use (`grafana.example.com`, an optional `:port` is ignored);
-    /// default `<name>.<host of the first proxy_service.public_addr>`.
-    #[serde(default)]
-    pub(crate) public_addr: Option<String>,
-    /// The app's HTTP server: `http://host:port` or `https://host:port`.
-    pub(crate) uri: String,
-    /// What the app's server speaks: `http/1.1` (default), `h2c`, `h2`.
-    #[serde(default)]
-    pub(crate) protocol: HttpProtocol,
-    /// PEM CA bundle for an `https://` app.
-    #[serde(default)]
-    pub(crate) ca_file: Option<PathBuf>,
-    /// Do not verify an `https://` app's certificate (test setups only).
-    #[serde(default)]
-    pub(crate) insecure_skip_verify: bool,
-    /// Identities (client certificate CN or O) allowed; empty allows any valid certificate.
-    #[serde(default)]
-    pub(crate) allow: Vec<String>,
-    /// Require a client certificate from the cluster CA; default: when `allow` is set.
-    #[serde(default)]
-    pub(crate) client_auth: Option<bool>,
-    /// Client addresses allowed (after the trusted PROXY / `X-Forwarded-For` step); unset
-    /// allows any.
-    #[serde(default)]
-    pub(crate) allow_from: Option<Nets>,
-}
-
-impl AppConfig {
-    /// The app's upstream.
-    pub(crate) fn upstream(&self) -> HttpUpstream {
-        HttpUpstream {
-            uri: self.uri.clone(),
-            protocol: self.protocol,
-            ca_file: self.ca_file.clone(),
-            insecure_skip_verify: self.insecure_skip_verify,
-        }
-    }
-
-    /// Whether the app asks for a client certificate.
-    pub(crate) fn wants_client_cert(&self) -> bool {
-        self.client_auth.unwrap_or(!self.allow.is_empty())
-    }
 }
 
 /// `upstreams.auth`.

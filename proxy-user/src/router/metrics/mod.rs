@@ -1,92 +1,18 @@
 //! Prometheus metrics (every family is listed in `docs/config.md`, `diag_addr`): the metric
 //! `diag_addr` `/metrics`.
 //!
-//! Label values are `&'static str` where the set is fixed and `String` where it comes from
-//! the configuration (route names), so the label sets stay bounded.
+//! The label sets are in [`labels`]. Label values are `&'static str` where the set is fixed
+//! and `String` where it comes from the configuration (route names), so they stay bounded.
 
-use prometheus_client::encoding::EncodeLabelSet;
+mod labels;
+
+pub(crate) use labels::*;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct Accepted {
-    /// `direct` or `proxy_protocol`; for the inner connection of an upgrade, its kind
-    /// (`websocket_alpn_ping`, `alpn`, ...).
-    pub(crate) ingress_path: &'static str,
-    /// Detected protocol: `tls`, `ssh`, `http`, `postgres`, `unknown`, or a legacy listener.
-    pub(crate) protocol: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct Upgrade {
-    /// `websocket_alpn_ping`, `websocket_alpn`, `alpn_ping`, `alpn`, or `none` when refused.
-    pub(crate) kind: &'static str,
-    /// `accepted`, or why it was refused (`bad_request`, `timeout`, ...).
-    pub(crate) outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct Claim {
-    /// `proxy_v1`, `proxy_v2` or `x_forwarded_for`.
-    pub(crate) kind: &'static str,
-    /// `believed` (from a trusted proxy), `ignored` (kept as `claimed_client` only) or
-    /// `refused` (the connection was closed: `proxy_protocol: on`).
-    pub(crate) outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct Protocol {
-    pub(crate) protocol: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct Outcome {
-    pub(crate) outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct RouteAction {
-    pub(crate) route: String,
-    /// `passthrough`, `terminate`, `relay` (plaintext), `reject` (no route) or
-    /// `source_refused` (the route's `allow_from`).
-    pub(crate) action: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct HandshakeFailure {
-    pub(crate) route: String,
-    /// `no_certificate`, `bad_certificate`, `not_allowed`, `timeout`, `other`.
-    pub(crate) reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct Bytes {
-    /// `client_to_upstream` or `upstream_to_client`.
-    pub(crate) direction: &'static str,
-    /// `userspace`, or `kernel_splice` for bytes the eBPF front end redirected.
-    pub(crate) mode: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct UpstreamLabel {
-    pub(crate) route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct HttpLabel {
-    /// `web`, `app:<name>`, or `none` for a host that names no app.
-    pub(crate) route: String,
-    /// `1xx` … `5xx`.
-    pub(crate) class: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct RouteLabel {
-    pub(crate) route: String,
-}
 
 /// Every metric the proxy exports.
 pub(crate) struct Metrics {
