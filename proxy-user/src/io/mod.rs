@@ -8,11 +8,14 @@
 //!   ping framing) behind a plain byte stream.
 //! - [`tls`]: the rustls crypto provider and the identity read from a certificate.
 //! - [`insecure`]: a server-certificate verifier that accepts anything (explicit opt-ins).
+//! - [`tunnel`]: the reverse tunnel's wire (control messages, stream headers) and its
+//!   yamux session, shared by the agent and the proxy's tunnel service.
 
 pub(crate) mod copy;
 pub(crate) mod insecure;
 pub(crate) mod prefixed;
 pub(crate) mod tls;
+pub(crate) mod tunnel;
 pub(crate) mod wire;
 
 pub(crate) use copy::both_directions;
