@@ -4,7 +4,8 @@
 //! the `switchyard` binary ([`switchyard`]), an OpenSSH `sshd` ([`sshd`]), a PostgreSQL
 //! server ([`postgres`]), real clients (`openssl s_client`, `curl`, `ssh`, `psql`,
 //! [`clients`]) and a headless Chromium ([`browser`]). Certificates come from
-//! [`pki::TestPki`], built on rcgen.
+//! [`pki::TestPki`], built on rcgen. [`netns::Netns`] is a network namespace of the
+//! test's own, for servers the proxy must not reach except through a forwarder out.
 //!
 //! Missing tools are a hard failure naming the Debian package to install (the xtask
 //! installs them); there are no silent skips, with or without `CI=true`. The tests that
@@ -16,6 +17,7 @@ pub mod browser;
 pub mod clients;
 pub mod local_proxy;
 pub mod mariadb;
+pub mod netns;
 pub mod pki;
 pub mod postgres;
 pub mod process;
@@ -31,6 +33,7 @@ use anyhow::{bail, Context, Result};
 
 pub use browser::Chromium;
 pub use clients::{curl, http_get, run_with_timeout, SClient, SClientOutput};
+pub use netns::Netns;
 pub use pki::TestPki;
 pub use postgres::Postgres;
 pub use process::Proc;

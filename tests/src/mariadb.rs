@@ -1,6 +1,7 @@
 //! [`MariaDb`]: a real MariaDB server (Debian's `mariadb-server`) on a free loopback port
 //! with its own data directory, TLS from the test PKI (so its greeting announces
 //! `CLIENT_SSL`) and `--skip-grant-tables`; [`mysql`] runs a query with the real client.
+//! [`MariaDb::start_in`] runs it inside a [`Netns`].
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use crate::netns::{command_in, Netns};
 use crate::pki::CertFiles;
 use crate::process::{Proc, Stream};
 use crate::{free_port, require_tool, run_with_timeout, TempDir};
@@ -23,6 +25,12 @@ pub struct MariaDb {
 impl MariaDb {
     /// Creates a data directory, starts the server, waits for "ready for connections".
     pub fn start(tls: &CertFiles) -> Result<MariaDb> {
+        Self::start_in(tls, None)
+    }
+
+    /// [`MariaDb::start`] with the server inside `ns` (on the host when `None`): `addr`
+    /// is then on the namespace's loopback, on a port that was free on the host's too.
+    pub fn start_in(tls: &CertFiles, ns: Option<&Netns>) -> Result<MariaDb> {
         let install = require_tool("mariadb-install-db", "mariadb-server", &[])?;
         let server = require_tool("mariadbd", "mariadb-server", &[])?;
         let dir = TempDir::new("mariadb")?;
@@ -42,7 +50,7 @@ impl MariaDb {
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port();
-            let mut cmd = Command::new(&server);
+            let mut cmd = command_in(ns, &server);
             cmd.arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
                 .arg(format!("--socket={}", dir.join("sock").display()))

@@ -1,6 +1,7 @@
 //! [`Postgres`]: a real PostgreSQL server on a free loopback port, run as the
 //! unprivileged `postgres` user (it refuses root), `trust` auth, and SSL on with a
 //! certificate from the test PKI; [`psql`] runs a query with the real client.
+//! [`Postgres::start_in`] runs the server inside a [`Netns`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::netns::Netns;
 use crate::pki::CertFiles;
 use crate::process::{Proc, Signal, Stream};
 use crate::{free_port, require_tool, run_with_timeout, set_mode, user_ids, TempDir};
@@ -30,6 +32,13 @@ impl Postgres {
     /// Runs `initdb`, installs `tls` as `server.crt`/`server.key`, starts the server
     /// with `ssl=on`, waits for "ready to accept connections".
     pub fn start(tls: &CertFiles) -> Result<Postgres> {
+        Self::start_in(tls, None)
+    }
+
+    /// [`Postgres::start`] with the server inside `ns` (on the host when `None`):
+    /// `addr` is then on the namespace's loopback, on a port that was free on the host's
+    /// too. `initdb` runs on the host (it opens no sockets).
+    pub fn start_in(tls: &CertFiles, ns: Option<&Netns>) -> Result<Postgres> {
         let initdb = require_tool("initdb", "postgresql", PG_DIRS)?;
         let postgres = require_tool("postgres", "postgresql", PG_DIRS)?;
         let (uid, gid) = user_ids(PG_USER)
@@ -42,7 +51,7 @@ impl Postgres {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
             set_mode(path, 0o700)?;
         }
-        let mut cmd = Command::new(&initdb);
+        let mut cmd = as_postgres(&initdb, None, uid, gid)?;
         cmd.arg("-D").arg(&data);
         cmd.args([
             "-U",
@@ -54,7 +63,6 @@ impl Postgres {
             "--locale=C",
             "--no-sync",
         ]);
-        as_postgres(&mut cmd, uid, gid);
         let out = run_with_timeout(cmd, b"", Duration::from_secs(60))?;
         if !out.success() {
             bail!("initdb failed: {}\n{}", out.stdout, out.stderr);
@@ -68,7 +76,7 @@ impl Postgres {
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port();
-            let mut cmd = Command::new(&postgres);
+            let mut cmd = as_postgres(&postgres, ns, uid, gid)?;
             cmd.arg("-D").arg(&data).arg("-k").arg(&sockets);
             cmd.args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"]);
             cmd.args([
@@ -79,7 +87,6 @@ impl Postgres {
                 "-c",
                 "max_connections=20",
             ]);
-            as_postgres(&mut cmd, uid, gid);
             let mut proc = Proc::spawn("postgres", cmd, dir.path())?;
             // Fast shutdown: do not wait for clients to disconnect.
             proc.set_stop_signal(Signal::INT);
@@ -107,13 +114,27 @@ impl Postgres {
     }
 }
 
-fn as_postgres(cmd: &mut Command, uid: u32, gid: u32) {
+/// `program` as the `postgres` user, in `ns` when given: `ip netns exec` needs root, so
+/// there the user is switched inside the namespace, by `setpriv`.
+fn as_postgres(program: &Path, ns: Option<&Netns>, uid: u32, gid: u32) -> Result<Command> {
     use std::os::unix::process::CommandExt;
-    cmd.uid(uid)
-        .gid(gid)
-        .env("LC_ALL", "C")
-        .env_remove("PGDATA");
-    cmd.current_dir("/");
+    let mut cmd = match ns {
+        None => {
+            let mut cmd = Command::new(program);
+            cmd.uid(uid).gid(gid);
+            cmd
+        }
+        Some(ns) => {
+            let mut cmd = ns.command(require_tool("setpriv", "util-linux", &[])?);
+            cmd.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .args(["--clear-groups", "--"])
+                .arg(program);
+            cmd
+        }
+    };
+    cmd.env("LC_ALL", "C").env_remove("PGDATA").current_dir("/");
+    Ok(cmd)
 }
 
 /// Runs `sql` with the real `psql` (`-X -A -t`, `ON_ERROR_STOP`) against `addr` as

@@ -1,7 +1,8 @@
 //! [`Sshd`]: a real OpenSSH server on a free loopback port, with a generated host key
 //! and one authorized client key for `root` (`PermitRootLogin prohibit-password`),
 //! [`ssh_exec`] to run a command through it with the real `ssh` client, and [`scp_10mb`]
-//! to copy a patterned payload to `node1.test` with the real `scp`.
+//! to copy a patterned payload to `node1.test` with the real `scp`. [`Sshd::start_in`]
+//! runs it inside a [`Netns`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::netns::{command_in, Netns};
 use crate::process::{Proc, Stream};
 use crate::{free_port, require_tool, run_with_timeout, SClientOutput, TempDir};
 
@@ -29,6 +31,12 @@ pub struct Sshd {
 impl Sshd {
     /// Generates keys and config, starts sshd, waits for "Server listening".
     pub fn start() -> Result<Sshd> {
+        Self::start_in(None)
+    }
+
+    /// [`Sshd::start`] inside `ns` (on the host when `None`): `addr` is then on the
+    /// namespace's loopback, on a port that was free on the host's too.
+    pub fn start_in(ns: Option<&Netns>) -> Result<Sshd> {
         let sshd = require_tool("sshd", "openssh-server", &[])?;
         require_tool("ssh-keygen", "openssh-client", &[])?;
         // Privilege separation directory; normally created by the service unit.
@@ -45,7 +53,7 @@ impl Sshd {
             let port = free_port();
             let config = dir.join("sshd_config");
             std::fs::write(&config, sshd_config(port, &host_key, &authorized))?;
-            let mut cmd = Command::new(&sshd);
+            let mut cmd = command_in(ns, &sshd);
             cmd.arg("-D").arg("-e").arg("-f").arg(&config);
             let mut proc = Proc::spawn("sshd", cmd, dir.path())?;
             let ready = proc.wait_for_line(Stream::Stderr, Duration::from_secs(10), |line| {

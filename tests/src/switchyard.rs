@@ -1,6 +1,6 @@
 //! The `switchyard` binary under test: locating/building it ([`switchyard_bin`]), a
 //! config builder ([`ProxyConfig`]), the running proxy ([`Switchyard`]) and demo
-//! upstreams ([`DemoUpstream`]).
+//! upstreams ([`DemoUpstream`], on the host or inside a [`Netns`]).
 //!
 //! Locating the binary: `env!("CARGO_BIN_EXE_switchyard")` only exists inside the
 //! `proxy-user` package, and a normal dependency on `proxy-user` builds its library,
@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::netns::{command_in, Netns};
 use crate::pki::CertFiles;
 use crate::process::{Proc, Stream};
 use crate::{http_get, parse_addr, TempDir, TestPki};
@@ -365,12 +366,22 @@ pub struct DemoUpstream {
 impl DemoUpstream {
     /// Echo kind: writes `upstream=NAME\n`, then echoes every byte.
     pub fn echo(name: &str) -> Result<DemoUpstream> {
-        Self::start(name, &[])
+        Self::start_in(None, name, &[])
+    }
+
+    /// [`DemoUpstream::echo`] inside `ns` (on the host when `None`).
+    pub fn echo_in(ns: Option<&Netns>, name: &str) -> Result<DemoUpstream> {
+        Self::start_in(ns, name, &[])
     }
 
     /// HTTP/1.1 + h2c: answers `200 upstream=NAME path=PATH\n`.
     pub fn http(name: &str) -> Result<DemoUpstream> {
-        Self::start(name, &["--http".into()])
+        Self::start_in(None, name, &["--http".into()])
+    }
+
+    /// [`DemoUpstream::http`] inside `ns` (on the host when `None`).
+    pub fn http_in(ns: Option<&Netns>, name: &str) -> Result<DemoUpstream> {
+        Self::start_in(ns, name, &["--http".into()])
     }
 
     /// The web application for browsers, HTTP/1.1 only (`--webapp`): `GET /` is a page
@@ -380,7 +391,12 @@ impl DemoUpstream {
     /// headers; `POST /upload` answers `received=N`; `/download?bytes=N` streams N bytes,
     /// byte i being `i % 251`.
     pub fn webapp(name: &str) -> Result<DemoUpstream> {
-        Self::start(name, &["--webapp".into()])
+        Self::start_in(None, name, &["--webapp".into()])
+    }
+
+    /// [`DemoUpstream::webapp`] inside `ns` (on the host when `None`).
+    pub fn webapp_in(ns: Option<&Netns>, name: &str) -> Result<DemoUpstream> {
+        Self::start_in(ns, name, &["--webapp".into()])
     }
 
     /// Echo kind inside TLS terminated by the upstream with `tls`.
@@ -391,12 +407,14 @@ impl DemoUpstream {
             "--tls-key".into(),
             tls.key.display().to_string(),
         ];
-        Self::start(name, &args)
+        Self::start_in(None, name, &args)
     }
 
-    fn start(name: &str, extra: &[String]) -> Result<DemoUpstream> {
+    /// `switchyard demo-upstream --name NAME --listen 127.0.0.1:0 EXTRA…` in `ns` (on
+    /// the host when `None`); ready when it prints the address it bound.
+    fn start_in(ns: Option<&Netns>, name: &str, extra: &[String]) -> Result<DemoUpstream> {
         let dir = TempDir::new("upstream")?;
-        let mut cmd = Command::new(switchyard_bin()?);
+        let mut cmd = command_in(ns, switchyard_bin()?);
         cmd.args(["demo-upstream", "--name", name, "--listen", "127.0.0.1:0"]);
         cmd.args(extra);
         let mut proc = Proc::spawn(&format!("upstream-{name}"), cmd, dir.path())?;
