@@ -52,6 +52,8 @@ enum Command {
     /// Check a proxy (or the load balancer in front of it): reachable, TLS routing
     /// directly or through a connection upgrade, round-trip times.
     Probe(cli::ProbeArgs),
+    /// Serve this machine's services through reverse tunnels to the proxy (docs/agent.md).
+    Agent(crate::client::agent::AgentArgs),
     /// A demo upstream that identifies itself (used by dev mode and the tests).
     DemoUpstream(DemoArgs),
 }
@@ -124,6 +126,10 @@ enum CaCommand {
         /// Subject organisation(s), matched by route allow lists.
         #[arg(long)]
         org: Vec<String>,
+        /// An agent certificate: a client certificate whose subject also carries
+        /// O=switchyard-agent (name it in the proxy's `tunnel.agents`).
+        #[arg(long, conflicts_with_all = ["dns", "ip"])]
+        agent: bool,
         /// Validity, e.g. 24h, 30d.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
@@ -143,6 +149,7 @@ pub fn main() -> ExitCode {
         Command::Db(c) => return client_exit(cli::db(c)),
         Command::Kube(c) => return client_exit(cli::kube(c)),
         Command::Probe(a) => return client_exit(cli::probe(a)),
+        Command::Agent(a) => return client_exit(cli::agent(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,9 +198,13 @@ fn run_ca(c: CaCommand) -> anyhow::Result<()> {
             name,
             dns,
             ip,
-            org,
+            mut org,
+            agent,
             ttl,
         } => {
+            if agent {
+                org.push(ca::AGENT_ORG.to_owned());
+            }
             let req = ca::IssueRequest {
                 name,
                 dns,

@@ -46,6 +46,9 @@ pub(crate) fn auth_alpn(cluster: &str) -> String {
 pub(crate) const KUBE_SNI_PREFIX: &str = "kube-teleport-proxy-alpn.";
 /// Second SNI label that marks the first one as an SSH node name: `<node>.ssh.<proxy>`.
 pub(crate) const SSH_NODE_LABEL: &str = "ssh";
+/// Second SNI label that marks the first one as a database name: `<name>.db.<proxy>`
+/// (databases that agents serve).
+pub(crate) const DB_LABEL: &str = "db";
 
 /// The built-in terminated protocols: (route name, ALPN values in server preference). The
 /// `-ping` variants route the same way and come first: a client that offers both gets the

@@ -32,6 +32,10 @@ pub(crate) enum ProxyCommand {
         /// Database protocol: sets the ALPN and what the local side does.
         #[arg(long, value_enum)]
         protocol: DbProtocol,
+        /// A database by name (SNI NAME.db.<proxy host>): one an agent serves. Without
+        /// it, the proxy's `upstreams.<protocol>`.
+        #[arg(long = "db", value_name = "NAME")]
+        db: Option<String>,
         /// Local port on 127.0.0.1 (0: any free port).
         #[arg(long, default_value_t = 0)]
         port: u16,
@@ -93,6 +97,10 @@ pub(crate) enum DbCommand {
         /// Database protocol: sets the ALPN and what the local side does.
         #[arg(long, value_enum)]
         protocol: DbProtocol,
+        /// A database by name (SNI NAME.db.<proxy host>): one an agent serves. Without
+        /// it, the proxy's `upstreams.<protocol>`.
+        #[arg(long = "db", value_name = "NAME")]
+        db: Option<String>,
         /// The client and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -130,10 +138,12 @@ pub(crate) fn proxy(c: ProxyCommand) -> Result<ExitCode, ClientError> {
         ProxyCommand::Db {
             client,
             protocol,
+            db,
             port,
         } => {
             let dialer = client.dialer()?;
-            block_on(db::proxy_db(&dialer, protocol, port, client.verbose))
+            let db = db.as_deref();
+            block_on(db::proxy_db(&dialer, protocol, db, port, client.verbose))
         }
         ProxyCommand::Kube { client, port } => {
             let dialer = client.dialer()?;
@@ -189,10 +199,17 @@ pub(crate) fn db(c: DbCommand) -> Result<ExitCode, ClientError> {
     let DbCommand::Connect {
         client,
         protocol,
+        db,
         command,
     } = c;
     let dialer = client.dialer()?;
-    block_on(db::connect(&dialer, protocol, &command, client.verbose))
+    block_on(db::connect(
+        &dialer,
+        protocol,
+        db.as_deref(),
+        &command,
+        client.verbose,
+    ))
 }
 
 /// `switchyard probe`.
@@ -216,6 +233,11 @@ pub(crate) fn kube(c: KubeCommand) -> Result<ExitCode, ClientError> {
 }
 
 /// Runs `f` on a fresh runtime and drops it without waiting for blocking reads of stdin.
+/// `switchyard agent`.
+pub(crate) fn agent(a: super::agent::AgentArgs) -> Result<ExitCode, ClientError> {
+    block_on(super::agent::run(a)).map(|()| ExitCode::SUCCESS)
+}
+
 fn block_on<T>(f: impl Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
     let rt = tokio::runtime::Runtime::new().map_err(ClientError::io("starting the runtime"))?;
     let out = rt.block_on(f);

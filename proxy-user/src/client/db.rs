@@ -5,7 +5,7 @@
 use super::dial::{Dialer, Verify};
 use super::local::{self, Local};
 use super::ClientError;
-use crate::protocol::{MONGODB_ALPN, MYSQL_ALPN, POSTGRES_ALPN};
+use crate::protocol::{DB_LABEL, MONGODB_ALPN, MYSQL_ALPN, POSTGRES_ALPN};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
@@ -68,10 +68,12 @@ impl DbProtocol {
 pub(crate) async fn proxy_db(
     dialer: &Dialer,
     protocol: DbProtocol,
+    db: Option<&str>,
     port: u16,
     verbose: bool,
 ) -> Result<(), ClientError> {
-    let connector = dialer.connector(None, &[protocol.alpn()], Verify::Proxy)?;
+    let sni = db_sni(dialer, db)?;
+    let connector = dialer.connector(sni.as_deref(), &[protocol.alpn()], Verify::Proxy)?;
     let (listener, addr) = local::bind(port).await?;
     println!("switchyard ready addr={addr}");
     println!(
@@ -90,14 +92,31 @@ pub(crate) async fn proxy_db(
     .await
 }
 
+/// The SNI that names database `db` under the proxy's name: `NAME.db.<proxy host>`.
+fn db_sni(dialer: &Dialer, db: Option<&str>) -> Result<Option<String>, ClientError> {
+    let Some(name) = db else { return Ok(None) };
+    if !crate::config::dns_label(name) {
+        return Err(ClientError::Usage(format!(
+            "--db {name}: a database name is one DNS label (letters, digits, '-')"
+        )));
+    }
+    Ok(Some(format!(
+        "{}.{DB_LABEL}.{}",
+        name.to_ascii_lowercase(),
+        dialer.host
+    )))
+}
+
 /// `switchyard db connect -- CLIENT ARGS…`.
 pub(crate) async fn connect(
     dialer: &Dialer,
     protocol: DbProtocol,
+    db: Option<&str>,
     command: &[String],
     verbose: bool,
 ) -> Result<ExitCode, ClientError> {
-    let connector = dialer.connector(None, &[protocol.alpn()], Verify::Proxy)?;
+    let sni = db_sni(dialer, db)?;
+    let connector = dialer.connector(sni.as_deref(), &[protocol.alpn()], Verify::Proxy)?;
     let (listener, addr) = local::bind(0).await?;
     // Ctrl-C belongs to the client (psql cancels a query with it): keep it from killing us.
     let _int = signal(SignalKind::interrupt()).map_err(ClientError::io("SIGINT handler"))?;

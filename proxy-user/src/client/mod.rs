@@ -14,8 +14,10 @@
 //! proxy address, and every dial then runs its TLS inside the connection upgrade of
 //! [`upgrade`]; [`transport`] is what the TLS runs over (TCP, possibly through the
 //! `HTTPS_PROXY` that [`http_proxy`] picks, or the upgrade's tunnel); [`probe`] checks all
-//! of it for a person.
+//! of it for a person. [`agent`] is the other direction: it dials out and serves the
+//! services of its machine to the proxy's clients through reverse tunnels.
 
+pub(crate) mod agent;
 pub(crate) mod app;
 pub(crate) mod args;
 pub(crate) mod balancer;

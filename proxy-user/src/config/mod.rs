@@ -2,7 +2,8 @@
 //! doc comment on every field, and [`Config::load`] which parses and validates
 //! ([`validate`]) with messages that name the key. [`addr`] holds the address types both
 //! the router and the client parse (`host:port`, listen addresses, DNS labels); [`trust`]
-//! the trust settings (address ranges, `trust_x_forwarded_for`, the `allow_from` section).
+//! the trust settings (address ranges, `trust_x_forwarded_for`, the `allow_from` section);
+//! [`tunnel`] the reverse-tunnel service (which agents may serve what).
 //!
 //! Keys follow the reference (`version`, `auth_service.*`, `proxy_service.*`) so its
 //! migration guide reads literally; `upstreams`, `routes`, `limits` and `diag_addr` are
@@ -12,6 +13,7 @@ mod addr;
 mod apps;
 mod schema;
 mod trust;
+mod tunnel;
 mod validate;
 
 pub(crate) use addr::{dns_label, host_port, listen_addr};
@@ -20,6 +22,7 @@ pub(crate) use schema::*;
 #[cfg(test)]
 pub(crate) use trust::Net;
 pub(crate) use trust::{BuiltinAllowFrom, Nets, XffMode};
+pub(crate) use tunnel::{service_name, ServePattern, TunnelService};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -73,6 +76,9 @@ pub(crate) struct Config {
     /// Client addresses allowed on the built-in routes, by `upstreams` key.
     #[serde(default)]
     pub(crate) allow_from: BuiltinAllowFrom,
+    /// The proxy's reverse-tunnel service for agents (`docs/agent.md`); off when unset.
+    #[serde(default)]
+    pub(crate) tunnel: Option<TunnelService>,
     /// Deadlines, connection and buffer limits.
     #[serde(default)]
     pub(crate) limits: Limits,

@@ -39,6 +39,7 @@ impl Config {
             readable("proxy_service.client_ca_file", &self.path(ca))?;
         }
         self.validate_trust()?;
+        self.validate_tunnel()?;
         let u = &self.upstreams;
         self.validate_http()?;
         for (key, value) in [

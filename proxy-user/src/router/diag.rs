@@ -1,7 +1,8 @@
 //! The diagnostics HTTP server on `diag_addr`: `/metrics` (Prometheus text), `/healthz`
-//! (the process answers) and `/readyz` (accepting connections; 503 while draining).
+//! (the process answers), `/readyz` (accepting connections; 503 while draining) and
+//! `/agents` (the connected agents, their services and tunnels, as JSON).
 
-use super::metrics::Metrics;
+use super::state::Proxy;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -16,18 +17,19 @@ use tracing::debug;
 /// Serves diagnostics until the process exits. `draining` turns `/readyz` to 503.
 pub(crate) async fn serve(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
+    proxy: watch::Receiver<Arc<Proxy>>,
     draining: watch::Receiver<bool>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let metrics = metrics.clone();
+        let proxy = proxy.clone();
         let draining = draining.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = answer(&req, &metrics, *draining.borrow());
+                let current = proxy.borrow().clone();
+                let response = answer(&req, &current, *draining.borrow());
                 async move { Ok::<_, Infallible>(response) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -41,13 +43,25 @@ pub(crate) async fn serve(
     }
 }
 
-fn answer(req: &Request<Incoming>, metrics: &Metrics, draining: bool) -> Response<Full<Bytes>> {
+fn answer(req: &Request<Incoming>, proxy: &Proxy, draining: bool) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
+            proxy.metrics.encode(),
         ),
+        "/agents" => match &proxy.config.tunnel {
+            Some(t) => (
+                StatusCode::OK,
+                "application/json",
+                proxy.tunnels.snapshot(&t.id(), &t.peer_set()).to_string() + "\n",
+            ),
+            None => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no tunnel service: the configuration has no `tunnel:` section\n".to_owned(),
+            ),
+        },
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" if draining => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -58,7 +72,7 @@ fn answer(req: &Request<Incoming>, metrics: &Metrics, draining: bool) -> Respons
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".to_owned(),
+            "not found: try /metrics, /healthz, /readyz or /agents\n".to_owned(),
         ),
     };
     Response::builder()

@@ -92,6 +92,7 @@ async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer
         alpn = field::Empty,
         negotiated = field::Empty,
         route = field::Empty,
+        service = field::Empty,
         identity = field::Empty,
         upgrade = field::Empty,
     );

@@ -7,7 +7,7 @@
 //! the proxy's own endpoints, [`trust`] decides whose address a connection is from and
 //! whether a route's `allow_from` admits it — and hands the bytes to `relay`. [`state`] is the routing state built from the configuration, [`run`] starts
 //! the listeners and handles signals (reload, drain), [`metrics`] and [`diag`] are what
-//! operators watch.
+//! operators watch; [`tunnel`] serves the agents that dial in and reaches their services.
 
 pub(crate) mod certs;
 pub(crate) mod conn;
@@ -22,4 +22,5 @@ pub(crate) mod route;
 pub(crate) mod run;
 pub(crate) mod state;
 pub(crate) mod trust;
+pub(crate) mod tunnel;
 pub(crate) mod webapi;

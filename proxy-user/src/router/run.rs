@@ -8,6 +8,7 @@ use super::diag;
 use super::listener::{self, Ingress};
 use super::metrics::Metrics;
 use super::state::{legacy_route, Proxy};
+use super::tunnel::Registry;
 use crate::config::{self, Config};
 use crate::ebpf;
 use crate::relay::PlainRelay;
@@ -62,7 +63,13 @@ pub(crate) async fn serve(
     };
     let limits = config.limits.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let proxy = Arc::new(Proxy::new(config, metrics.clone(), stop_rx.clone())?);
+    let tunnels = Arc::new(Registry::new(metrics.clone()));
+    let proxy = Arc::new(Proxy::new(
+        config,
+        metrics.clone(),
+        stop_rx.clone(),
+        tunnels.clone(),
+    )?);
     if let Some(f) = frontend {
         let ports = std::iter::once(&web).chain(legacy.iter().map(|(l, _)| l));
         for listener in ports {
@@ -76,7 +83,7 @@ pub(crate) async fn serve(
     let web_addr = web.local_addr()?;
     let diag_addr = diag_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     if let Some(l) = diag_listener {
-        tokio::spawn(diag::serve(l, metrics.clone(), stop_rx.clone()));
+        tokio::spawn(diag::serve(l, proxy_rx.clone(), stop_rx.clone()));
     }
     let mut tasks = tokio::task::JoinSet::new();
     let accept = |listener, ingress| {
@@ -105,12 +112,13 @@ pub(crate) async fn serve(
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(path, &metrics, &proxy_tx, &stop_rx),
+            _ = hup.recv() => reload(path, &metrics, &proxy_tx, &stop_rx, &tunnels),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     info!("shutdown requested: no new connections, draining live ones");
+    tunnels.drain_all();
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     listener::drain(&permits, limits.max_connections, limits.drain_timeout).await;
@@ -140,8 +148,10 @@ fn reload(
     metrics: &Arc<Metrics>,
     proxies: &watch::Sender<Arc<Proxy>>,
     stopping: &watch::Receiver<bool>,
+    tunnels: &Arc<Registry>,
 ) {
-    match Config::load(path).and_then(|c| Proxy::new(c, metrics.clone(), stopping.clone())) {
+    let build = |c| Proxy::new(c, metrics.clone(), stopping.clone(), tunnels.clone());
+    match Config::load(path).and_then(build) {
         Ok(p) => {
             info!(routes = p.table.entries().len(), config = %path.display(), "reloaded certificates and routes");
             let _ = proxies.send(Arc::new(p));

@@ -1,6 +1,6 @@
 //! The routing state a connection runs against ([`Proxy`]): the configuration, the route
-//! table with each terminated route's TLS configuration, the metrics, and the rate limit of
-//! refusal log lines. Built once at start-up and again at each SIGHUP reload; a connection
+//! table with each terminated route's TLS configuration, the metrics, the rate limit of
+//! refusal log lines, and the registry of connected agents (which outlives reloads). Built once at start-up and again at each SIGHUP reload; a connection
 //! keeps the `Proxy` it was accepted with.
 
 use super::certs;
@@ -8,6 +8,7 @@ use super::http::Front;
 use super::metrics::Metrics;
 use super::ratelimit::RateLimit;
 use super::route::{builtin_rule, Mode, Role, RouteEntry, Table};
+use super::tunnel::Registry;
 use crate::config::{Config, ConfigError};
 use rustls::ServerConfig;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub(crate) struct Proxy {
     /// Turns true when the process starts draining (SIGTERM): kept-alive HTTP connections
     /// then close once their requests in flight are answered.
     pub(crate) stopping: watch::Receiver<bool>,
+    /// The connected agents (process-wide: reloads keep them).
+    pub(crate) tunnels: Arc<Registry>,
 }
 
 impl Proxy {
@@ -38,6 +41,7 @@ impl Proxy {
         config: Config,
         metrics: Arc<Metrics>,
         stopping: watch::Receiver<bool>,
+        tunnels: Arc<Registry>,
     ) -> Result<Proxy, ConfigError> {
         let table = certs::with_tls(&config, Table::new(&config))?;
         for (key, _) in config.legacy_listeners() {
@@ -51,6 +55,7 @@ impl Proxy {
             front,
             noise: RateLimit::new(10, Duration::from_secs(10)),
             stopping,
+            tunnels,
         })
     }
 }

@@ -12,6 +12,10 @@ use std::time::Duration;
 use thiserror::Error;
 use time::OffsetDateTime;
 
+/// The organisation `ca issue --agent` adds: marks a certificate as an agent's, so
+/// `tunnel.agents` can name all agents at once (`identity: switchyard-agent`).
+pub(crate) const AGENT_ORG: &str = "switchyard-agent";
+
 #[derive(Debug, Error)]
 pub(crate) enum CaError {
     #[error("{path}: {error}")]

@@ -14,6 +14,7 @@
 //! Messages are JSON behind a big-endian `u32` length ([`frame`]), each kind with its own
 //! size limit, so a hostile peer costs at most one bounded buffer.
 
+pub(crate) mod control;
 pub(crate) mod frame;
 pub(crate) mod mux;
 
@@ -129,10 +130,16 @@ pub(crate) enum Control {
         peers: Vec<String>,
     },
     /// Proxy → agent: the Hello is refused (then the tunnel closes).
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// Either way: a heartbeat, answered by a `Pong` of the same `seq`.
-    Ping { seq: u64 },
-    Pong { seq: u64 },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
     /// Proxy → agent: the proxy is going away; open a new tunnel, streams in flight finish
     /// on this one.
     Drain,

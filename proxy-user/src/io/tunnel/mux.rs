@@ -82,11 +82,6 @@ impl Session {
             let _ = c.send(());
         }
     }
-
-    /// A handle that closes the session when sent to or dropped.
-    pub(crate) fn take_closer(&mut self) -> Option<oneshot::Sender<()>> {
-        self.close.take()
-    }
 }
 
 /// Starts the driver task of a session over `io`. Streams the peer opens beyond

@@ -50,6 +50,10 @@ pub(crate) enum ConnError {
         upstream: String,
         error: io::Error,
     },
+    #[error("tunnel: {0}")]
+    Tunnel(String),
+    #[error("agent service {service}: {reason}")]
+    Agent { service: String, reason: String },
     #[error("connection upgrade refused: {0}")]
     Upgrade(Refused),
     #[error("I/O error: {0}")]

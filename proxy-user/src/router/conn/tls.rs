@@ -1,6 +1,7 @@
 //! A TLS connection: read the whole ClientHello, route it (a TLS alert when there is no
-//! route, or when the route's `allow_from` does not hold the client's address), then pass the raw TLS through to the upstream, or terminate it here (mTLS where
-//! the route asks for it) and relay the plaintext — through the ping framing for `-ping`
+//! route, or when the route's `allow_from` does not hold the client's address), then pass
+//! the raw TLS through to the upstream, or terminate it here (mTLS where the route asks
+//! for it) and relay the plaintext — through the ping framing for `-ping`
 //! ALPNs — or, on the web route and the HTTP apps, hand it to HTTP.
 
 use super::error::{ConnError, Finished};
@@ -15,6 +16,7 @@ use crate::router::route::{Decision, Mode, RejectAlert, Role, TUNNEL_PROBE};
 use crate::router::state::Proxy;
 use crate::router::state::Route;
 use crate::router::trust::{self, Client};
+use crate::router::tunnel::{self, dial};
 use std::io;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -55,8 +57,12 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         span.record("sni", sni.as_str());
     }
     span.record("alpn", tracing::field::debug(&hello.alpn));
-    let route = match proxy.table.route(&hello) {
-        Decision::Route(route) => route,
+    let (route, service) = match proxy.table.route(&hello, &*proxy.tunnels) {
+        Decision::Route(route) => (route, None),
+        Decision::Agent { entry, service } => {
+            span.record("service", tracing::field::display(&service));
+            (entry, Some(service))
+        }
         Decision::Reject { reason, alert } => {
             proxy.metrics.route("none", "reject");
             send_alert(&mut client, alert).await;
@@ -76,6 +82,14 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         Mode::Terminate { tls, .. } => tls.clone(),
         Mode::Passthrough => {
             proxy.metrics.route(&route.name, "passthrough");
+            if let Some(service) = &service {
+                // A Kubernetes API server behind an agent: its TLS, passed through.
+                let mut agent = dial::open(proxy, service, from.addr.to_string(), None).await?;
+                agent.write_all(pre.rest()).await?;
+                let buffer = proxy.config.limits.relay_buffer_bytes;
+                let stats = relay(client, agent, buffer).await;
+                return Ok(Tls::Done(Finished::relayed(&route.name, stats)));
+            }
             let mut upstream = connect(proxy, route).await?;
             upstream.write_all(pre.rest()).await?;
             let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
@@ -121,11 +135,11 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         .handshake_seconds
         .observe(started.elapsed().as_secs_f64());
     let (_, session) = tls.get_ref();
-    let identity = session
+    let cert = session
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(|c| CertIdentity::from_der(c))
-        .map(|id| id.to_string());
+        .and_then(|c| CertIdentity::from_der(c));
+    let identity = cert.as_ref().map(|id| id.to_string());
     if let Some(id) = &identity {
         span.record("identity", id.as_str());
     }
@@ -148,27 +162,43 @@ pub(crate) async fn tls<'a, C: ClientIo>(
             h2: negotiated.as_deref() == Some(H2_ALPN),
         });
     }
-    relay_terminated(proxy, Box::new(tls), route)
-        .await
-        .map(Tls::Done)
+    let tls = Box::new(tls);
+    let done = match (route.role, service) {
+        (Role::TunnelService, _) => {
+            let cert = cert.unwrap_or_default();
+            return tunnel::serve::serve(proxy, tls, cert, from.addr.to_string())
+                .await
+                .map(Tls::Done);
+        }
+        (Role::Agent(_), Some(service)) => {
+            let agent = dial::open(proxy, &service, from.addr.to_string(), cert.as_ref()).await?;
+            relay_terminated(proxy, tls, route, agent).await
+        }
+        _ => {
+            let upstream = connect(proxy, route).await?;
+            relay_terminated(proxy, tls, route, upstream).await
+        }
+    };
+    Ok(Tls::Done(done))
 }
 
-/// Relays the plaintext of a terminated connection to its route's upstream, through the
-/// ping framing when the negotiated ALPN is a `-ping` one.
-async fn relay_terminated<S>(
+/// Relays the plaintext of a terminated connection to its upstream (or agent stream),
+/// through the ping framing when the negotiated ALPN is a `-ping` one.
+async fn relay_terminated<S, U>(
     proxy: &Proxy,
     tls: Box<TlsStream<S>>,
     route: &Route,
-) -> Result<Finished, ConnError>
+    upstream: U,
+) -> Finished
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ping = tls
         .get_ref()
         .1
         .alpn_protocol()
         .is_some_and(|p| p.ends_with(PING_SUFFIX.as_bytes()));
-    let upstream = connect(proxy, route).await?;
     let limits = &proxy.config.limits;
     let buffer = limits.relay_buffer_bytes;
     let stats = if ping {
@@ -177,7 +207,7 @@ where
     } else {
         relay(tls, upstream, buffer).await
     };
-    Ok(Finished::relayed(&route.name, stats))
+    Finished::relayed(&route.name, stats)
 }
 
 /// The clients' layer-7 detection handshake offers exactly `teleport-reversetunnel`

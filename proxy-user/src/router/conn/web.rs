@@ -150,6 +150,7 @@ async fn tunnel(
         alpn = field::Empty,
         negotiated = field::Empty,
         route = field::Empty,
+        service = field::Empty,
         identity = field::Empty,
     );
     match forwarded_for {

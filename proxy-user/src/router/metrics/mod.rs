@@ -1,12 +1,14 @@
 //! Prometheus metrics (every family is listed in `docs/config.md`, `diag_addr`): the metric
 //! `diag_addr` `/metrics`.
 //!
-//! The label sets are in [`labels`]. Label values are `&'static str` where the set is fixed
+//! The label sets are in [`labels`]; the reverse-tunnel families in [`tunnel`]. Label values are `&'static str` where the set is fixed
 //! and `String` where it comes from the configuration (route names), so they stay bounded.
 
 mod labels;
+mod tunnel;
 
 pub(crate) use labels::*;
+pub(crate) use tunnel::TunnelMetrics;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,6 +32,7 @@ pub(crate) struct Metrics {
     pub(crate) ebpf_loaded: Gauge,
     pub(crate) http_requests: Family<HttpLabel, Counter>,
     pub(crate) http_seconds: Family<RouteLabel, Histogram>,
+    pub(crate) tunnel: TunnelMetrics,
 }
 
 impl Default for Metrics {
@@ -57,6 +60,7 @@ impl Metrics {
             http_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
+            tunnel: TunnelMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,6 +128,7 @@ impl Metrics {
             "Time from an HTTP request's head to the end of its response body, by route",
             m.http_seconds.clone(),
         );
+        m.tunnel.register(&mut registry);
         Metrics { registry, ..m }
     }
 

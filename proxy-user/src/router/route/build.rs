@@ -5,7 +5,8 @@
 
 use super::{Mode, Role, RouteEntry, Rule, SniMatch, Table, TUNNEL_PROBE};
 use crate::config::{AuthUpstreams, Config, RouteMode};
-use crate::protocol::{ping_variant, BUILTIN, SSH_ALPN, TELEPORT_PREFIX, WEB_ALPN};
+use crate::io::tunnel::Kind;
+use crate::protocol::{ping_variant, BUILTIN, SSH_ALPN, TCP_ALPNS, TELEPORT_PREFIX, WEB_ALPN};
 use crate::router::trust::AllowFrom;
 use std::collections::BTreeMap;
 
@@ -21,6 +22,7 @@ impl Table {
             auth: BTreeMap::new(),
             ssh_nodes: BTreeMap::new(),
             apps: BTreeMap::new(),
+            agents: BTreeMap::new(),
         };
         let u = &config.upstreams;
         for (i, r) in config.routes.iter().enumerate() {
@@ -86,6 +88,12 @@ impl Table {
                 _ => &u.mongodb,
             };
             let entry = match upstream {
+                // The proxy's own tunnel service: agents present certificates.
+                None if *name == "tunnel" && config.tunnel.is_some() => RouteEntry {
+                    role: Role::TunnelService,
+                    allow_from: rule(name),
+                    ..terminate(name, true, None, strings(protocols))
+                },
                 Some(upstream) => RouteEntry {
                     allow_from: rule(name),
                     ..terminate(name, true, Some(upstream), strings(protocols))
@@ -131,6 +139,9 @@ impl Table {
             });
             t.apps.insert(host, entry);
         }
+        if config.tunnel.is_some() {
+            t.agent_routes(config);
+        }
         let clusters: Vec<(String, String)> = match &u.auth {
             Some(AuthUpstreams::One(a)) => config
                 .auth_service
@@ -149,6 +160,43 @@ impl Table {
             t.auth.insert(cluster, entry);
         }
         t
+    }
+
+    /// One route per agent service kind but HTTP (the front door finds those by host).
+    fn agent_routes(&mut self, config: &Config) {
+        use crate::protocol::{MONGODB_ALPN, MYSQL_ALPN, POSTGRES_ALPN};
+        let kinds: [(Kind, &str, &[&str]); 5] = [
+            (Kind::Ssh, "ssh", &[SSH_ALPN]),
+            (Kind::Tcp, "tcp", TCP_ALPNS),
+            (
+                Kind::Postgres,
+                "postgres",
+                &["teleport-postgres-ping", POSTGRES_ALPN],
+            ),
+            (Kind::Mysql, "mysql", &["teleport-mysql-ping", MYSQL_ALPN]),
+            (
+                Kind::Mongodb,
+                "mongodb",
+                &["teleport-mongodb-ping", MONGODB_ALPN],
+            ),
+        ];
+        for (kind, key, alpn) in kinds {
+            let name = format!("agent:{kind}");
+            let entry = self.push(RouteEntry {
+                role: Role::Agent(kind),
+                allow_from: builtin_rule(config, key),
+                ..terminate(&name, true, None, strings(alpn))
+            });
+            self.agents.insert(kind, entry);
+        }
+        let kube = self.push(RouteEntry {
+            role: Role::Agent(Kind::Kube),
+            mode: Mode::Passthrough,
+            upstream: None,
+            allow_from: builtin_rule(config, "kube"),
+            ..passthrough("agent:kube", "")
+        });
+        self.agents.insert(Kind::Kube, kube);
     }
 
     fn push(&mut self, e: RouteEntry) -> usize {
@@ -192,6 +240,7 @@ impl Table<()> {
             auth: self.auth,
             ssh_nodes: self.ssh_nodes,
             apps: self.apps,
+            agents: self.agents,
         })
     }
 }

@@ -16,12 +16,18 @@
 //! built and in tests, the route's rustls configuration once [`Table::with_tls`] has given
 //! every terminated entry its own — so no terminated route can lack one.
 
+mod agents;
 mod build;
 
+use agents::db_kind;
+pub(crate) use agents::Agents;
+#[cfg(test)]
+pub(crate) use agents::NoAgents;
 pub(crate) use build::{app_route, builtin_rule};
 
 use super::hello::ClientHello;
 use super::trust::AllowFrom;
+use crate::io::tunnel::{Kind, Service};
 use crate::protocol::{
     AUTH_ALPN_PREFIX, AUTH_ALPN_SUFFIX, BUILTIN, KUBE_SNI_PREFIX, PING_SUFFIX, POSTGRES_ALPN,
     SSH_ALPN, SSH_NODE_LABEL, TCP_ALPNS, WEB_ALPN,
@@ -56,6 +62,10 @@ pub(crate) enum Role {
     DetectionProbe,
     /// An HTTP app (`apps:`), reached by its host name; the HTTP front door serves it.
     App,
+    /// The proxy's own reverse-tunnel service: agents dial in (`router::tunnel`).
+    TunnelService,
+    /// The services of one kind that connected agents serve (`route::agents`).
+    Agent(Kind),
 }
 
 /// One destination, built from the configuration.
@@ -115,6 +125,11 @@ impl SniMatch {
 #[derive(Debug)]
 pub(crate) enum Decision<'a, T> {
     Route(&'a RouteEntry<T>),
+    /// A service of a connected agent, through the agent route of its kind.
+    Agent {
+        entry: &'a RouteEntry<T>,
+        service: Service,
+    },
     /// No route: the reason goes to the log, the alert to the client.
     Reject {
         reason: String,
@@ -148,6 +163,8 @@ pub(crate) struct Table<T = ()> {
     ssh_nodes: BTreeMap<String, usize>,
     /// HTTP app host name → entry.
     apps: BTreeMap<String, usize>,
+    /// Service kind → the agent route of that kind (with a `tunnel:` section only).
+    agents: BTreeMap<Kind, usize>,
 }
 
 impl<T> Table<T> {
@@ -168,10 +185,13 @@ impl<T> Table<T> {
         i.map(|i| &self.entries[i])
     }
 
-    /// Routes one ClientHello.
-    pub(crate) fn route(&self, hello: &ClientHello) -> Decision<'_, T> {
+    /// Routes one ClientHello; `agents` says which services connected agents serve.
+    pub(crate) fn route(&self, hello: &ClientHello, agents: &dyn Agents) -> Decision<'_, T> {
         let sni = hello.sni.as_deref().unwrap_or("");
         if sni.starts_with(KUBE_SNI_PREFIX) {
+            if let Some(d) = self.agent(Kind::Kube, sni, agents) {
+                return d;
+            }
             return match self.kube {
                 Some(i) => Decision::Route(&self.entries[i]),
                 None => reject(
@@ -185,13 +205,25 @@ impl<T> Table<T> {
         }
         for protocol in &hello.alpn {
             if let Some(node) = ssh_node(sni).filter(|_| protocol == SSH_ALPN) {
-                return match self.ssh_nodes.get(node) {
+                if let Some(&i) = self.ssh_nodes.get(node) {
+                    return Decision::Route(&self.entries[i]);
+                }
+                if let Some(d) = self.agent(Kind::Ssh, sni, agents) {
+                    return d;
+                }
+                // The single-bastion set-up: no nodes configured, one `upstreams.ssh`.
+                return match self.builtin.get(SSH_ALPN).filter(|_| self.ssh_nodes.is_empty()) {
                     Some(&i) => Decision::Route(&self.entries[i]),
                     None => reject(
-                        &format!("SSH node {node:?} is not in upstreams.ssh_nodes"),
+                        &format!(
+                            "SSH node {node:?} is not in upstreams.ssh_nodes and no connected agent serves it"
+                        ),
                         RejectAlert::UnrecognizedName,
                     ),
                 };
+            }
+            if let Some(d) = db_kind(protocol).and_then(|k| self.agent(k, sni, agents)) {
+                return d;
             }
             if let Some(&i) = self.builtin.get(protocol) {
                 return Decision::Route(&self.entries[i]);
@@ -206,6 +238,9 @@ impl<T> Table<T> {
                 };
             }
             if TCP_ALPNS.contains(&protocol.as_str()) {
+                if let Some(d) = self.agent(Kind::Tcp, sni, agents) {
+                    return d;
+                }
                 return reject(
                     &format!("no TCP app route for SNI {sni:?}"),
                     RejectAlert::UnrecognizedName,

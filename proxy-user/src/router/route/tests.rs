@@ -44,8 +44,9 @@ fn name(t: &Table, sni: Option<&str>, alpn: &[&str]) -> String {
         sni: sni.map(str::to_owned),
         alpn: alpn.iter().map(|s| s.to_string()).collect(),
     };
-    match t.route(&hello) {
+    match t.route(&hello, &NoAgents) {
         Decision::Route(e) => e.name.clone(),
+        Decision::Agent { entry, service } => format!("{} {service}", entry.name),
         Decision::Reject { reason, .. } => format!("reject: {reason}"),
     }
 }
@@ -106,7 +107,7 @@ fn auth_by_cluster_passthrough() {
         sni: None,
         alpn: vec![alpn("root")],
     };
-    let e = match t.route(&hello) {
+    let e = match t.route(&hello, &NoAgents) {
         Decision::Route(e) => e,
         d => panic!("{d:?}"),
     };
@@ -275,11 +276,12 @@ fn source_rules_reach_the_routes_they_name() {
             sni: sni.map(str::to_owned),
             alpn: alpn.iter().map(|s| s.to_string()).collect(),
         };
-        match t.route(&hello) {
+        match t.route(&hello, &NoAgents) {
             Decision::Route(e) => e
                 .allow_from
                 .as_ref()
                 .map(|r| format!("{} {}", r.key, r.nets)),
+            Decision::Agent { .. } => panic!("no agents here"),
             Decision::Reject { reason, .. } => panic!("{reason}"),
         }
     };

@@ -1,0 +1,184 @@
+//! One tunnel on the agent's side: dial the proxy (TLS with the agent's certificate and
+//! ALPN `teleport-reversetunnel` + `v2`, through a layer-7 balancer's connection upgrade
+//! or `HTTPS_PROXY` when needed: the same [`Connector`] as every client), open the control
+//! stream, say Hello, then serve the streams the proxy opens and exchange heartbeats
+//! until the tunnel ends. After the proxy's drain notice the tunnel keeps serving the
+//! streams in flight while [`run`] returns, so the caller dials a new one at once.
+
+use super::stream;
+use super::Mesh;
+use crate::client::dial::Connector;
+use crate::io::tunnel::control::ControlChannel;
+use crate::io::tunnel::frame::FrameError;
+use crate::io::tunnel::mux::{self, Limits, Mode};
+use crate::io::tunnel::{Control, Service, WIRE_VERSION};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+use tracing::{info, warn};
+
+/// Heartbeats missed before the tunnel counts as lost.
+const MISSES: u32 = 3;
+/// How long the proxy has to answer the Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams the proxy may open at once on one tunnel (the proxy's own limit is lower by
+/// default), and the receive window across them.
+const LIMITS: Limits = Limits {
+    max_streams: 4096,
+    window_bytes: 256 * 1024 * 1024,
+};
+
+/// What one agent process shares between its tunnels.
+pub(crate) struct Agent {
+    pub(crate) id: String,
+    pub(crate) tunnels: u32,
+    pub(crate) services: Arc<BTreeMap<Service, String>>,
+    pub(crate) connector: Connector,
+    pub(crate) mesh: Mesh,
+}
+
+/// How a tunnel attempt ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// It was up, then ended (logged); `drained` after a drain notice.
+    Lost { drained: bool },
+    /// The proxy already holds this agent's tunnels.
+    Full,
+    /// It never came up.
+    Failed(String),
+}
+
+/// Dials, registers and serves one tunnel.
+pub(crate) async fn run(agent: &Agent) -> Ended {
+    let tls = match agent.connector.dial().await {
+        Ok(t) => t,
+        Err(e) => return Ended::Failed(e.to_string()),
+    };
+    let mut session = mux::start(tls, Mode::Client, LIMITS, 256);
+    let hello = Control::Hello {
+        version: WIRE_VERSION,
+        agent_id: agent.id.clone(),
+        tunnels: agent.tunnels,
+        services: agent.services.keys().cloned().collect(),
+    };
+    let opened = async {
+        let mut ctl = ControlChannel::new(session.opener.open().await?);
+        ctl.send(&hello).await?;
+        Ok::<_, std::io::Error>(ctl)
+    };
+    let mut ctl = match opened.await {
+        Ok(c) => c,
+        Err(e) => return Ended::Failed(why(&agent.connector, &mut session, e.to_string()).await),
+    };
+    let welcome = match timeout(WELCOME_TIMEOUT, ctl.recv()).await {
+        Err(_) => return Ended::Failed(format!("no answer to Hello within {WELCOME_TIMEOUT:?}")),
+        Ok(Err(e)) => {
+            return Ended::Failed(why(&agent.connector, &mut session, e.to_string()).await)
+        }
+        Ok(Ok(m)) => m,
+    };
+    let (proxy_id, heartbeat) = match welcome {
+        Control::Welcome {
+            proxy_id,
+            peers,
+            heartbeat_ms,
+            accepted,
+            refused,
+        } => {
+            agent.mesh.learn(&peers);
+            let names: Vec<String> = accepted.iter().map(|s| s.to_string()).collect();
+            info!(proxy = proxy_id, peers = ?peers, services = ?names, "tunnel up");
+            for r in refused {
+                warn!(proxy = proxy_id, service = %r.service, "the proxy refused a service: {}", r.reason);
+            }
+            (proxy_id, Duration::from_millis(heartbeat_ms.max(100)))
+        }
+        Control::Full { proxy_id, peers } => {
+            agent.mesh.learn(&peers);
+            info!(
+                proxy = proxy_id,
+                "this proxy already holds our tunnels; dialing for the others"
+            );
+            return Ended::Full;
+        }
+        Control::Refused { reason } => {
+            return Ended::Failed(format!("the proxy refused the agent: {reason}"))
+        }
+        other => return Ended::Failed(format!("unexpected answer to Hello: {other:?}")),
+    };
+    let _held = agent.mesh.hold(&proxy_id);
+    let mut streams = JoinSet::new();
+    let mut tick = interval(heartbeat);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut seq = 0u64;
+    let reason = loop {
+        tokio::select! {
+            s = session.inbound.recv() => match s {
+                Some(s) => {
+                    let services = agent.services.clone();
+                    streams.spawn(async move { stream::serve(s, &services).await });
+                }
+                None => break "the tunnel closed".to_owned(),
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            msg = ctl.recv() => match msg {
+                Ok(Control::Ping { seq }) => {
+                    last_heard = Instant::now();
+                    if ctl.send(&Control::Pong { seq }).await.is_err() {
+                        break "the tunnel closed".to_owned();
+                    }
+                }
+                Ok(Control::Pong { .. }) => last_heard = Instant::now(),
+                Ok(Control::Drain) => {
+                    info!(proxy = proxy_id, streams = streams.len(), "drain notice: opening a new tunnel, streams in flight finish here");
+                    drop(_held);
+                    tokio::spawn(finish(session, streams));
+                    return Ended::Lost { drained: true };
+                }
+                Ok(other) => break format!("unexpected control message {other:?}"),
+                Err(FrameError::Closed) => break "the proxy closed the tunnel".to_owned(),
+                Err(e) => break format!("control stream: {e}"),
+            },
+            _ = tick.tick() => {
+                if last_heard.elapsed() > heartbeat * MISSES {
+                    break format!("the proxy missed {MISSES} heartbeats: offline");
+                }
+                seq += 1;
+                if ctl.send(&Control::Ping { seq }).await.is_err() {
+                    break "the tunnel closed".to_owned();
+                }
+            }
+        }
+    };
+    session.close();
+    warn!(proxy = proxy_id, "tunnel lost: {reason}");
+    Ended::Lost { drained: false }
+}
+
+/// After a drain notice: serves what is in flight (and anything the proxy still opens)
+/// until no stream is left, then closes the tunnel.
+async fn finish(mut session: mux::Session, mut streams: JoinSet<()>) {
+    while !streams.is_empty() {
+        tokio::select! {
+            s = session.inbound.recv() => match s {
+                Some(_) => {} // dropped: the proxy is going away
+                None => break,
+            },
+            _ = streams.join_next() => {}
+        }
+    }
+    session.close();
+}
+
+/// Why the tunnel failed before it came up: the TLS layer's reason when there is one
+/// (a refused certificate shows up on the first read under TLS 1.3).
+async fn why(connector: &Connector, session: &mut mux::Session, fallback: String) -> String {
+    session.close();
+    match timeout(Duration::from_secs(1), &mut session.done).await {
+        Ok(Ok(Err(yamux::ConnectionError::Io(e)))) => connector.classify(e).to_string(),
+        _ => fallback,
+    }
+}
