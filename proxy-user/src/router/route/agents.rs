@@ -115,9 +115,10 @@ mod tests {
             sni_name(Kind::Kube, "kube-teleport-proxy-alpn.edge.localhost"),
             Some("edge")
         );
+        // The plain kube SNI names no cluster: it is `upstreams.kube`'s.
         assert_eq!(
             sni_name(Kind::Kube, "kube-teleport-proxy-alpn.localhost"),
-            Some("localhost")
+            None
         );
         assert_eq!(db_kind("teleport-mysql-ping"), Some(Kind::Mysql));
         assert_eq!(db_kind("teleport-proxy-ssh"), None);
