@@ -112,6 +112,11 @@ pub struct ProxyConfig {
     pub routes: Vec<String>,
     /// `serve --ebpf <mode>` (`auto`, `require`, `off`); omitted uses the binary's default.
     pub ebpf: Option<String>,
+    /// Top-level YAML appended as is (e.g. a `tunnel:` section, [`crate::agent::tunnel_section`]).
+    pub extra: String,
+    /// `proxy_service.web_listen_addr` (default `127.0.0.1:0`): a fixed one lets a test
+    /// restart the proxy on the same port.
+    pub listen: String,
 }
 
 impl Default for ProxyConfig {
@@ -125,6 +130,8 @@ impl Default for ProxyConfig {
             upstreams: Vec::new(),
             routes: Vec::new(),
             ebpf: None,
+            extra: String::new(),
+            listen: "127.0.0.1:0".into(),
         }
     }
 }
@@ -191,11 +198,12 @@ impl ProxyConfig {
         let mut y = String::from(
             "version: v2\n\
              auth_service:\n  cluster_name: example\n  proxy_listener_mode: multiplex\n\
-             proxy_service:\n  web_listen_addr: 127.0.0.1:0\n\
+             proxy_service:\n\
              \x20 public_addr: proxy.example.test:3080\n\
              \x20 https_keypairs: [{cert_file: proxy.crt, key_file: proxy.key}]\n\
              \x20 client_ca_file: ca.crt\n",
         );
+        y += &format!("  web_listen_addr: {}\n", self.listen);
         y += &format!("  trust_x_forwarded_for: {}\n", self.trust_x_forwarded_for);
         if !self.trusted_proxies.is_empty() {
             let list = self
@@ -234,6 +242,7 @@ impl ProxyConfig {
             }
         }
         y += "diag_addr: 127.0.0.1:0\n";
+        y += &self.extra;
         y
     }
 }
