@@ -16,7 +16,7 @@ mod trust;
 mod tunnel;
 mod validate;
 
-pub(crate) use addr::{dns_label, host_port, listen_addr};
+pub(crate) use addr::{dns_label, host_port, listen_addr, HostPort};
 pub(crate) use apps::{http_target, AppConfig, HttpProtocol, HttpTarget, HttpUpstream};
 pub(crate) use schema::*;
 #[cfg(test)]

@@ -54,6 +54,8 @@ pub(crate) enum ConnError {
     Tunnel(String),
     #[error("agent service {service}: {reason}")]
     Agent { service: String, reason: String },
+    #[error("agent service {service}: {reason}")]
+    AgentDenied { service: String, reason: String },
     #[error("connection upgrade refused: {0}")]
     Upgrade(Refused),
     #[error("I/O error: {0}")]

@@ -32,6 +32,7 @@ use super::state::Proxy;
 use super::trust::{proxy_verdict, Client, ClientAddr, ClientFrom, Verdict};
 use super::webapi::{Forwarded, Xff};
 use crate::config::ProxyProtocol;
+use crate::io::tls::CertIdentity;
 use crate::io::BoxedIo;
 use error::hex_preview;
 use preface::{Deadline, Preface};
@@ -282,7 +283,7 @@ fn http_conn(
     route: &super::state::Route,
     tls: bool,
     h2: bool,
-    identity: Option<String>,
+    identity: Option<CertIdentity>,
     client: &Client,
     upgrades: bool,
 ) -> http::Conn {
@@ -291,7 +292,8 @@ fn http_conn(
         route: route.name.clone(),
         tls,
         h2,
-        identity,
+        identity: identity.as_ref().map(|i| i.to_string()),
+        cert: identity,
         client: client.addr.socket(),
         xff: Xff {
             mode: service.trust_x_forwarded_for,

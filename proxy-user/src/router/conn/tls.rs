@@ -34,7 +34,7 @@ pub(crate) enum Tls<'a, C> {
         preface: Preface,
         route: &'a Route,
         /// The client certificate's identity, when one was presented.
-        identity: Option<String>,
+        identity: Option<CertIdentity>,
         /// The client negotiated `h2`.
         h2: bool,
     },
@@ -158,7 +158,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
             stream: Box::new(tls),
             preface: inner,
             route,
-            identity,
+            identity: cert,
             h2: negotiated.as_deref() == Some(H2_ALPN),
         });
     }

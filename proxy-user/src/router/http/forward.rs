@@ -8,6 +8,7 @@ use super::headers::{self, Forwarded};
 use super::pages::page;
 use super::pool::{Body, BoxError, Upstream};
 use super::{Handoff, Shared};
+use crate::router::conn::ConnError;
 use crate::router::metrics::UpstreamLabel;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -69,7 +70,14 @@ pub(super) async fn forward(
         inner: body,
         received: received.clone(),
     };
-    let mut resp = match up.send(Request::from_parts(parts, body.boxed())).await {
+    let mut resp = match up
+        .send(
+            &sh.proxy,
+            &sh.conn,
+            Request::from_parts(parts, body.boxed()),
+        )
+        .await
+    {
         Ok(r) => r,
         Err(e) => return bad_gateway(sh, up, &e),
     };
@@ -109,6 +117,10 @@ pub(super) async fn forward(
 /// The answer when the upstream cannot be reached or fails mid-request: `502`, counted,
 /// and one line naming the route and the address (rate-limited).
 fn bad_gateway(sh: &Shared, up: &Upstream, e: &BoxError) -> Response<Body> {
+    if let Some(ConnError::AgentDenied { service, reason }) = e.downcast_ref::<ConnError>() {
+        let m = format!("403 Forbidden: {service}: {reason}");
+        return page(StatusCode::FORBIDDEN, &m, false);
+    }
     let label = UpstreamLabel {
         route: up.route.clone(),
     };

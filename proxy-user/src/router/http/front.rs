@@ -114,6 +114,13 @@ impl Front {
         }
     }
 
+    /// The name an agent's HTTP app would have for `host`: its first label, when the
+    /// rest is a public address (`grafana.proxy.example.com` → `grafana`).
+    pub(crate) fn agent_name<'h>(&self, host: &'h str) -> Option<&'h str> {
+        let (label, rest) = host.split_once('.')?;
+        self.public.iter().any(|p| p == rest).then_some(label)
+    }
+
     /// The apps' host names, for messages.
     pub(crate) fn app_hosts(&self) -> impl Iterator<Item = &str> {
         self.apps.iter().map(|a| a.host.as_str())

@@ -49,8 +49,10 @@ pub(crate) struct Conn {
     pub(crate) tls: bool,
     /// The client negotiated `h2` in ALPN: HTTP/2 only.
     pub(crate) h2: bool,
-    /// The client certificate's identity, when one was presented.
+    /// The client certificate's identity, when one was presented (as logged).
     pub(crate) identity: Option<String>,
+    /// The same identity, for allow lists (an agent's HTTP app checks it).
+    pub(crate) cert: Option<crate::io::tls::CertIdentity>,
     /// The client's address as the proxy believes it (a trusted PROXY header, else the
     /// peer).
     pub(crate) client: SocketAddr,

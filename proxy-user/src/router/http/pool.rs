@@ -1,11 +1,17 @@
 //! The HTTP servers behind the front door: one [`Upstream`] per server (the web route's and
 //! each app's), each with its own pool of kept-alive connections (hyper-util's client).
 //! An upstream speaks what its configuration says — HTTP/1.1, h2c (HTTP/2 prior knowledge)
-//! or h2 over TLS — whatever the client of the proxy speaks.
+//! or h2 over TLS — whatever the client of the proxy speaks. An HTTP app that an agent
+//! serves is an upstream too, reached through a tunnel stream per request.
 
 use super::h1pool::H1Pool;
-use crate::config::{http_target, Config, ConfigError, HttpProtocol, HttpTarget, HttpUpstream};
+use crate::config::{
+    http_target, Config, ConfigError, HostPort, HttpProtocol, HttpTarget, HttpUpstream,
+};
+use crate::io::tunnel::{Kind, Service};
 use crate::io::{insecure::NoVerify, tls::provider};
+use crate::router::state::Proxy;
+use crate::router::tunnel::dial;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
@@ -34,6 +40,8 @@ const POOL_MAX_IDLE: usize = 256;
 enum Pool {
     /// Plaintext HTTP/1.1: the proxy's own lean pool.
     H1(H1Pool),
+    /// An HTTP app an agent serves: HTTP/1.1 on one tunnel stream per request.
+    Agent(Service),
     /// h2c.
     Plain(Client<HttpConnector, Body>),
     Tls(Client<HttpsConnector<HttpConnector>, Body>),
@@ -109,9 +117,34 @@ impl Upstream {
         })
     }
 
+    /// The HTTP app `name` that a connected agent serves (route `agent:http:<name>`).
+    pub(crate) fn agent(name: &str) -> Upstream {
+        Upstream {
+            route: format!("agent:http:{name}"),
+            target: HttpTarget {
+                tls: false,
+                addr: HostPort {
+                    host: name.to_owned(),
+                    port: 80,
+                },
+                protocol: HttpProtocol::Http11,
+            },
+            scheme: http::uri::Scheme::HTTP,
+            authority: http::uri::Authority::from_maybe_shared(name.to_owned().into_bytes())
+                .unwrap_or_else(|_| http::uri::Authority::from_static("agent")),
+            pool: Pool::Agent(Service {
+                kind: Kind::Http,
+                name: name.to_owned(),
+            }),
+        }
+    }
+
     /// The `host:port` the upstream is dialled at, for messages.
     pub(crate) fn addr(&self) -> String {
-        self.target.addr.to_string()
+        match &self.pool {
+            Pool::Agent(s) => format!("agent tunnel for {s}"),
+            _ => self.target.addr.to_string(),
+        }
     }
 
     /// Whether the upstream speaks HTTP/1.1 (so it can take an `Upgrade`).
@@ -140,10 +173,15 @@ impl Upstream {
     }
 
     /// Sends one request (its URI absolute, from [`Upstream::uri`]) on a pooled or new
-    /// connection.
-    pub(crate) async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    /// connection; `conn` is the client's, for an agent's allow list.
+    pub(crate) async fn send(
+        &self,
+        proxy: &Proxy,
+        conn: &super::Conn,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, BoxError> {
         match &self.pool {
-            Pool::H1(pool) => {
+            Pool::H1(_) | Pool::Agent(_) => {
                 // HTTP/1.1 on the wire: origin form, and a Host (HTTP/1.0 clients may omit it).
                 let pq = req.uri().path_and_query().cloned();
                 *req.uri_mut() = pq.map(Uri::from).unwrap_or_else(|| Uri::from_static("/"));
@@ -152,12 +190,32 @@ impl Upstream {
                         req.headers_mut().insert(http::header::HOST, v);
                     }
                 }
-                Ok(pool.send(req).await?)
+                match &self.pool {
+                    Pool::H1(pool) => Ok(pool.send(req).await?),
+                    Pool::Agent(s) => agent_send(proxy, conn, s, req).await,
+                    _ => unreachable!("matched above"),
+                }
             }
             Pool::Plain(c) => Ok(boxed(c.request(req).await?)),
             Pool::Tls(c) => Ok(boxed(c.request(req).await?)),
         }
     }
+}
+
+/// One request to an agent's HTTP app: a tunnel stream of its own (the agent dials the
+/// app for it), HTTP/1.1 on it, upgrades passed through.
+async fn agent_send(
+    proxy: &Proxy,
+    conn: &super::Conn,
+    service: &Service,
+    req: Request<Body>,
+) -> Result<Response<Body>, BoxError> {
+    let client = conn.client.to_string();
+    let stream = dial::open(proxy, service, client, conn.cert.as_ref()).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection.with_upgrades());
+    Ok(boxed(sender.send_request(req).await?))
 }
 
 fn boxed(resp: Response<Incoming>) -> Response<Body> {

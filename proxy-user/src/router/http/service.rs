@@ -5,7 +5,8 @@
 //!   browser opens a connection with the right server name);
 //! - on the web route, a host that is an app's gets `421` over TLS (its own TLS settings
 //!   and allow list apply only on its own connection) and is served over plaintext unless
-//!   the app asks for a client certificate (`403`); an unknown name gets `404`; the
+//!   the app asks for a client certificate (`403`); a name under a public address that a
+//!   connected agent serves goes through its tunnel; another unknown name gets `404`; the
 //!   proxy's own names get `/webapi/ping`, `/webapi/connectionupgrade`, then `upstreams.web`.
 //!
 //! Forwarding is `forward`'s.
@@ -16,6 +17,7 @@ use super::front::Host;
 use super::headers;
 use super::pages::{empty, full, page};
 use super::{Handoff, Shared};
+use crate::io::tunnel::{Kind, Service};
 use crate::protocol::{PING_PATH, UPGRADE_PATH};
 use crate::router::metrics::HttpRoute;
 use crate::router::webapi::{self, Refused};
@@ -137,10 +139,15 @@ async fn respond(
                 forward(sh, &app.upstream, req, authority, received).await,
             )
         }
+        Host::Unknown if agent_app(sh, host).is_some() => {
+            let up = agent_app(sh, host).expect("checked");
+            let route = sh.proxy.metrics.http_route(&up.route);
+            (route, forward(sh, &up, req, authority, received).await)
+        }
         Host::Unknown => {
             let apps: Vec<&str> = front.app_hosts().collect();
             let m = format!(
-                "404 Not Found: no app is named {} on this proxy (apps: {})",
+                "404 Not Found: no app is named {} on this proxy (apps: {}; no connected agent serves it)",
                 host.unwrap_or_default(),
                 if apps.is_empty() {
                     "none".to_owned()
@@ -158,6 +165,19 @@ async fn respond(
             web(sh, req, authority, received).await,
         ),
     }
+}
+
+/// The agent's HTTP app `host` names, when a connected agent serves it.
+fn agent_app(sh: &Shared, host: Option<&str>) -> Option<super::pool::Upstream> {
+    let name = sh.proxy.front.agent_name(host?)?;
+    let service = Service {
+        kind: Kind::Http,
+        name: name.to_owned(),
+    };
+    sh.proxy
+        .tunnels
+        .serves(&service)
+        .then(|| super::pool::Upstream::agent(name))
 }
 
 /// The web route: the proxy's own endpoints, then `upstreams.web`.

@@ -41,7 +41,7 @@ pub(crate) async fn open(
         let who = identity.map_or("a client without a certificate".to_owned(), |i| {
             i.to_string()
         });
-        return Err(ConnError::Agent {
+        return Err(ConnError::AgentDenied {
             service: service.to_string(),
             reason: format!("{who} is not allowed (tunnel.agents allow: {allow:?})"),
         });
