@@ -220,4 +220,49 @@ mod tests {
             assert!(ServePattern::parse(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let ca = ca.path().display();
+        let parse = |extra: &str, ca_line: bool| {
+            let ca_key = if ca_line {
+                format!(", client_ca_file: '{ca}'")
+            } else {
+                String::new()
+            };
+            let text =
+                format!("proxy_service: {{web_listen_addr: '127.0.0.1:0'{ca_key}}}\n{extra}");
+            Config::parse(&text, std::path::Path::new("."))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let ok = "tunnel: {agents: [{identity: edge, serve: ['ssh:*']}]}\n";
+        assert_eq!(parse(ok, true), Ok(()));
+        let cases = [
+            (ok, false, "proxy_service.client_ca_file"),
+            ("tunnel: {agents: []}\n", true, "tunnel.agents"),
+            (
+                "tunnel: {agents: [{identity: e, serve: ['ftp:x']}]}\n",
+                true,
+                "tunnel.agents[0].serve[0]",
+            ),
+            (
+                "tunnel: {heartbeat_interval: 1ms, agents: [{identity: e, serve: ['ssh:*']}]}\n",
+                true,
+                "tunnel.heartbeat_interval",
+            ),
+            (
+                "tunnel: {agents: [{identity: e, serve: ['ssh:*'], typo: 1}]}\n",
+                true,
+                "unknown field",
+            ),
+        ];
+        for (extra, ca_line, key) in cases {
+            let e = parse(extra, ca_line).unwrap_err();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let both = format!("upstreams: {{tunnel: 't:1'}}\n{ok}");
+        assert!(parse(&both, true).unwrap_err().contains("keep one"));
+    }
 }

@@ -336,4 +336,6 @@ fn reject<'a, T>(reason: &str, alert: RejectAlert) -> Decision<'a, T> {
 }
 
 #[cfg(test)]
+mod agents_tests;
+#[cfg(test)]
 mod tests;
