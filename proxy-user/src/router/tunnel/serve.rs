@@ -234,3 +234,7 @@ impl Drop for Registered<'_> {
         self.0.remove(self.1, self.2);
     }
 }
+
+#[cfg(test)]
+#[path = "serve_tests.rs"]
+mod tests;
