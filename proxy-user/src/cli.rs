@@ -237,6 +237,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     run::serve(&path, a.ebpf, |web, diag| {
         if let (Some(dev), Some(diag)) = (&dev, diag) {
+            demo::start_agent(dev);
             println!("{}", demo::instructions(dev, web, diag));
         }
     })

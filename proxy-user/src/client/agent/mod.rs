@@ -13,7 +13,7 @@ pub(crate) mod config;
 mod stream;
 mod tunnel;
 
-pub(crate) use config::AgentArgs;
+pub(crate) use config::{AgentArgs, AgentConfig};
 
 use super::ClientError;
 use crate::protocol::{REVERSE_TUNNEL_ALPN, REVERSE_TUNNEL_V2_ALPN};
@@ -31,7 +31,12 @@ const BACKOFF_CAP: Duration = Duration::from_secs(8);
 
 /// `switchyard agent`: runs until SIGINT/SIGTERM.
 pub(crate) async fn run(args: AgentArgs) -> Result<(), ClientError> {
-    let config = args.settle()?;
+    run_settled(args.settle()?).await
+}
+
+/// Runs an agent of a settled configuration until SIGINT/SIGTERM (dev mode runs one in
+/// the proxy's process).
+pub(crate) async fn run_settled(config: AgentConfig) -> Result<(), ClientError> {
     let dialer = config.client.dialer()?;
     let alpn = [REVERSE_TUNNEL_ALPN, REVERSE_TUNNEL_V2_ALPN];
     let connector = dialer.connector(None, &alpn, super::dial::Verify::Proxy)?;

@@ -9,7 +9,10 @@
 mod webapp;
 
 use super::ca::{self, IssueRequest};
+use crate::client::agent::AgentConfig;
+use crate::client::args::ClientArgs;
 use crate::io::tls::provider;
+use crate::io::tunnel::{Kind as TunnelKind, Service};
 use crate::router::certs::{load_certified_key, SniResolver};
 use anyhow::Context;
 use bytes::Bytes;
@@ -98,10 +101,12 @@ async fn http(stream: tokio::net::TcpStream, name: String) {
 
 /// The host names of the dev config's HTTP apps (and the TCP app), in the proxy's
 /// certificate.
-const DEV_APPS: [&str; 3] = [
+const DEV_APPS: [&str; 5] = [
     "dashboard.localhost",
     "admin.localhost",
     "grafana.localhost",
+    "tunnelled.localhost",
+    "agent-echo.localhost",
 ];
 
 /// Whether the certificate in PEM file `path` names `host`.
@@ -119,6 +124,8 @@ fn covers(path: &Path, host: &str) -> bool {
 pub(crate) struct Dev {
     pub(crate) config_path: PathBuf,
     pub(crate) pki: PathBuf,
+    /// The agent that serves the reverse-tunnel demo services.
+    agent: AgentConfig,
 }
 
 /// Creates the dev PKI (once), starts the demo upstreams, writes `DIR/switchyard.yaml`.
@@ -151,7 +158,7 @@ pub(crate) async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> a
     // Browsers and curl do not take `*.localhost` for a name one label under a top-level
     // domain: the apps' names are in the certificate too (reissued for an older dev PKI).
     let proxy_cert = pki.join("proxy.crt");
-    if !covers(&proxy_cert, DEV_APPS[0]) {
+    if !DEV_APPS.iter().all(|h| covers(&proxy_cert, h)) {
         let mut names = vec!["localhost", "*.localhost"];
         names.extend(DEV_APPS);
         let request = IssueRequest {
@@ -162,6 +169,15 @@ pub(crate) async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> a
             ..Default::default()
         };
         ca::issue(&pki, &request)?;
+    }
+    if !pki.join("edge.crt").exists() {
+        let agent = IssueRequest {
+            name: "edge".into(),
+            orgs: vec![ca::AGENT_ORG.into()],
+            ttl: Duration::from_secs(30 * 86400),
+            ..Default::default()
+        };
+        ca::issue(&pki, &agent)?;
     }
     let mut text = include_str!("dev.yaml")
         .replace("{listen}", &listen.to_string())
@@ -174,7 +190,6 @@ pub(crate) async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> a
         ("dashboard", Kind::WebApp),
         ("admin", Kind::WebApp),
         ("ssh", Kind::Echo),
-        ("tunnel", Kind::Echo),
         ("postgres", Kind::Echo),
         ("mysql", Kind::Echo),
         ("mongodb", Kind::Echo),
@@ -186,9 +201,59 @@ pub(crate) async fn setup(dir: &Path, listen: SocketAddr, diag: SocketAddr) -> a
         text = text.replace(&format!("{{{name}}}"), &listener.local_addr()?.to_string());
         tokio::spawn(run(listener, name.to_owned(), kind));
     }
+    let mut agent_services = std::collections::BTreeMap::new();
+    for (kind, name, demo) in [
+        (TunnelKind::Http, "tunnelled", Kind::WebApp),
+        (TunnelKind::Tcp, "agent-echo", Kind::Echo),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let service = Service {
+            kind,
+            name: name.to_owned(),
+        };
+        agent_services.insert(service, listener.local_addr()?.to_string());
+        tokio::spawn(run(listener, name.to_owned(), demo));
+    }
     let config_path = dir.join("switchyard.yaml");
     std::fs::write(&config_path, text).with_context(|| config_path.display().to_string())?;
-    Ok(Dev { config_path, pki })
+    let agent = agent_config(&pki, listen, agent_services);
+    Ok(Dev {
+        config_path,
+        pki,
+        agent,
+    })
+}
+
+/// The dev agent: dials the dev proxy as `pki/edge` and serves the demo services.
+fn agent_config(
+    pki: &Path,
+    listen: SocketAddr,
+    services: std::collections::BTreeMap<Service, String>,
+) -> AgentConfig {
+    let client = ClientArgs {
+        proxy: Some(format!("localhost:{}", listen.port())),
+        identity: Some(pki.join("edge")),
+        cert: None,
+        key: None,
+        ca: None,
+        upgrade_mode: Default::default(),
+        verbose: false,
+    };
+    AgentConfig {
+        client,
+        tunnels: 2,
+        services,
+    }
+}
+
+/// Starts the dev agent (it retries until the proxy listens).
+pub(crate) fn start_agent(dev: &Dev) {
+    let config = dev.agent.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::client::agent::run_settled(config).await {
+            tracing::error!("the dev agent stopped: {e}");
+        }
+    });
 }
 
 /// Copy-paste commands that show each route working.
@@ -211,7 +276,7 @@ pub(crate) fn instructions(dev: &Dev, web: SocketAddr, diag: SocketAddr) -> Stri
          \x20 curl -k https://nope.localhost:{port}/     # 404 page: no app of that name\n\
          \x20 curl --cacert {p}/ca.crt --cert {p}/alice.crt --key {p}/alice.key https://admin.localhost:{port}/api/hello\n\
          \x20 curl --cacert {p}/ca.crt --cert {p}/bob.crt --key {p}/bob.key https://admin.localhost:{port}/  # bob: refused\n\
-         \n  # SSH, Postgres, reverse tunnel: TLS terminated, client certificate required\n\
+         \n  # SSH, Postgres: TLS terminated, client certificate required\n\
          \x20 {tls} -servername localhost -alpn teleport-proxy-ssh {user}\n\
          \x20 {tls} -servername localhost -alpn teleport-postgres {user}\n\
          \x20 {tls} -servername localhost -alpn teleport-reversetunnel {user}\n\
@@ -222,6 +287,10 @@ pub(crate) fn instructions(dev: &Dev, web: SocketAddr, diag: SocketAddr) -> Stri
          \n  # passthrough: the upstream's own certificate (CN=kube / CN=auth) answers\n\
          \x20 openssl s_client -connect 127.0.0.1:{port} -servername kube-teleport-proxy-alpn.localhost </dev/null | grep subject\n\
          \x20 openssl s_client -connect 127.0.0.1:{port} -alpn {auth_alpn} </dev/null | grep subject\n\
+         \n  # reverse tunnel: an agent in this process dialed in; these are served through it\n\
+         \x20 curl --cacert {p}/ca.crt https://tunnelled.localhost:{port}/api/hello\n\
+         \x20 {tls} -servername agent-echo.localhost -alpn teleport-tcp {user}\n\
+         \x20 curl -s http://{diag}/agents                  # the agents and their services\n\
          \n  # legacy plaintext\n\
          \x20 curl http://127.0.0.1:{port}/api/hello        # plaintext HTTP: the web route\n\
          \x20 printf 'SSH-2.0-demo\\r\\n' | curl -s --max-time 1 telnet://127.0.0.1:{port}\n",
