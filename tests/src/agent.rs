@@ -59,6 +59,19 @@ impl Agent {
         services: &[(&str, &str, SocketAddr)],
         extra: &[&str],
     ) -> Result<Agent> {
+        Agent::start_with(ns, proxy, identity, services, extra, |_| {})
+    }
+
+    /// [`Agent::start`], with `setup` applied to the command first (environment such as
+    /// `HTTPS_PROXY`).
+    pub fn start_with(
+        ns: Option<&Netns>,
+        proxy: SocketAddr,
+        identity: &Path,
+        services: &[(&str, &str, SocketAddr)],
+        extra: &[&str],
+        setup: impl FnOnce(&mut std::process::Command),
+    ) -> Result<Agent> {
         let dir = TempDir::new("agent")?;
         let mut cmd = command_in(ns, switchyard_bin()?);
         cmd.arg("agent")
@@ -69,6 +82,7 @@ impl Agent {
         }
         cmd.args(extra)
             .env("SWITCHYARD_LOG", "info,switchyard=debug");
+        setup(&mut cmd);
         let proc = Proc::spawn("agent", cmd, dir.path())?;
         Ok(Agent { proc, _dir: dir })
     }
