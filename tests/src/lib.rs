@@ -16,6 +16,7 @@ pub mod agent;
 pub mod balancer;
 pub mod browser;
 pub mod clients;
+pub mod kube;
 pub mod local_proxy;
 pub mod mariadb;
 pub mod netns;

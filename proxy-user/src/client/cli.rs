@@ -44,6 +44,10 @@ pub(crate) enum ProxyCommand {
     Kube {
         #[command(flatten)]
         client: ClientArgs,
+        /// A Kubernetes cluster by name (SNI kube-teleport-proxy-alpn.NAME.<proxy host>):
+        /// one an agent serves. Without it, the proxy's `upstreams.kube`.
+        #[arg(long = "kube", value_name = "NAME")]
+        kube: Option<String>,
         #[arg(long, default_value_t = 0)]
         port: u16,
     },
@@ -114,6 +118,9 @@ pub(crate) enum KubeCommand {
     Config {
         #[command(flatten)]
         client: ClientArgs,
+        /// A cluster an agent serves (as for `proxy kube --kube NAME`).
+        #[arg(long = "kube", value_name = "NAME")]
+        kube: Option<String>,
         /// Output file (default: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -145,9 +152,10 @@ pub(crate) fn proxy(c: ProxyCommand) -> Result<ExitCode, ClientError> {
             let db = db.as_deref();
             block_on(db::proxy_db(&dialer, protocol, db, port, client.verbose))
         }
-        ProxyCommand::Kube { client, port } => {
+        ProxyCommand::Kube { client, kube, port } => {
             let dialer = client.dialer()?;
-            block_on(kube::proxy_kube(&dialer, port, client.verbose))
+            let sni = kube::kube_sni(&dialer, kube.as_deref())?;
+            block_on(kube::proxy_kube(&dialer, &sni, port, client.verbose))
         }
         ProxyCommand::App { client, name, port } => {
             let dialer = client.dialer()?;
@@ -220,8 +228,9 @@ pub(crate) fn probe(args: ProbeArgs) -> Result<ExitCode, ClientError> {
 }
 
 pub(crate) fn kube(c: KubeCommand) -> Result<ExitCode, ClientError> {
-    let KubeCommand::Config { client, out } = c;
-    let text = kube::direct_kubeconfig(&client.dialer()?);
+    let KubeCommand::Config { client, kube, out } = c;
+    let dialer = client.dialer()?;
+    let text = kube::direct_kubeconfig(&dialer, &kube::kube_sni(&dialer, kube.as_deref())?);
     match out {
         Some(path) => {
             kube::write_private(&path, &text)?;

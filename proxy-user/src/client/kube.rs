@@ -22,19 +22,29 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
-/// The SNI that selects the Kubernetes upstream.
-pub(crate) fn kube_sni(dialer: &Dialer) -> String {
-    format!("{KUBE_SNI_PREFIX}{}", dialer.host)
+/// The SNI that selects the Kubernetes upstream, or cluster `name` that an agent serves.
+pub(crate) fn kube_sni(dialer: &Dialer, name: Option<&str>) -> Result<String, ClientError> {
+    match name {
+        None => Ok(format!("{KUBE_SNI_PREFIX}{}", dialer.host)),
+        Some(n) if crate::config::dns_label(n) => Ok(format!(
+            "{KUBE_SNI_PREFIX}{}.{}",
+            n.to_ascii_lowercase(),
+            dialer.host
+        )),
+        Some(n) => Err(ClientError::Usage(format!(
+            "--kube {n}: a cluster name is one DNS label (letters, digits, '-')"
+        ))),
+    }
 }
 
 /// `switchyard proxy kube`: serves until SIGINT/SIGTERM, then removes its kubeconfig.
 pub(crate) async fn proxy_kube(
     dialer: &Dialer,
+    sni: &str,
     port: u16,
     verbose: bool,
 ) -> Result<(), ClientError> {
-    let sni = kube_sni(dialer);
-    let connector = dialer.connector(Some(&sni), &[HTTP1], Verify::Sni)?;
+    let connector = dialer.connector(Some(sni), &[HTTP1], Verify::Sni)?;
     let local_pki = LocalPki::generate()
         .map_err(|e| ClientError::Protocol(format!("generating local certificates: {e}")))?;
     let config = local_pki.server_config()?;
@@ -71,11 +81,11 @@ pub(crate) async fn proxy_kube(
 }
 
 /// A kubeconfig that talks to the proxy itself, with the user's certificate.
-pub(crate) fn direct_kubeconfig(dialer: &Dialer) -> String {
+pub(crate) fn direct_kubeconfig(dialer: &Dialer, sni: &str) -> String {
     let id = &dialer.identity;
     kubeconfig(
         &format!("https://{}", dialer.proxy),
-        Some(&kube_sni(dialer)),
+        Some(sni),
         &id.ca_pem,
         Some((&id.cert_pem, &id.key_pem)),
     )

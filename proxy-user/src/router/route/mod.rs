@@ -18,19 +18,21 @@
 
 mod agents;
 mod build;
+mod rules;
 
 use agents::db_kind;
 pub(crate) use agents::Agents;
 #[cfg(test)]
 pub(crate) use agents::NoAgents;
 pub(crate) use build::{app_route, builtin_rule};
+use rules::{Rule, SniMatch};
 
 use super::hello::ClientHello;
 use super::trust::AllowFrom;
 use crate::io::tunnel::{Kind, Service};
 use crate::protocol::{
-    AUTH_ALPN_PREFIX, AUTH_ALPN_SUFFIX, BUILTIN, KUBE_SNI_PREFIX, PING_SUFFIX, POSTGRES_ALPN,
-    SSH_ALPN, SSH_NODE_LABEL, TCP_ALPNS, WEB_ALPN,
+    AUTH_ALPN_PREFIX, AUTH_ALPN_SUFFIX, BUILTIN, KUBE_SNI_PREFIX, POSTGRES_ALPN, SSH_ALPN,
+    SSH_NODE_LABEL, TCP_ALPNS, WEB_ALPN,
 };
 use std::collections::BTreeMap;
 
@@ -83,42 +85,6 @@ pub(crate) struct RouteEntry<T = ()> {
     pub(crate) allow: Vec<String>,
     /// Client addresses allowed, checked before the TLS handshake; `None` allows any.
     pub(crate) allow_from: Option<AllowFrom>,
-}
-
-/// A `routes:` entry's matcher, pointing at its [`RouteEntry`].
-#[derive(Debug, Clone)]
-struct Rule {
-    sni: Option<SniMatch>,
-    alpn: Option<String>,
-    entry: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum SniMatch {
-    Exact(String),
-    /// `*.example.com` stored as `.example.com`.
-    Wildcard(String),
-}
-
-impl SniMatch {
-    fn parse(s: &str) -> SniMatch {
-        let s = s.to_ascii_lowercase();
-        match s.strip_prefix('*') {
-            Some(suffix) => SniMatch::Wildcard(suffix.to_owned()),
-            None => SniMatch::Exact(s),
-        }
-    }
-
-    /// Specificity of a match (higher wins), or `None`.
-    fn matches(&self, sni: &str) -> Option<u8> {
-        match self {
-            SniMatch::Exact(name) => (name == sni).then_some(2),
-            SniMatch::Wildcard(suffix) => sni
-                .strip_suffix(suffix.as_str())
-                .filter(|label| !label.is_empty() && !label.contains('.'))
-                .map(|_| 1),
-        }
-    }
 }
 
 /// The routing decision for one ClientHello.
@@ -192,9 +158,15 @@ impl<T> Table<T> {
             if let Some(d) = self.agent(Kind::Kube, sni, agents) {
                 return d;
             }
-            return match self.kube {
-                Some(i) => Decision::Route(&self.entries[i]),
-                None => reject(
+            return match (self.kube, agents::sni_name(Kind::Kube, sni)) {
+                (Some(i), _) => Decision::Route(&self.entries[i]),
+                (None, Some(name)) if !self.agents.is_empty() => reject(
+                    &format!(
+                        "Kubernetes cluster {name:?}: no connected agent serves it and no upstreams.kube is configured"
+                    ),
+                    RejectAlert::UnrecognizedName,
+                ),
+                (None, _) => reject(
                     "Kubernetes SNI but no upstreams.kube is configured",
                     RejectAlert::UnrecognizedName,
                 ),
@@ -269,36 +241,6 @@ impl<T> Table<T> {
                 RejectAlert::NoApplicationProtocol,
             ),
         }
-    }
-
-    /// The most specific matching `routes:` entry, first in file order among equals.
-    fn match_rules(&self, sni: &str, alpn: &[String]) -> Option<usize> {
-        let mut best: Option<(u8, usize)> = None;
-        for rule in &self.rules {
-            let sni_score = match &rule.sni {
-                Some(m) => match m.matches(sni) {
-                    Some(s) => s,
-                    None => continue,
-                },
-                None => 0,
-            };
-            let alpn_score = match &rule.alpn {
-                Some(a)
-                    if alpn
-                        .iter()
-                        .any(|p| p == a || p.strip_suffix(PING_SUFFIX) == Some(a)) =>
-                {
-                    1
-                }
-                Some(_) => continue,
-                None => 0,
-            };
-            let score = sni_score * 2 + alpn_score;
-            if best.is_none_or(|(s, _)| score > s) {
-                best = Some((score, rule.entry));
-            }
-        }
-        best.map(|(_, e)| e)
     }
 }
 

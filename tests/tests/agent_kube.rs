@@ -1,0 +1,101 @@
+//! kubectl to a Kubernetes API that only an agent can reach (docs/agent.md): the API (a
+//! stand-in, `openssl s_server -WWW`) lives in a network namespace whose only way out is
+//! a forwarder to the proxy; the agent there serves it as `kube:edge`; kubectl reaches it
+//! with SNI `kube-teleport-proxy-alpn.edge.localhost`, its TLS passed through end to end —
+//! through `proxy kube --kube edge` and with the kubeconfig of `kube config --kube edge`.
+
+use std::time::Duration;
+
+use switchyard_tests::agent::{tunnel_section, Agent, Rule};
+use switchyard_tests::kube::{kubectl_version, KubeApi};
+use switchyard_tests::local_proxy::{client_args, switchyard_cmd, LocalProxy};
+use switchyard_tests::netns::Netns;
+use switchyard_tests::{run_with_timeout, ProxyConfig, Switchyard, TempDir, TestPki};
+
+#[test]
+fn kubectl_reaches_an_api_server_only_an_agent_can_reach() {
+    let pki = TestPki::new().unwrap();
+    let agent_cert = pki
+        .issue_client("edge", "edge", Some("switchyard-agent"))
+        .unwrap();
+    let rules = [Rule {
+        identity: "switchyard-agent",
+        serve: &["kube:*"],
+        allow: &[],
+    }];
+    let config = ProxyConfig {
+        extra: tunnel_section("p1", &["p1"], &rules),
+        ..ProxyConfig::default()
+    };
+    let proxy = Switchyard::start(&pki, &config).unwrap();
+    let ns = Netns::new("kube").unwrap();
+    let sni = "kube-teleport-proxy-alpn.edge.localhost";
+    let api = KubeApi::start(&pki, sni, Some(&ns)).unwrap();
+    assert!(
+        std::net::TcpStream::connect(api.addr).is_err(),
+        "the API must be out of the proxy's reach"
+    );
+    let way_out = ns.forward_out(proxy.web).unwrap();
+    let identity = agent_cert.cert.with_extension("");
+    let agent = Agent::start(
+        Some(&ns),
+        way_out,
+        &identity,
+        &[("kube", "edge", api.addr)],
+        &[],
+    )
+    .unwrap();
+    agent.wait_tunnels_up(2, Duration::from_secs(20)).unwrap();
+
+    let mut args = vec!["proxy".to_owned(), "kube".into(), "--kube=edge".into()];
+    args.extend(client_args(&pki, &proxy, "client"));
+    let local = LocalProxy::start(&args).unwrap();
+    let kubeconfig = local.printed("kubeconfig").expect("kubeconfig printed");
+    let out = kubectl_version(&kubeconfig).unwrap();
+    assert!(
+        out.success() && out.stdout.contains("v1.31.0-switchyard-test"),
+        "{out:?}\n{}\n--- proxy ---\n{}\n--- agent ---\n{}",
+        local.logs(),
+        proxy.log(),
+        agent.log()
+    );
+    assert!(
+        proxy
+            .log()
+            .contains("service=kube:edge route=\"agent:kube\""),
+        "{}",
+        proxy.log()
+    );
+
+    let dir = TempDir::new("kubeconfig").unwrap();
+    let direct = dir.join("config");
+    let mut args = vec![
+        "kube".to_owned(),
+        "config".into(),
+        "--kube=edge".into(),
+        format!("--out={}", direct.display()),
+    ];
+    args.extend(client_args(&pki, &proxy, "client"));
+    let out =
+        run_with_timeout(switchyard_cmd(&args).unwrap(), b"", Duration::from_secs(10)).unwrap();
+    assert!(out.success(), "{out:?}");
+    let text = std::fs::read_to_string(&direct).unwrap();
+    assert!(text.contains(&format!("tls-server-name: {sni}")), "{text}");
+    let out = kubectl_version(&direct).unwrap();
+    assert!(out.success(), "{out:?}\n{}", proxy.log());
+    assert!(out.stdout.contains("v1.31.0-switchyard-test"), "{out:?}");
+
+    // A cluster no agent serves (and no upstreams.kube): refused with a reason.
+    let mut args = vec!["proxy".to_owned(), "kube".into(), "--kube=gone".into()];
+    args.extend(client_args(&pki, &proxy, "client"));
+    let gone = LocalProxy::start(&args).unwrap();
+    let out = kubectl_version(&gone.printed("kubeconfig").unwrap()).unwrap();
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        proxy
+            .log()
+            .contains("Kubernetes cluster \"gone\": no connected agent serves it"),
+        "{}",
+        proxy.log()
+    );
+}
