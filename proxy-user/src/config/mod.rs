@@ -22,7 +22,9 @@ pub(crate) use schema::*;
 #[cfg(test)]
 pub(crate) use trust::Net;
 pub(crate) use trust::{BuiltinAllowFrom, Nets, XffMode};
-pub(crate) use tunnel::{service_name, ServePattern, TunnelService};
+pub(crate) use tunnel::{
+    service_name, ServePattern, TunnelService, MAX_STREAMS as MAX_TUNNEL_STREAMS,
+};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -31,12 +31,16 @@ pub(crate) struct TunnelService {
     #[serde(default = "max_streams")]
     pub(crate) max_streams_per_tunnel: usize,
     /// Receive window across a tunnel's streams, bytes (`268435456`): the most the agent
-    /// can make the proxy buffer for one tunnel (at least 256 KiB per stream).
+    /// can make the proxy buffer for one tunnel (raised to yamux's minimum for the stream
+    /// limit: 256 KiB × (2 × `max_streams_per_tunnel` + 16)).
     #[serde(default = "window")]
     pub(crate) window_bytes: usize,
     /// Which agents may serve what, first matching entry wins.
     pub(crate) agents: Vec<AgentRule>,
 }
+
+/// Most streams per tunnel: what the agent's own limit accepts from a proxy.
+pub(crate) const MAX_STREAMS: usize = 4096;
 
 fn heartbeat() -> Duration {
     Duration::from_secs(5)
@@ -150,10 +154,10 @@ impl Config {
                 "at least 100ms",
             ));
         }
-        if !(1..=65_536).contains(&t.max_streams_per_tunnel) {
+        if !(1..=MAX_STREAMS).contains(&t.max_streams_per_tunnel) {
             return Err(ConfigError::invalid(
                 "tunnel.max_streams_per_tunnel",
-                "between 1 and 65536",
+                format!("between 1 and {MAX_STREAMS} (what an agent accepts)"),
             ));
         }
         if t.max_tunnels_per_agent == 0 {

@@ -23,10 +23,10 @@ use tracing::{info, warn};
 const MISSES: u32 = 3;
 /// How long the proxy has to answer the Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
-/// Streams the proxy may open at once on one tunnel (the proxy's own limit is lower by
-/// default), and the receive window across them.
+/// Streams the proxy may open at once on one tunnel (the most any proxy's
+/// `tunnel.max_streams_per_tunnel` allows), and the receive window across them.
 const LIMITS: Limits = Limits {
-    max_streams: 4096,
+    max_streams: crate::config::MAX_TUNNEL_STREAMS,
     window_bytes: 256 * 1024 * 1024,
 };
 

@@ -4,18 +4,59 @@
 //! stream's heartbeats do that), tunes each stream's window itself (256 KiB at first),
 //! and bounds the session by [`Limits`]: streams at once and the receive window across
 //! all of them, which caps the memory a peer can make this side buffer.
+//!
+//! The stream limit is this module's own, counted by permits that travel with each
+//! stream this side opens: yamux, asked for a stream over its own limit, tears the whole
+//! session down (every stream with it), so yamux's limit is set well above ours and an
+//! open over ours fails alone, with [`OVER_LIMIT`].
 
 use futures_util::future::poll_fn;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::Poll;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-/// One stream of a session, as a tokio byte stream.
-pub(crate) type MuxStream = Compat<yamux::Stream>;
+/// The error kind of an open refused by the stream limit (the session goes on).
+pub(crate) const OVER_LIMIT: io::ErrorKind = io::ErrorKind::ResourceBusy;
+
+/// One stream of a session, as a tokio byte stream; one this side opened holds its
+/// permit until dropped.
+pub(crate) struct MuxStream {
+    inner: Compat<yamux::Stream>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 pub(crate) use yamux::Mode;
 
@@ -25,20 +66,28 @@ const STREAM_WINDOW: usize = 256 * 1024;
 /// Bounds of one session.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    /// Streams open at once; the peer's further opens are refused by yamux.
+    /// Streams this side may have open at once (beyond them an open fails with
+    /// [`OVER_LIMIT`]); the peer may open as many.
     pub(crate) max_streams: usize,
-    /// Receive window across all streams, bytes (raised to 256 KiB × `max_streams` when
-    /// lower, as yamux requires).
+    /// Receive window across all streams, bytes (raised to what yamux requires for its
+    /// stream limit when lower: 256 KiB for each).
     pub(crate) window_bytes: usize,
 }
 
 impl Limits {
+    /// yamux's own stream limit: ours twice (ours for each side), and slack for streams
+    /// dropped but not yet collected.
+    fn yamux_streams(self) -> usize {
+        self.max_streams * 2 + 16
+    }
+
     fn yamux(self) -> yamux::Config {
         let mut c = yamux::Config::default();
-        let window = self.window_bytes.max(STREAM_WINDOW * self.max_streams);
+        let streams = self.yamux_streams();
+        let window = self.window_bytes.max(STREAM_WINDOW * streams);
         // yamux checks the pair at each step: lift the window, set streams, then bound it.
         c.set_max_connection_receive_window(None);
-        c.set_max_num_streams(self.max_streams);
+        c.set_max_num_streams(streams);
         c.set_max_connection_receive_window(Some(window));
         c
     }
@@ -50,16 +99,26 @@ type OpenReply = oneshot::Sender<Result<yamux::Stream, yamux::ConnectionError>>;
 #[derive(Clone)]
 pub(crate) struct Opener {
     tx: mpsc::Sender<OpenReply>,
+    permits: Arc<Semaphore>,
+    max: usize,
 }
 
 impl Opener {
-    /// A new stream, or an error once the session is gone.
+    /// A new stream; an error once the session is gone, or [`OVER_LIMIT`] while this side
+    /// has `max_streams` open (the session and its streams go on).
     pub(crate) async fn open(&self) -> io::Result<MuxStream> {
         let gone = || io::Error::new(io::ErrorKind::NotConnected, "tunnel closed");
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let m = format!("the tunnel has its limit of {} streams open", self.max);
+            return Err(io::Error::new(OVER_LIMIT, m));
+        };
         let (tx, rx) = oneshot::channel();
         self.tx.send(tx).await.map_err(|_| gone())?;
         match rx.await {
-            Ok(Ok(stream)) => Ok(stream.compat()),
+            Ok(Ok(stream)) => Ok(MuxStream {
+                inner: stream.compat(),
+                _permit: Some(permit),
+            }),
             Ok(Err(e)) => Err(io::Error::other(e)),
             Err(_) => Err(gone()),
         }
@@ -119,7 +178,11 @@ where
                 match conn.poll_next_inbound(cx) {
                     Poll::Ready(Some(Ok(stream))) => {
                         // Full or no taker: the stream is dropped, which resets it.
-                        let _ = in_tx.try_send(stream.compat());
+                        let stream = MuxStream {
+                            inner: stream.compat(),
+                            _permit: None,
+                        };
+                        let _ = in_tx.try_send(stream);
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                     Poll::Ready(None) => {
@@ -138,7 +201,11 @@ where
         }
     });
     Session {
-        opener: Opener { tx: open_tx },
+        opener: Opener {
+            tx: open_tx,
+            permits: Arc::new(Semaphore::new(limits.max_streams)),
+            max: limits.max_streams,
+        },
         inbound: in_rx,
         done,
         close: Some(close_tx),
@@ -194,5 +261,30 @@ mod tests {
         drop(b);
         let _ = (&mut client.done).await;
         assert!(client.opener.open().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_open_over_the_limit_fails_alone_and_the_session_goes_on() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let limits = Limits {
+            max_streams: 2,
+            window_bytes: 0,
+        };
+        let server = start(a, Mode::Server, limits, 16);
+        let mut client = start(b, Mode::Client, LIMITS, 16);
+        let mut first = server.opener.open().await.unwrap();
+        let second = server.opener.open().await.unwrap();
+        let over = server.opener.open().await.err().expect("over the limit");
+        assert_eq!(over.kind(), OVER_LIMIT);
+        // The open streams still carry bytes.
+        first.write_all(b"still up").await.unwrap();
+        first.shutdown().await.unwrap();
+        let mut got = client.inbound.recv().await.unwrap();
+        let mut text = String::new();
+        got.read_to_string(&mut text).await.unwrap();
+        assert_eq!(text, "still up");
+        // A dropped stream gives its permit back.
+        drop(second);
+        assert!(server.opener.open().await.is_ok());
     }
 }

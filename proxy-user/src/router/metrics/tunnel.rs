@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 pub(crate) struct StreamLabel {
     /// The service kind: `ssh`, `tcp`, `http`, `postgres`, `mysql`, `mongodb`, `kube`.
     pub(crate) kind: &'static str,
-    /// `opened`, `refused_by_agent`, `not_allowed`, `tunnel_error`.
+    /// `opened`, `refused_by_agent`, `not_allowed`, `over_limit`, `tunnel_error`.
     pub(crate) outcome: &'static str,
 }
 

@@ -7,7 +7,7 @@
 
 use crate::io::tls::CertIdentity;
 use crate::io::tunnel::frame::{self, FrameError};
-use crate::io::tunnel::mux::MuxStream;
+use crate::io::tunnel::mux::{MuxStream, OVER_LIMIT};
 use crate::io::tunnel::{Service, StreamHeader, StreamReply, MAX_HEADER_BYTES};
 use crate::router::conn::ConnError;
 use crate::router::state::Proxy;
@@ -67,6 +67,13 @@ pub(crate) async fn open(
         Ok::<_, FrameError>((stream, reply))
     };
     let (stream, reply) = match timeout(deadline, attempt).await {
+        Ok(Err(FrameError::Io(e))) if e.kind() == OVER_LIMIT => {
+            metrics.stream(kind, "over_limit");
+            return Err(ConnError::Agent {
+                service: service.to_string(),
+                reason: format!("{e} (tunnel.max_streams_per_tunnel)"),
+            });
+        }
         Err(_) => {
             return Err(failed(format!(
                 "no answer from the agent within {deadline:?}"
