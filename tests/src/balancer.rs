@@ -281,6 +281,28 @@ impl HAProxy {
             )
         })
     }
+
+    /// `mode tcp`, `balance roundrobin` over `backends` (`s1`, `s2`, … in that order):
+    /// bytes as they are, no PROXY header, no health checks (a backend that is down
+    /// fails the connections sent to it), each connection from [`BALANCER_SOURCE`].
+    pub fn tcp_round_robin(dir: &Path, backends: &[SocketAddr]) -> Result<Balancer> {
+        if backends.is_empty() {
+            bail!("tcp_round_robin needs at least one backend");
+        }
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("  server s{} {b} source {BALANCER_SOURCE}\n", i + 1))
+            .collect();
+        haproxy(dir, |port| {
+            format!(
+                "defaults\n  mode tcp\n  log global\n  option tcplog\n  timeout connect 5s\n  \
+                 timeout client 1h\n  timeout server 1h\n\
+                 frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+                 backend be\n  balance roundrobin\n{servers}"
+            )
+        })
+    }
 }
 
 fn haproxy(dir: &Path, body: impl Fn(u16) -> String) -> Result<Balancer> {
