@@ -135,7 +135,7 @@ pub(crate) async fn run(agent: &Agent) -> Ended {
                 Ok(Control::Drain) => {
                     info!(proxy = proxy_id, streams = streams.len(), "drain notice: opening a new tunnel, streams in flight finish here");
                     drop(_held);
-                    tokio::spawn(finish(session, streams));
+                    tokio::spawn(finish(session, streams, ctl));
                     return Ended::Lost { drained: true };
                 }
                 Ok(other) => break format!("unexpected control message {other:?}"),
@@ -158,9 +158,10 @@ pub(crate) async fn run(agent: &Agent) -> Ended {
     Ended::Lost { drained: false }
 }
 
-/// After a drain notice: serves what is in flight (and anything the proxy still opens)
-/// until no stream is left, then closes the tunnel.
-async fn finish(mut session: mux::Session, mut streams: JoinSet<()>) {
+/// After a drain notice: serves what is in flight until no stream is left, answering
+/// the proxy's heartbeats meanwhile (the control stream must stay open: the proxy takes
+/// its end as the tunnel's), then closes the tunnel.
+async fn finish(mut session: mux::Session, mut streams: JoinSet<()>, mut ctl: ControlChannel) {
     while !streams.is_empty() {
         tokio::select! {
             s = session.inbound.recv() => match s {
@@ -168,8 +169,18 @@ async fn finish(mut session: mux::Session, mut streams: JoinSet<()>) {
                 None => break,
             },
             _ = streams.join_next() => {}
+            msg = ctl.recv() => match msg {
+                Ok(Control::Ping { seq }) => {
+                    if ctl.send(&Control::Pong { seq }).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            },
         }
     }
+    ctl.close().await;
     session.close();
 }
 
