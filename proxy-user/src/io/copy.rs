@@ -57,6 +57,11 @@ where
         Until::BothEnd => both_directions(up, down).await,
         Until::BExplains | Until::BEnds => b_explains(up, down, until == Until::BEnds).await,
     };
+    if until == Until::BEnds {
+        // `a` never sent its end: say ours to `b` (a TLS close_notify), so `b` sees an
+        // orderly close rather than a truncation.
+        let _ = tokio::time::timeout(EXPLAIN_GRACE, b_w.shutdown()).await;
+    }
     Copied {
         a_to_b: to_b.load(Ordering::Relaxed),
         b_to_a: to_a.load(Ordering::Relaxed),
