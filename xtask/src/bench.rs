@@ -9,7 +9,9 @@
 //! HAProxy, nginx, single and parallel streams, CPU per GB; chart in `chart.rs`) follows
 //! the connection scenarios, then the HTTP request rate through the web route (`http.rs`:
 //! direct, Switchyard, nginx and HAProxy as TLS-terminating reverse proxies; HTTP/1.1 with
-//! `wrk`, HTTP/2 with `h2load`; CPU per 10k requests).
+//! `wrk`, HTTP/2 with `h2load`; CPU per 10k requests), then the reverse tunnels
+//! (`tunnel.rs`: throughput, connect latency, reconnect time and memory per idle stream
+//! through an agent's tunnel against a terminated route of the same proxy).
 
 mod bulk;
 mod chart;
@@ -20,6 +22,9 @@ mod peers;
 mod quiet;
 mod report;
 mod throughput;
+mod tunnel;
+mod tunnel_report;
+mod tunnel_servers;
 mod upstream;
 
 use std::{
@@ -53,7 +58,8 @@ pub struct Options {
     /// Parallel streams of the parallel throughput rows.
     #[arg(long, default_value_t = 8)]
     streams: usize,
-    /// Measure only throughput (skip the new-connection scenarios and the HTTP rows).
+    /// Measure only throughput (skip the new-connection scenarios, the HTTP and the
+    /// reverse-tunnel rows).
     #[arg(long, conflicts_with = "http_only")]
     throughput_only: bool,
     /// Measure only the HTTP request rate through the web route (and rewrite only its
@@ -69,6 +75,19 @@ pub struct Options {
     /// Concurrent streams per connection of the HTTP/2 rows (`h2load -m N`).
     #[arg(long, default_value_t = 16)]
     h2_streams: usize,
+    /// Measure only the reverse-tunnel rows (and rewrite only their block of
+    /// docs/benchmarks.md).
+    #[arg(long, conflicts_with_all = ["http_only", "throughput_only"])]
+    tunnel_only: bool,
+    /// Sequential new connections per run and via of the tunnel's connect-latency rows.
+    #[arg(long, default_value_t = 200)]
+    tunnel_connections: usize,
+    /// Idle connections held open for the tunnel's memory rows.
+    #[arg(long, default_value_t = 1000)]
+    tunnel_idle: usize,
+    /// Proxy restarts of the tunnel's reconnect rows.
+    #[arg(long, default_value_t = 10)]
+    tunnel_restarts: usize,
 }
 
 /// What a scenario does on each connection. The eBPF issue adds bulk throughput here.
@@ -166,6 +185,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     if opts.wrk_connections == 0 || opts.h2_clients == 0 || opts.h2_streams == 0 {
         bail!("--wrk-connections, --h2-clients and --h2-streams must be positive");
     }
+    if opts.tunnel_connections == 0 || opts.tunnel_idle == 0 || opts.streams == 0 {
+        bail!("--tunnel-connections, --tunnel-idle and --streams must be positive");
+    }
     let target_dir =
         std_env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     if cfg!(debug_assertions) {
@@ -182,14 +204,14 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let out = target_dir.join("bench");
     let pki = env::make_pki(&binary, &out)?;
     let started = Instant::now();
-    let cells = if opts.throughput_only || opts.http_only {
+    let cells = if opts.throughput_only || opts.http_only || opts.tunnel_only {
         Vec::new()
     } else {
         connections(&binary, &out, &pki, opts)?
     };
     let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
     let doc = root.join("docs").join("benchmarks.md");
-    if !opts.http_only {
+    if !opts.http_only && !opts.tunnel_only {
         let bulk = bulk::run(
             &binary,
             &out,
@@ -212,7 +234,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             }
         }
     }
-    let http = if opts.throughput_only {
+    let http = if opts.throughput_only || opts.tunnel_only {
         None
     } else {
         let settings = http::Settings {
@@ -231,10 +253,30 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         }
         Some(http)
     };
+    if !opts.throughput_only && !opts.http_only {
+        let settings = tunnel::Settings {
+            seconds: opts.seconds,
+            runs: opts.runs,
+            streams: opts.streams,
+            connections: opts.tunnel_connections,
+            idle: opts.tunnel_idle,
+            restarts: opts.tunnel_restarts,
+        };
+        let tunnel = tunnel::run(&binary, &out, &pki, &settings, &facts.measured())?;
+        println!("{}", tunnel.markdown);
+        if !opts.no_docs {
+            report::update_doc(&doc, report::TUNNEL_BLOCK, &tunnel.markdown)?;
+            eprintln!("xtask: updated the tunnel block of {}", doc.display());
+        }
+    }
     eprintln!(
         "xtask: measured in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    if opts.tunnel_only {
+        // Its rows are in tunnel.json; results.json keeps the last run that had its rows.
+        return Ok(());
+    }
     let json = out.join("results.json");
     let http_json = http.map_or_else(|| serde_json::json!([]), |h| h.json);
     std::fs::write(&json, report::json(&facts, &cells, http_json)?)

@@ -13,6 +13,8 @@ use super::{load::RunStats, Load, Peer, Scenario, SCENARIOS};
 pub const RESULTS_BLOCK: &str = "results";
 /// The block the HTTP rows rewrite (`--http-only` touches only this one).
 pub const HTTP_BLOCK: &str = "http";
+/// The block the reverse-tunnel rows rewrite (`--tunnel-only` touches only this one).
+pub const TUNNEL_BLOCK: &str = "tunnel";
 
 /// All runs of one scenario under one load against one peer.
 pub struct Cell {
