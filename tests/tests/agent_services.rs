@@ -735,23 +735,22 @@ fn a_client_not_in_the_allow_list_is_refused_and_an_allowed_one_gets_through() {
 
     let bob = app_proxy(&pki, &proxy, "echo", "bob");
     assert!(echo_once(bob.addr, "I am bob\n").is_err());
-    wait_log("proxy", "is not allowed", || proxy.log());
-    let refused = line_with(&proxy.log(), "is not allowed").to_owned();
-    assert!(
-        refused.contains("agent service tcp:echo: CN=bob,O=guests is not allowed"),
-        "{refused}"
-    );
-    let not_allowed = [("kind", "tcp"), ("outcome", "not_allowed")];
+    // Refused inside the handshake (the agent's `allow` in the connection's TLS
+    // configuration), as a static route's allow list is.
+    let needle = "TLS handshake failed on route agent:tcp";
+    wait_log("proxy", needle, || proxy.log());
+    let refused = line_with(&proxy.log(), needle).to_owned();
+    assert!(refused.contains("reason=\"not_allowed\""), "{refused}");
+    let not_allowed = [("route", "agent:tcp"), ("reason", "not_allowed")];
     assert_eq!(
         metric(
             &proxy,
-            "switchyard_tunnel_streams_opened_total",
+            "switchyard_tls_handshake_failures_total",
             &not_allowed
         ),
         1.0
     );
-    // Bob's local proxy reports the connection as failed (what it says: see the
-    // ignored test below).
+    // Bob's local proxy reports the connection as failed (what it says: the test below).
     wait_log(
         "bob's local proxy",
         "WARN switchyard::client::local: connection from",
@@ -769,18 +768,9 @@ fn a_client_not_in_the_allow_list_is_refused_and_an_allowed_one_gets_through() {
         metric(&proxy, "switchyard_tunnel_streams_opened_total", &opened),
         1.0
     );
-    assert_eq!(
-        metric(
-            &proxy,
-            "switchyard_tunnel_streams_opened_total",
-            &not_allowed
-        ),
-        1.0
-    );
 }
 
 #[test]
-#[ignore = "product bug: the agent logs `tunnel failed: …: connection is closed` for a certificate the proxy refused (reported)"]
 fn an_agent_whose_certificate_the_proxy_refuses_says_so() {
     let pki = TestPki::new().unwrap();
     let ns = Netns::new("rogue").unwrap();
@@ -924,7 +914,6 @@ fn curl_reaches_an_http_app_in_the_namespace_by_host_name() {
 }
 
 #[test]
-#[ignore = "product bug: a client the agent rule's allow refuses sees only `peer closed connection without sending TLS close_notify` (reported)"]
 fn a_client_not_in_the_allow_list_is_told_it_was_refused() {
     let pki = TestPki::new().unwrap();
     pki.issue_client("bob", "bob", Some("guests")).unwrap();
@@ -947,8 +936,7 @@ fn a_client_not_in_the_allow_list_is_told_it_was_refused() {
 }
 
 #[test]
-#[ignore = "product bug: the web front door never asks for a client certificate on an agent app's host, so with `allow` every client gets 403 `a client without a certificate is not allowed` (reported)"]
-fn an_http_client_not_in_the_allow_list_gets_403_and_an_allowed_one_200() {
+fn an_http_client_not_in_the_allow_list_is_refused_in_the_handshake_and_an_allowed_one_gets_200() {
     let pki = TestPki::new().unwrap();
     pki.issue_client("bob", "bob", Some("guests")).unwrap();
     let ns = Netns::new("allow-h").unwrap();
@@ -968,23 +956,25 @@ fn an_http_client_not_in_the_allow_list_gets_403_and_an_allowed_one_200() {
             dir.join(format!("{stem}.key")).display().to_string(),
         ]
     };
+    // As for a static app with an allow list: the agent's `allow` is checked inside the
+    // handshake, so a client it does not name gets a TLS alert it can read.
     let [cert, key] = identity("bob");
     let out = curl_host(&pki, &proxy, WEB1, "/x", &["--cert", &cert, "--key", &key]);
-    let (body, status) = body_and_status(&out);
-    assert!(status.starts_with("403 "), "{out:?}\n{}", proxy.log());
-    assert!(body.contains("CN=bob,O=guests is not allowed"), "{out:?}");
-    // Without a certificate: not in the list either.
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("access denied"),
+        "{out:?}\n{}",
+        proxy.log()
+    );
+    // Without a certificate: one is required.
     let out = curl_host(&pki, &proxy, WEB1, "/x", &[]);
-    assert!(body_and_status(&out).1.starts_with("403 "), "{out:?}");
-    wait_log("proxy", "CN=bob,O=guests is not allowed", || proxy.log());
-    let not_allowed = [("kind", "http"), ("outcome", "not_allowed")];
+    assert!(!out.success(), "{out:?}");
+    assert!(out.stderr.contains("certificate required"), "{out:?}");
+    wait_log("proxy", "reason=\"not_allowed\"", || proxy.log());
+    let refused = [("route", "agent:http"), ("reason", "not_allowed")];
     assert_eq!(
-        metric(
-            &proxy,
-            "switchyard_tunnel_streams_opened_total",
-            &not_allowed
-        ),
-        2.0
+        metric(&proxy, "switchyard_tls_handshake_failures_total", &refused),
+        1.0
     );
 
     let [cert, key] = identity("client");

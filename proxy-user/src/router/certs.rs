@@ -176,37 +176,39 @@ impl ClientCertVerifier for AllowListVerifier {
     }
 }
 
-/// Gives every terminated route of `table` its own rustls configuration (its ALPN list,
-/// its client-certificate policy and allow list, the proxy's certificates chosen by SNI),
-/// built at start-up and at each reload.
-pub(crate) fn with_tls(
-    config: &Config,
-    table: Table,
-) -> Result<Table<Arc<ServerConfig>>, ConfigError> {
-    let p = &config.proxy_service;
-    let terminated = |client_auth_needed: bool| {
-        table.entries().iter().any(|e| match e.mode {
-            Mode::Terminate { client_auth, .. } => client_auth || !client_auth_needed,
-            Mode::Passthrough => false,
-        })
-    };
-    if terminated(false) && p.https_keypairs.is_empty() {
-        return Err(ConfigError::invalid(
-            "proxy_service.https_keypairs",
-            "at least one certificate is needed for terminated routes (web, teleport-*, routes with mode: terminate)",
-        ));
-    }
-    let mut keys = Vec::new();
-    for (i, kp) in p.https_keypairs.iter().enumerate() {
-        keys.push(load_certified_key(
-            &config.path(&kp.cert_file),
-            &config.path(&kp.key_file),
-            &format!("proxy_service.https_keypairs[{i}]"),
-        )?);
-    }
-    let resolver = Arc::new(SniResolver::new(keys));
-    let client_verifier =
-        match (&p.client_ca_file, terminated(true)) {
+/// What every terminated route's TLS is made of: the proxy's certificates chosen by SNI
+/// and the cluster CA's client verifier. Kept by the running proxy, so a connection to an
+/// agent's service can get a configuration with that agent's allow list.
+pub(crate) struct Terminator {
+    resolver: Arc<SniResolver>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl Terminator {
+    /// Loads the certificates and the client CA; the route table says which are needed.
+    pub(crate) fn new(config: &Config, table: &Table) -> Result<Terminator, ConfigError> {
+        let p = &config.proxy_service;
+        let terminated = |client_auth_needed: bool| {
+            table.entries().iter().any(|e| match e.mode {
+                Mode::Terminate { client_auth, .. } => client_auth || !client_auth_needed,
+                Mode::Passthrough => false,
+            })
+        };
+        if terminated(false) && p.https_keypairs.is_empty() {
+            return Err(ConfigError::invalid(
+                "proxy_service.https_keypairs",
+                "at least one certificate is needed for terminated routes (web, teleport-*, routes with mode: terminate)",
+            ));
+        }
+        let mut keys = Vec::new();
+        for (i, kp) in p.https_keypairs.iter().enumerate() {
+            keys.push(load_certified_key(
+                &config.path(&kp.cert_file),
+                &config.path(&kp.key_file),
+                &format!("proxy_service.https_keypairs[{i}]"),
+            )?);
+        }
+        let client_verifier = match (&p.client_ca_file, terminated(true)) {
             (Some(path), _) => Some(client_ca_verifier(&config.path(path))?),
             (None, true) => return Err(ConfigError::invalid(
                 "proxy_service.client_ca_file",
@@ -214,6 +216,42 @@ pub(crate) fn with_tls(
             )),
             (None, false) => None,
         };
+        Ok(Terminator {
+            resolver: Arc::new(SniResolver::new(keys)),
+            client_verifier,
+        })
+    }
+
+    /// A server configuration offering `alpn`; with `client_auth`, a certificate of the
+    /// cluster CA whose identity is in `allow` (empty: any) is required.
+    pub(crate) fn config(
+        &self,
+        alpn: &[String],
+        client_auth: bool,
+        allow: &[String],
+    ) -> Result<Arc<ServerConfig>, ConfigError> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::invalid("proxy_service.https_keypairs", e.to_string()))?;
+        let builder = match (&self.client_verifier, client_auth) {
+            (Some(inner), true) => builder.with_client_cert_verifier(Arc::new(AllowListVerifier {
+                inner: inner.clone(),
+                allow: allow.to_vec(),
+            })),
+            _ => builder.with_no_client_auth(),
+        };
+        let mut server = builder.with_cert_resolver(self.resolver.clone());
+        server.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        Ok(Arc::new(server))
+    }
+}
+
+/// Gives every terminated route of `table` its own rustls configuration (its ALPN list,
+/// its client-certificate policy and allow list), built at start-up and at each reload.
+pub(crate) fn with_tls(
+    terminator: &Terminator,
+    table: Table,
+) -> Result<Table<Arc<ServerConfig>>, ConfigError> {
     table.with_tls(|entry| {
         let client_auth = matches!(
             entry.mode,
@@ -222,19 +260,7 @@ pub(crate) fn with_tls(
                 ..
             }
         );
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::invalid("proxy_service.https_keypairs", e.to_string()))?;
-        let builder = match (&client_verifier, client_auth) {
-            (Some(inner), true) => builder.with_client_cert_verifier(Arc::new(AllowListVerifier {
-                inner: inner.clone(),
-                allow: entry.allow.clone(),
-            })),
-            _ => builder.with_no_client_auth(),
-        };
-        let mut server = builder.with_cert_resolver(resolver.clone());
-        server.alpn_protocols = entry.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-        Ok(Arc::new(server))
+        terminator.config(&entry.alpn, client_auth, &entry.allow)
     })
 }
 

@@ -33,6 +33,9 @@ pub(crate) struct Proxy {
     pub(crate) stopping: watch::Receiver<bool>,
     /// The connected agents (process-wide: reloads keep them).
     pub(crate) tunnels: Arc<Registry>,
+    /// The certificates and client verifier, for configurations made per connection (an
+    /// agent's service with its allow list).
+    pub(crate) terminator: certs::Terminator,
 }
 
 impl Proxy {
@@ -43,7 +46,9 @@ impl Proxy {
         stopping: watch::Receiver<bool>,
         tunnels: Arc<Registry>,
     ) -> Result<Proxy, ConfigError> {
-        let table = certs::with_tls(&config, Table::new(&config))?;
+        let table = Table::new(&config);
+        let terminator = certs::Terminator::new(&config, &table)?;
+        let table = certs::with_tls(&terminator, table)?;
         for (key, _) in config.legacy_listeners() {
             legacy_route(&config, key)?;
         }
@@ -56,6 +61,7 @@ impl Proxy {
             noise: RateLimit::new(10, Duration::from_secs(10)),
             stopping,
             tunnels,
+            terminator,
         })
     }
 }

@@ -187,9 +187,14 @@ async fn finish(mut session: mux::Session, mut streams: JoinSet<()>, mut ctl: Co
 /// Why the tunnel failed before it came up: the TLS layer's reason when there is one
 /// (a refused certificate shows up on the first read under TLS 1.3).
 async fn why(connector: &Connector, session: &mut mux::Session, fallback: String) -> String {
+    // The session ends by itself on the TLS error; closing it first would hide the error.
+    let ended = timeout(Duration::from_secs(1), &mut session.done).await;
     session.close();
-    match timeout(Duration::from_secs(1), &mut session.done).await {
-        Ok(Ok(Err(yamux::ConnectionError::Io(e)))) => connector.classify(e).to_string(),
+    use yamux::{ConnectionError, FrameDecodeError};
+    match ended {
+        Ok(Ok(Err(ConnectionError::Io(e) | ConnectionError::Decode(FrameDecodeError::Io(e))))) => {
+            connector.classify(e).to_string()
+        }
         _ => fallback,
     }
 }

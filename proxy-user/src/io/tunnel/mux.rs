@@ -156,6 +156,9 @@ where
     let done = tokio::spawn(async move {
         let mut pending: Option<OpenReply> = None;
         let mut accepting = true;
+        // The error that ended the session, kept for `done` (an open that meets it gets
+        // a plain "closed"): it may carry the TLS alert that says why.
+        let mut failure: Option<yamux::ConnectionError> = None;
         let run = poll_fn(|cx| {
             if Pin::new(&mut close_rx).poll(cx).is_ready() {
                 return Poll::Ready(None);
@@ -168,8 +171,16 @@ where
                     }
                 }
                 match conn.poll_new_outbound(cx) {
-                    Poll::Ready(r) => {
-                        let _ = pending.take().expect("a request is pending").send(r);
+                    Poll::Ready(Ok(stream)) => {
+                        let _ = pending
+                            .take()
+                            .expect("a request is pending")
+                            .send(Ok(stream));
+                    }
+                    Poll::Ready(Err(e)) => {
+                        let closed = Err(yamux::ConnectionError::Closed);
+                        let _ = pending.take().expect("a request is pending").send(closed);
+                        failure.get_or_insert(e);
                     }
                     Poll::Pending => break,
                 }
@@ -184,10 +195,12 @@ where
                         };
                         let _ = in_tx.try_send(stream);
                     }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Some(Err(failure.take().unwrap_or(e))))
+                    }
                     Poll::Ready(None) => {
                         accepting = false;
-                        return Poll::Ready(Some(Ok(())));
+                        return Poll::Ready(Some(failure.take().map_or(Ok(()), Err)));
                     }
                     Poll::Pending => break,
                 }

@@ -7,6 +7,7 @@
 use super::error::{ConnError, Finished};
 use super::preface::Preface;
 use super::upstream::{connect, relay_client, ClientIo};
+use crate::io::tunnel::{Kind, Service};
 use crate::io::wire;
 use crate::io::{tls::CertIdentity, Prefixed};
 use crate::protocol::{H2_ALPN, PING_SUFFIX, REVERSE_TUNNEL_ALPN};
@@ -17,7 +18,9 @@ use crate::router::state::Proxy;
 use crate::router::state::Route;
 use crate::router::trust::{self, Client};
 use crate::router::tunnel::{self, dial};
+use rustls::ServerConfig;
 use std::io;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
@@ -79,7 +82,10 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         });
     }
     let config = match &route.mode {
-        Mode::Terminate { tls, .. } => tls.clone(),
+        Mode::Terminate { tls, .. } => match &service {
+            Some(s) => agent_tls(proxy, route, s, tls)?,
+            None => tls.clone(),
+        },
         Mode::Passthrough => {
             proxy.metrics.route(&route.name, "passthrough");
             if let Some(service) = &service {
@@ -153,7 +159,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         debug!("answered a TLS routing probe (no upstreams.tunnel configured)");
         return Ok(Tls::Done(Finished::answered(&route.name, "none", 0, 0)));
     }
-    if matches!(route.role, Role::Web | Role::App) {
+    if matches!(route.role, Role::Web | Role::App | Role::Agent(Kind::Http)) {
         return Ok(Tls::Web {
             stream: Box::new(tls),
             preface: inner,
@@ -180,6 +186,25 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         }
     };
     Ok(Tls::Done(done))
+}
+
+/// The TLS configuration for a connection to an agent's service: the route's own, or,
+/// when the agent's `allow` names clients, one that requires a certificate in it — so a
+/// client it does not name is refused inside the handshake, with an alert it can read.
+fn agent_tls(
+    proxy: &Proxy,
+    route: &Route,
+    service: &Service,
+    tls: &Arc<ServerConfig>,
+) -> Result<Arc<ServerConfig>, ConnError> {
+    let allow = proxy.tunnels.allow_of(service).unwrap_or_default();
+    if allow.is_empty() {
+        return Ok(tls.clone());
+    }
+    proxy
+        .terminator
+        .config(&route.alpn, true, &allow)
+        .map_err(|e| ConnError::Tunnel(format!("TLS configuration for {service}: {e}")))
 }
 
 /// Relays the plaintext of a terminated connection to its upstream (or agent stream),

@@ -7,9 +7,9 @@
 //! | ssh | `<node>.ssh.<proxy>` |
 //! | postgres, mysql, mongodb | `<name>.db.<proxy>` |
 //! | tcp | `<name>.<proxy>` |
+//! | http | `<name>.<public address>` (the front door checks the request's host) |
 //! | kube | `kube-teleport-proxy-alpn.<name>.<proxy>` |
 //!
-//! (HTTP apps are found by host name in the web front door, `router::http::front`.)
 //! Static names win: a `routes:` entry, an `upstreams.ssh_nodes` node or an app is
 //! routed before any agent is asked, and the registry refuses an agent that would serve
 //! one of those names. Agents win over the catch-all upstreams (`upstreams.kube`,
@@ -53,12 +53,12 @@ pub(crate) fn sni_name(kind: Kind, sni: &str) -> Option<&str> {
     let name = match kind {
         Kind::Ssh => labelled(SSH_NODE_LABEL),
         Kind::Postgres | Kind::Mysql | Kind::Mongodb => labelled(DB_LABEL),
-        Kind::Tcp => sni.split_once('.').map(|(n, _)| n),
+        // HTTP apps: the front door checks the rest is a public address.
+        Kind::Tcp | Kind::Http => sni.split_once('.').map(|(n, _)| n),
         Kind::Kube => sni
             .strip_prefix(KUBE_SNI_PREFIX)
             .and_then(|r| r.split_once('.'))
             .map(|(n, _)| n),
-        Kind::Http => None,
     }?;
     (!name.is_empty()).then_some(name)
 }

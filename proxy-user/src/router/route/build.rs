@@ -162,7 +162,7 @@ impl Table {
         t
     }
 
-    /// One route per agent service kind but HTTP (the front door finds those by host).
+    /// One route per agent service kind.
     fn agent_routes(&mut self, config: &Config) {
         use crate::protocol::{MONGODB_ALPN, MYSQL_ALPN, POSTGRES_ALPN};
         let kinds: [(Kind, &str, &[&str]); 5] = [
@@ -189,6 +189,14 @@ impl Table {
             });
             self.agents.insert(kind, entry);
         }
+        // HTTP apps of agents: the front door serves them; a certificate is asked for only
+        // by a connection's own configuration when the agent's `allow` needs one.
+        let http = self.push(RouteEntry {
+            role: Role::Agent(Kind::Http),
+            allow_from: builtin_rule(config, "web"),
+            ..terminate("agent:http", false, None, strings(WEB_ALPN))
+        });
+        self.agents.insert(Kind::Http, http);
         let kube = self.push(RouteEntry {
             role: Role::Agent(Kind::Kube),
             mode: Mode::Passthrough,

@@ -230,6 +230,9 @@ impl<T> Table<T> {
         if let Some(&i) = self.apps.get(sni).filter(|_| wants_web) {
             return Decision::Route(&self.entries[i]);
         }
+        if let Some(d) = self.agent(Kind::Http, sni, agents).filter(|_| wants_web) {
+            return d;
+        }
         match (wants_web, self.web) {
             (true, Some(i)) => Decision::Route(&self.entries[i]),
             (true, None) => reject(

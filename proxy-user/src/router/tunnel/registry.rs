@@ -242,6 +242,14 @@ impl Registry {
         Some((t.clone(), allow.clone()))
     }
 
+    /// The clients allowed on `service` (empty: any certificate of the cluster CA), when
+    /// an agent serves it.
+    pub(crate) fn allow_of(&self, service: &Service) -> Option<Vec<String>> {
+        let st = self.lock();
+        let id = st.index.get(service)?.first()?;
+        Some(st.agents[id].grant.allow.clone())
+    }
+
     /// Marks every tunnel draining (the process is stopping).
     pub(crate) fn drain_all(&self) {
         for a in self.lock().agents.values() {

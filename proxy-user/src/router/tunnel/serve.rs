@@ -62,7 +62,7 @@ where
     // Only the proxy opens client streams: the agent's are dropped (reset) from now on.
     session.inbound.close();
     let mut ctl = ControlChannel::new(control);
-    let refuse = |reason: String| ConnError::Tunnel(format!("agent {identity} refused: {reason}"));
+    let refuse = |reason: String| ConnError::Tunnel(format!("agent {identity}: {reason}"));
     let hello = match timeout(HELLO_TIMEOUT, ctl.recv()).await {
         Err(_) => Err(format!("no Hello within {HELLO_TIMEOUT:?}")),
         Ok(Err(e)) => Err(format!("bad Hello: {e}")),
