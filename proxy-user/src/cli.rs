@@ -15,7 +15,6 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio::net::TcpListener;
 
 /// Exit code for a configuration refused at start.
 const EXIT_CONFIG: u8 = 64;
@@ -251,9 +250,8 @@ async fn demo_upstream(a: DemoArgs) -> anyhow::Result<()> {
         _ if a.webapp => demo::Kind::WebApp,
         _ => demo::Kind::Echo,
     };
-    let listener = TcpListener::bind(a.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let listener =
+        crate::io::listen(a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     println!("switchyard ready addr={}", listener.local_addr()?);
     demo::run(listener, a.name, kind).await;
     Ok(())

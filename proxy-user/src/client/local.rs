@@ -18,11 +18,9 @@ use tracing::{info, warn};
 /// Binds the local listener on 127.0.0.1:`port` (0: any free port) and returns it with
 /// the address it got.
 pub(crate) async fn bind(port: u16) -> Result<(TcpListener, std::net::SocketAddr), ClientError> {
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(ClientError::io(format!(
-            "cannot listen on 127.0.0.1:{port}"
-        )))?;
+    let listener = crate::io::listen((std::net::Ipv4Addr::LOCALHOST, port).into()).map_err(
+        ClientError::io(format!("cannot listen on 127.0.0.1:{port}")),
+    )?;
     let addr = listener
         .local_addr()
         .map_err(ClientError::io("local address"))?;

@@ -8,6 +8,7 @@
 //!   ping framing) behind a plain byte stream.
 //! - [`tls`]: the rustls crypto provider and the identity read from a certificate.
 //! - [`insecure`]: a server-certificate verifier that accepts anything (explicit opt-ins).
+//! - [`listen`]: listening sockets with a backlog for bursts of clients.
 //! - [`tunnel`]: the reverse tunnel's wire (control messages, stream headers) and its
 //!   yamux session, shared by the agent and the proxy's tunnel service.
 
@@ -21,7 +22,26 @@ pub(crate) mod wire;
 pub(crate) use copy::both_directions;
 pub(crate) use prefixed::Prefixed;
 
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket};
+
+/// Pending connections a listener keeps for `accept` (the kernel caps it at
+/// `net.core.somaxconn`); tokio's default of 128 overflows under a burst of clients.
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's
+/// own `bind`).
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// A byte stream that can be held behind a pointer and sent between tasks.
 pub(crate) trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send {}

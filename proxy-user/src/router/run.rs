@@ -23,9 +23,7 @@ use tracing::{error, info, warn};
 
 async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
     let a = config::listen_addr(key, addr)?;
-    TcpListener::bind(a)
-        .await
-        .with_context(|| format!("cannot listen on {a} ({key})"))
+    crate::io::listen(a).with_context(|| format!("cannot listen on {a} ({key})"))
 }
 
 /// Serves `path` until a shutdown signal. `ready` is called once every listener is bound,

@@ -13,7 +13,7 @@ use crate::router::conn::ConnError;
 use crate::router::state::Proxy;
 use prometheus_client::metrics::counter::Counter;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -104,6 +104,7 @@ pub(crate) async fn open(
         metrics: proxy.metrics.clone(),
         to_agent,
         from_agent,
+        tunnel_bytes: tunnel.bytes.clone(),
     })
 }
 
@@ -114,6 +115,8 @@ pub(crate) struct AgentStream {
     metrics: Arc<crate::router::metrics::Metrics>,
     to_agent: Counter,
     from_agent: Counter,
+    /// The tunnel's own count, for its closing line.
+    tunnel_bytes: Arc<[AtomicU64; 2]>,
 }
 
 impl Drop for AgentStream {
@@ -134,6 +137,7 @@ impl AsyncRead for AgentStream {
         let n = (buf.filled().len() - before) as u64;
         if n > 0 {
             self.from_agent.inc_by(n);
+            self.tunnel_bytes[1].fetch_add(n, Ordering::Relaxed);
         }
         r
     }
@@ -148,6 +152,7 @@ impl AsyncWrite for AgentStream {
         let r = Pin::new(&mut self.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.to_agent.inc_by(n as u64);
+            self.tunnel_bytes[0].fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }

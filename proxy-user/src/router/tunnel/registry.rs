@@ -13,7 +13,7 @@ use crate::io::tunnel::{Refusal, Service};
 use crate::router::metrics::TunnelMetrics;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -28,6 +28,8 @@ pub(crate) struct Tunnel {
     pub(crate) streams: Arc<AtomicUsize>,
     /// Set once the drain notice went out: new streams prefer other tunnels.
     pub(crate) draining: Arc<AtomicBool>,
+    /// Bytes its client streams carried: to the agent, from the agent.
+    pub(crate) bytes: Arc<[AtomicU64; 2]>,
     since: SystemTime,
 }
 
@@ -39,6 +41,7 @@ impl Tunnel {
             peer,
             streams: Arc::default(),
             draining: Arc::default(),
+            bytes: Arc::default(),
             since: SystemTime::now(),
         }
     }

@@ -100,6 +100,7 @@ where
     let id = NEXT_TUNNEL.fetch_add(1, Ordering::Relaxed);
     let tunnel = Tunnel::new(id, session.opener.clone(), peer.clone());
     let draining = tunnel.draining.clone();
+    let bytes = tunnel.bytes.clone();
     let offer = Offer {
         agent_id: &agent_id,
         tunnels,
@@ -186,7 +187,11 @@ where
         Ok(outcome) => {
             metrics.event(outcome);
             info!(agent_id, tunnel = id, "agent tunnel {outcome}");
-            Ok(Finished::answered("tunnel", "tunnel", 0, 0))
+            let (to, from) = (
+                bytes[0].load(Ordering::Relaxed),
+                bytes[1].load(Ordering::Relaxed),
+            );
+            Ok(Finished::answered("tunnel", "tunnel", to, from))
         }
         Err(reason) => {
             metrics.event("control_error");
