@@ -2,11 +2,12 @@
 //! loopback port (so that it can crash and come back where the agents dial) and two
 //! `switchyard agent`s, each with an agent certificate of its own from the bench PKI.
 //! Every process is killed when [`Servers`] drops, also on error. The agents log at
-//! `info`, and a thread per agent reads its stderr as it comes, into `logs/NAME.log`, and
+//! `info`, and a thread per agent reads its stderr as it comes, appends it to
+//! `logs/tunnel-agent-NAME.log` (the proxy's goes to `logs/tunnel-proxy.log`), and
 //! timestamps its `tunnel up`, `tunnel lost` and `tunnel failed` lines.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::OpenOptions,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -18,7 +19,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{env, peers::free_port, tunnel::Via};
+use super::{env, tunnel::Via};
 
 /// How long a proxy may take to print its ready line, and agents to bring tunnels up.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -149,7 +150,11 @@ impl Agent {
             .spawn()
             .with_context(|| format!("spawn {} agent", binary.display()))?;
         let stderr = child.stderr.take().context("agent stderr")?;
-        let mut file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("open {}", log.display()))?;
         let (tx, events) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
@@ -240,7 +245,7 @@ impl Servers {
                 bail!("switchyard ca issue --name {name} --agent failed: {status}");
             }
         }
-        let port = free_port()?;
+        let port = fixed_port()?;
         let config = pki.join("switchyard-tunnel.yaml");
         let route = |via: Via, app: &str, to: SocketAddr| {
             let label = via.label(app);
@@ -266,8 +271,10 @@ impl Servers {
         );
         std::fs::write(&config, yaml).with_context(|| format!("write {}", config.display()))?;
         let logs = out.join("logs");
-        let proxy_log = logs.join("tunnel-proxy.log");
-        let _ = std::fs::remove_file(&proxy_log);
+        // Appended across restarts: start each run with empty ones.
+        for name in ["proxy", "agent-edge1", "agent-edge2"] {
+            let _ = std::fs::remove_file(logs.join(format!("tunnel-{name}.log")));
+        }
         let mut servers = Servers {
             binary: binary.to_path_buf(),
             pki: pki.to_path_buf(),
@@ -446,4 +453,29 @@ pub fn rss_kb(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS")
+}
+
+/// A free loopback port below the kernel's ephemeral range, for the proxy to keep across
+/// its restarts: a port from that range could be taken in the moment between a kill and
+/// the restart by any process's outgoing connection or port-0 listener.
+fn fixed_port() -> Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, span) = (
+        low.saturating_sub(12000).max(1024),
+        low.saturating_sub(1024).min(12000),
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = u64::from(std::process::id() ^ nanos);
+    for i in 0..200u64 {
+        let port = from + ((seed + i * 7919) % span.max(1) as u64) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {from}..{}", from + span)
 }
