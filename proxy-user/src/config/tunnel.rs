@@ -30,9 +30,9 @@ pub(crate) struct TunnelService {
     /// Client streams open at once on one tunnel (`1024`); further ones are refused.
     #[serde(default = "max_streams")]
     pub(crate) max_streams_per_tunnel: usize,
-    /// Receive window across a tunnel's streams, bytes (`268435456`): the most the agent
-    /// can make the proxy buffer for one tunnel (raised to yamux's minimum for the stream
-    /// limit: 256 KiB × (2 × `max_streams_per_tunnel` + 16)).
+    /// How far a tunnel's streams may grow their receive windows beyond the 256 KiB each
+    /// starts with, bytes in all (`268435456`): with that, the most an agent can make the
+    /// proxy buffer for one tunnel is 256 KiB × (`max_streams_per_tunnel` + 64) plus this.
     #[serde(default = "window")]
     pub(crate) window_bytes: usize,
     /// Which agents may serve what, first matching entry wins.

@@ -62,6 +62,12 @@ pub(crate) use yamux::Mode;
 
 /// yamux's own per-stream starting window: every stream may need this much.
 const STREAM_WINDOW: usize = 256 * 1024;
+/// The largest TLS record's plaintext, and a yamux frame header.
+const TLS_RECORD: usize = 16 * 1024;
+const FRAME_HEADER: usize = 12;
+/// The write buffer under yamux: it writes a frame's header and body apart and flushes
+/// after each frame, so the buffer turns the two into one TLS record and one `sendto`.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Bounds of one session.
 #[derive(Debug, Clone, Copy)]
@@ -75,20 +81,24 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    /// yamux's own stream limit: ours twice (ours for each side), and slack for streams
-    /// dropped but not yet collected.
+    /// yamux's own stream limit: ours, and slack for the peer's few (the control stream)
+    /// and for streams dropped but not yet collected.
     fn yamux_streams(self) -> usize {
-        self.max_streams * 2 + 16
+        self.max_streams + 64
     }
 
     fn yamux(self) -> yamux::Config {
         let mut c = yamux::Config::default();
         let streams = self.yamux_streams();
-        let window = self.window_bytes.max(STREAM_WINDOW * streams);
+        // yamux grows a stream's window only out of what the connection window leaves
+        // above 256 KiB for every allowed stream: `window_bytes` is that budget.
+        let window = STREAM_WINDOW * streams + self.window_bytes;
         // yamux checks the pair at each step: lift the window, set streams, then bound it.
         c.set_max_connection_receive_window(None);
         c.set_max_num_streams(streams);
         c.set_max_connection_receive_window(Some(window));
+        // A frame's 12-byte header and its body in one TLS record of at most 16 KiB.
+        c.set_split_send_size(TLS_RECORD - FRAME_HEADER);
         c
     }
 }
@@ -149,6 +159,7 @@ pub(crate) fn start<T>(io: T, mode: Mode, limits: Limits, inbound_queue: usize) 
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, io);
     let mut conn = yamux::Connection::new(io.compat(), limits.yamux(), mode);
     let (open_tx, mut open_rx) = mpsc::channel::<OpenReply>(64);
     let (in_tx, in_rx) = mpsc::channel(inbound_queue.max(1));
