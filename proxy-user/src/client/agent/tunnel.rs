@@ -8,6 +8,7 @@
 use super::stream;
 use super::Mesh;
 use crate::client::dial::Connector;
+use crate::client::ClientError;
 use crate::io::tunnel::control::ControlChannel;
 use crate::io::tunnel::frame::FrameError;
 use crate::io::tunnel::mux::{self, Limits, Mode};
@@ -18,6 +19,10 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tracing::{info, warn};
+
+/// Added to a tunnel that ended before the proxy answered, for no reason TLS gave.
+const NO_SERVICE_HINT: &str = " (the proxy closed the tunnel before answering the agent's \
+    Hello: does its configuration have a `tunnel:` section? docs/agent.md)";
 
 /// Heartbeats missed before the tunnel counts as lost.
 const MISSES: u32 = 3;
@@ -191,10 +196,14 @@ async fn why(connector: &Connector, session: &mut mux::Session, fallback: String
     let ended = timeout(Duration::from_secs(1), &mut session.done).await;
     session.close();
     use yamux::{ConnectionError, FrameDecodeError};
-    match ended {
+    let error = match ended {
         Ok(Ok(Err(ConnectionError::Io(e) | ConnectionError::Decode(FrameDecodeError::Io(e))))) => {
-            connector.classify(e).to_string()
+            connector.classify(e)
         }
-        _ => fallback,
+        _ => return format!("{fallback}{NO_SERVICE_HINT}"),
+    };
+    match error {
+        ClientError::CertRefused { .. } | ClientError::Denied { .. } => error.to_string(),
+        other => format!("{other}{NO_SERVICE_HINT}"),
     }
 }

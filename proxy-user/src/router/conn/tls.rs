@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, Span};
+use tracing::{debug, warn, Span};
 
 /// How a TLS connection goes on after [`tls`].
 pub(crate) enum Tls<'a, C> {
@@ -156,6 +156,12 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         span.record("negotiated", p.as_str());
     }
     if route.role == Role::DetectionProbe {
+        // An agent (both tunnel ALPNs), not a client's probe (only the first); agents
+        // retry, so the line is rate-limited.
+        let agent = !is_detection_probe(&hello.alpn);
+        if let Some(suppressed) = agent.then(|| proxy.noise.allow()).flatten() {
+            warn!(suppressed, "an agent dialed in, but this proxy has no `tunnel:` section (docs/agent.md): closed");
+        }
         debug!("answered a TLS routing probe (no upstreams.tunnel configured)");
         return Ok(Tls::Done(Finished::answered(&route.name, "none", 0, 0)));
     }
