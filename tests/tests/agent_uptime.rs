@@ -10,13 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use switchyard_tests::agent::{tunnel_section, Agent, Rule};
+use switchyard_tests::agent::{
+    agent_identity, agents_json, metric, ssh, streams_opened, tunnel_section, Agent, Rule,
+    AGENT_ORG,
+};
 use switchyard_tests::balancer::{HAProxy, BALANCER_SOURCE};
 use switchyard_tests::local_proxy::{client_args, write_ssh_config};
 use switchyard_tests::process::{signal, Proc, Signal};
 use switchyard_tests::{
-    free_port, http_get, log_fields, require_tool, run_with_timeout, wait_until, Netns,
-    ProxyConfig, SClientOutput, Sshd, Switchyard, TempDir, TestPki,
+    free_port, log_fields, require_tool, wait_until, Netns, ProxyConfig, Sshd, Switchyard, TempDir,
+    TestPki,
 };
 
 const T: Duration = Duration::from_secs(15);
@@ -25,21 +28,10 @@ const T: Duration = Duration::from_secs(15);
 /// (at least 12 s) by the time this is measured.
 const BACK_WITHIN: Duration = Duration::from_secs(11);
 
-/// The agent certificate `pki/edge.{crt,key}`: CN `edge`, O `switchyard-agent`.
-fn agent_identity(pki: &TestPki) -> PathBuf {
-    pki.issue_client("edge", "edge", Some("switchyard-agent"))
-        .unwrap();
-    pki.dir().join("edge")
-}
-
 /// A proxy with the tunnel service (`proxy_id`, `peers`, agents of O `switchyard-agent`
 /// may serve any ssh node, any client may reach them) listening on `listen`.
 fn config(proxy_id: &str, peers: &[&str], listen: &str) -> ProxyConfig {
-    let rules = [Rule {
-        identity: "switchyard-agent",
-        serve: &["ssh:*"],
-        allow: &[],
-    }];
+    let rules = [Rule::serving(AGENT_ORG, &["ssh:*"])];
     ProxyConfig {
         extra: tunnel_section(proxy_id, peers, &rules),
         listen: listen.into(),
@@ -62,10 +54,47 @@ fn start_fixed(pki: &TestPki) -> (Switchyard, ProxyConfig) {
     panic!("{:#}", last.expect("three attempts"))
 }
 
-fn ssh(config: &Path, args: &[&str]) -> SClientOutput {
-    let mut cmd = Command::new(require_tool("ssh", "openssh-client", &[]).unwrap());
-    cmd.arg("-F").arg(config).args(args);
-    run_with_timeout(cmd, b"", Duration::from_secs(20)).unwrap()
+/// The restart and drain tests' set-up: an sshd in a new namespace `label`, served as
+/// `ssh:node1` by the agent `edge` in there, both its tunnels up to a lone proxy on a
+/// fixed port ([`start_fixed`]; [`Fixed::start`] returns it beside, to be stopped and
+/// started again from `config`), and an ssh config for `root@node1.test` through that
+/// proxy. Fields drop in order: the agent first, the namespace last.
+struct Fixed {
+    agent: Agent,
+    config: ProxyConfig,
+    ssh_config: PathBuf,
+    dir: TempDir,
+    _sshd: Sshd,
+    _ns: Netns,
+}
+
+impl Fixed {
+    fn start(pki: &TestPki, label: &str) -> (Fixed, Switchyard) {
+        let identity = agent_identity(pki, "edge");
+        let ns = Netns::new(label).unwrap();
+        let sshd = Sshd::start_in(Some(&ns)).unwrap();
+        let (proxy, config) = start_fixed(pki);
+        let services = [("ssh", "node1", sshd.addr)];
+        let agent = Agent::start_in(&ns, proxy.web, &identity, &services, &[]).unwrap();
+        agent.wait_tunnels_up(2, T).unwrap();
+        let dir = TempDir::new(&format!("uptime-{label}")).unwrap();
+        let client = client_args(pki, &proxy, "client");
+        let (ssh_config, _) = write_ssh_config(client, &sshd, dir.path());
+        let fixed = Fixed {
+            agent,
+            config,
+            ssh_config,
+            dir,
+            _sshd: sshd,
+            _ns: ns,
+        };
+        (fixed, proxy)
+    }
+}
+
+/// The proxy's log and the agent's, for a failure message.
+fn logs(proxy: &Switchyard, agent: &Agent) -> String {
+    format!("{}\n{}", proxy.log(), agent.log())
 }
 
 /// `ssh root@node1.test -- echo <word>` with `config` must print `word`.
@@ -106,25 +135,11 @@ fn killed(status: ExitStatus) -> bool {
 #[test]
 fn killed_proxy_restarted_on_its_port_gets_the_agent_back_within_the_backoff_cap() {
     let pki = TestPki::new().unwrap();
-    let identity = agent_identity(&pki);
-    let ns = Netns::new("restart").unwrap();
-    let sshd = Sshd::start_in(Some(&ns)).unwrap();
-    let (mut proxy, config) = start_fixed(&pki);
-    let way_out = ns.forward_out(proxy.web).unwrap();
-    let agent = Agent::start(
-        Some(&ns),
-        way_out,
-        &identity,
-        &[("ssh", "node1", sshd.addr)],
-        &[],
-    )
-    .unwrap();
-    agent.wait_tunnels_up(2, T).unwrap();
-    let dir = TempDir::new("uptime-restart").unwrap();
-    let (ssh_config, _) = write_ssh_config(client_args(&pki, &proxy, "client"), &sshd, dir.path());
-    assert_ssh_reaches_node(&ssh_config, "before", &|| {
-        format!("{}\n{}", proxy.log(), agent.log())
-    });
+    let (fixed, mut proxy) = Fixed::start(&pki, "restart");
+    let Fixed {
+        agent, ssh_config, ..
+    } = &fixed;
+    assert_ssh_reaches_node(ssh_config, "before", &|| logs(&proxy, agent));
 
     let port = proxy.web.port();
     signal(proxy.pid(), Signal::KILL).unwrap();
@@ -144,7 +159,7 @@ fn killed_proxy_restarted_on_its_port_gets_the_agent_back_within_the_backoff_cap
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
 
-    let proxy = Switchyard::start(&pki, &config).unwrap();
+    let proxy = Switchyard::start(&pki, &fixed.config).unwrap();
     let restarted = Instant::now();
     assert_eq!(proxy.web.port(), port);
     let ups = |n: usize| {
@@ -168,9 +183,7 @@ fn killed_proxy_restarted_on_its_port_gets_the_agent_back_within_the_backoff_cap
         Ok((proxy.metric("switchyard_tunnel_tunnels", &[])? == 2.0).then_some(()))
     })
     .unwrap();
-    assert_ssh_reaches_node(&ssh_config, "after", &|| {
-        format!("{}\n{}", proxy.log(), agent.log())
-    });
+    assert_ssh_reaches_node(ssh_config, "after", &|| logs(&proxy, agent));
 }
 
 /// SIGTERM while an scp runs through the agent's tunnel: the agent gets the drain
@@ -180,22 +193,13 @@ fn killed_proxy_restarted_on_its_port_gets_the_agent_back_within_the_backoff_cap
 #[test]
 fn sigterm_drain_lets_a_running_scp_finish_and_the_agent_comes_back() {
     let pki = TestPki::new().unwrap();
-    let identity = agent_identity(&pki);
-    let ns = Netns::new("drain").unwrap();
-    let sshd = Sshd::start_in(Some(&ns)).unwrap();
-    let (mut proxy, config) = start_fixed(&pki);
-    let way_out = ns.forward_out(proxy.web).unwrap();
-    let agent = Agent::start(
-        Some(&ns),
-        way_out,
-        &identity,
-        &[("ssh", "node1", sshd.addr)],
-        &[],
-    )
-    .unwrap();
-    agent.wait_tunnels_up(2, T).unwrap();
-    let dir = TempDir::new("uptime-drain").unwrap();
-    let (ssh_config, _) = write_ssh_config(client_args(&pki, &proxy, "client"), &sshd, dir.path());
+    let (fixed, mut proxy) = Fixed::start(&pki, "drain");
+    let Fixed {
+        agent,
+        ssh_config,
+        dir,
+        ..
+    } = &fixed;
 
     // 4 MiB at 8000 kbit/s: about 4 s on the wire.
     let data: Vec<u8> = (0..4u32 << 20)
@@ -206,7 +210,7 @@ fn sigterm_drain_lets_a_running_scp_finish_and_the_agent_comes_back() {
     let remote = dir.join("copied");
     let mut cmd = Command::new(require_tool("scp", "openssh-client", &[]).unwrap());
     cmd.args(["-O", "-q", "-l", "8000", "-F"])
-        .arg(&ssh_config)
+        .arg(ssh_config)
         .arg(&local)
         .arg(format!("root@node1.test:{}", remote.display()));
     let mut scp = Proc::spawn("scp", cmd, dir.path()).unwrap();
@@ -281,7 +285,7 @@ fn sigterm_drain_lets_a_running_scp_finish_and_the_agent_comes_back() {
     );
     drop(proxy);
 
-    let proxy = Switchyard::start(&pki, &config).unwrap();
+    let proxy = Switchyard::start(&pki, &fixed.config).unwrap();
     let restarted = Instant::now();
     agent.wait_tunnels_up(4, Duration::from_secs(20)).unwrap();
     println!(
@@ -289,16 +293,7 @@ fn sigterm_drain_lets_a_running_scp_finish_and_the_agent_comes_back() {
         restarted.elapsed().as_secs_f64()
     );
     assert!(restarted.elapsed() < BACK_WITHIN, "{}", agent.log());
-    assert_ssh_reaches_node(&ssh_config, "back", &|| {
-        format!("{}\n{}", proxy.log(), agent.log())
-    });
-}
-
-/// The `/agents` document of a proxy.
-fn agents_json(proxy: &Switchyard) -> serde_json::Value {
-    let (code, body) = http_get(proxy.diag, "/agents").unwrap();
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    assert_ssh_reaches_node(ssh_config, "back", &|| logs(&proxy, agent));
 }
 
 /// The number of tunnels of the one agent in `/agents`, when there is exactly one.
@@ -325,23 +320,16 @@ fn tunnel_metric_lines(proxy: &Switchyard) -> String {
 #[test]
 fn two_proxies_behind_haproxy_each_get_the_agents_tunnels_and_route_ssh() {
     let pki = TestPki::new().unwrap();
-    let identity = agent_identity(&pki);
+    let identity = agent_identity(&pki, "edge");
     let ns = Netns::new("mesh").unwrap();
     let sshd = Sshd::start_in(Some(&ns)).unwrap();
     let p1 = Switchyard::start(&pki, &config("p1", &["p1", "p2"], "127.0.0.1:0")).unwrap();
     let p2 = Switchyard::start(&pki, &config("p2", &["p1", "p2"], "127.0.0.1:0")).unwrap();
     let lb_dir = TempDir::new("uptime-haproxy").unwrap();
     let lb = HAProxy::tcp_round_robin(lb_dir.path(), &[p1.web, p2.web]).unwrap();
-    let way_out = ns.forward_out(lb.addr).unwrap();
     let started = Instant::now();
-    let agent = Agent::start(
-        Some(&ns),
-        way_out,
-        &identity,
-        &[("ssh", "node1", sshd.addr)],
-        &[],
-    )
-    .unwrap();
+    let services = [("ssh", "node1", sshd.addr)];
+    let agent = Agent::start_in(&ns, lb.addr, &identity, &services, &[]).unwrap();
     let context = || {
         format!(
             "--- p1 ---\n{}\n--- p2 ---\n{}\n--- agent ---\n{}\n--- haproxy ---\n{}",
@@ -415,14 +403,8 @@ fn two_proxies_behind_haproxy_each_get_the_agents_tunnels_and_route_ssh() {
         let (ssh_config, _) =
             write_ssh_config(client_args(&pki, proxy, "client"), &sshd, dir.path());
         assert_ssh_reaches_node(&ssh_config, id, &context);
-        let opened = proxy
-            .metric(
-                "switchyard_tunnel_streams_opened_total",
-                &[("kind", "ssh"), ("outcome", "opened")],
-            )
-            .unwrap();
         assert_eq!(
-            opened,
+            streams_opened(proxy, "ssh"),
             1.0,
             "{id}: ssh did not go through its tunnel\n{}",
             context()
@@ -431,22 +413,18 @@ fn two_proxies_behind_haproxy_each_get_the_agents_tunnels_and_route_ssh() {
     for (proxy, id) in [(&p1, "p1"), (&p2, "p2")] {
         let lines = tunnel_metric_lines(proxy);
         println!("switchyard_tunnel_* of {id}:\n{lines}");
+        let accepted = [("outcome", "accepted")];
         assert_eq!(
-            proxy.metric("switchyard_tunnel_agents", &[]).unwrap(),
+            metric(proxy, "switchyard_tunnel_agents", &[]),
             1.0,
             "{lines}"
         );
         assert_eq!(
-            proxy.metric("switchyard_tunnel_tunnels", &[]).unwrap(),
+            metric(proxy, "switchyard_tunnel_tunnels", &[]),
             2.0,
             "{lines}"
         );
-        assert_eq!(
-            proxy
-                .metric("switchyard_tunnel_events_total", &[("outcome", "accepted")])
-                .unwrap(),
-            2.0,
-            "{lines}"
-        );
+        let events = metric(proxy, "switchyard_tunnel_events_total", &accepted);
+        assert_eq!(events, 2.0, "{lines}");
     }
 }
