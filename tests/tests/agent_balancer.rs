@@ -6,30 +6,20 @@
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use switchyard_tests::agent::{tunnel_section, Agent, Rule};
+use switchyard_tests::agent::{agent_identity, app_proxy, tunnel_proxy, Agent, Rule, AGENT_ORG};
 use switchyard_tests::balancer::{ConnectProxy, Nginx};
-use switchyard_tests::local_proxy::{client_args, connect_lines, LocalProxy};
-use switchyard_tests::{wait_until, DemoUpstream, ProxyConfig, Switchyard, TempDir, TestPki};
+use switchyard_tests::local_proxy::connect_lines;
+use switchyard_tests::{wait_until, DemoUpstream, Switchyard, TempDir, TestPki};
 
+/// A proxy where every agent of the cluster CA may serve any TCP app.
 fn proxy(pki: &TestPki) -> Switchyard {
-    let rules = [Rule {
-        identity: "switchyard-agent",
-        serve: &["tcp:*"],
-        allow: &[],
-    }];
-    let config = ProxyConfig {
-        extra: tunnel_section("p1", &["p1"], &rules),
-        ..ProxyConfig::default()
-    };
-    Switchyard::start(pki, &config).unwrap()
+    tunnel_proxy(pki, &[Rule::serving(AGENT_ORG, &["tcp:*"])])
 }
 
 /// `proxy app echo` straight to the proxy: the greeting of the agent's echo app and one
 /// echoed line.
 fn echo_through(pki: &TestPki, proxy: &Switchyard) -> Result<(), String> {
-    let mut args: Vec<String> = ["proxy", "app", "echo"].map(String::from).to_vec();
-    args.extend(client_args(pki, proxy, "client"));
-    let local = LocalProxy::start(&args).map_err(|e| e.to_string())?;
+    let local = app_proxy(pki, proxy, "echo", "client");
     let (stream, mut reader) =
         connect_lines(local.addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
     let mut line = String::new();
@@ -48,9 +38,7 @@ fn echo_through(pki: &TestPki, proxy: &Switchyard) -> Result<(), String> {
 #[test]
 fn behind_a_layer7_balancer_the_agent_tunnels_inside_the_connection_upgrade() {
     let pki = TestPki::new().unwrap();
-    let agent_cert = pki
-        .issue_client("edge", "edge", Some("switchyard-agent"))
-        .unwrap();
+    let identity = agent_identity(&pki, "edge");
     let proxy = proxy(&pki);
     let dir = TempDir::new("nginx").unwrap();
     let front = pki
@@ -62,15 +50,8 @@ fn behind_a_layer7_balancer_the_agent_tunnels_inside_the_connection_upgrade() {
         .unwrap();
     let nginx = Nginx::layer7(dir.path(), &front.cert, &front.key, proxy.web, None).unwrap();
     let echo = DemoUpstream::echo("tunnelled-echo").unwrap();
-    let identity = agent_cert.cert.with_extension("");
-    let agent = Agent::start(
-        None,
-        nginx.addr,
-        &identity,
-        &[("tcp", "echo", echo.addr)],
-        &[],
-    )
-    .unwrap();
+    let services = [("tcp", "echo", echo.addr)];
+    let agent = Agent::start(None, nginx.addr, &identity, &services, &[]).unwrap();
     agent.wait_tunnels_up(2, Duration::from_secs(20)).unwrap();
     // The proxy saw the tunnels as the inner connections of WebSocket upgrades.
     let log = proxy.log();
@@ -85,14 +66,11 @@ fn behind_a_layer7_balancer_the_agent_tunnels_inside_the_connection_upgrade() {
 #[test]
 fn through_https_proxy_the_agent_dials_with_connect() {
     let pki = TestPki::new().unwrap();
-    let agent_cert = pki
-        .issue_client("edge", "edge", Some("switchyard-agent"))
-        .unwrap();
+    let identity = agent_identity(&pki, "edge");
     let proxy = proxy(&pki);
     let dir = TempDir::new("tinyproxy").unwrap();
     let forward = ConnectProxy::start(dir.path()).unwrap();
     let echo = DemoUpstream::echo("tunnelled-echo").unwrap();
-    let identity = agent_cert.cert.with_extension("");
     let url = format!("http://{}", forward.addr);
     let services = [("tcp", "echo", echo.addr)];
     let agent = Agent::start_with(None, proxy.web, &identity, &services, &[], |cmd| {

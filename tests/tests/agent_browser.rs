@@ -8,35 +8,24 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use switchyard_tests::agent::{tunnel_section, Agent, Rule};
+use switchyard_tests::agent::{
+    agent_identity, tunnel_proxy, unreachable_from_host, Agent, Rule, AGENT_ORG,
+};
 use switchyard_tests::browser::{element_text, SETTLED};
 use switchyard_tests::netns::Netns;
-use switchyard_tests::{Chromium, DemoUpstream, ProxyConfig, Switchyard, TestPki};
+use switchyard_tests::{Chromium, DemoUpstream, TestPki};
 
 #[test]
 fn chromium_runs_a_page_with_fetch_and_websocket_through_an_agent() -> Result<()> {
     let pki = TestPki::new()?;
-    let agent_cert = pki.issue_client("edge", "edge", Some("switchyard-agent"))?;
-    let rules = [Rule {
-        identity: "switchyard-agent",
-        serve: &["http:*"],
-        allow: &[],
-    }];
-    let config = ProxyConfig {
-        extra: tunnel_section("p1", &["p1"], &rules),
-        ..ProxyConfig::default()
-    };
-    let proxy = Switchyard::start(&pki, &config)?;
+    let identity = agent_identity(&pki, "edge");
+    let proxy = tunnel_proxy(&pki, &[Rule::serving(AGENT_ORG, &["http:*"])]);
     let ns = Netns::new("browser")?;
     let app = DemoUpstream::webapp_in(Some(&ns), "board")?;
-    assert!(
-        std::net::TcpStream::connect(app.addr).is_err(),
-        "the app must be out of the proxy's reach"
-    );
-    let way_out = ns.forward_out(proxy.web)?;
-    let identity = agent_cert.cert.with_extension("");
+    // The app must be out of the proxy's reach.
+    unreachable_from_host(app.addr);
     let services = [("http", "board", app.addr)];
-    let agent = Agent::start(Some(&ns), way_out, &identity, &services, &[])?;
+    let agent = Agent::start_in(&ns, proxy.web, &identity, &services, &[])?;
     agent.wait_tunnels_up(2, Duration::from_secs(20))?;
 
     let args = [

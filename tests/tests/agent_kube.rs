@@ -6,50 +6,41 @@
 
 use std::time::Duration;
 
-use switchyard_tests::agent::{tunnel_section, Agent, Rule};
+use switchyard_tests::agent::{
+    agent_identity, tunnel_proxy, unreachable_from_host, Agent, Rule, AGENT_ORG,
+};
 use switchyard_tests::kube::{kubectl_version, KubeApi};
 use switchyard_tests::local_proxy::{client_args, switchyard_cmd, LocalProxy};
 use switchyard_tests::netns::Netns;
-use switchyard_tests::{run_with_timeout, ProxyConfig, Switchyard, TempDir, TestPki};
+use switchyard_tests::{run_with_timeout, Switchyard, TempDir, TestPki};
+
+/// `switchyard proxy kube --kube=CLUSTER` as the client identity `client`: a local proxy
+/// with an ephemeral kubeconfig it prints.
+fn proxy_kube(pki: &TestPki, proxy: &Switchyard, cluster: &str) -> LocalProxy {
+    let mut args = vec![
+        "proxy".to_owned(),
+        "kube".into(),
+        format!("--kube={cluster}"),
+    ];
+    args.extend(client_args(pki, proxy, "client"));
+    LocalProxy::start(&args).unwrap()
+}
 
 #[test]
 fn kubectl_reaches_an_api_server_only_an_agent_can_reach() {
     let pki = TestPki::new().unwrap();
-    let agent_cert = pki
-        .issue_client("edge", "edge", Some("switchyard-agent"))
-        .unwrap();
-    let rules = [Rule {
-        identity: "switchyard-agent",
-        serve: &["kube:*"],
-        allow: &[],
-    }];
-    let config = ProxyConfig {
-        extra: tunnel_section("p1", &["p1"], &rules),
-        ..ProxyConfig::default()
-    };
-    let proxy = Switchyard::start(&pki, &config).unwrap();
+    let identity = agent_identity(&pki, "edge");
+    let proxy = tunnel_proxy(&pki, &[Rule::serving(AGENT_ORG, &["kube:*"])]);
     let ns = Netns::new("kube").unwrap();
     let sni = "kube-teleport-proxy-alpn.edge.localhost";
     let api = KubeApi::start(&pki, sni, Some(&ns)).unwrap();
-    assert!(
-        std::net::TcpStream::connect(api.addr).is_err(),
-        "the API must be out of the proxy's reach"
-    );
-    let way_out = ns.forward_out(proxy.web).unwrap();
-    let identity = agent_cert.cert.with_extension("");
-    let agent = Agent::start(
-        Some(&ns),
-        way_out,
-        &identity,
-        &[("kube", "edge", api.addr)],
-        &[],
-    )
-    .unwrap();
+    // The API must be out of the proxy's reach.
+    unreachable_from_host(api.addr);
+    let services = [("kube", "edge", api.addr)];
+    let agent = Agent::start_in(&ns, proxy.web, &identity, &services, &[]).unwrap();
     agent.wait_tunnels_up(2, Duration::from_secs(20)).unwrap();
 
-    let mut args = vec!["proxy".to_owned(), "kube".into(), "--kube=edge".into()];
-    args.extend(client_args(&pki, &proxy, "client"));
-    let local = LocalProxy::start(&args).unwrap();
+    let local = proxy_kube(&pki, &proxy, "edge");
     let kubeconfig = local.printed("kubeconfig").expect("kubeconfig printed");
     let out = kubectl_version(&kubeconfig).unwrap();
     assert!(
@@ -86,9 +77,7 @@ fn kubectl_reaches_an_api_server_only_an_agent_can_reach() {
     assert!(out.stdout.contains("v1.31.0-switchyard-test"), "{out:?}");
 
     // A cluster no agent serves (and no upstreams.kube): refused with a reason.
-    let mut args = vec!["proxy".to_owned(), "kube".into(), "--kube=gone".into()];
-    args.extend(client_args(&pki, &proxy, "client"));
-    let gone = LocalProxy::start(&args).unwrap();
+    let gone = proxy_kube(&pki, &proxy, "gone");
     let out = kubectl_version(&gone.printed("kubeconfig").unwrap()).unwrap();
     assert!(!out.success(), "{out:?}");
     assert!(

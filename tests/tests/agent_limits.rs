@@ -6,9 +6,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use switchyard_tests::agent::{tunnel_section, Agent, Rule};
-use switchyard_tests::local_proxy::{client_args, connect_lines, LocalProxy};
-use switchyard_tests::{wait_until, DemoUpstream, ProxyConfig, Switchyard, TestPki};
+use switchyard_tests::agent::{
+    agent_identity, app_proxy, metric, tunnel_config, Agent, Rule, AGENT_ORG,
+};
+use switchyard_tests::local_proxy::connect_lines;
+use switchyard_tests::{wait_until, DemoUpstream, Switchyard, TestPki};
 
 const LIMIT: usize = 3;
 
@@ -34,33 +36,20 @@ fn echo_line(conn: &mut (TcpStream, BufReader<TcpStream>), text: &str) -> String
 #[test]
 fn streams_over_the_tunnel_limit_are_refused_and_the_others_keep_working() {
     let pki = TestPki::new().unwrap();
-    let agent_cert = pki
-        .issue_client("edge", "edge", Some("switchyard-agent"))
-        .unwrap();
-    let rules = [Rule {
-        identity: "switchyard-agent",
-        serve: &["tcp:*"],
-        allow: &[],
-    }];
-    let section = tunnel_section("p1", &["p1"], &rules);
-    let config = ProxyConfig {
-        extra: section.replace(
-            "  heartbeat_interval: 1s\n",
-            &format!("  heartbeat_interval: 1s\n  max_streams_per_tunnel: {LIMIT}\n"),
-        ),
-        ..ProxyConfig::default()
-    };
+    let identity = agent_identity(&pki, "edge");
+    let mut config = tunnel_config(&[Rule::serving(AGENT_ORG, &["tcp:*"])]);
+    config.extra = config.extra.replace(
+        "  heartbeat_interval: 1s\n",
+        &format!("  heartbeat_interval: 1s\n  max_streams_per_tunnel: {LIMIT}\n"),
+    );
     assert!(config.extra.contains("max_streams_per_tunnel"));
     let proxy = Switchyard::start(&pki, &config).unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
-    let identity = agent_cert.cert.with_extension("");
     let services = [("tcp", "echo", echo.addr)];
     let agent = Agent::start(None, proxy.web, &identity, &services, &["--tunnels=1"]).unwrap();
     agent.wait_tunnels_up(1, Duration::from_secs(20)).unwrap();
 
-    let mut args: Vec<String> = ["proxy", "app", "echo"].map(String::from).to_vec();
-    args.extend(client_args(&pki, &proxy, "client"));
-    let local = LocalProxy::start(&args).unwrap();
+    let local = app_proxy(&pki, &proxy, "echo", "client");
     let mut open: Vec<_> = (0..LIMIT).map(|_| open_echo(local.addr).unwrap()).collect();
     wait_until(Duration::from_secs(5), "streams counted", || {
         Ok((proxy.metric("switchyard_tunnel_streams", &[])? == LIMIT as f64).then_some(()))
@@ -76,12 +65,12 @@ fn streams_over_the_tunnel_limit_are_refused_and_the_others_keep_working() {
             .then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
-    let refused = proxy
-        .metric(
-            "switchyard_tunnel_streams_opened_total",
-            &[("kind", "tcp"), ("outcome", "over_limit")],
-        )
-        .unwrap();
+    let over_limit = [("kind", "tcp"), ("outcome", "over_limit")];
+    let refused = metric(
+        &proxy,
+        "switchyard_tunnel_streams_opened_total",
+        &over_limit,
+    );
     assert_eq!(refused, 1.0);
 
     for (i, conn) in open.iter_mut().enumerate() {
@@ -96,5 +85,5 @@ fn streams_over_the_tunnel_limit_are_refused_and_the_others_keep_working() {
     .unwrap();
     let mut again = open_echo(local.addr).unwrap();
     assert_eq!(echo_line(&mut again, "again"), "again\n");
-    assert_eq!(proxy.metric("switchyard_tunnel_tunnels", &[]).unwrap(), 1.0);
+    assert_eq!(metric(&proxy, "switchyard_tunnel_tunnels", &[]), 1.0);
 }
