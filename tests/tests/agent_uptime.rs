@@ -26,7 +26,8 @@ const T: Duration = Duration::from_secs(15);
 /// The agent's backoff cap (8 s) plus its +25 % jitter, plus 1 s for the dial itself
 /// (forwarder, TLS, Hello) on a loaded machine. An uncapped doubling would be 16 s ±25 %
 /// (at least 12 s) by the time this is measured.
-const BACK_WITHIN: Duration = Duration::from_secs(11);
+/// The longest reconnect wait the agent may take: the 8 s cap plus 25 % jitter.
+const MAX_WAIT: f64 = 10.0;
 
 /// A proxy with the tunnel service (`proxy_id`, `peers`, agents of O `switchyard-agent`
 /// may serve any ssh node, any client may reach them) listening on `listen`.
@@ -115,6 +116,20 @@ fn log_time(line: &str) -> Option<f64> {
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
+/// The reconnect waits the agent logged (`reconnecting … wait=8.1s`), in seconds.
+fn reconnect_waits(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("reconnecting"))
+        .filter_map(|l| {
+            let w = l.split("wait=").nth(1)?.split_whitespace().next()?;
+            match w.strip_suffix("ms") {
+                Some(ms) => ms.parse::<f64>().ok().map(|v| v / 1000.0),
+                None => w.strip_suffix('s')?.parse().ok(),
+            }
+        })
+        .collect()
+}
+
 /// How many "tunnel failed" lines worker `n` logged.
 fn failures_of(log: &str, worker: usize) -> usize {
     let me = format!("worker={worker}");
@@ -162,8 +177,10 @@ fn killed_proxy_restarted_on_its_port_gets_the_agent_back_within_the_backoff_cap
     let proxy = Switchyard::start(&pki, &fixed.config).unwrap();
     let restarted = Instant::now();
     assert_eq!(proxy.web.port(), port);
+    // A condition, not a stopwatch: how long it takes under load is the bench's; that
+    // the waits stayed at the cap is read from the agent's own log below.
     let ups = |n: usize| {
-        agent.wait_tunnels_up(n, Duration::from_secs(20)).unwrap();
+        agent.wait_tunnels_up(n, Duration::from_secs(60)).unwrap();
         restarted.elapsed()
     };
     let first = ups(3);
@@ -174,9 +191,14 @@ fn killed_proxy_restarted_on_its_port_gets_the_agent_back_within_the_backoff_cap
         first.as_secs_f64(),
         both.as_secs_f64()
     );
+    // Every reconnect wait the agent logged is within the cap (8 s + 25 % jitter), and
+    // the waits reached it: without the cap the fifth would have been 16 s.
+    let waits = reconnect_waits(&agent.log());
+    assert!(waits.len() >= 8, "{waits:?}\n{}", agent.log());
+    let longest = waits.iter().copied().fold(0.0, f64::max);
     assert!(
-        both < BACK_WITHIN,
-        "tunnels back {both:?} after the restart, over the 8 s cap + jitter\n{}",
+        longest <= MAX_WAIT && longest >= 6.0,
+        "reconnect waits {waits:?}: over the 8 s cap + jitter, or never at it\n{}",
         agent.log()
     );
     wait_until(T, "the restarted proxy counts 2 tunnels", || {
@@ -287,12 +309,17 @@ fn sigterm_drain_lets_a_running_scp_finish_and_the_agent_comes_back() {
 
     let proxy = Switchyard::start(&pki, &fixed.config).unwrap();
     let restarted = Instant::now();
-    agent.wait_tunnels_up(4, Duration::from_secs(20)).unwrap();
+    agent.wait_tunnels_up(4, Duration::from_secs(60)).unwrap();
     println!(
         "after the restart both tunnels were back in {:.2} s",
         restarted.elapsed().as_secs_f64()
     );
-    assert!(restarted.elapsed() < BACK_WITHIN, "{}", agent.log());
+    let waits = reconnect_waits(&agent.log());
+    assert!(
+        waits.iter().all(|w| *w <= MAX_WAIT),
+        "reconnect waits {waits:?} over the cap\n{}",
+        agent.log()
+    );
     assert_ssh_reaches_node(ssh_config, "back", &|| logs(&proxy, agent));
 }
 
