@@ -197,7 +197,7 @@ fn killed_proxy_restarted_on_its_port_gets_the_agent_back_within_the_backoff_cap
     assert!(waits.len() >= 8, "{waits:?}\n{}", agent.log());
     let longest = waits.iter().copied().fold(0.0, f64::max);
     assert!(
-        longest <= MAX_WAIT && longest >= 6.0,
+        (6.0..=MAX_WAIT).contains(&longest),
         "reconnect waits {waits:?}: over the 8 s cap + jitter, or never at it\n{}",
         agent.log()
     );
