@@ -21,8 +21,14 @@ pub(crate) async fn serve(
     draining: watch::Receiver<bool>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors (or another accept error): wait instead of spinning.
+            Err(e) => {
+                debug!(error = %e, "diag accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let proxy = proxy.clone();
         let draining = draining.clone();

@@ -5,9 +5,11 @@
 //! Shape (mini-redis `server.rs`): `serve(listener, proxy, shutdown)`; a semaphore permit is
 //! taken before each accept, so at `limits.max_connections` new clients wait in the kernel's
 //! backlog; on shutdown the loop stops accepting and waits, up to `limits.drain_timeout`,
-//! for every permit to come back.
+//! for every permit to come back. Out of file descriptors, new clients are refused at once
+//! (`fdlimit`).
 
 use super::conn::{self, ConnError};
+use super::fdlimit::{self, Reserve};
 use super::state::Proxy;
 use super::state::Route;
 use std::net::SocketAddr;
@@ -36,6 +38,7 @@ pub(crate) async fn serve(
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut reserve = Reserve::new();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
@@ -44,8 +47,13 @@ pub(crate) async fn serve(
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
+                Err(e) if fdlimit::out_of_fds(&e) => {
+                    let proxy = proxies.borrow().clone();
+                    refuse_at_limit(&listener, &mut reserve, &proxy, &e).await;
+                    continue;
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // Other accept errors: back off instead of spinning.
                     error!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -59,6 +67,29 @@ pub(crate) async fn serve(
             connection(proxy, ingress, stream, peer).await;
             drop(permit);
         });
+    }
+}
+
+/// Out of descriptors: refuses the waiting client with the spare descriptor (closed at
+/// once, counted, logged rate-limited), or, with no spare, waits a moment for one to free.
+async fn refuse_at_limit(
+    listener: &TcpListener,
+    reserve: &mut Reserve,
+    proxy: &Proxy,
+    error: &std::io::Error,
+) {
+    let refused = reserve.release() && matches!(listener.accept().await, Ok((_closed, _)));
+    reserve.restore();
+    proxy.metrics.refused("fd_limit");
+    if let Some(suppressed) = proxy.noise.allow() {
+        warn!(
+            suppressed,
+            refused,
+            "out of file descriptors ({error}): new connections are refused until some close; raise LimitNOFILE / ulimit -n"
+        );
+    }
+    if !refused {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -13,6 +13,7 @@ pub(crate) mod certs;
 pub(crate) mod conn;
 pub(crate) mod detect;
 pub(crate) mod diag;
+pub(crate) mod fdlimit;
 pub(crate) mod hello;
 pub(crate) mod http;
 pub(crate) mod listener;

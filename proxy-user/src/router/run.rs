@@ -5,6 +5,7 @@
 //! touching live connections.
 
 use super::diag;
+use super::fdlimit;
 use super::listener::{self, Ingress};
 use super::metrics::Metrics;
 use super::state::{legacy_route, Proxy};
@@ -36,6 +37,17 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     warn_untrusted_headers(&config);
+    match fdlimit::raise() {
+        Ok((before, after)) if before != after => {
+            info!(
+                ?before,
+                ?after,
+                "raised the open-file limit (RLIMIT_NOFILE) to its hard limit"
+            )
+        }
+        Ok((_, limit)) => info!(?limit, "open-file limit (RLIMIT_NOFILE)"),
+        Err(e) => warn!("cannot raise the open-file limit (RLIMIT_NOFILE): {e}"),
+    }
     // Before any listener: sockets belong to the cgroup of the process that creates them.
     let fallback = PlainRelay::chosen().describe();
     let frontend = ebpf::start(mode, fallback).context("--ebpf require")?;

@@ -78,3 +78,9 @@ pub(crate) struct HttpLabel {
 pub(crate) struct RouteLabel {
     pub(crate) route: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Reason {
+    /// `fd_limit`: the process was out of file descriptors.
+    pub(crate) reason: &'static str,
+}

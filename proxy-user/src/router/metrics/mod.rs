@@ -33,6 +33,7 @@ pub(crate) struct Metrics {
     pub(crate) http_requests: Family<HttpLabel, Counter>,
     pub(crate) http_seconds: Family<RouteLabel, Histogram>,
     pub(crate) tunnel: TunnelMetrics,
+    pub(crate) refused: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -61,6 +62,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             tunnel: TunnelMetrics::default(),
+            refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +130,11 @@ impl Metrics {
             "Time from an HTTP request's head to the end of its response body, by route",
             m.http_seconds.clone(),
         );
+        registry.register(
+            "switchyard_connections_refused",
+            "Connections refused at accept, before any byte was read, by reason",
+            m.refused.clone(),
+        );
         m.tunnel.register(&mut registry);
         Metrics { registry, ..m }
     }
@@ -142,6 +149,11 @@ impl Metrics {
 
     pub(crate) fn detect(&self, outcome: &'static str) {
         self.detect.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Counts a connection refused at accept (`fd_limit`).
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&Reason { reason }).inc();
     }
 
     pub(crate) fn claim(&self, kind: &'static str, outcome: &'static str) {
