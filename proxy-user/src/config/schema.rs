@@ -232,6 +232,9 @@ pub(crate) struct Limits {
     pub(crate) max_http_head_bytes: usize,
     /// Concurrent streams an HTTP/2 client may open on one connection (`100`).
     pub(crate) http2_max_streams: u32,
+    /// Pending connections each listener keeps for accept (`4096`; the kernel caps it at
+    /// `net.core.somaxconn`).
+    pub(crate) listen_backlog: u32,
 }
 
 impl Default for Limits {
@@ -248,6 +251,7 @@ impl Default for Limits {
             http_idle_timeout: Duration::from_secs(60),
             max_http_head_bytes: 64 * 1024,
             http2_max_streams: 100,
+            listen_backlog: crate::io::LISTEN_BACKLOG,
         }
     }
 }

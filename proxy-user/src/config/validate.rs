@@ -109,6 +109,12 @@ impl Config {
             }
         }
         let l = &self.limits;
+        if l.listen_backlog == 0 {
+            return Err(ConfigError::invalid(
+                "limits.listen_backlog",
+                "at least 1 (the kernel caps it at net.core.somaxconn)",
+            ));
+        }
         if l.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "limits.max_connections",

@@ -33,6 +33,11 @@ pub(crate) const LISTEN_BACKLOG: u32 = 4096;
 /// A listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's
 /// own `bind`).
 pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    listen_with(addr, LISTEN_BACKLOG)
+}
+
+/// [`listen`] with another backlog (`limits.listen_backlog`).
+pub(crate) fn listen_with(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -40,7 +45,7 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.listen(backlog)
 }
 
 /// A byte stream that can be held behind a pointer and sent between tasks.

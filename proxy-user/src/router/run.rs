@@ -22,9 +22,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
-async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
+async fn bind(key: &str, addr: &str, backlog: u32) -> anyhow::Result<TcpListener> {
     let a = config::listen_addr(key, addr)?;
-    crate::io::listen(a).with_context(|| format!("cannot listen on {a} ({key})"))
+    crate::io::listen_with(a, backlog).with_context(|| format!("cannot listen on {a} ({key})"))
 }
 
 /// Serves `path` until a shutdown signal. `ready` is called once every listener is bound,
@@ -57,18 +57,21 @@ pub(crate) async fn serve(
         metrics.register_collector(Box::new(ebpf::metrics::FrontendCollector(f)));
     }
     let metrics = Arc::new(metrics);
+    let backlog = config.limits.listen_backlog;
     let web = bind(
         "proxy_service.web_listen_addr",
         &config.proxy_service.web_listen_addr,
+        backlog,
     )
     .await?;
     let mut legacy = Vec::new();
     for (key, addr) in config.legacy_listeners() {
         let route = legacy_route(&config, key)?;
-        legacy.push((bind(&format!("proxy_service.{key}"), &addr).await?, route));
+        let listener = bind(&format!("proxy_service.{key}"), &addr, backlog).await?;
+        legacy.push((listener, route));
     }
     let diag_listener = match &config.diag_addr {
-        Some(a) => Some(bind("diag_addr", a).await?),
+        Some(a) => Some(bind("diag_addr", a, backlog).await?),
         None => None,
     };
     let limits = config.limits.clone();
