@@ -11,6 +11,7 @@
 
 mod addr;
 mod apps;
+mod classes;
 mod schema;
 mod trust;
 mod tunnel;
@@ -18,6 +19,7 @@ mod validate;
 
 pub(crate) use addr::{dns_label, host_port, listen_addr, HostPort};
 pub(crate) use apps::{http_target, AppConfig, HttpProtocol, HttpTarget, HttpUpstream};
+pub(crate) use classes::{budget, Budget, ClassLimits, CLASSES};
 pub(crate) use schema::*;
 #[cfg(test)]
 pub(crate) use trust::Net;

@@ -235,6 +235,9 @@ pub(crate) struct Limits {
     /// Pending connections each listener keeps for accept (`4096`; the kernel caps it at
     /// `net.core.somaxconn`).
     pub(crate) listen_backlog: u32,
+    /// Budgets per connection class (`unclassified`, `ssh`, `web`, …): connections,
+    /// handshakes in progress and connections per source at once.
+    pub(crate) classes: BTreeMap<String, super::ClassLimits>,
 }
 
 impl Default for Limits {
@@ -252,6 +255,7 @@ impl Default for Limits {
             max_http_head_bytes: 64 * 1024,
             http2_max_streams: 100,
             listen_backlog: crate::io::LISTEN_BACKLOG,
+            classes: BTreeMap::new(),
         }
     }
 }

@@ -109,6 +109,7 @@ impl Config {
             }
         }
         let l = &self.limits;
+        super::classes::validate(&l.classes)?;
         if l.listen_backlog == 0 {
             return Err(ConfigError::invalid(
                 "limits.listen_backlog",

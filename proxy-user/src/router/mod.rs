@@ -9,6 +9,7 @@
 //! the listeners and handles signals (reload, drain), [`metrics`] and [`diag`] are what
 //! operators watch; [`tunnel`] serves the agents that dial in and reaches their services.
 
+pub(crate) mod admission;
 pub(crate) mod certs;
 pub(crate) mod conn;
 pub(crate) mod detect;

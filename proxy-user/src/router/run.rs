@@ -4,6 +4,7 @@
 //! to `limits.drain_timeout`) and reloads certificates and routes on SIGHUP without
 //! touching live connections.
 
+use super::admission::Admission;
 use super::diag;
 use super::fdlimit;
 use super::listener::{self, Ingress};
@@ -77,11 +78,13 @@ pub(crate) async fn serve(
     let limits = config.limits.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let tunnels = Arc::new(Registry::new(metrics.clone()));
+    let admission = Arc::new(Admission::new(&config, metrics.clone()));
     let proxy = Arc::new(Proxy::new(
         config,
         metrics.clone(),
         stop_rx.clone(),
         tunnels.clone(),
+        admission.clone(),
     )?);
     if let Some(f) = frontend {
         let ports = std::iter::once(&web).chain(legacy.iter().map(|(l, _)| l));
@@ -125,7 +128,7 @@ pub(crate) async fn serve(
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(path, &metrics, &proxy_tx, &stop_rx, &tunnels),
+            _ = hup.recv() => reload(path, &metrics, &proxy_tx, &stop_rx, (&tunnels, &admission)),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -161,9 +164,12 @@ fn reload(
     metrics: &Arc<Metrics>,
     proxies: &watch::Sender<Arc<Proxy>>,
     stopping: &watch::Receiver<bool>,
-    tunnels: &Arc<Registry>,
+    (tunnels, admission): (&Arc<Registry>, &Arc<Admission>),
 ) {
-    let build = |c| Proxy::new(c, metrics.clone(), stopping.clone(), tunnels.clone());
+    let build = |c| {
+        let shared = (tunnels.clone(), admission.clone());
+        Proxy::new(c, metrics.clone(), stopping.clone(), shared.0, shared.1)
+    };
     match Config::load(path).and_then(build) {
         Ok(p) => {
             info!(routes = p.table.entries().len(), config = %path.display(), "reloaded certificates and routes");

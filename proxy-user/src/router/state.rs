@@ -3,6 +3,7 @@
 //! refusal log lines, and the registry of connected agents (which outlives reloads). Built once at start-up and again at each SIGHUP reload; a connection
 //! keeps the `Proxy` it was accepted with.
 
+use super::admission::Admission;
 use super::certs;
 use super::http::Front;
 use super::metrics::Metrics;
@@ -36,6 +37,8 @@ pub(crate) struct Proxy {
     /// The certificates and client verifier, for configurations made per connection (an
     /// agent's service with its allow list).
     pub(crate) terminator: certs::Terminator,
+    /// The budgets of the connection classes (process-wide: reloads keep the counts).
+    pub(crate) admission: Arc<Admission>,
 }
 
 impl Proxy {
@@ -45,6 +48,7 @@ impl Proxy {
         metrics: Arc<Metrics>,
         stopping: watch::Receiver<bool>,
         tunnels: Arc<Registry>,
+        admission: Arc<Admission>,
     ) -> Result<Proxy, ConfigError> {
         let table = Table::new(&config);
         let terminator = certs::Terminator::new(&config, &table)?;
@@ -62,6 +66,7 @@ impl Proxy {
             stopping,
             tunnels,
             terminator,
+            admission,
         })
     }
 }

@@ -50,6 +50,11 @@ pub(crate) enum ConnError {
         upstream: String,
         error: io::Error,
     },
+    #[error("refused by the {class} budget: {reason} (limits.classes.{class})")]
+    OverBudget {
+        class: &'static str,
+        reason: &'static str,
+    },
     #[error("tunnel: {0}")]
     Tunnel(String),
     #[error("agent service {service}: {reason}")]

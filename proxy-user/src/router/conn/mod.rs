@@ -1,7 +1,8 @@
 //! One client connection of the single port, from accept to close: detect the protocol
 //! (stripping PROXY headers, whose source is the client only from a trusted proxy:
 //! `router::trust`), then hand it to the stage that routes it — [`tls`] (read the
-//! ClientHello, route, pass through or terminate), [`plaintext`] (legacy SSH, HTTP and
+//! ClientHello, route, pass through or terminate; [`tls_end`] its alerts and failed ends),
+//! [`plaintext`] (legacy SSH, HTTP and
 //! Postgres), [`web`] (the web route's own endpoints and the connection upgrade) — and
 //! [`upstream`] (dial, relay). Each stage returns what comes next, and this module chains
 //! them: a terminated web connection goes to `web`, and the inner connection of an upgrade
@@ -9,6 +10,9 @@
 //! trusted `X-Forwarded-For` names. The client used for decisions, and how it was
 //! obtained, are recorded once in the connection's span (`client`, `client_from`; a claim
 //! not believed is `claimed_client`).
+//!
+//! A connection counts against the `unclassified` budget from accept until its route is
+//! known, then against its route's class (`router::admission`).
 //!
 //! Everything before the relay reads through one [`Preface`] and runs under its one
 //! [`Deadline`] (`limits.handshake_timeout`), so a slow or silent client costs a timer, not a
@@ -19,20 +23,21 @@ mod error;
 mod plaintext;
 mod preface;
 mod tls;
+mod tls_end;
 mod upstream;
 mod web;
 
 pub(crate) use error::{ConnError, Finished};
 pub(crate) use plaintext::fixed;
 
+use super::admission::{Admitted, Refusal, LEGACY, UNCLASSIFIED};
 use super::detect::{detect, Detected, PgRequest, ProxyHeader};
 use super::http;
 use super::metrics::Accepted;
 use super::state::Proxy;
 use super::trust::{proxy_verdict, Client, ClientAddr, ClientFrom, Verdict};
-use super::webapi::{Forwarded, Xff};
+use super::webapi::Forwarded;
 use crate::config::ProxyProtocol;
-use crate::io::tls::CertIdentity;
 use crate::io::BoxedIo;
 use error::hex_preview;
 use preface::{Deadline, Preface};
@@ -42,7 +47,7 @@ use tls::Tls;
 use tokio::net::TcpStream;
 use tracing::{field, Instrument, Span};
 use upstream::ClientIo;
-use web::Web;
+use web::{http_conn, Web};
 
 /// What detection found that can be routed: detection itself never returns anything else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +97,11 @@ pub(crate) async fn handle(
     peer: SocketAddr,
 ) -> Result<Finished, ConnError> {
     let limits = &proxy.config.limits;
+    // Until its route is known, a connection counts against the `unclassified` budget.
+    let pending = proxy
+        .admission
+        .admit(UNCLASSIFIED, peer.ip())
+        .map_err(|r| over_budget(UNCLASSIFIED, r))?;
     let deadline = Deadline::after(limits.handshake_timeout);
     let mut pre = Preface::accepted(deadline, limits.max_hello_bytes);
     let mut client = Client::peer(peer);
@@ -113,11 +123,16 @@ pub(crate) async fn handle(
         .inc();
     let _active = proxy.metrics.active_guard(protocol);
     let route = match routable {
-        Routable::Tls => return tls_connection(proxy, stream, pre, client).await,
+        Routable::Tls => return tls_connection(proxy, stream, pre, client, pending).await,
         Routable::Ssh => "ssh",
         Routable::Http => "web",
         Routable::Postgres(_) => "postgres",
     };
+    let _class = proxy
+        .admission
+        .admit(LEGACY, client.addr.ip())
+        .map_err(|r| over_budget(LEGACY, r))?;
+    drop(pending);
     match plaintext::plaintext(proxy, stream, pre, route, &client).await? {
         plaintext::Plain::Done(done) => Ok(done),
         plaintext::Plain::Web(stream, pre, route) => {
@@ -190,8 +205,9 @@ async fn tls_connection<C: ClientIo>(
     stream: C,
     pre: Preface,
     client: Client,
+    pending: Admitted,
 ) -> Result<Finished, ConnError> {
-    match tls::tls(proxy, stream, pre, &client).await? {
+    match tls::tls(proxy, stream, pre, &client, Some(pending)).await? {
         Tls::Done(done) => Ok(done),
         Tls::Web {
             stream,
@@ -199,6 +215,7 @@ async fn tls_connection<C: ClientIo>(
             route,
             identity,
             h2,
+            admitted: _admitted,
         } => {
             let conn = http_conn(proxy, route, true, h2, identity, &client, true);
             web_connection(proxy, stream, preface, route, conn, client).await
@@ -255,7 +272,7 @@ async fn inner_connection(
     pre: Preface,
     client: Client,
 ) -> Result<Finished, ConnError> {
-    match tls::tls(proxy, tunnel, pre, &client).await? {
+    match tls::tls(proxy, tunnel, pre, &client, None).await? {
         Tls::Done(done) => Ok(done),
         Tls::Web {
             stream,
@@ -263,6 +280,7 @@ async fn inner_connection(
             route,
             identity,
             h2,
+            admitted: _admitted,
         } => {
             let conn = http_conn(proxy, route, true, h2, identity, &client, false);
             match web::web(proxy, stream, preface, route, conn).await? {
@@ -276,30 +294,11 @@ async fn inner_connection(
     }
 }
 
-/// What HTTP knows of a connection from `client`: its `X-Forwarded-For` is judged by
-/// whether `client` is a trusted proxy.
-fn http_conn(
-    proxy: &Proxy,
-    route: &super::state::Route,
-    tls: bool,
-    h2: bool,
-    identity: Option<CertIdentity>,
-    client: &Client,
-    upgrades: bool,
-) -> http::Conn {
-    let service = &proxy.config.proxy_service;
-    http::Conn {
-        route: route.name.clone(),
-        tls,
-        h2,
-        identity: identity.as_ref().map(|i| i.to_string()),
-        cert: identity,
-        client: client.addr.socket(),
-        xff: Xff {
-            mode: service.trust_x_forwarded_for,
-            sender_trusted: service.trusted_proxies.contains(client.addr.ip()),
-        },
-        upgrades,
+/// The error of a refusal by a class's budget.
+pub(crate) fn over_budget(class: &'static str, refusal: Refusal) -> ConnError {
+    ConnError::OverBudget {
+        class,
+        reason: refusal.label(),
     }
 }
 

@@ -5,13 +5,16 @@
 //! ALPNs — or, on the web route and the HTTP apps, hand it to HTTP.
 
 use super::error::{ConnError, Finished};
+use super::over_budget;
 use super::preface::Preface;
+use super::tls_end::{handshake_reason, linger, send_alert};
 use super::upstream::{connect, relay_client, ClientIo};
 use crate::io::tunnel::{Kind, Service};
 use crate::io::wire;
 use crate::io::{tls::CertIdentity, Prefixed};
 use crate::protocol::{H2_ALPN, PING_SUFFIX, REVERSE_TUNNEL_ALPN};
 use crate::relay::relay;
+use crate::router::admission::{class_of, Admitted};
 use crate::router::hello;
 use crate::router::route::{Decision, Mode, RejectAlert, Role, TUNNEL_PROBE};
 use crate::router::state::Proxy;
@@ -19,7 +22,6 @@ use crate::router::state::Route;
 use crate::router::trust::{self, Client};
 use crate::router::tunnel::{self, dial};
 use rustls::ServerConfig;
-use std::io;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -40,6 +42,8 @@ pub(crate) enum Tls<'a, C> {
         identity: Option<CertIdentity>,
         /// The client negotiated `h2`.
         h2: bool,
+        /// Its place in its class's budget, held for the connection's life.
+        admitted: Admitted,
     },
 }
 
@@ -50,6 +54,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     mut client: C,
     mut pre: Preface,
     from: &Client,
+    pending: Option<Admitted>,
 ) -> Result<Tls<'a, C>, ConnError> {
     let max = proxy.config.limits.max_hello_bytes;
     let hello = pre
@@ -81,6 +86,16 @@ pub(crate) async fn tls<'a, C: ClientIo>(
             reason,
         });
     }
+    // Its route's class takes over from `unclassified`; refused before any crypto.
+    let class = class_of(route);
+    let admitted = match proxy.admission.admit(class, from.addr.ip()) {
+        Ok(a) => a,
+        Err(r) => {
+            send_alert(&mut client, RejectAlert::AccessDenied).await;
+            return Err(over_budget(class, r));
+        }
+    };
+    drop(pending);
     let config = match &route.mode {
         Mode::Terminate { tls, .. } => match &service {
             Some(s) => agent_tls(proxy, route, s, tls)?,
@@ -106,6 +121,13 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         }
     };
     proxy.metrics.route(&route.name, "terminate");
+    let handshake = match admitted.handshake() {
+        Ok(h) => h,
+        Err(r) => {
+            send_alert(&mut client, RejectAlert::AccessDenied).await;
+            return Err(over_budget(class, r));
+        }
+    };
     let started = Instant::now();
     let deadline = pre.deadline;
     let inner = pre.inner();
@@ -136,6 +158,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         }
         Ok(Ok(tls)) => tls,
     };
+    drop(handshake);
     proxy
         .metrics
         .handshake_seconds
@@ -171,6 +194,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
             preface: inner,
             route,
             identity: cert,
+            admitted,
             h2: negotiated.as_deref() == Some(H2_ALPN),
         });
     }
@@ -245,60 +269,4 @@ where
 /// (agents also offer `teleport-reversetunnelv2`, and always present a certificate).
 fn is_detection_probe(alpn: &[String]) -> bool {
     matches!(alpn, [only] if only == REVERSE_TUNNEL_ALPN)
-}
-
-/// Classifies a failed handshake for the metric and the log line.
-fn handshake_reason(e: &io::Error) -> &'static str {
-    use rustls::{CertificateError, Error};
-    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
-        Some(Error::NoCertificatesPresented) => "no_certificate",
-        Some(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)) => {
-            "not_allowed"
-        }
-        Some(Error::InvalidCertificate(_)) => "bad_certificate",
-        Some(Error::NoApplicationProtocol) => "no_application_protocol",
-        Some(Error::AlertReceived(_)) => "client_alert",
-        _ if e.kind() == io::ErrorKind::UnexpectedEof => "client_closed",
-        _ => "other",
-    }
-}
-
-/// After a failed handshake (whose alert rustls has written): closes the sending side and
-/// reads what the client still sends for a moment before closing. Closing a socket with
-/// unread bytes resets it, and the reset can destroy the alert before the client reads
-/// it: with TLS 1.3 a client certificate is refused after the client has already sent its
-/// first request, so without this the client sees "connection reset" instead of
-/// `access_denied` or `certificate_required`.
-async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
-    use tokio::io::AsyncReadExt;
-    let _ = io.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let drain = async {
-        let mut left = LINGER_BYTES;
-        while left > 0 {
-            match io.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-/// How long [`linger`] waits for the client to close, and how much it reads meanwhile.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
-
-/// Sends a fatal TLS alert record, best effort, before closing an unroutable or refused
-/// connection (before any handshake: a plaintext alert record).
-async fn send_alert<S: AsyncWrite + Unpin>(client: &mut S, alert: RejectAlert) {
-    let code = match alert {
-        RejectAlert::UnrecognizedName => 112,
-        RejectAlert::NoApplicationProtocol => 120,
-        RejectAlert::AccessDenied => 49,
-    };
-    let _ = client
-        .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, code])
-        .await;
-    let _ = client.shutdown().await;
 }

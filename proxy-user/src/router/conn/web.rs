@@ -223,3 +223,30 @@ async fn respond<S: AsyncWrite + Unpin>(client: &mut S, response: &[u8]) {
     let _ = client.write_all(response).await;
     let _ = client.shutdown().await;
 }
+
+/// What HTTP knows of a connection from `client`: its `X-Forwarded-For` is judged by
+/// whether `client` is a trusted proxy.
+pub(super) fn http_conn(
+    proxy: &Proxy,
+    route: &crate::router::state::Route,
+    tls: bool,
+    h2: bool,
+    identity: Option<crate::io::tls::CertIdentity>,
+    client: &crate::router::trust::Client,
+    upgrades: bool,
+) -> http::Conn {
+    let service = &proxy.config.proxy_service;
+    http::Conn {
+        route: route.name.clone(),
+        tls,
+        h2,
+        identity: identity.as_ref().map(|i| i.to_string()),
+        cert: identity,
+        client: client.addr.socket(),
+        xff: crate::router::webapi::Xff {
+            mode: service.trust_x_forwarded_for,
+            sender_trusted: service.trusted_proxies.contains(client.addr.ip()),
+        },
+        upgrades,
+    }
+}

@@ -4,9 +4,11 @@
 //! The label sets are in [`labels`]; the reverse-tunnel families in [`tunnel`]. Label values are `&'static str` where the set is fixed
 //! and `String` where it comes from the configuration (route names), so they stay bounded.
 
+mod classes;
 mod labels;
 mod tunnel;
 
+pub(crate) use classes::{ClassLabel, ClassMetrics, ClassRefusal};
 pub(crate) use labels::*;
 pub(crate) use tunnel::TunnelMetrics;
 
@@ -34,6 +36,7 @@ pub(crate) struct Metrics {
     pub(crate) http_seconds: Family<RouteLabel, Histogram>,
     pub(crate) tunnel: TunnelMetrics,
     pub(crate) refused: Family<Reason, Counter>,
+    pub(crate) classes: ClassMetrics,
 }
 
 impl Default for Metrics {
@@ -63,6 +66,7 @@ impl Metrics {
             }),
             tunnel: TunnelMetrics::default(),
             refused: Family::default(),
+            classes: ClassMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +140,7 @@ impl Metrics {
             m.refused.clone(),
         );
         m.tunnel.register(&mut registry);
+        m.classes.register(&mut registry);
         Metrics { registry, ..m }
     }
 

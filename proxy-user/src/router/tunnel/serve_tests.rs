@@ -6,6 +6,7 @@ use super::*;
 use crate::config::Config;
 use crate::io::tunnel::frame;
 use crate::io::tunnel::{Kind, Service};
+use crate::router::admission::Admission;
 use crate::router::metrics::Metrics;
 use crate::router::tunnel::Registry;
 use crate::tools::ca;
@@ -38,7 +39,8 @@ fn fixture() -> Fixture {
     let metrics = Arc::new(Metrics::new());
     let (stop, stopping) = watch::channel(false);
     let registry = Arc::new(Registry::new(metrics.clone()));
-    let proxy = Proxy::new(config, metrics, stopping, registry).unwrap();
+    let admission = Arc::new(Admission::new(&config, metrics.clone()));
+    let proxy = Proxy::new(config, metrics, stopping, registry, admission).unwrap();
     Fixture {
         proxy: Arc::new(proxy),
         stop,

@@ -1,0 +1,94 @@
+//! `limits.classes`: the budget of each connection class (`docs/config.md`). A connection
+//! is `unclassified` from accept until its route is known, then takes the class of its
+//! route (`ssh`, `postgres`, `web`, …). Unset values take the defaults of [`budget`].
+
+use super::ConfigError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Every class name, as in `limits.classes` and the metrics.
+pub(crate) const CLASSES: [&str; 11] = [
+    "unclassified",
+    "legacy-plaintext",
+    "web",
+    "app",
+    "ssh",
+    "postgres",
+    "mysql",
+    "mongodb",
+    "kube",
+    "tunnel",
+    "auth",
+];
+
+/// One entry of `limits.classes`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClassLimits {
+    /// Connections of the class at once (for `unclassified`: not yet routed).
+    pub(crate) max_connections: Option<usize>,
+    /// TLS handshakes of the class in progress at once (the CPU-expensive part).
+    pub(crate) max_handshakes: Option<usize>,
+    /// Connections of the class at once from one source (an IPv4 address, an IPv6 /64).
+    pub(crate) per_source: Option<usize>,
+}
+
+/// A class's budget with the defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    pub(crate) max_connections: usize,
+    pub(crate) max_handshakes: usize,
+    pub(crate) per_source: usize,
+}
+
+/// The budget of `class`: its `limits.classes` entry over the defaults — generous for
+/// routed classes, tighter for connections that have not said what they are yet.
+pub(crate) fn budget(
+    classes: &BTreeMap<String, ClassLimits>,
+    class: &str,
+    max_connections: usize,
+) -> Budget {
+    let default = match class {
+        "unclassified" => Budget {
+            max_connections: max_connections.min(4096),
+            max_handshakes: usize::MAX,
+            per_source: 1024,
+        },
+        _ => Budget {
+            max_connections,
+            max_handshakes: 256,
+            per_source: 4096,
+        },
+    };
+    let set = classes.get(class).cloned().unwrap_or_default();
+    Budget {
+        max_connections: set.max_connections.unwrap_or(default.max_connections),
+        max_handshakes: set.max_handshakes.unwrap_or(default.max_handshakes),
+        per_source: set.per_source.unwrap_or(default.per_source),
+    }
+}
+
+/// Checks the class names and values.
+pub(crate) fn validate(classes: &BTreeMap<String, ClassLimits>) -> Result<(), ConfigError> {
+    for (name, limits) in classes {
+        if !CLASSES.contains(&name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("limits.classes.{name}"),
+                format!("unknown class (classes: {})", CLASSES.join(", ")),
+            ));
+        }
+        for (k, v) in [
+            ("max_connections", limits.max_connections),
+            ("max_handshakes", limits.max_handshakes),
+            ("per_source", limits.per_source),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("limits.classes.{name}.{k}"),
+                    "at least 1",
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Budgets per connection class (issue 12, `limits.classes`): a storm of TLS handshakes on
+//! `teleport-proxy-ssh` from one source, each stalled after its ClientHello (holding a
+//! place, as a slowloris or a certificate-less scanner does), meets the `ssh` class's
+//! per-source cap and is refused at once with a TLS alert — before any handshake — while
+//! `psql` through `proxy db` from another source keeps connecting, its class untouched.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use switchyard_tests::local_proxy::{client_args, LocalProxy};
+use switchyard_tests::postgres::psql;
+use switchyard_tests::raw::connect_from;
+use switchyard_tests::{require_tool, Postgres, ProxyConfig, Switchyard, TestPki};
+
+const PER_SOURCE: usize = 8;
+const STORM: usize = 40;
+
+/// The ClientHello `openssl s_client` sends for ALPN `teleport-proxy-ssh`, caught by a
+/// listener of the test's own.
+fn ssh_client_hello() -> Vec<u8> {
+    let catcher = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = catcher.local_addr().unwrap();
+    let openssl = require_tool("openssl", "openssl", &[]).unwrap();
+    let mut child = Command::new(openssl)
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .args(["-alpn", "teleport-proxy-ssh"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut s, _) = catcher.accept().unwrap();
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x16, "a TLS handshake record");
+    let len = u16::from_be_bytes([head[3], head[4]]) as usize;
+    let mut hello = head.to_vec();
+    hello.resize(5 + len, 0);
+    s.read_exact(&mut hello[5..]).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    hello
+}
+
+/// One storm connection from `source`: the ClientHello, then silence. `true` when the
+/// proxy refused it at once (an alert, then the end), `false` when it holds it open.
+fn storm_one(source: IpAddr, proxy: SocketAddr, hello: &[u8]) -> (bool, TcpStream) {
+    let mut s = connect_from(source, proxy).unwrap();
+    s.write_all(hello).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut got = Vec::new();
+    let refused = match s.read_to_end(&mut got) {
+        Ok(_) => got.first() == Some(&0x15), // an alert record, then EOF
+        Err(_) => false,                     // still waiting: held
+    };
+    (refused, s)
+}
+
+#[test]
+fn a_handshake_storm_from_one_source_meets_its_cap_and_psql_from_another_goes_on() {
+    let pki = TestPki::new().unwrap();
+    let pg = Postgres::start(&pki.server).unwrap();
+    let sshd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = ProxyConfig {
+        handshake_timeout: "30s".into(),
+        ..ProxyConfig::default()
+            .upstream("postgres", pg.addr)
+            .upstream("ssh", sshd.local_addr().unwrap())
+    };
+    config.extra = String::new();
+    let text = config.render().replace(
+        "limits: {handshake_timeout: 30s, max_connections: 1000}",
+        &format!(
+            "limits: {{handshake_timeout: 30s, max_connections: 1000, \
+             classes: {{ssh: {{per_source: {PER_SOURCE}}}}}}}"
+        ),
+    );
+    assert!(text.contains("per_source"), "{text}");
+    let proxy = Switchyard::start_text(&pki, &text, None).unwrap();
+
+    let hello = ssh_client_hello();
+    let stranger: IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..STORM {
+        let (r, s) = storm_one(stranger, proxy.web, &hello);
+        if r {
+            refused += 1;
+        } else {
+            held.push(s);
+        }
+    }
+    assert_eq!(
+        held.len(),
+        PER_SOURCE,
+        "held: {}, refused: {refused}",
+        held.len()
+    );
+    assert_eq!(refused, STORM - PER_SOURCE);
+
+    // Meanwhile psql from 127.0.0.1 connects through proxy db, every time.
+    let mut args = vec![
+        "proxy".to_owned(),
+        "db".into(),
+        "--protocol=postgres".into(),
+    ];
+    args.extend(client_args(&pki, &proxy, "client"));
+    let local = LocalProxy::start(&args).unwrap();
+    for i in 0..5 {
+        let answer = psql(local.addr, "disable", &format!("select {i} + 40"));
+        assert_eq!(
+            answer.as_deref().ok(),
+            Some(format!("{}", i + 40).as_str()),
+            "{answer:?}"
+        );
+    }
+
+    let metric = |name: &str, labels: &[(&str, &str)]| proxy.metric(name, labels).unwrap();
+    let by_source = [("class", "ssh"), ("reason", "per_source")];
+    assert_eq!(
+        metric("switchyard_class_refused_total", &by_source),
+        (STORM - PER_SOURCE) as f64
+    );
+    assert_eq!(
+        metric("switchyard_class_refused_total", &[("class", "postgres")]),
+        0.0
+    );
+    assert!(metric("switchyard_class_admitted_total", &[("class", "postgres")]) >= 5.0);
+    assert_eq!(
+        metric("switchyard_class_active", &[("class", "ssh")]),
+        PER_SOURCE as f64
+    );
+    // Refused before any crypto: no handshake of the ssh route failed or even started
+    // for them (the held ones are still waiting in theirs).
+    assert_eq!(
+        metric(
+            "switchyard_tls_handshake_failures_total",
+            &[("route", "ssh")]
+        ),
+        0.0
+    );
+    let log = proxy.log();
+    assert!(
+        log.contains("refused by the ssh budget: per_source (limits.classes.ssh)"),
+        "{log}"
+    );
+    drop(held);
+}
