@@ -31,14 +31,21 @@ pub(crate) struct ClassLimits {
     pub(crate) max_handshakes: Option<usize>,
     /// Connections of the class at once from one source (an IPv4 address, an IPv6 /64).
     pub(crate) per_source: Option<usize>,
+    /// New connections of the class per second, on average (a token bucket).
+    pub(crate) rate: Option<f64>,
+    /// New connections of the class at once beyond `rate` (the bucket's size; default:
+    /// one second of `rate`).
+    pub(crate) burst: Option<u32>,
 }
 
 /// A class's budget with the defaults filled in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Budget {
     pub(crate) max_connections: usize,
     pub(crate) max_handshakes: usize,
     pub(crate) per_source: usize,
+    /// `(rate per second, burst)`; `None`: no rate limit.
+    pub(crate) rate: Option<(f64, f64)>,
 }
 
 /// The budget of `class`: its `limits.classes` entry over the defaults — generous for
@@ -53,18 +60,26 @@ pub(crate) fn budget(
             max_connections: max_connections.min(4096),
             max_handshakes: usize::MAX,
             per_source: 1024,
+            rate: Some((5000.0, 5000.0)),
         },
         _ => Budget {
             max_connections,
             max_handshakes: 256,
             per_source: 4096,
+            rate: None,
         },
     };
     let set = classes.get(class).cloned().unwrap_or_default();
+    let rate = match (set.rate, set.burst) {
+        (Some(r), burst) => Some((r, burst.map_or(r.max(1.0), f64::from))),
+        (None, Some(b)) => default.rate.map(|(r, _)| (r, f64::from(b))),
+        (None, None) => default.rate,
+    };
     Budget {
         max_connections: set.max_connections.unwrap_or(default.max_connections),
         max_handshakes: set.max_handshakes.unwrap_or(default.max_handshakes),
         per_source: set.per_source.unwrap_or(default.per_source),
+        rate,
     }
 }
 
@@ -77,10 +92,18 @@ pub(crate) fn validate(classes: &BTreeMap<String, ClassLimits>) -> Result<(), Co
                 format!("unknown class (classes: {})", CLASSES.join(", ")),
             ));
         }
+        if limits.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err(ConfigError::invalid(
+                format!("limits.classes.{name}.rate"),
+                "a number of connections per second above 0",
+            ));
+        }
+        let burst = limits.burst.map(|b| b as usize);
         for (k, v) in [
             ("max_connections", limits.max_connections),
             ("max_handshakes", limits.max_handshakes),
             ("per_source", limits.per_source),
+            ("burst", burst),
         ] {
             if v == Some(0) {
                 return Err(ConfigError::invalid(

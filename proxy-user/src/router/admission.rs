@@ -16,7 +16,9 @@ use crate::io::tunnel::Kind;
 use crate::protocol::{AUTH_ALPN_PREFIX, MONGODB_ALPN, MYSQL_ALPN, POSTGRES_ALPN, SSH_ALPN};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The class of connections not yet routed.
@@ -30,6 +32,7 @@ pub(crate) enum Refusal {
     MaxConnections,
     PerSource,
     MaxHandshakes,
+    Rate,
 }
 
 impl Refusal {
@@ -38,16 +41,46 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::PerSource => "per_source",
             Refusal::MaxHandshakes => "max_handshakes",
+            Refusal::Rate => "rate",
         }
     }
 }
 
 struct Class {
     name: &'static str,
-    budget: Budget,
-    /// Connections now, and per source.
-    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    state: Mutex<State>,
     handshakes: Arc<Semaphore>,
+    /// Handshake permits a reload withdrew while they were in use: forgotten when they
+    /// come back.
+    deficit: Arc<AtomicUsize>,
+}
+
+/// A class's budget (replaced at reload) and what it counts.
+struct State {
+    budget: Budget,
+    active: usize,
+    per_source: HashMap<IpAddr, usize>,
+    /// The token bucket of `budget.rate`: tokens left, when last filled.
+    tokens: f64,
+    filled: Instant,
+}
+
+impl State {
+    /// Takes a token when the rate allows one more connection now.
+    fn take_token(&mut self, now: Instant) -> bool {
+        let Some((rate, burst)) = self.budget.rate else {
+            return true;
+        };
+        let elapsed = now.saturating_duration_since(self.filled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.filled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Every class's budget and counts; one per process (a reload keeps the counts and the
@@ -73,15 +106,43 @@ impl Admission {
                 let budget = budget(&limits.classes, name, limits.max_connections);
                 Class {
                     name,
-                    budget,
-                    counts: Mutex::default(),
-                    handshakes: Arc::new(Semaphore::new(
-                        budget.max_handshakes.min(Semaphore::MAX_PERMITS),
-                    )),
+                    state: Mutex::new(State {
+                        budget,
+                        active: 0,
+                        per_source: HashMap::new(),
+                        tokens: budget.rate.map_or(0.0, |(_, burst)| burst),
+                        filled: Instant::now(),
+                    }),
+                    handshakes: Arc::new(Semaphore::new(handshake_permits(budget))),
+                    deficit: Arc::default(),
                 }
             })
             .collect();
         Admission { classes, metrics }
+    }
+
+    /// Takes the budgets of a reloaded configuration; the counts go on (connections
+    /// admitted under the old budgets stay).
+    pub(crate) fn reconfigure(&self, config: &Config) {
+        let limits = &config.limits;
+        for c in &self.classes {
+            let new = budget(&limits.classes, c.name, limits.max_connections);
+            let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (old, now) = (handshake_permits(st.budget), handshake_permits(new));
+            if now > old {
+                c.handshakes.add_permits(now - old);
+            } else {
+                // Free permits are withdrawn now; those of handshakes in flight when
+                // they end.
+                let forgotten = c.handshakes.forget_permits(old - now);
+                c.deficit
+                    .fetch_add(old - now - forgotten, Ordering::Relaxed);
+            }
+            if new.rate != st.budget.rate {
+                st.tokens = new.rate.map_or(0.0, |(_, burst)| burst);
+            }
+            st.budget = new;
+        }
     }
 
     fn index(&self, class: &str) -> usize {
@@ -106,16 +167,19 @@ impl Admission {
             reason
         };
         {
-            let mut counts = c.counts.lock().unwrap_or_else(|p| p.into_inner());
-            if counts.0 >= c.budget.max_connections {
+            let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.active >= st.budget.max_connections {
                 return Err(refused(Refusal::MaxConnections));
             }
-            let from = counts.1.entry(source).or_default();
-            if *from >= c.budget.per_source {
+            let per_source = st.budget.per_source;
+            if st.per_source.get(&source).is_some_and(|n| *n >= per_source) {
                 return Err(refused(Refusal::PerSource));
             }
-            *from += 1;
-            counts.0 += 1;
+            if !st.take_token(Instant::now()) {
+                return Err(refused(Refusal::Rate));
+            }
+            *st.per_source.entry(source).or_default() += 1;
+            st.active += 1;
         }
         self.metrics.classes.admitted.get_or_create(&label).inc();
         self.metrics.classes.active.get_or_create(&label).inc();
@@ -146,7 +210,8 @@ impl Admitted {
             .clone();
         gauge.inc();
         Ok(Handshake {
-            _permit: permit,
+            permit: Some(permit),
+            deficit: c.deficit.clone(),
             gauge,
         })
     }
@@ -156,12 +221,12 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let c = &self.admission.classes[self.class];
         {
-            let mut counts = c.counts.lock().unwrap_or_else(|p| p.into_inner());
-            counts.0 = counts.0.saturating_sub(1);
-            if let Some(n) = counts.1.get_mut(&self.source) {
+            let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.active = st.active.saturating_sub(1);
+            if let Some(n) = st.per_source.get_mut(&self.source) {
                 *n -= 1;
                 if *n == 0 {
-                    counts.1.remove(&self.source);
+                    st.per_source.remove(&self.source);
                 }
             }
         }
@@ -177,14 +242,28 @@ impl Drop for Admitted {
 
 /// A TLS handshake in progress, counted until dropped.
 pub(crate) struct Handshake {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    deficit: Arc<AtomicUsize>,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Drop for Handshake {
     fn drop(&mut self) {
         self.gauge.dec();
+        let owed = self
+            .deficit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
+        if owed.is_ok() {
+            if let Some(p) = self.permit.take() {
+                p.forget();
+            }
+        }
     }
+}
+
+/// The permits of a class's handshake semaphore.
+fn handshake_permits(b: Budget) -> usize {
+    b.max_handshakes.min(Semaphore::MAX_PERMITS)
 }
 
 /// An IPv4 address, or an IPv6 address's /64.
@@ -228,36 +307,5 @@ pub(crate) fn class_of(route: &Route) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budgets_count_per_class_and_per_source_and_give_back_on_drop() {
-        let text = "proxy_service: {web_listen_addr: '127.0.0.1:0'}\n\
-            limits: {classes: {ssh: {per_source: 2, max_connections: 3, max_handshakes: 1}}}\n";
-        let config = Config::parse(text, std::path::Path::new(".")).unwrap();
-        let a = Arc::new(Admission::new(&config, Arc::new(Metrics::new())));
-        let one: IpAddr = "10.0.0.1".parse().unwrap();
-        let two: IpAddr = "10.0.0.2".parse().unwrap();
-        let x = a.admit("ssh", one).unwrap();
-        let _y = a.admit("ssh", one).unwrap();
-        assert_eq!(a.admit("ssh", one).err(), Some(Refusal::PerSource));
-        let _z = a.admit("ssh", two).unwrap();
-        assert_eq!(a.admit("ssh", two).err(), Some(Refusal::MaxConnections));
-        // Other classes are untouched.
-        assert!(a.admit("postgres", one).is_ok());
-        let h = x.handshake().unwrap();
-        assert_eq!(x.handshake().err(), Some(Refusal::MaxHandshakes));
-        drop(h);
-        assert!(x.handshake().is_ok());
-        drop(x);
-        assert!(
-            a.admit("ssh", one).is_ok(),
-            "a dropped connection gives its place back"
-        );
-        // IPv6 sources are counted by /64.
-        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
-        let v6b: IpAddr = "2001:db8::2".parse().unwrap();
-        assert_eq!(source_key(v6a), source_key(v6b));
-    }
-}
+#[path = "admission_tests.rs"]
+mod tests;

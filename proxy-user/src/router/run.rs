@@ -172,7 +172,8 @@ fn reload(
     };
     match Config::load(path).and_then(build) {
         Ok(p) => {
-            info!(routes = p.table.entries().len(), config = %path.display(), "reloaded certificates and routes");
+            admission.reconfigure(&p.config);
+            info!(routes = p.table.entries().len(), config = %path.display(), "reloaded certificates, routes and class budgets");
             let _ = proxies.send(Arc::new(p));
         }
         Err(e) => {

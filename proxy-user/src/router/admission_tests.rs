@@ -1,0 +1,58 @@
+use super::*;
+
+#[test]
+fn budgets_count_per_class_and_per_source_and_give_back_on_drop() {
+    let text = "proxy_service: {web_listen_addr: '127.0.0.1:0'}\n\
+        limits: {classes: {ssh: {per_source: 2, max_connections: 3, max_handshakes: 1}}}\n";
+    let config = Config::parse(text, std::path::Path::new(".")).unwrap();
+    let a = Arc::new(Admission::new(&config, Arc::new(Metrics::new())));
+    let one: IpAddr = "10.0.0.1".parse().unwrap();
+    let two: IpAddr = "10.0.0.2".parse().unwrap();
+    let x = a.admit("ssh", one).unwrap();
+    let _y = a.admit("ssh", one).unwrap();
+    assert_eq!(a.admit("ssh", one).err(), Some(Refusal::PerSource));
+    let _z = a.admit("ssh", two).unwrap();
+    assert_eq!(a.admit("ssh", two).err(), Some(Refusal::MaxConnections));
+    // Other classes are untouched.
+    assert!(a.admit("postgres", one).is_ok());
+    let h = x.handshake().unwrap();
+    assert_eq!(x.handshake().err(), Some(Refusal::MaxHandshakes));
+    drop(h);
+    assert!(x.handshake().is_ok());
+    drop(x);
+    assert!(
+        a.admit("ssh", one).is_ok(),
+        "a dropped connection gives its place back"
+    );
+    // IPv6 sources are counted by /64.
+    let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+    let v6b: IpAddr = "2001:db8::2".parse().unwrap();
+    assert_eq!(source_key(v6a), source_key(v6b));
+}
+
+#[test]
+fn a_rate_refuses_beyond_its_burst_and_a_reload_takes_new_budgets() {
+    let parse = |classes: &str| {
+        let text = format!(
+            "proxy_service: {{web_listen_addr: '127.0.0.1:0'}}\nlimits: {{classes: {classes}}}\n"
+        );
+        Config::parse(&text, std::path::Path::new(".")).unwrap()
+    };
+    let config = parse("{ssh: {rate: 0.001, burst: 3, max_handshakes: 1}}");
+    let a = Arc::new(Admission::new(&config, Arc::new(Metrics::new())));
+    let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    let held: Vec<_> = (0..3).map(|_| a.admit("ssh", ip).unwrap()).collect();
+    assert_eq!(a.admit("ssh", ip).err(), Some(Refusal::Rate));
+    let h = held[0].handshake().unwrap();
+    assert!(held[1].handshake().is_err());
+    // SIGHUP: a new rate refills the bucket, more handshakes are allowed at once.
+    a.reconfigure(&parse("{ssh: {rate: 1000, max_handshakes: 3}}"));
+    assert!(a.admit("ssh", ip).is_ok());
+    let _h2 = held[1].handshake().unwrap();
+    let _h3 = held[2].handshake().unwrap();
+    drop(h);
+    a.reconfigure(&parse("{ssh: {max_handshakes: 1}}"));
+    let in_flight = [_h2, _h3];
+    assert!(held[0].handshake().is_err(), "withdrawn while others run");
+    drop(in_flight);
+}
