@@ -155,3 +155,107 @@ fn a_handshake_storm_from_one_source_meets_its_cap_and_psql_from_another_goes_on
     );
     drop(held);
 }
+
+/// Whether the proxy has closed `s` (an end of stream or a reset, not silence).
+fn closed_by_proxy(mut s: &TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    match s.read(&mut [0u8; 64]) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// 2,000 silent clients from one source and 300 that dribble a ClientHello one byte a
+/// second from another, while `psql` through `proxy db` connects 20 times from a third:
+/// every `psql` connects, the silent source meets the `unclassified` per-source cap, and
+/// the slow clients are cut at the handshake deadline.
+#[test]
+fn silent_and_slow_clients_do_not_starve_psql_and_are_cut_at_the_deadline() {
+    let pki = TestPki::new().unwrap();
+    let pg = Postgres::start(&pki.server).unwrap();
+    let config = ProxyConfig {
+        handshake_timeout: "3s".into(),
+        ..ProxyConfig::default().upstream("postgres", pg.addr)
+    };
+    let text = config
+        .render()
+        .replace("max_connections: 1000}", "max_connections: 5000}");
+    assert!(text.contains("max_connections: 5000"), "{text}");
+    let proxy = Switchyard::start_text(&pki, &text, None).unwrap();
+    let hello = ssh_client_hello();
+
+    let silent_source: IpAddr = "127.0.0.2".parse().unwrap();
+    let silent: Vec<TcpStream> = (0..2000)
+        .filter_map(|_| connect_from(silent_source, proxy.web).ok())
+        .collect();
+    assert_eq!(silent.len(), 2000);
+    let slow_source: IpAddr = "127.0.0.3".parse().unwrap();
+    let slow: Vec<TcpStream> = (0..300)
+        .map(|_| connect_from(slow_source, proxy.web).unwrap())
+        .collect();
+    let dribbling: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().unwrap()).collect();
+    let dribbler = std::thread::spawn(move || {
+        for byte in hello.iter().take(6) {
+            for mut s in &dribbling {
+                let _ = s.write_all(&[*byte]);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let started = std::time::Instant::now();
+
+    let mut args = vec![
+        "proxy".to_owned(),
+        "db".into(),
+        "--protocol=postgres".into(),
+    ];
+    args.extend(client_args(&pki, &proxy, "client"));
+    let local = LocalProxy::start(&args).unwrap();
+    for i in 0..20 {
+        let answer = psql(local.addr, "disable", &format!("select {i} + 1"));
+        assert_eq!(
+            answer.as_deref().ok(),
+            Some(format!("{}", i + 1).as_str()),
+            "psql {i}: {answer:?}\n{}",
+            proxy.log()
+        );
+    }
+    println!(
+        "20 psql connections done {:.1} s into the flood",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The slow clients are cut at the deadline (3 s), a little after it at the latest.
+    dribbler.join().unwrap();
+    let deadline = Duration::from_secs(3) + Duration::from_secs(3);
+    std::thread::sleep(deadline.saturating_sub(started.elapsed()));
+    let cut = slow.iter().filter(|&s| closed_by_proxy(s)).count();
+    assert_eq!(cut, 300, "slow clients still open after the deadline");
+    let silent_cut = silent.iter().filter(|&s| closed_by_proxy(s)).count();
+    assert_eq!(
+        silent_cut, 2000,
+        "silent clients still open after the deadline"
+    );
+
+    let metrics = proxy.metrics().unwrap();
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchyard_class_") || l.starts_with("switchyard_detect_outcomes")
+        })
+        .collect();
+    println!("{}", lines.join("\n"));
+    let refused = [("class", "unclassified"), ("reason", "per_source")];
+    let by_source = proxy
+        .metric("switchyard_class_refused_total", &refused)
+        .unwrap();
+    assert!(
+        by_source >= 900.0,
+        "the silent source's refusals: {by_source}"
+    );
+    let postgres = proxy
+        .metric("switchyard_class_admitted_total", &[("class", "postgres")])
+        .unwrap();
+    assert!(postgres >= 20.0, "{postgres}");
+}
