@@ -93,7 +93,11 @@ fn echo_and_hold(
                 .spawn(move || w.write_all(&sent))?
         };
         stream.read_exact(&mut got[14..])?;
-        writer.join().expect("writer")?;
+        // No panic before the barriers: a stream that never reached them would hold
+        // every other one (and the test) forever.
+        writer
+            .join()
+            .map_err(|_| std::io::Error::other("the writer thread panicked"))??;
         Ok((stream, got, sent))
     };
     let result = exchange();
