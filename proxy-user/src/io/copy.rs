@@ -128,13 +128,19 @@ where
     None
 }
 
-/// Copies `r` to `w` until EOF, then shuts `w` down (passing the half-close on).
+/// The buffer a direction starts with: an idle or interactive connection never needs
+/// more, so it costs a page, not `relay_buffer_bytes`.
+const FIRST_BUFFER: usize = 4096;
+
+/// Copies `r` to `w` until EOF, then shuts `w` down (passing the half-close on). The
+/// buffer starts at [`FIRST_BUFFER`] and doubles, up to `buffer`, each time a read fills
+/// it: bulk transfers reach the full size within a few reads.
 async fn copy_half<R, W>(r: &mut R, w: &mut W, buffer: usize, count: &AtomicU64) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; buffer];
+    let mut buf = vec![0u8; FIRST_BUFFER.min(buffer)];
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
@@ -144,6 +150,9 @@ where
         // On a plain socket this is a no-op.
         w.flush().await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
+        if n == buf.len() && buf.len() < buffer {
+            buf.resize((buf.len() * 2).min(buffer), 0);
+        }
     }
 }
 
