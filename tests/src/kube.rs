@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use crate::local_proxy::{client_args, switchyard_cmd};
 use crate::netns::{command_in, Netns};
 use crate::process::Proc;
-use crate::{free_port, require_tool, run_with_timeout, SClientOutput, TempDir, TestPki};
+use crate::{
+    free_port, require_tool, run_with_timeout, SClientOutput, Switchyard, TempDir, TestPki,
+};
+use std::path::PathBuf;
 
 /// The version document the stand-in serves.
 pub const VERSION: &str = r#"{"major":"1","minor":"31","gitVersion":"v1.31.0-switchyard-test"}"#;
@@ -73,4 +77,25 @@ pub fn kubectl_version(kubeconfig: &Path) -> Result<SClientOutput> {
         cmd.env("HOME", home);
     }
     run_with_timeout(cmd, b"", Duration::from_secs(20))
+}
+
+/// Writes the kubeconfig of `switchyard kube config EXTRA… --out` (straight to `proxy`, the
+/// client identity) into a fresh directory, and returns its text and path.
+pub fn direct_kubeconfig(
+    pki: &TestPki,
+    proxy: &Switchyard,
+    extra: &[&str],
+) -> Result<(TempDir, PathBuf, String)> {
+    let dir = TempDir::new("kubeconfig")?;
+    let path = dir.join("config");
+    let mut args = vec!["kube".to_owned(), "config".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(format!("--out={}", path.display()));
+    args.extend(client_args(pki, proxy, "client"));
+    let out = run_with_timeout(switchyard_cmd(&args)?, b"", Duration::from_secs(10))?;
+    if !out.success() {
+        bail!("kube config: {out:?}");
+    }
+    let text = std::fs::read_to_string(&path)?;
+    Ok((dir, path, text))
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use switchyard_tests::agent::{
     agent_identity, tunnel_proxy, unreachable_from_host, Agent, Rule, AGENT_ORG,
 };
-use switchyard_tests::kube::{kubectl_version, KubeApi};
-use switchyard_tests::local_proxy::{client_args, switchyard_cmd, LocalProxy};
+use switchyard_tests::kube::{direct_kubeconfig, kubectl_version, KubeApi};
+use switchyard_tests::local_proxy::{client_args, LocalProxy};
 use switchyard_tests::netns::Netns;
-use switchyard_tests::{run_with_timeout, Switchyard, TempDir, TestPki};
+use switchyard_tests::{Switchyard, TestPki};
 
 /// `switchyard proxy kube --kube=CLUSTER` as the client identity `client`: a local proxy
 /// with an ephemeral kubeconfig it prints.
@@ -58,19 +58,7 @@ fn kubectl_reaches_an_api_server_only_an_agent_can_reach() {
         proxy.log()
     );
 
-    let dir = TempDir::new("kubeconfig").unwrap();
-    let direct = dir.join("config");
-    let mut args = vec![
-        "kube".to_owned(),
-        "config".into(),
-        "--kube=edge".into(),
-        format!("--out={}", direct.display()),
-    ];
-    args.extend(client_args(&pki, &proxy, "client"));
-    let out =
-        run_with_timeout(switchyard_cmd(&args).unwrap(), b"", Duration::from_secs(10)).unwrap();
-    assert!(out.success(), "{out:?}");
-    let text = std::fs::read_to_string(&direct).unwrap();
+    let (_dir, direct, text) = direct_kubeconfig(&pki, &proxy, &["--kube=edge"]).unwrap();
     assert!(text.contains(&format!("tls-server-name: {sni}")), "{text}");
     let out = kubectl_version(&direct).unwrap();
     assert!(out.success(), "{out:?}\n{}", proxy.log());

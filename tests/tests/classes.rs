@@ -65,6 +65,26 @@ fn storm_one(source: IpAddr, proxy: SocketAddr, hello: &[u8]) -> (bool, TcpStrea
     (refused, s)
 }
 
+/// `psql` through a `proxy db` local listener from 127.0.0.1, `n` times: each answers.
+fn psql_through_proxy_db(pki: &TestPki, proxy: &Switchyard, n: u32) {
+    let mut args = vec![
+        "proxy".to_owned(),
+        "db".into(),
+        "--protocol=postgres".into(),
+    ];
+    args.extend(client_args(pki, proxy, "client"));
+    let local = LocalProxy::start(&args).unwrap();
+    for i in 0..n {
+        let answer = psql(local.addr, "disable", &format!("select {i} + 1"));
+        assert_eq!(
+            answer.as_deref().ok(),
+            Some(format!("{}", i + 1).as_str()),
+            "psql {i}: {answer:?}\n{}",
+            proxy.log()
+        );
+    }
+}
+
 #[test]
 fn a_handshake_storm_from_one_source_meets_its_cap_and_psql_from_another_goes_on() {
     let pki = TestPki::new().unwrap();
@@ -108,21 +128,7 @@ fn a_handshake_storm_from_one_source_meets_its_cap_and_psql_from_another_goes_on
     assert_eq!(refused, STORM - PER_SOURCE);
 
     // Meanwhile psql from 127.0.0.1 connects through proxy db, every time.
-    let mut args = vec![
-        "proxy".to_owned(),
-        "db".into(),
-        "--protocol=postgres".into(),
-    ];
-    args.extend(client_args(&pki, &proxy, "client"));
-    let local = LocalProxy::start(&args).unwrap();
-    for i in 0..5 {
-        let answer = psql(local.addr, "disable", &format!("select {i} + 40"));
-        assert_eq!(
-            answer.as_deref().ok(),
-            Some(format!("{}", i + 40).as_str()),
-            "{answer:?}"
-        );
-    }
+    psql_through_proxy_db(&pki, &proxy, 5);
 
     let metric = |name: &str, labels: &[(&str, &str)]| proxy.metric(name, labels).unwrap();
     let by_source = [("class", "ssh"), ("reason", "per_source")];
@@ -209,22 +215,7 @@ fn silent_and_slow_clients_do_not_starve_psql_and_are_cut_at_the_deadline() {
     });
     let started = std::time::Instant::now();
 
-    let mut args = vec![
-        "proxy".to_owned(),
-        "db".into(),
-        "--protocol=postgres".into(),
-    ];
-    args.extend(client_args(&pki, &proxy, "client"));
-    let local = LocalProxy::start(&args).unwrap();
-    for i in 0..20 {
-        let answer = psql(local.addr, "disable", &format!("select {i} + 1"));
-        assert_eq!(
-            answer.as_deref().ok(),
-            Some(format!("{}", i + 1).as_str()),
-            "psql {i}: {answer:?}\n{}",
-            proxy.log()
-        );
-    }
+    psql_through_proxy_db(&pki, &proxy, 20);
     println!(
         "20 psql connections done {:.1} s into the flood",
         started.elapsed().as_secs_f64()

@@ -4,11 +4,9 @@
 //! an HTTPS server with its own certificate serving the Kubernetes `/version` document
 //! (`openssl s_server -WWW`; no real API server installs here).
 
-use std::time::Duration;
-
-use switchyard_tests::kube::{kubectl_version, KubeApi};
-use switchyard_tests::local_proxy::{client_args, switchyard_cmd, LocalProxy};
-use switchyard_tests::{run_with_timeout, ProxyConfig, Switchyard, TempDir, TestPki};
+use switchyard_tests::kube::{direct_kubeconfig, kubectl_version, KubeApi};
+use switchyard_tests::local_proxy::{client_args, LocalProxy};
+use switchyard_tests::{ProxyConfig, Switchyard, TestPki};
 
 #[test]
 fn kubectl_through_proxy_kube_and_direct_kubeconfig() {
@@ -34,18 +32,7 @@ fn kubectl_through_proxy_kube_and_direct_kubeconfig() {
     assert_eq!(local.stop().unwrap().map(|s| s.code()), Some(Some(0)));
     assert!(!kubeconfig.exists(), "ephemeral kubeconfig left behind");
 
-    let dir = TempDir::new("kubeconfig").unwrap();
-    let direct = dir.join("config");
-    let mut args = vec![
-        "kube".to_owned(),
-        "config".into(),
-        format!("--out={}", direct.display()),
-    ];
-    args.extend(client_args(&pki, &proxy, "client"));
-    let out =
-        run_with_timeout(switchyard_cmd(&args).unwrap(), b"", Duration::from_secs(10)).unwrap();
-    assert!(out.success(), "{out:?}");
-    let text = std::fs::read_to_string(&direct).unwrap();
+    let (_dir, direct, text) = direct_kubeconfig(&pki, &proxy, &[]).unwrap();
     assert!(
         text.contains("tls-server-name: kube-teleport-proxy-alpn.localhost"),
         "{text}"
