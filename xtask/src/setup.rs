@@ -45,7 +45,22 @@ const BPF_LINKER_VERSION: &str = "0.13";
 pub fn run() -> Result<()> {
     apt()?;
     nightly()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_fuzz()
+}
+
+/// `cargo fuzz` (libFuzzer's driver) for `cargo xtask fuzz` and its smoke in `test`.
+fn cargo_fuzz() -> Result<()> {
+    if Command::new("cargo-fuzz")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    quiet(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    println!("installed cargo-fuzz (cargo install)");
+    Ok(())
 }
 
 fn apt() -> Result<()> {
