@@ -77,6 +77,18 @@ struct ServeArgs {
     /// privileges allow, `require` refuses to start without it, `off` never loads it.
     #[arg(long, value_enum, default_value_t = ebpf::Mode::Auto)]
     ebpf: ebpf::Mode,
+    /// Unix socket where this process hands its listening sockets to a new binary
+    /// (`SIGUSR2` starts it; docs/deploy.md).
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
+    /// Take the listening sockets over from the process serving --upgrade-socket; it
+    /// stops accepting and drains once this one serves.
+    #[arg(long, requires = "upgrade_socket")]
+    takeover: bool,
+    /// Check the configuration (every key, every file it names) and exit: 0 when it
+    /// would be accepted, 64 with the key named otherwise.
+    #[arg(long, conflicts_with_all = ["dev", "takeover"])]
+    check: bool,
 }
 
 /// `switchyard demo-upstream`.
@@ -234,7 +246,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("serve needs --config FILE or --dev DIR"),
     };
-    run::serve(&path, a.ebpf, |web, diag| {
+    if a.check {
+        run::check(&path)?;
+        println!("{}: configuration accepted", path.display());
+        return Ok(());
+    }
+    let upgrade = crate::router::upgrade::Options {
+        socket: a.upgrade_socket,
+        takeover: a.takeover,
+    };
+    run::serve(&path, a.ebpf, &upgrade, |web, diag| {
         if let (Some(dev), Some(diag)) = (&dev, diag) {
             demo::start_agent(dev);
             println!("{}", demo::instructions(dev, web, diag));

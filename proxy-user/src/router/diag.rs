@@ -1,6 +1,8 @@
 //! The diagnostics HTTP server on `diag_addr`: `/metrics` (Prometheus text), `/healthz`
 //! (the process answers), `/readyz` (accepting connections; 503 while draining) and
-//! `/agents` (the connected agents, their services and tunnels, as JSON).
+//! `/agents` (the connected agents, their services and tunnels, as JSON). After a binary
+//! upgrade hands the port to a successor, this process stops accepting on it, so every
+//! answer there is the successor's.
 
 use super::state::Proxy;
 use bytes::Bytes;
@@ -14,14 +16,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
-/// Serves diagnostics until the process exits. `draining` turns `/readyz` to 503.
+/// Serves diagnostics until the process exits or `released` turns true. `draining`
+/// turns `/readyz` to 503.
 pub(crate) async fn serve(
     listener: TcpListener,
     proxy: watch::Receiver<Arc<Proxy>>,
     draining: watch::Receiver<bool>,
+    mut released: watch::Receiver<bool>,
 ) {
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = released.wait_for(|r| *r) => return,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             // Out of descriptors (or another accept error): wait instead of spinning.
             Err(e) => {
@@ -74,7 +82,11 @@ fn answer(req: &Request<Incoming>, proxy: &Proxy, draining: bool) -> Response<Fu
             "text/plain",
             "draining\n".to_owned(),
         ),
-        "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        "/readyz" => (
+            StatusCode::OK,
+            "text/plain",
+            format!("ready pid={}\n", std::process::id()),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

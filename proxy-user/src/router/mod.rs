@@ -7,7 +7,8 @@
 //! the proxy's own endpoints, [`trust`] decides whose address a connection is from and
 //! whether a route's `allow_from` admits it — and hands the bytes to `relay`. [`state`] is the routing state built from the configuration, [`run`] starts
 //! the listeners and handles signals (reload, drain), [`metrics`] and [`diag`] are what
-//! operators watch; [`tunnel`] serves the agents that dial in and reaches their services.
+//! operators watch; [`tunnel`] serves the agents that dial in and reaches their services;
+//! [`upgrade`] hands the listening sockets to a new binary and [`notify`] tells systemd.
 
 pub(crate) mod admission;
 pub(crate) mod certs;
@@ -19,10 +20,12 @@ pub(crate) mod hello;
 pub(crate) mod http;
 pub(crate) mod listener;
 pub(crate) mod metrics;
+pub(crate) mod notify;
 pub(crate) mod ratelimit;
 pub(crate) mod route;
 pub(crate) mod run;
 pub(crate) mod state;
 pub(crate) mod trust;
 pub(crate) mod tunnel;
+pub(crate) mod upgrade;
 pub(crate) mod webapi;

@@ -2,15 +2,19 @@
 //! before any socket exists, binds the single port and the legacy listeners, serves the
 //! diagnostics, then runs until SIGTERM/SIGINT (stop accepting, drain live connections up
 //! to `limits.drain_timeout`) and reloads certificates and routes on SIGHUP without
-//! touching live connections.
+//! touching live connections. With `--upgrade-socket`, `SIGUSR2` (or a `serve
+//! --takeover`) hands the listening sockets to a new process, and this one drains
+//! (`upgrade`); systemd hears of each step (`notify`).
 
 use super::admission::Admission;
 use super::diag;
 use super::fdlimit;
 use super::listener::{self, Ingress};
 use super::metrics::Metrics;
+use super::notify;
 use super::state::{legacy_route, Proxy};
 use super::tunnel::Registry;
+use super::upgrade::{self, Sockets};
 use crate::config::{self, Config};
 use crate::ebpf;
 use crate::relay::PlainRelay;
@@ -23,9 +27,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
-async fn bind(key: &str, addr: &str, backlog: u32) -> anyhow::Result<TcpListener> {
+fn bind(sockets: &mut Sockets, key: &str, addr: &str, backlog: u32) -> anyhow::Result<TcpListener> {
     let a = config::listen_addr(key, addr)?;
-    crate::io::listen_with(a, backlog).with_context(|| format!("cannot listen on {a} ({key})"))
+    sockets
+        .tcp(key, a, backlog)
+        .with_context(|| format!("cannot listen on {a} ({key})"))
 }
 
 /// Serves `path` until a shutdown signal. `ready` is called once every listener is bound,
@@ -34,6 +40,7 @@ async fn bind(key: &str, addr: &str, backlog: u32) -> anyhow::Result<TcpListener
 pub(crate) async fn serve(
     path: &Path,
     mode: ebpf::Mode,
+    upgrade: &upgrade::Options,
     ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> anyhow::Result<()> {
     let config = Config::load(path)?;
@@ -49,6 +56,9 @@ pub(crate) async fn serve(
         Ok((_, limit)) => info!(?limit, "open-file limit (RLIMIT_NOFILE)"),
         Err(e) => warn!("cannot raise the open-file limit (RLIMIT_NOFILE): {e}"),
     }
+    // The predecessor's sockets (with --takeover), before the eBPF front end: taking
+    // them over moves this process out of the predecessor's cgroup.
+    let mut sockets = Sockets::open(upgrade).await?;
     // Before any listener: sockets belong to the cgroup of the process that creates them.
     let fallback = PlainRelay::chosen().describe();
     let frontend = ebpf::start(mode, fallback).context("--ebpf require")?;
@@ -60,19 +70,24 @@ pub(crate) async fn serve(
     let metrics = Arc::new(metrics);
     let backlog = config.limits.listen_backlog;
     let web = bind(
+        &mut sockets,
         "proxy_service.web_listen_addr",
         &config.proxy_service.web_listen_addr,
         backlog,
-    )
-    .await?;
+    )?;
     let mut legacy = Vec::new();
     for (key, addr) in config.legacy_listeners() {
         let route = legacy_route(&config, key)?;
-        let listener = bind(&format!("proxy_service.{key}"), &addr, backlog).await?;
+        let listener = bind(
+            &mut sockets,
+            &format!("proxy_service.{key}"),
+            &addr,
+            backlog,
+        )?;
         legacy.push((listener, route));
     }
     let diag_listener = match &config.diag_addr {
-        Some(a) => Some(bind("diag_addr", a, backlog).await?),
+        Some(a) => Some(bind(&mut sockets, "diag_addr", a, backlog)?),
         None => None,
     };
     let limits = config.limits.clone();
@@ -98,8 +113,14 @@ pub(crate) async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let web_addr = web.local_addr()?;
     let diag_addr = diag_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let (release_tx, release_rx) = watch::channel(false);
     if let Some(l) = diag_listener {
-        tokio::spawn(diag::serve(l, proxy_rx.clone(), stop_rx.clone()));
+        tokio::spawn(diag::serve(
+            l,
+            proxy_rx.clone(),
+            stop_rx.clone(),
+            release_rx,
+        ));
     }
     let mut tasks = tokio::task::JoinSet::new();
     let accept = |listener, ingress| {
@@ -116,30 +137,71 @@ pub(crate) async fn serve(
         info!(listen = %listener.local_addr()?, route = %route.name, upstream = route.upstream.as_deref().unwrap_or("-"), "legacy listener");
         tasks.spawn(accept(listener, Ingress::Fixed(route)));
     }
-    info!(web = %web_addr, diag = ?diag_addr, routes = proxy.table.entries().len(), "switchyard serving");
+    let pid = std::process::id();
+    info!(pid, web = %web_addr, diag = ?diag_addr, routes = proxy.table.entries().len(), "switchyard serving");
     println!(
         "switchyard ready web={web_addr} diag={}",
         diag_addr.map_or("-".to_owned(), |a| a.to_string())
     );
     ready(web_addr, diag_addr);
+    let successor = sockets.predecessor().is_some();
+    notify::ready(successor);
+    let mut upgrades = sockets.commit().await?;
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    loop {
+    let mut usr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+    let successor = loop {
         tokio::select! {
-            _ = hup.recv() => reload(path, &metrics, &proxy_tx, &stop_rx, (&tunnels, &admission)),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = hup.recv() => {
+                notify::reloading();
+                reload(path, &metrics, &proxy_tx, &stop_rx, (&tunnels, &admission));
+                notify::reloaded();
+            }
+            _ = usr2.recv() => upgrades.spawn_successor(),
+            pid = upgrades.handed_over() => break Some(pid),
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
+        }
+    };
+    upgrades.close();
+    match successor {
+        Some(successor) => {
+            // The successor is the service now: its diagnostics answer on the shared port.
+            let _ = release_tx.send(true);
+            info!(
+                pid,
+                successor,
+                "handed the listening sockets over: no new connections here, draining live ones"
+            );
+        }
+        None => {
+            notify::stopping();
+            info!("shutdown requested: no new connections, draining live ones");
         }
     }
-    info!("shutdown requested: no new connections, draining live ones");
     tunnels.drain_all();
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     listener::drain(&permits, limits.max_connections, limits.drain_timeout).await;
     ebpf::stop();
     info!("stopped");
+    Ok(())
+}
+
+/// `serve --check`: everything `serve` checks before binding a socket — every key, every
+/// file, certificates against their keys, the legacy routes — and nothing else.
+pub(crate) fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    for (key, _) in config.legacy_listeners() {
+        legacy_route(&config, key)?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let (_stop, stopping) = watch::channel(false);
+    let tunnels = Arc::new(Registry::new(metrics.clone()));
+    let admission = Arc::new(Admission::new(&config, metrics.clone()));
+    Proxy::new(config, metrics, stopping, tunnels, admission)?;
     Ok(())
 }
 
