@@ -46,7 +46,29 @@ pub fn run() -> Result<()> {
     apt()?;
     nightly()?;
     bpf_linker()?;
-    cargo_fuzz()
+    cargo_fuzz()?;
+    kubernetes_validate()
+}
+
+/// PyPI's `kubernetes-validate` (with PyYAML): the offline schema check of
+/// `deploy/kubernetes/` in `tests/tests/deploy.rs`.
+fn kubernetes_validate() -> Result<()> {
+    let installed = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
+    if installed(Command::new("kubernetes-validate").arg("--version")) {
+        return Ok(());
+    }
+    let pip = |extra: &[&str]| {
+        let mut c = Command::new("python3");
+        c.args(["-m", "pip", "install", "--quiet", "kubernetes-validate"])
+            .args(extra);
+        c
+    };
+    // Debian's own python3 refuses pip installs (PEP 668) unless told.
+    if !installed(&mut pip(&[])) {
+        quiet(&mut pip(&["--break-system-packages"]))?;
+    }
+    println!("installed kubernetes-validate (pip)");
+    Ok(())
 }
 
 /// `cargo fuzz` (libFuzzer's driver) for `cargo xtask fuzz` and its smoke in `test`.
