@@ -409,7 +409,7 @@ impl Notify {
 }
 
 #[test]
-fn drain_deadline_ends_the_old_process_and_systemd_hears_every_step() {
+fn drain_deadline_ends_the_old_process_upgrades_chain_and_systemd_hears_every_step() {
     let dir = TempDir::new("notify").unwrap();
     let path = dir.join("notify.sock");
     let notify = Notify(UnixDatagram::bind(&path).unwrap());
@@ -449,8 +449,38 @@ fn drain_deadline_ends_the_old_process_and_systemd_hears_every_step() {
         .unwrap()
         .round_trip(b"served by the new process")
         .unwrap();
+    // SIGHUP reaches the new process, and the old one told systemd nothing in between.
+    switchyard_tests::process::signal(new, Signal::HUP).unwrap();
+    let next = notify.next();
+    assert!(next.starts_with("RELOADING=1\n"), "{next}");
+    assert_eq!(notify.next(), "READY=1\n");
 
-    switchyard_tests::process::signal(new, Signal::TERM).unwrap();
+    // The new process upgrades in turn, through the upgrade socket it was handed.
+    switchyard_tests::process::signal(new, Signal::USR2).unwrap();
+    wait_until(LONG, "the second handover", || {
+        let log = old.log();
+        Ok((log.matches("handed the listening sockets over").count() == 2).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
+    let third = old.serving()[2];
+    assert!(notify
+        .next()
+        .starts_with(&format!("MAINPID={third}\nREADY=1\n")));
+    wait_until(LONG, "the second process to stop", || {
+        Ok((old
+            .log()
+            .matches("INFO switchyard::router::run: stopped")
+            .count()
+            == 2)
+            .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
+    Conn::open(old.web, Some(&old.tls()))
+        .unwrap()
+        .round_trip(b"served by the third process")
+        .unwrap();
+
+    switchyard_tests::process::signal(third, Signal::TERM).unwrap();
     assert_eq!(notify.next(), "STOPPING=1\nSTATUS=draining\n");
 }
 
