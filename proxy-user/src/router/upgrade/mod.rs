@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 pub(crate) use server::Upgrades;
 
@@ -174,13 +174,20 @@ impl Sockets {
             );
         }
         if let Some((pid, stream)) = self.predecessor.take() {
-            tokio::task::spawn_blocking(move || takeover::ready(&stream))
+            let told = tokio::task::spawn_blocking(move || takeover::ready(&stream))
                 .await
-                .expect("the takeover does not panic")?;
-            info!(
-                predecessor = pid,
-                "took over the listening sockets; the old process drains"
-            );
+                .expect("the takeover does not panic");
+            match told {
+                Ok(()) => info!(
+                    predecessor = pid,
+                    "took over the listening sockets; the old process drains"
+                ),
+                // It died meanwhile: its sockets are ours all the same.
+                Err(e) => warn!(
+                    predecessor = pid,
+                    "the old process did not hear the ready ({e}); serving"
+                ),
+            }
         }
         Ok(match self.unix.take() {
             Some(unix) => Upgrades::serve(unix, self.offer, self.options)?,

@@ -81,8 +81,14 @@ impl Upgrades {
         let shared = offer.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    // Out of descriptors, say: wait instead of spinning.
+                    Err(e) => {
+                        warn!("upgrade socket: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let offer = shared.clone();
                 let talk = move || {
