@@ -4,7 +4,8 @@
 //! streaming through a TLS route and the legacy SSH route keep every byte, connections
 //! opened every 10 ms across the handover all succeed, new connections are the new
 //! process's, and the old process exits when its connections end (or at
-//! `limits.drain_timeout`). systemd hears READY, RELOADING, MAINPID and STOPPING. Bad
+//! `limits.drain_timeout`). Agents redial to the new process while a stream in flight
+//! finishes through the old one. systemd hears READY, RELOADING, MAINPID and STOPPING. Bad
 //! input: a stranger on the upgrade socket, `--takeover` with nothing running, a second
 //! process on a socket in use.
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use switchyard_tests::agent::{agent_identity, tunnel_section, Agent, Rule, AGENT_ORG};
 use switchyard_tests::process::{Signal, Stream};
 use switchyard_tests::switchyard::metric_sum;
 use switchyard_tests::{
@@ -42,17 +44,30 @@ struct Old {
 /// Legacy SSH (`SSH-` first bytes) and the TLS app `echo.example.test` (teleport-tcp,
 /// client certificate) both relay to one echo upstream.
 fn start(drain_timeout: &str, env: &[(&str, &Path)]) -> Old {
+    start_with(drain_timeout, env, "")
+}
+
+/// [`start`] with `extra` top-level YAML and public address `example.test` (so that an
+/// agent's TCP app `NAME.example.test` is covered by the test certificate).
+fn start_with(drain_timeout: &str, env: &[(&str, &Path)], extra: &str) -> Old {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
     let mut config = ProxyConfig::default().upstream("ssh", echo.addr);
+    config.extra = extra.to_owned();
     config.routes.push(format!(
         "{{name: echo-app, sni: echo.example.test, alpn: teleport-tcp, mode: terminate, upstream: '{}'}}",
         echo.addr
     ));
-    let text = config.render().replace(
-        "max_connections: 1000}",
-        &format!("max_connections: 1000, drain_timeout: {drain_timeout}}}"),
-    );
+    let text = config
+        .render()
+        .replace(
+            "max_connections: 1000}",
+            &format!("max_connections: 1000, drain_timeout: {drain_timeout}}}"),
+        )
+        .replace(
+            "public_addr: proxy.example.test:",
+            "public_addr: example.test:",
+        );
     let dir = TempDir::new("upgrade").unwrap();
     std::fs::copy(&pki.server.cert, dir.join("proxy.crt")).unwrap();
     std::fs::copy(&pki.server.key, dir.join("proxy.key")).unwrap();
@@ -165,6 +180,15 @@ enum Conn {
 impl Conn {
     /// Opens a legacy SSH (`tls == None`) or TLS connection and reads the greeting.
     fn open(web: SocketAddr, tls: Option<&Arc<ClientConfig>>) -> std::io::Result<Conn> {
+        Conn::open_to(web, tls, "echo.example.test")
+    }
+
+    /// [`Conn::open`] with TLS server name `sni`.
+    fn open_to(
+        web: SocketAddr,
+        tls: Option<&Arc<ClientConfig>>,
+        sni: &str,
+    ) -> std::io::Result<Conn> {
         let tcp = TcpStream::connect(web)?;
         tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
         let mut conn = match tls {
@@ -174,7 +198,7 @@ impl Conn {
                 Conn::Legacy(tcp)
             }
             Some(config) => {
-                let name = ServerName::try_from("echo.example.test").unwrap();
+                let name = ServerName::try_from(sni.to_owned()).unwrap();
                 let c = ClientConnection::new(config.clone(), name).unwrap();
                 Conn::Tls(Box::new(StreamOwned::new(c, tcp)))
             }
@@ -540,4 +564,58 @@ fn strangers_and_mistakes_on_the_upgrade_socket_get_clear_errors() {
         old.readyz().1.trim(),
         format!("ready pid={}", old.proc.pid())
     );
+}
+
+#[test]
+fn agents_redial_to_the_new_process_and_their_streams_in_flight_finish() {
+    let rules = [Rule::serving(AGENT_ORG, &["tcp:*"])];
+    let mut old = start_with("60s", &[], &tunnel_section("p1", &["p1"], &rules));
+    let service = DemoUpstream::echo("echo").unwrap();
+    let identity = agent_identity(&old.pki, "edge");
+    let services = [("tcp", "agentecho", service.addr)];
+    let agent = Agent::start(None, old.web, &identity, &services, &[]).unwrap();
+    agent.wait_tunnels_up(2, LONG).unwrap();
+    let tls = old.tls();
+    let web = old.web;
+    let through_agent = || Conn::open_to(web, Some(&tls), "agentecho.example.test");
+    let mut in_flight = through_agent().unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
+    in_flight.round_trip(b"before").unwrap();
+
+    let new = old.upgrade();
+    // The drain notice makes the agent dial two more tunnels, which the new process holds.
+    agent.wait_tunnels_up(4, LONG).unwrap();
+    wait_until(LONG, "the new process to list the agent's tunnels", || {
+        let (_, body) = http_get(old.diag, "/agents").unwrap();
+        let agents: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let tunnels = agents["agents"][0]["tunnels"]
+            .as_array()
+            .map_or(0, Vec::len);
+        Ok((tunnels == 2).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", old.log(), agent.log()));
+    assert_eq!(old.readyz().1.trim(), format!("ready pid={new}"));
+    through_agent()
+        .unwrap()
+        .round_trip(b"through the new process")
+        .unwrap();
+
+    // The stream opened before the handover goes on through the old process's tunnel.
+    in_flight.round_trip(b"after the handover").unwrap();
+    drop(in_flight);
+    let status = old
+        .proc
+        .wait_exit(LONG)
+        .unwrap()
+        .expect("the old process exits once its tunnel's stream ends");
+    assert!(status.success(), "{status}");
+    assert!(
+        !old.log().contains("drain deadline reached"),
+        "{}",
+        old.log()
+    );
+    through_agent()
+        .unwrap()
+        .round_trip(b"after the old one exited")
+        .unwrap();
+    switchyard_tests::process::signal(new, Signal::TERM).unwrap();
 }
