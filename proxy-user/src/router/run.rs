@@ -137,6 +137,12 @@ pub(crate) async fn serve(
         info!(listen = %listener.local_addr()?, route = %route.name, upstream = route.upstream.as_deref().unwrap_or("-"), "legacy listener");
         tasks.spawn(accept(listener, Ingress::Fixed(route)));
     }
+    // Before systemd (or a predecessor) hears of this process: a reload or an upgrade
+    // signal from then on must find its handler.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
     let pid = std::process::id();
     info!(pid, web = %web_addr, diag = ?diag_addr, routes = proxy.table.entries().len(), "switchyard serving");
     println!(
@@ -148,10 +154,6 @@ pub(crate) async fn serve(
     notify::ready(successor);
     let mut upgrades = sockets.commit().await?;
 
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut usr2 = signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
     let successor = loop {
         tokio::select! {
             _ = hup.recv() => {
