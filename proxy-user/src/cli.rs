@@ -53,6 +53,10 @@ enum Command {
     Probe(cli::ProbeArgs),
     /// Serve this machine's services through reverse tunnels to the proxy (docs/agent.md).
     Agent(crate::client::agent::AgentArgs),
+    /// Upgrade the binary of a running `serve --upgrade-socket PATH` without losing a
+    /// connection: it starts the binary again, which takes the listening sockets over
+    /// (docs/deploy.md). Exits 0 once the new process serves.
+    Upgrade(UpgradeArgs),
     /// A demo upstream that identifies itself (used by dev mode and the tests).
     DemoUpstream(DemoArgs),
 }
@@ -89,6 +93,17 @@ struct ServeArgs {
     /// would be accepted, 64 with the key named otherwise.
     #[arg(long, conflicts_with_all = ["dev", "takeover"])]
     check: bool,
+}
+
+/// `switchyard upgrade`.
+#[derive(clap::Args)]
+struct UpgradeArgs {
+    /// The running process's --upgrade-socket.
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: PathBuf,
+    /// How long the new process may take to serve.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 /// `switchyard demo-upstream`.
@@ -155,6 +170,7 @@ pub fn main() -> ExitCode {
         Command::Ca(c) => run_ca(c),
         Command::Serve(a) => block_on(serve(a)),
         Command::DemoUpstream(a) => block_on(demo_upstream(a)),
+        Command::Upgrade(a) => upgrade(a),
         Command::Proxy(c) => return client_exit(cli::proxy(c)),
         Command::Config(c) => return client_exit(cli::config(c)),
         Command::Db(c) => return client_exit(cli::db(c)),
@@ -262,6 +278,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }
     })
     .await
+}
+
+fn upgrade(a: UpgradeArgs) -> anyhow::Result<()> {
+    let (old, new) = crate::router::upgrade::trigger::upgrade(&a.upgrade_socket, a.timeout)?;
+    println!("switchyard upgrade: pid {old} handed its sockets over to pid {new}");
+    Ok(())
 }
 
 async fn demo_upstream(a: DemoArgs) -> anyhow::Result<()> {

@@ -5,7 +5,8 @@
 //! opened every 10 ms across the handover all succeed, new connections are the new
 //! process's, and the old process exits when its connections end (or at
 //! `limits.drain_timeout`). Agents redial to the new process while a stream in flight
-//! finishes through the old one. systemd hears READY, RELOADING, MAINPID and STOPPING. Bad
+//! finishes through the old one. systemd hears READY, RELOADING, MAINPID and STOPPING.
+//! `switchyard upgrade` waits for the handover and reports a successor that failed. Bad
 //! input: a stranger on the upgrade socket, `--takeover` with nothing running, a second
 //! process on a socket in use.
 
@@ -564,6 +565,63 @@ fn strangers_and_mistakes_on_the_upgrade_socket_get_clear_errors() {
         old.readyz().1.trim(),
         format!("ready pid={}", old.proc.pid())
     );
+}
+
+/// `switchyard upgrade --upgrade-socket PATH`: exit status, stdout, stderr.
+fn upgrade_command(socket: &Path) -> (bool, String, String) {
+    let out = Command::new(switchyard_bin().unwrap())
+        .arg("upgrade")
+        .arg("--upgrade-socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn switchyard_upgrade_reports_a_failed_successor_and_then_a_handover() {
+    let old = start("2s", &[]);
+    let (ok, _, err) = upgrade_command(&old.dir.join("nobody.sock"));
+    assert!(
+        !ok && err.contains("no switchyard serves upgrades at"),
+        "{err}"
+    );
+
+    // A new process that cannot start (its configuration broke on disk): the old one
+    // serves on, and the command says so.
+    let config = old.dir.join("config.yaml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("limits:", "limitz:")).unwrap();
+    let (ok, _, err) = upgrade_command(&old.socket);
+    let pid = old.proc.pid();
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the new process exited before taking over: pid {pid} still serves"
+        )),
+        "{err}"
+    );
+    assert_eq!(old.serving(), [pid], "{}", old.log());
+    Conn::open(old.web, None)
+        .unwrap()
+        .round_trip(b"still the old one")
+        .unwrap();
+
+    std::fs::write(&config, good).unwrap();
+    let (ok, out, err) = upgrade_command(&old.socket);
+    assert!(ok, "{err}\n{}", old.log());
+    let new = old.serving()[1];
+    assert_eq!(
+        out.trim(),
+        format!("switchyard upgrade: pid {pid} handed its sockets over to pid {new}")
+    );
+    assert_eq!(old.readyz().1.trim(), format!("ready pid={new}"));
+    Conn::open(old.web, None)
+        .unwrap()
+        .round_trip(b"the new one")
+        .unwrap();
+    switchyard_tests::process::signal(new, Signal::TERM).unwrap();
 }
 
 #[test]

@@ -7,11 +7,13 @@
 //! that this process can offer them in turn ([`server`], which also starts the successor
 //! on `SIGUSR2`). Both processes accept on the same kernel sockets while they overlap,
 //! so a client is never refused: connections in a listen queue are accepted by
-//! whichever process is still accepting.
+//! whichever process is still accepting. `switchyard upgrade` ([`trigger`]) sends the
+//! signal and waits for the outcome.
 
 mod cgroup;
 pub(crate) mod server;
 mod takeover;
+pub(crate) mod trigger;
 pub(crate) mod wire;
 
 use std::collections::VecDeque;
@@ -44,6 +46,15 @@ pub(crate) enum UpgradeError {
     NoSocket,
     #[error("the running process refused the upgrade: {0}")]
     Refused(String),
+    #[error("no switchyard serves upgrades at {0}: {1}")]
+    NotServing(PathBuf, #[source] io::Error),
+    #[error(
+        "the new process exited before taking over: pid {0} still serves (its log says why: \
+         `upgrade aborted` or the new process's own error)"
+    )]
+    Aborted(u32),
+    #[error("pid {0} still serves after {1:?}: see its log (`upgrade aborted …`)")]
+    Stuck(u32, std::time::Duration),
     #[error("refused a would-be successor: {0}")]
     Stranger(String),
     #[error("the other side closed the upgrade connection")]

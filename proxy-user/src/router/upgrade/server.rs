@@ -3,7 +3,7 @@
 //! the offer of every listening socket, its ready), and `SIGUSR2`, which starts this
 //! binary again with `--takeover` ([`Upgrades::spawn_successor`]).
 
-use super::wire::{self, Answer, Hello, Ready};
+use super::wire::{self, Answer, Hello, Query, Ready, Status};
 use super::{Options, UpgradeError, UPGRADE_KEY};
 use std::ffi::OsString;
 use std::io;
@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -24,6 +24,13 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
 const READY_WITHIN: Duration = Duration::from_secs(120);
 
 type Offer = Arc<Mutex<Option<Vec<(wire::Socket, OwnedFd)>>>>;
+
+/// The successors `SIGUSR2` started: one may be starting; how many were started.
+#[derive(Default)]
+struct Successors {
+    starting: AtomicBool,
+    started: AtomicU64,
+}
 
 /// Binds the upgrade socket at `path` (mode 0600). A socket file nobody answers on is
 /// a leftover and replaced; one a process answers on is refused.
@@ -47,7 +54,7 @@ pub(crate) struct Upgrades {
     task: Option<JoinHandle<()>>,
     offer: Offer,
     socket: Option<PathBuf>,
-    spawned: Arc<AtomicBool>,
+    spawned: Arc<Successors>,
 }
 
 impl Upgrades {
@@ -58,7 +65,7 @@ impl Upgrades {
             task: None,
             offer: Arc::new(Mutex::new(None)),
             socket: None,
-            spawned: Arc::new(AtomicBool::new(false)),
+            spawned: Arc::default(),
         }
     }
 
@@ -79,6 +86,8 @@ impl Upgrades {
         let offer: Offer = Arc::new(Mutex::new(Some(sockets)));
         let (tx, rx) = mpsc::channel(1);
         let shared = offer.clone();
+        let spawned: Arc<Successors> = Arc::default();
+        let starting = spawned.clone();
         let task = tokio::spawn(async move {
             loop {
                 let stream = match listener.accept().await {
@@ -90,17 +99,18 @@ impl Upgrades {
                         continue;
                     }
                 };
-                let offer = shared.clone();
+                let (offer, starting) = (shared.clone(), starting.clone());
                 let talk = move || {
                     let stream = stream.into_std()?;
                     stream.set_nonblocking(false)?;
-                    converse(&stream, &offer)
+                    converse(&stream, &offer, &starting)
                 };
                 match tokio::task::spawn_blocking(talk).await {
-                    Ok(Ok(pid)) => {
+                    Ok(Ok(Some(pid))) => {
                         let _ = tx.send(pid).await;
                         return;
                     }
+                    Ok(Ok(None)) => {}
                     Ok(Err(e)) => warn!("upgrade aborted, still serving: {e}"),
                     Err(e) => warn!("upgrade aborted, still serving: {e}"),
                 }
@@ -111,7 +121,7 @@ impl Upgrades {
             task: Some(task),
             offer,
             socket: options.socket,
-            spawned: Arc::new(AtomicBool::new(false)),
+            spawned,
         })
     }
 
@@ -133,10 +143,11 @@ impl Upgrades {
             warn!("SIGUSR2: no --upgrade-socket, so no binary upgrade; ignored");
             return;
         }
-        if self.spawned.swap(true, Ordering::SeqCst) {
+        if self.spawned.starting.swap(true, Ordering::SeqCst) {
             warn!("SIGUSR2: a new process is already starting; ignored");
             return;
         }
+        self.spawned.started.fetch_add(1, Ordering::SeqCst);
         let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
         if !args.iter().any(|a| a == "--takeover") {
             args.push("--takeover".into());
@@ -152,7 +163,7 @@ impl Upgrades {
             Ok(x) => x,
             Err(e) => {
                 warn!("SIGUSR2: cannot start the new binary: {e}");
-                self.spawned.store(false, Ordering::SeqCst);
+                self.spawned.starting.store(false, Ordering::SeqCst);
                 return;
             }
         };
@@ -160,7 +171,7 @@ impl Upgrades {
         let spawned = self.spawned.clone();
         std::thread::spawn(move || {
             let status = child.wait();
-            spawned.store(false, Ordering::SeqCst);
+            spawned.starting.store(false, Ordering::SeqCst);
             match status {
                 Ok(s) => warn!(successor = child.id(), "the new process exited ({s})"),
                 Err(e) => warn!("waiting for the new process: {e}"),
@@ -178,11 +189,13 @@ impl Upgrades {
     }
 }
 
-/// One would-be successor: checks who it is, offers the sockets, waits for its ready.
+/// One would-be successor: checks who it is, offers the sockets, waits for its ready
+/// (`Some(its pid)`). A status query is answered (`None`).
 fn converse(
     stream: &UnixStream,
     offer: &Mutex<Option<Vec<(wire::Socket, OwnedFd)>>>,
-) -> Result<u32, UpgradeError> {
+    successors: &Successors,
+) -> Result<Option<u32>, UpgradeError> {
     let refuse = |why: String| {
         let _ = wire::send(stream, &Answer::Refused(why.clone()), &[]);
         UpgradeError::Stranger(why)
@@ -199,6 +212,18 @@ fn converse(
     }
     stream.set_read_timeout(Some(HELLO_WITHIN))?;
     let (line, _) = wire::recv(stream)?;
+    if let Ok(query) = serde_json::from_slice::<Query>(&line) {
+        if query.protocol != wire::PROTOCOL || query.query != "status" {
+            return Err(refuse(format!("unknown query {query:?}")));
+        }
+        let status = Status {
+            serving: std::process::id(),
+            starting: successors.starting.load(Ordering::SeqCst),
+            started: successors.started.load(Ordering::SeqCst),
+        };
+        wire::send(stream, &status, &[])?;
+        return Ok(None);
+    }
     let hello: Hello =
         wire::parse(&line, "a switchyard-upgrade hello").map_err(|e| refuse(e.to_string()))?;
     if hello.protocol != wire::PROTOCOL {
@@ -229,5 +254,5 @@ fn converse(
     stream.set_read_timeout(Some(READY_WITHIN))?;
     let (line, _) = wire::recv(stream)?;
     let ready: Ready = wire::parse(&line, "the new process's ready")?;
-    Ok(ready.ready)
+    Ok(Some(ready.ready))
 }

@@ -9,6 +9,10 @@
 //! new → old   {"ready":N}        (the new process accepts on every socket)
 //! ```
 //!
+//! `switchyard upgrade` asks instead of saying hello: `{"protocol":…,"query":"status"}`,
+//! answered `{"serving":M,"starting":true|false,"started":K}` (a successor is starting;
+//! `SIGUSR2` started K).
+//!
 //! Each side sends one line and waits for the other's, so a reader never reads past the
 //! line it waits for.
 
@@ -53,6 +57,24 @@ pub(crate) struct Socket {
 pub(crate) enum Answer {
     Offer { pid: u32, sockets: Vec<Socket> },
     Refused(String),
+}
+
+/// `switchyard upgrade`'s question, in place of a hello.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Query {
+    pub(crate) protocol: String,
+    pub(crate) query: String,
+}
+
+/// The answer to a [`Query`]: who serves, whether a successor is starting, and how many
+/// `SIGUSR2` started.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Status {
+    pub(crate) serving: u32,
+    pub(crate) starting: bool,
+    pub(crate) started: u64,
 }
 
 /// The new process's last line: it serves every socket it was given.
