@@ -22,4 +22,8 @@ pub(crate) mod relay;
 pub(crate) mod router;
 pub(crate) mod tools;
 
+/// Entry points of the fuzz targets (`fuzz/`, docs/fuzzing.md): the real parsers, fed bytes.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 pub use cli::main;

@@ -4,6 +4,7 @@
 //! against direct connections (docs/benchmarks.md).
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -34,11 +35,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then `cargo fmt --check`, `cargo clippy -D warnings` and `cargo test`.
+    /// Set up, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test` and the
+    /// fuzz smoke (`cargo xtask fuzz --smoke`).
     Test,
     /// Build release, then measure new connections per second and latency on loopback,
     /// direct to the upstreams vs through Switchyard (docs/benchmarks.md).
     Bench(bench::Options),
+    /// Build the fuzz targets (nightly `cargo fuzz`) and run them one at a time over their
+    /// corpora; `--smoke` is the short run of `test` (docs/fuzzing.md).
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> Result<()> {
@@ -50,6 +55,7 @@ fn main() -> Result<()> {
         Task::Run { args } => run(&root, &args),
         Task::Test => test(),
         Task::Bench(opts) => bench::run(&root, &opts),
+        Task::Fuzz(opts) => fuzz::run(&root, &opts),
     }
 }
 
@@ -71,7 +77,8 @@ fn test() -> Result<()> {
     setup::run()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-    cargo_test()
+    cargo_test()?;
+    fuzz::smoke(&workspace_root()?)
 }
 
 /// `cargo test --no-fail-fast`, passing its output through, then one closing line that

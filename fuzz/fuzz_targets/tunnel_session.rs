@@ -1,0 +1,4 @@
+#![no_main]
+//! `switchyard::fuzzing::tunnel_session` (docs/fuzzing.md).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| switchyard::fuzzing::tunnel_session(data));
