@@ -5,12 +5,18 @@
 //! schema validation offline (`kubernetes-validate`), their probes name paths the proxy
 //! serves on the port the ConfigMap's `diag_addr` names, the grace period covers the drain,
 //! and the ConfigMaps' configurations are accepted by `switchyard serve --check` and served.
+//! Under CI (root): the unit's capability set is enough, as an unprivileged user in a
+//! delegated cgroup, for the eBPF front end, a port below 1024 and a binary upgrade.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use switchyard_tests::{http_get, require_tool, switchyard_bin, Switchyard, TempDir, TestPki};
+use switchyard_tests::process::Stream;
+use switchyard_tests::{
+    http_get, require_tool, switchyard_bin, wait_until, DemoUpstream, Proc, ProxyConfig,
+    Switchyard, TempDir, TestPki,
+};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -362,4 +368,191 @@ fn workloads_probe_what_the_proxy_serves_and_outlast_its_drain() {
             assert_eq!(code, 200, "{configmap} {path}: {body}");
         }
     }
+}
+
+/// A cgroup v2 directory under the test's own, handed to uid 65534 as `Delegate=yes`
+/// hands a unit's cgroup to its user; removed (with what the proxies left) on drop.
+struct DelegatedCgroup(PathBuf);
+
+impl DelegatedCgroup {
+    fn new() -> DelegatedCgroup {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = info
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let f: Vec<&str> = left.split(' ').collect();
+                (right.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| f[4].to_owned())
+            })
+            .expect("a cgroup2 mount");
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap()
+            .trim_start_matches('/');
+        let dir = Path::new(&mount)
+            .join(own)
+            .join(format!("deploy-caps-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        for file in [
+            "",
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+        ] {
+            let path = dir.join(file);
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        }
+        DelegatedCgroup(dir)
+    }
+}
+
+impl Drop for DelegatedCgroup {
+    fn drop(&mut self) {
+        let _ = wait_until(
+            std::time::Duration::from_secs(10),
+            "the cgroup to empty",
+            || {
+                if let Ok(entries) = std::fs::read_dir(&self.0) {
+                    for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+                Ok(std::fs::remove_dir(&self.0).is_ok().then_some(()))
+            },
+        );
+    }
+}
+
+/// The capabilities of `switchyard.service` (`CapabilityBoundingSet=`), as setpriv
+/// writes them: `+bpf,+perfmon,…`.
+fn unit_capabilities() -> String {
+    let unit = read("systemd/switchyard.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap();
+    line.split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A loopback port below 1024 that was free a moment ago.
+fn privileged_port() -> u16 {
+    (900..1000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 900..1000")
+}
+
+#[test]
+#[cfg_attr(
+    not(ci),
+    ignore = "needs root, cgroup v2 and CAP_BPF (runs under CI=true)"
+)]
+fn the_units_capabilities_are_enough_for_ebpf_a_low_port_and_an_upgrade() {
+    let caps = unit_capabilities();
+    let pki = TestPki::new().unwrap();
+    let echo = DemoUpstream::echo("echo").unwrap();
+    let port = privileged_port();
+    let config = ProxyConfig {
+        listen: format!("127.0.0.1:{port}"),
+        ..ProxyConfig::default()
+    }
+    .upstream("ssh", echo.addr);
+    let dir = TempDir::new("caps").unwrap();
+    for (from, to) in [
+        (&pki.server.cert, "proxy.crt"),
+        (&pki.server.key, "proxy.key"),
+    ] {
+        std::fs::copy(from, dir.join(to)).unwrap();
+    }
+    std::fs::copy(pki.ca_cert(), dir.join("ca.crt")).unwrap();
+    switchyard_tests::set_mode(&dir.join("proxy.key"), 0o644).unwrap();
+    std::fs::write(dir.join("config.yaml"), config.render()).unwrap();
+    let run = dir.join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(65534), None).unwrap();
+    let socket = run.join("upgrade.sock");
+    let cgroup = DelegatedCgroup::new();
+
+    // The unit's user (here nobody), only its capabilities, no new privileges, its cgroup.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps="$1" --ambient-caps="$1" --bounding-set="-all,$1" --no-new-privs "$2" serve --config "$3" --ebpf require --upgrade-socket "$4""#)
+        .arg(&cgroup.0)
+        .arg(&caps)
+        .arg(switchyard_bin().unwrap())
+        .arg(dir.join("config.yaml"))
+        .arg(&socket);
+    let mut proc = Proc::spawn("switchyard", cmd, dir.path()).unwrap();
+    proc.wait_for_line(Stream::Stdout, std::time::Duration::from_secs(20), |l| {
+        l.starts_with("switchyard ready web=").then_some(())
+    })
+    .unwrap();
+    let web: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let legacy = |text: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(web).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(text.as_bytes()).unwrap();
+        let want = format!("upstream=echo\n{text}");
+        let mut got = vec![0u8; want.len()];
+        stream
+            .read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("{e}\n{}", proc.logs()));
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    };
+    legacy("SSH-2.0-before\r\n");
+
+    let out = Command::new(switchyard_bin().unwrap())
+        .args(["upgrade", "--upgrade-socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proc.logs()
+    );
+    let new: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    legacy("SSH-2.0-after\r\n");
+
+    // The successor runs as the same user with exactly the unit's capabilities.
+    let status = std::fs::read_to_string(format!("/proc/{new}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert!(field("Uid:").starts_with("65534"), "{status}");
+    let cap_eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
+    // CAP_NET_BIND_SERVICE 10, CAP_NET_ADMIN 12, CAP_PERFMON 38, CAP_BPF 39.
+    assert_eq!(cap_eff, 1 << 10 | 1 << 12 | 1 << 38 | 1 << 39, "{status}");
+    // Both processes attached their own front end and spliced their pair in the kernel.
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "two spliced pairs",
+        || {
+            let log = proc.stderr();
+            let attached = log.matches("eBPF front end attached").count();
+            let spliced = log.matches("relay=\"kernel_splice\"").count();
+            Ok((attached == 2 && spliced == 2).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", proc.logs()));
+    switchyard_tests::process::signal(new, switchyard_tests::process::Signal::TERM).unwrap();
 }

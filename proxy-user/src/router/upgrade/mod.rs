@@ -34,20 +34,20 @@ pub(crate) const UPGRADE_KEY: &str = "upgrade_socket";
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpgradeError {
     #[error("--takeover: no switchyard serves upgrades at {0}: {1} (start without --takeover)")]
-    NoPredecessor(PathBuf, #[source] io::Error),
+    NoPredecessor(PathBuf, io::Error),
     #[error(
         "--upgrade-socket {0}: a running switchyard answers there: stop it, or start with \
          --takeover to take its sockets over"
     )]
     InUse(PathBuf),
     #[error("--upgrade-socket {0}: {1}")]
-    Socket(PathBuf, #[source] io::Error),
+    Socket(PathBuf, io::Error),
     #[error("--takeover: --upgrade-socket is required (the running process's socket)")]
     NoSocket,
     #[error("the running process refused the upgrade: {0}")]
     Refused(String),
     #[error("no switchyard serves upgrades at {0}: {1}")]
-    NotServing(PathBuf, #[source] io::Error),
+    NotServing(PathBuf, io::Error),
     #[error(
         "the new process exited before taking over: pid {0} still serves (its log says why: \
          `upgrade aborted` or the new process's own error)"
