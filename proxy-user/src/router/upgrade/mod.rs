@@ -55,6 +55,8 @@ pub(crate) enum UpgradeError {
     Aborted(u32),
     #[error("pid {0} still serves after {1:?}: see its log (`upgrade aborted …`)")]
     Stuck(u32, std::time::Duration),
+    #[error("pid {0} gave up waiting for this process to serve ({1}) and serves on: exiting")]
+    GaveUp(u32, String),
     #[error("refused a would-be successor: {0}")]
     Stranger(String),
     #[error("the other side closed the upgrade connection")]
@@ -194,15 +196,36 @@ impl Sockets {
                     "took over the listening sockets; the old process drains"
                 ),
                 // It died meanwhile: its sockets are ours all the same.
-                Err(e) => warn!(
+                Err(e) if !alive(pid) => warn!(
                     predecessor = pid,
-                    "the old process did not hear the ready ({e}); serving"
+                    "the old process is gone before hearing the ready ({e}); serving"
                 ),
+                // It gave up waiting and serves on: two would never drain.
+                Err(e) => return Err(UpgradeError::GaveUp(pid, e.to_string())),
             }
         }
         Ok(match self.unix.take() {
             Some(unix) => Upgrades::serve(unix, self.offer, self.options)?,
             None => Upgrades::none(),
         })
+    }
+}
+
+/// Whether process `pid` runs (exists and is no zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn alive_is_this_process_not_a_pid_that_cannot_exist() {
+        assert!(super::alive(std::process::id()));
+        assert!(!super::alive(u32::MAX));
     }
 }
