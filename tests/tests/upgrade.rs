@@ -68,7 +68,13 @@ fn start_with(drain_timeout: &str, env: &[(&str, &Path)], extra: &str) -> Old {
         .replace(
             "public_addr: proxy.example.test:",
             "public_addr: example.test:",
+        )
+        // A legacy SSH listener of its own, handed over like the single port.
+        .replace(
+            "  web_listen_addr: 127.0.0.1:0\n",
+            "  web_listen_addr: 127.0.0.1:0\n  listen_addr: 127.0.0.1:0\n",
         );
+    assert!(text.contains("  listen_addr: 127.0.0.1:0"), "{text}");
     let dir = TempDir::new("upgrade").unwrap();
     std::fs::copy(&pki.server.cert, dir.join("proxy.crt")).unwrap();
     std::fs::copy(&pki.server.key, dir.join("proxy.key")).unwrap();
@@ -144,6 +150,15 @@ impl Old {
         );
         assert_eq!(pids[0], self.proc.pid());
         pids[1]
+    }
+
+    /// The addresses of the `legacy listener` lines, in order.
+    fn legacy_listeners(&self) -> Vec<SocketAddr> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("legacy listener"))
+            .filter_map(|l| parse_addr(log_fields(l, "listen").last()?).ok())
+            .collect()
     }
 
     fn readyz(&self) -> (u16, String) {
@@ -620,6 +635,14 @@ fn switchyard_upgrade_reports_a_failed_successor_and_then_a_handover() {
     Conn::open(old.web, None)
         .unwrap()
         .round_trip(b"the new one")
+        .unwrap();
+    // The legacy listener was handed over too: the same port, served by the new process.
+    let legacy = old.legacy_listeners();
+    assert_eq!(legacy.len(), 2, "{}", old.log());
+    assert_eq!(legacy[0], legacy[1]);
+    Conn::open(legacy[1], None)
+        .unwrap()
+        .round_trip(b"through the legacy listener")
         .unwrap();
     switchyard_tests::process::signal(new, Signal::TERM).unwrap();
 }
