@@ -2,8 +2,8 @@
 //! `--takeover`, the new process takes the listening sockets over through
 //! `--upgrade-socket`, the old one stops accepting and drains. Under load: 50 connections
 //! streaming through a TLS route and the legacy SSH route keep every byte, connections
-//! opened every 10 ms across the handover all succeed, new connections are the new
-//! process's, and the old process exits when its connections end (or at
+//! opened every 10 ms and in a tight loop across the handover all succeed, new connections
+//! are the new process's, and the old process exits when its connections end (or at
 //! `limits.drain_timeout`). Agents redial to the new process while a stream in flight
 //! finishes through the old one. systemd hears READY, RELOADING, MAINPID and STOPPING.
 //! `switchyard upgrade` waits for the handover and reports a successor that failed. Bad
@@ -335,6 +335,20 @@ fn binary_upgrade_under_load_refuses_nothing_and_breaks_nothing() {
             }
         })
     };
+    // And one client in a tight loop (legacy SSH, no pause), from now until the end.
+    let tight = {
+        let (web, stop) = (old.web, stop_arrivals.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                match Conn::open(web, None).and_then(|mut c| c.round_trip(b"tight")) {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
     let arrived = |n: usize| {
         wait_until(LONG, "arrivals", || {
             Ok((outcomes.lock().unwrap().len() >= n).then_some(()))
@@ -354,6 +368,15 @@ fn binary_upgrade_under_load_refuses_nothing_and_breaks_nothing() {
     arrived(before + 100);
     stop_arrivals.store(true, Ordering::SeqCst);
     arrivals.join().unwrap();
+    let (tight_ok, tight_failed) = tight.join().unwrap();
+    assert!(
+        tight_failed.is_empty(),
+        "{} of {} tight-loop connections failed: {tight_failed:?}\n{}",
+        tight_failed.len(),
+        tight_ok as usize + tight_failed.len(),
+        old.log()
+    );
+    eprintln!("tight loop: {tight_ok} connected, 0 refused, 0 broken");
     let outcomes = outcomes.lock().unwrap();
     let failed: Vec<_> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
