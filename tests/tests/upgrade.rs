@@ -7,8 +7,8 @@
 //! `limits.drain_timeout`). Agents redial to the new process while a stream in flight
 //! finishes through the old one. systemd hears READY, RELOADING, MAINPID and STOPPING.
 //! `switchyard upgrade` waits for the handover and reports a successor that failed. Bad
-//! input: a stranger on the upgrade socket, `--takeover` with nothing running, a second
-//! process on a socket in use.
+//! input: a stranger on the upgrade socket (garbage, or another user), `--takeover` with
+//! nothing running, a second process on a socket in use.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -722,4 +722,30 @@ fn agents_redial_to_the_new_process_and_their_streams_in_flight_finish() {
         .round_trip(b"after the old one exited")
         .unwrap();
     switchyard_tests::process::signal(new, Signal::TERM).unwrap();
+}
+
+#[test]
+#[cfg_attr(
+    not(ci),
+    ignore = "needs root to act as another user (runs under CI=true)"
+)]
+fn another_user_is_refused_even_when_the_socket_is_open_to_all() {
+    let old = start("2s", &[]);
+    // Only the socket's mode keeps others out by default; the uid check is the second wall.
+    switchyard_tests::set_mode(&old.socket, 0o666).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(switchyard_bin().unwrap())
+        .arg("upgrade")
+        .arg("--upgrade-socket")
+        .arg(&old.socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("refused the upgrade") && err.contains("runs as uid 65534"),
+        "{err}"
+    );
+    assert_eq!(old.serving(), [old.proc.pid()], "{}", old.log());
 }
