@@ -64,7 +64,15 @@ pub(crate) enum UpgradeError {
     #[error("upgrade protocol: {0}")]
     Protocol(String),
     #[error("upgrade socket: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+// By hand, not `#[from]`: the message carries the error already, so it is no `source`
+// (an error chain would print it twice).
+impl From<io::Error> for UpgradeError {
+    fn from(e: io::Error) -> Self {
+        UpgradeError::Io(e)
+    }
 }
 
 /// `serve`'s upgrade flags.

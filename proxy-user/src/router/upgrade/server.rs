@@ -200,6 +200,10 @@ fn converse(
         let _ = wire::send(stream, &Answer::Refused(why.clone()), &[]);
         UpgradeError::Stranger(why)
     };
+    // The first line is read before any answer, so that a refusal reaches the peer
+    // after what it sent, never as a reset under its write.
+    stream.set_read_timeout(Some(HELLO_WITHIN))?;
+    let (line, _) = wire::recv(stream)?;
     let peer = rustix::net::sockopt::socket_peercred(stream).map_err(io::Error::from)?;
     let me = rustix::process::geteuid();
     if peer.uid != me && !peer.uid.is_root() {
@@ -210,8 +214,6 @@ fn converse(
             me.as_raw()
         )));
     }
-    stream.set_read_timeout(Some(HELLO_WITHIN))?;
-    let (line, _) = wire::recv(stream)?;
     if let Ok(query) = serde_json::from_slice::<Query>(&line) {
         if query.protocol != wire::PROTOCOL || query.query != "status" {
             return Err(refuse(format!("unknown query {query:?}")));
