@@ -3,7 +3,8 @@
 //! `SWITCHYARD_WRITE_SEEDS=1 cargo test -p proxy-user --features fuzzing --lib fuzzing`
 //! writes them.
 
-use super::{block_on, ROUTE_CONFIGS};
+use super::block_on;
+use super::router::ROUTE_CONFIGS;
 use crate::io::tunnel::control::ControlChannel;
 use crate::io::tunnel::mux::{self, Limits, Mode};
 use crate::io::tunnel::{frame, Control, Kind, Refusal, Service, StreamHeader, StreamReply};
