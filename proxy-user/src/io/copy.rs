@@ -6,9 +6,11 @@
 //! write shutdown of the other (a half-close) while the reverse direction keeps flowing;
 //! the first error of either direction ends both; byte counts are kept however it ends.
 
+use futures_util::FutureExt as _;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What a finished copy moved, and how it ended.
@@ -128,21 +130,53 @@ where
     None
 }
 
-/// The buffer a direction starts with: an idle or interactive connection never needs
-/// more, so it costs a page, not `relay_buffer_bytes`.
+/// The buffer a direction starts with: an interactive connection never needs more, so it
+/// costs a page, not `relay_buffer_bytes`.
 const FIRST_BUFFER: usize = 4096;
+
+/// How long a direction waits with its buffer for the next bytes before giving the
+/// buffer up: an idle connection holds none.
+pub(crate) const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Copies `r` to `w` until EOF, then shuts `w` down (passing the half-close on). The
 /// buffer starts at [`FIRST_BUFFER`] and doubles, up to `buffer`, each time a read fills
-/// it: bulk transfers reach the full size within a few reads.
+/// it: bulk transfers reach the full size within a few reads. A direction that has had
+/// nothing to read for [`IDLE_AFTER`] frees its buffer and waits for one byte on the
+/// stack instead (reads are cancel-safe: nothing is lost when the wait is dropped).
 async fn copy_half<R, W>(r: &mut R, w: &mut W, buffer: usize, count: &AtomicU64) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; FIRST_BUFFER.min(buffer)];
+    let mut size = FIRST_BUFFER.min(buffer);
+    let mut buf = Vec::new();
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = if buf.is_empty() {
+            let mut first = [0u8; 1];
+            if r.read(&mut first).await? == 0 {
+                return w.shutdown().await;
+            }
+            buf = vec![0u8; size];
+            buf[0] = first[0];
+            // Whatever came with it, without waiting.
+            1 + r
+                .read(&mut buf[1..])
+                .now_or_never()
+                .transpose()?
+                .unwrap_or(0)
+        } else {
+            let ready = r.read(&mut buf).now_or_never().transpose()?;
+            match ready {
+                Some(n) => n,
+                None => match tokio::time::timeout(IDLE_AFTER, r.read(&mut buf)).await {
+                    Ok(read) => read?,
+                    Err(_idle) => {
+                        buf = Vec::new();
+                        continue;
+                    }
+                },
+            }
+        };
         if n == 0 {
             return w.shutdown().await;
         }
@@ -151,141 +185,12 @@ where
         w.flush().await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         if n == buf.len() && buf.len() < buffer {
-            buf.resize((buf.len() * 2).min(buffer), 0);
+            size = (buf.len() * 2).min(buffer);
+            buf.resize(size, 0);
         }
     }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use tokio::io::duplex;
-
-    /// `from` sends `data` and shuts down its write half; `to` reads exactly `data`, then
-    /// EOF. Shared with the relay tests.
-    pub(crate) async fn send_then_half_close<W, R>(from: &mut W, to: &mut R, data: &[u8])
-    where
-        W: AsyncWrite + Unpin,
-        R: AsyncRead + Unpin,
-    {
-        from.write_all(data).await.unwrap();
-        from.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        to.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, data);
-    }
-
-    #[tokio::test]
-    async fn copy_counts_and_passes_half_close() {
-        let (a, mut a_peer) = duplex(1024);
-        let (b, mut b_peer) = duplex(1024);
-        let task = tokio::spawn(copy_both(a, b, 16, Until::BothEnd));
-        // `b` sees the request then EOF, and can still answer.
-        send_then_half_close(&mut a_peer, &mut b_peer, b"request").await;
-        send_then_half_close(&mut b_peer, &mut a_peer, b"response after half-close").await;
-        let copied = task.await.unwrap();
-        assert_eq!((copied.a_to_b, copied.b_to_a), (7, 25));
-        assert!(copied.error.is_none());
-    }
-
-    /// `a` → `b` fails (a broken pipe); `b` has already said why (an alert it wrote before
-    /// closing): that is the error reported.
-    #[tokio::test]
-    async fn b_explains_a_failed_write_with_its_own_error() {
-        let (a, mut a_peer) = duplex(1024);
-        let b = Explaining { read_error: true };
-        let task = tokio::spawn(copy_both(a, b, 16, Until::BExplains));
-        a_peer.write_all(b"x").await.unwrap();
-        let copied = task.await.unwrap();
-        let e = copied.error.expect("an error");
-        assert_eq!(e.to_string(), "b's reason");
-    }
-
-    /// Without a reason from `b`, the write error itself is reported.
-    #[tokio::test(start_paused = true)]
-    async fn without_an_explanation_the_write_error_is_reported() {
-        let (a, mut a_peer) = duplex(1024);
-        let b = Explaining { read_error: false };
-        let task = tokio::spawn(copy_both(a, b, 16, Until::BExplains));
-        a_peer.write_all(b"x").await.unwrap();
-        let copied = task.await.unwrap();
-        assert_eq!(
-            copied.error.expect("an error").kind(),
-            io::ErrorKind::BrokenPipe
-        );
-    }
-
-    /// A `b` whose writes fail with a broken pipe, and whose reads either fail with its
-    /// reason or never end.
-    struct Explaining {
-        read_error: bool,
-    }
-
-    impl AsyncRead for Explaining {
-        fn poll_read(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            _: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            if self.read_error {
-                std::task::Poll::Ready(Err(io::Error::other("b's reason")))
-            } else {
-                std::task::Poll::Pending
-            }
-        }
-    }
-
-    impl AsyncWrite for Explaining {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            _: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn until_b_ends_does_not_wait_for_a() {
-        let (a, _a_peer_keeps_its_side_open) = duplex(1024);
-        let (b, mut b_peer) = duplex(1024);
-        let task = tokio::spawn(copy_both(a, b, 16, Until::BEnds));
-        b_peer.write_all(b"bye").await.unwrap();
-        b_peer.shutdown().await.unwrap();
-        let copied = task.await.unwrap();
-        assert_eq!((copied.a_to_b, copied.b_to_a), (0, 3));
-        assert!(copied.error.is_none());
-    }
-
-    #[tokio::test]
-    async fn the_first_error_ends_both_directions() {
-        let (a, a_peer) = duplex(1024);
-        let (b, mut b_peer) = duplex(1024);
-        drop(a_peer);
-        let task = tokio::spawn(copy_both(a, b, 16, Until::BothEnd));
-        // Writing to `a` fails (its peer is gone): the copy ends with that error although
-        // `b` stays open and never sends EOF.
-        b_peer.write_all(b"x").await.unwrap();
-        let deadline = std::time::Duration::from_secs(10);
-        let copied = tokio::time::timeout(deadline, task)
-            .await
-            .expect("the copy ends at the first error")
-            .unwrap();
-        assert_eq!(copied.b_to_a, 0);
-        assert!(copied.error.is_some());
-    }
-}
+#[path = "copy_tests.rs"]
+pub(crate) mod tests;

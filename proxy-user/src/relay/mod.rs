@@ -9,11 +9,13 @@
 //! asks for it ([`PlainRelay`]).
 
 use crate::io::copy::{copy_both, Copied, Until};
+use splice_pipe::{relay_splice, Mover};
 use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub(crate) mod kernel;
+pub(crate) mod pipe_pool;
 pub(crate) mod splice_pipe;
 
 /// What a finished relay moved, and how it ended.
@@ -56,11 +58,24 @@ pub(crate) async fn relay_plain(
     client_read: u64,
     buffer: usize,
 ) -> RelayStats {
+    // Each relay is boxed: the connection's task then holds only the one it runs, sized
+    // for it, rather than room for the largest of the three (an idle pair's memory).
     match crate::ebpf::frontend() {
-        Some(f) => kernel::relay_spliced(f, client, upstream, client_read, buffer).await,
+        Some(f) => {
+            Box::pin(kernel::relay_spliced(
+                f,
+                client,
+                upstream,
+                client_read,
+                buffer,
+            ))
+            .await
+        }
         None => match PlainRelay::chosen() {
-            PlainRelay::Splice => splice_pipe::relay_splice(client, upstream, buffer).await,
-            PlainRelay::Copy => relay(client, upstream, buffer).await,
+            PlainRelay::Splice => {
+                Box::pin(relay_splice(client, upstream, buffer, Mover::Splice)).await
+            }
+            PlainRelay::Copy => Box::pin(relay_splice(client, upstream, buffer, Mover::Copy)).await,
         },
     }
 }

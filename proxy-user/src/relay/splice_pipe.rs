@@ -1,8 +1,10 @@
 //! The `splice(2)` relay: the plaintext relay when the eBPF front end is not attached.
 //!
-//! Each direction owns a pipe; bytes go from the source socket into the pipe and from the
-//! pipe into the destination socket with `splice(2)`, so the kernel moves page references
-//! instead of the proxy copying through a userspace buffer. The contract is the userspace
+//! Bytes go from the source socket into a pipe and from the pipe into the destination
+//! socket with `splice(2)`, so the kernel moves page references instead of the proxy
+//! copying through a userspace buffer. A direction holds a pipe only while its bytes move
+//! (`pipe_pool`): an idle pair holds its two sockets and nothing else. When no pipe can be
+//! had (the descriptor limit), that burst is copied through a small buffer instead. The contract is the userspace
 //! relay's (`relay::relay`): EOF from one side becomes a write shutdown on the other while
 //! the reverse direction keeps flowing, the first error ends both, and the byte counts
 //! (bytes written to the destination) are kept even when the relay ends in an error.
@@ -25,6 +27,7 @@ use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, PipeFlags,
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::pipe_pool::{Lent, Pool, POOL};
 use super::RelayStats;
 use crate::io::both_directions;
 use crate::io::copy::Copied;
@@ -67,26 +70,39 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// Relays `client` and `upstream` with `splice(2)`; falls back to the userspace copy when
-/// the pipes cannot be made (descriptor limits).
+/// How a plaintext pair's bursts move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mover {
+    /// `splice(2)` through a lent pipe (a copy when none can be made).
+    Splice,
+    /// Through a userspace buffer, held only during the burst (`SWITCHYARD_RELAY=copy`).
+    Copy,
+}
+
+/// Relays `client` and `upstream` with `splice(2)` or a copy (`mover`). `buffer` bounds a
+/// copied burst's buffer.
 pub(crate) async fn relay_splice(
     client: TcpStream,
     upstream: TcpStream,
     buffer: usize,
+    mover: Mover,
 ) -> RelayStats {
-    let pipes = Pipe::new(PIPE_SIZE).and_then(|up| Ok((up, Pipe::new(PIPE_SIZE)?)));
-    let (up_pipe, down_pipe) = match pipes {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!("splice(2) relay unavailable, copying: {e}");
-            return super::relay(client, upstream, buffer).await;
-        }
-    };
+    relay_with(client, upstream, buffer, mover, &POOL).await
+}
+
+/// [`relay_splice`] with pipes from `pool`.
+async fn relay_with(
+    client: TcpStream,
+    upstream: TcpStream,
+    buffer: usize,
+    mover: Mover,
+    pool: &'static Pool,
+) -> RelayStats {
     let to_upstream = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
     let error = both_directions(
-        half(&client, &upstream, &up_pipe, &to_upstream),
-        half(&upstream, &client, &down_pipe, &to_client),
+        half(&client, &upstream, buffer, (mover, pool), &to_upstream),
+        half(&upstream, &client, buffer, (mover, pool), &to_client),
     )
     .await;
     let copied = Copied {
@@ -94,34 +110,76 @@ pub(crate) async fn relay_splice(
         b_to_a: to_client.load(Ordering::Relaxed),
         error,
     };
-    RelayStats::copied("splice", copied)
+    let mode = match mover {
+        Mover::Splice => "splice",
+        Mover::Copy => "userspace",
+    };
+    RelayStats::copied(mode, copied)
+}
+
+/// What one burst of a direction ended with.
+enum Burst {
+    /// The source has nothing more for now.
+    Idle,
+    /// The source sent its EOF.
+    Eof,
 }
 
 /// One direction: `src` → pipe → `dst` until EOF, then `dst`'s write side is shut down.
 /// `count` is the bytes that reached `dst`.
-async fn half(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &AtomicU64) -> io::Result<()> {
+async fn half(
+    src: &TcpStream,
+    dst: &TcpStream,
+    buffer: usize,
+    (mover, pool): (Mover, &'static Pool),
+    count: &AtomicU64,
+) -> io::Result<()> {
     loop {
-        // The pipe is empty here, so EAGAIN can only be the socket's.
-        let n = loop {
-            src.readable().await?;
-            match src.try_io(Interest::READABLE, || {
-                splice(src, &pipe.write, pipe.capacity)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+        src.readable().await?;
+        let pipe = match mover {
+            Mover::Splice => pool.take().map_err(|e| {
+                tracing::debug!("no pipe for splice(2) ({e}); copying this burst");
+            }),
+            Mover::Copy => Err(()),
         };
-        if n == 0 {
+        // Boxed: between bursts, the pair's task holds no room for one.
+        let burst = match pipe {
+            Ok(pipe) => Box::pin(spliced_burst(src, dst, pipe, count)).await?,
+            Err(()) => Box::pin(copied_burst(src, dst, buffer, count)).await?,
+        };
+        if let Burst::Eof = burst {
             return shutdown_write(dst);
         }
-        let mut left = n;
-        while left > 0 {
+    }
+}
+
+/// Splices what `src` has through `pipe` into `dst`, as long as reads return bytes; the
+/// pipe goes back to the pool empty when `src` would block.
+async fn spliced_burst(
+    src: &TcpStream,
+    dst: &TcpStream,
+    mut pipe: Lent,
+    count: &AtomicU64,
+) -> io::Result<Burst> {
+    loop {
+        // The pipe is empty here, so EAGAIN can only be the socket's.
+        let capacity = pipe.pipe().capacity;
+        let n = match src.try_io(Interest::READABLE, || {
+            splice(src, &pipe.pipe().write, capacity)
+        }) {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Idle),
+            Err(e) => return Err(e),
+        };
+        pipe.pending = n;
+        while pipe.pending > 0 {
             dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || splice(&pipe.read, dst, left)) {
+            let left = pipe.pending;
+            match dst.try_io(Interest::WRITABLE, || splice(&pipe.pipe().read, dst, left)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => {
-                    left -= m;
+                    pipe.pending -= m;
                     count.fetch_add(m as u64, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -130,6 +188,42 @@ async fn half(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &AtomicU64) 
         }
     }
 }
+
+/// Copies what `src` has into `dst` as long as reads return bytes, through a buffer that
+/// starts at [`FIRST_BUFFER`] and doubles, up to `buffer`, each time a read fills it (an
+/// interactive burst costs a page, a bulk one reaches the full size within a few reads).
+async fn copied_burst(
+    src: &TcpStream,
+    dst: &TcpStream,
+    buffer: usize,
+    count: &AtomicU64,
+) -> io::Result<Burst> {
+    let mut buf = vec![0u8; FIRST_BUFFER.min(buffer)];
+    loop {
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Idle),
+            Err(e) => return Err(e),
+        };
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            dst.writable().await?;
+            match dst.try_write(data) {
+                Ok(m) => data = &data[m..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        if n == buf.len() && buf.len() < buffer {
+            buf.resize((buf.len() * 2).min(buffer), 0);
+        }
+    }
+}
+
+/// The first buffer of a copied burst.
+const FIRST_BUFFER: usize = 4096;
 
 /// Passes the half-close on: `shutdown(SHUT_WR)`, as `AsyncWriteExt::shutdown` does on a
 /// `TcpStream`.

@@ -32,7 +32,7 @@ fn reset_on_close(s: &TcpStream) {
 async fn a_reset_upstream_while_the_client_sends_ends_the_relay_with_an_error() {
     let (client, mut client_peer) = pair().await;
     let (upstream, upstream_peer) = pair().await;
-    let task = tokio::spawn(relay_splice(client, upstream, 1024));
+    let task = tokio::spawn(relay_splice(client, upstream, 1024, Mover::Splice));
     reset_on_close(&upstream_peer);
     drop(upstream_peer);
     // Keep sending until the relay gives up; each splice into the reset socket fails.
@@ -88,9 +88,45 @@ fn the_pipe_gets_the_size_asked_for_up_to_the_system_maximum() {
 
 #[tokio::test]
 async fn relays_both_ways_byte_exact_and_passes_half_close() {
+    byte_exact_both_ways(Mover::Splice, "splice").await;
+}
+
+#[tokio::test]
+async fn the_copy_relays_both_ways_byte_exact_and_passes_half_close() {
+    byte_exact_both_ways(Mover::Copy, "userspace").await;
+}
+
+/// An idle pair holds no pipe: once a burst is through, its pipe is back in the pool.
+#[tokio::test]
+async fn a_burst_gives_its_pipe_back_when_the_pair_goes_idle() {
+    let pool: &'static Pool = Box::leak(Box::new(Pool::new(4)));
     let (client, mut client_peer) = pair().await;
     let (upstream, mut upstream_peer) = pair().await;
-    let task = tokio::spawn(relay_splice(client, upstream, 64 * 1024));
+    let task = tokio::spawn(relay_with(client, upstream, 1024, Mover::Splice, pool));
+    for round in 0..3u8 {
+        client_peer.write_all(&[round; 100]).await.unwrap();
+        let mut got = [0u8; 100];
+        upstream_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [round; 100]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pool.idle() != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pipe never came back"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+    drop((client_peer, upstream_peer));
+    let _ = task.await;
+}
+
+/// `mover` relays 5 MiB up and 3 MiB down, the upstream answering after the client's EOF;
+/// the stats carry `mode`.
+async fn byte_exact_both_ways(mover: Mover, mode: &str) {
+    let (client, mut client_peer) = pair().await;
+    let (upstream, mut upstream_peer) = pair().await;
+    let task = tokio::spawn(relay_splice(client, upstream, 64 * 1024, mover));
     let up = pattern(1, 5 << 20);
     let down = pattern(2, 3 << 20);
     let (up2, down2) = (up.clone(), down.clone());
@@ -130,7 +166,7 @@ async fn relays_both_ways_byte_exact_and_passes_half_close() {
         (stats.client_to_upstream, stats.upstream_to_client),
         (up.len() as u64, down.len() as u64)
     );
-    assert_eq!(stats.mode, "splice");
+    assert_eq!(stats.mode, mode);
     assert!(stats.error.is_none(), "{:?}", stats.error);
 }
 
@@ -138,7 +174,7 @@ async fn relays_both_ways_byte_exact_and_passes_half_close() {
 async fn upstream_half_close_leaves_the_client_direction_open() {
     let (client, mut client_peer) = pair().await;
     let (upstream, mut upstream_peer) = pair().await;
-    let task = tokio::spawn(relay_splice(client, upstream, 1024));
+    let task = tokio::spawn(relay_splice(client, upstream, 1024, Mover::Splice));
     send_then_half_close(&mut upstream_peer, &mut client_peer, b"bye").await;
     send_then_half_close(&mut client_peer, &mut upstream_peer, b"late words").await;
     assert_clean_counts(&task.await.unwrap(), (10, 3));
@@ -148,7 +184,7 @@ async fn upstream_half_close_leaves_the_client_direction_open() {
 async fn a_reset_ends_both_directions_and_keeps_the_counts() {
     let (client, mut client_peer) = pair().await;
     let (upstream, upstream_peer) = pair().await;
-    let task = tokio::spawn(relay_splice(client, upstream, 1024));
+    let task = tokio::spawn(relay_splice(client, upstream, 1024, Mover::Splice));
     client_peer.write_all(b"hello").await.unwrap();
     let mut upstream_peer = upstream_peer;
     let mut got = [0u8; 5];

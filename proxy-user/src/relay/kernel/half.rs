@@ -46,13 +46,19 @@ impl Half<'_> {
         mut dst: WriteHalf<'_>,
         buffer: usize,
     ) -> io::Result<()> {
-        let mut buf = vec![0u8; buffer];
+        // Only while bytes come up: a spliced pair's userspace sees EOF and little else,
+        // so an idle pair holds no buffer.
+        let mut buf: Option<Vec<u8>> = None;
         let [from, to] = self.names;
         loop {
             src.readable().await.map_err(|e| at(e, "reading", from))?;
-            let n = match src.try_read(&mut buf) {
+            let b = buf.get_or_insert_with(|| vec![0u8; buffer]);
+            let n = match src.try_read(b) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buf = None;
+                    continue;
+                }
                 Err(e) => return Err(at(e, "reading", from)),
             };
             if n == 0 {
@@ -72,7 +78,7 @@ impl Half<'_> {
                     .map_err(|e| at(e, "waiting for the send queue of", to))?;
                 return dst.shutdown().await.map_err(|e| at(e, "shutting down", to));
             }
-            dst.write_all(&buf[..n])
+            dst.write_all(&b[..n])
                 .await
                 .map_err(|e| at(e, "writing", to))?;
             self.copied.fetch_add(n as u64, Ordering::Relaxed);
