@@ -123,7 +123,9 @@ pub(crate) async fn handle(
         .inc();
     let _active = proxy.metrics.active_guard(protocol);
     let route = match routable {
-        Routable::Tls => return tls_connection(proxy, stream, pre, client, pending).await,
+        Routable::Tls => {
+            return Box::pin(tls_connection(proxy, stream, pre, client, pending)).await
+        }
         Routable::Ssh => "ssh",
         Routable::Http => "web",
         Routable::Postgres(_) => "postgres",
@@ -133,11 +135,12 @@ pub(crate) async fn handle(
         .admit(LEGACY, client.addr.ip())
         .map_err(|r| over_budget(LEGACY, r))?;
     drop(pending);
-    match plaintext::plaintext(proxy, stream, pre, route, &client).await? {
+    // Boxed, as each stage that lives on: the task holds the stage it is in.
+    match Box::pin(plaintext::plaintext(proxy, stream, pre, route, &client)).await? {
         plaintext::Plain::Done(done) => Ok(done),
         plaintext::Plain::Web(stream, pre, route) => {
             let conn = http_conn(proxy, route, false, false, None, &client, true);
-            web_connection(proxy, stream, pre, route, conn, client).await
+            Box::pin(web_connection(proxy, stream, pre, route, conn, client)).await
         }
     }
 }
@@ -207,7 +210,7 @@ async fn tls_connection<C: ClientIo>(
     client: Client,
     pending: Admitted,
 ) -> Result<Finished, ConnError> {
-    match tls::tls(proxy, stream, pre, &client, Some(pending)).await? {
+    match Box::pin(tls::tls(proxy, stream, pre, &client, Some(pending))).await? {
         Tls::Done(done) => Ok(done),
         Tls::Web {
             stream,
@@ -218,7 +221,7 @@ async fn tls_connection<C: ClientIo>(
             admitted: _admitted,
         } => {
             let conn = http_conn(proxy, route, true, h2, identity, &client, true);
-            web_connection(proxy, stream, preface, route, conn, client).await
+            Box::pin(web_connection(proxy, stream, preface, route, conn, client)).await
         }
     }
 }
@@ -272,7 +275,7 @@ async fn inner_connection(
     pre: Preface,
     client: Client,
 ) -> Result<Finished, ConnError> {
-    match tls::tls(proxy, tunnel, pre, &client, None).await? {
+    match Box::pin(tls::tls(proxy, tunnel, pre, &client, None)).await? {
         Tls::Done(done) => Ok(done),
         Tls::Web {
             stream,

@@ -59,6 +59,8 @@ pub(crate) async fn plaintext<'a>(
     let mut upstream = connect(proxy, entry).await?;
     upstream.write_all(pre.rest()).await?;
     let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
+    // Its buffer is not needed while the pair is relayed.
+    drop(pre);
     let buffer = proxy.config.limits.relay_buffer_bytes;
     let mut stats = relay_plain(client, upstream, consumed, buffer).await;
     stats.client_to_upstream += sent;

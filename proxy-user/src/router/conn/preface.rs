@@ -51,6 +51,9 @@ impl Deadline {
     }
 }
 
+/// Most bytes one read of the preface asks for.
+const READ_CHUNK: usize = 4096;
+
 /// Bytes read so far from one stream, where the protocol starts in them (after PROXY
 /// headers), and how far they may grow.
 #[derive(Debug)]
@@ -156,16 +159,24 @@ impl Preface {
         if self.buf.len() >= self.cap {
             return Err(ConnError::TooLarge(self.max));
         }
-        let mut chunk = [0u8; 4096];
-        let room = (self.cap - self.buf.len()).min(chunk.len());
-        let n = self
+        // Read straight into the buffer: a chunk on the stack would be kept in every
+        // connection's task, for its whole life.
+        let len = self.buf.len();
+        let room = (self.cap - len).min(READ_CHUNK);
+        self.buf.resize(len + room, 0);
+        let read = self
             .deadline
-            .run(stage, stream.read(&mut chunk[..room]))
-            .await??;
+            .run(stage, stream.read(&mut self.buf[len..]))
+            .await;
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(timeout) => return Err(timeout),
+        };
+        self.buf.truncate(len + n);
         if n == 0 {
             return Err(ConnError::ClosedEarly(stage));
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 }

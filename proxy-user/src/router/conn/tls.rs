@@ -103,21 +103,9 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         },
         Mode::Passthrough => {
             proxy.metrics.route(&route.name, "passthrough");
-            if let Some(service) = &service {
-                // A Kubernetes API server behind an agent: its TLS, passed through.
-                let mut agent = dial::open(proxy, service, from.addr.to_string(), None).await?;
-                agent.write_all(pre.rest()).await?;
-                let buffer = proxy.config.limits.relay_buffer_bytes;
-                let stats = relay(client, agent, buffer).await;
-                return Ok(Tls::Done(Finished::relayed(&route.name, stats)));
-            }
-            let mut upstream = connect(proxy, route).await?;
-            upstream.write_all(pre.rest()).await?;
-            let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
-            let buffer = proxy.config.limits.relay_buffer_bytes;
-            let mut stats = relay_client(client, upstream, consumed, buffer).await;
-            stats.client_to_upstream += sent;
-            return Ok(Tls::Done(Finished::relayed(&route.name, stats)));
+            let _admitted = admitted;
+            let done = Box::pin(pass_through(proxy, client, pre, route, service, from)).await?;
+            return Ok(Tls::Done(done));
         }
     };
     proxy.metrics.route(&route.name, "terminate");
@@ -132,9 +120,12 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     let deadline = pre.deadline;
     let inner = pre.inner();
     let replay = Prefixed::new(pre.into_rest(), client);
-    let accept = tokio_rustls::TlsAcceptor::from(config)
-        .accept(replay)
-        .into_fallible();
+    // Boxed: the handshake's state is not kept in the connection's task for its life.
+    let accept = Box::pin(
+        tokio_rustls::TlsAcceptor::from(config)
+            .accept(replay)
+            .into_fallible(),
+    );
     let tls = match deadline.run("TLS handshake", accept).await {
         Err(timeout) => {
             proxy.metrics.handshake_failed(&route.name, "timeout");
@@ -142,7 +133,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         }
         Ok(Err((error, io))) => {
             let reason = handshake_reason(&error);
-            linger(io).await;
+            Box::pin(linger(io)).await;
             if reason == "no_certificate" && is_detection_probe(&hello.alpn) {
                 // A client checking for a layer-7 balancer: it learnt what it wanted from
                 // the ALPN; not a refusal worth a warning.
@@ -202,20 +193,54 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     let done = match (route.role, service) {
         (Role::TunnelService, _) => {
             let cert = cert.unwrap_or_default();
-            return tunnel::serve::serve(proxy, tls, cert, from.addr.to_string())
-                .await
-                .map(Tls::Done);
+            return Box::pin(tunnel::serve::serve(
+                proxy,
+                tls,
+                cert,
+                from.addr.to_string(),
+            ))
+            .await
+            .map(Tls::Done);
         }
         (Role::Agent(_), Some(service)) => {
-            let agent = dial::open(proxy, &service, from.addr.to_string(), cert.as_ref()).await?;
-            relay_terminated(proxy, tls, route, agent).await
+            let agent = dial::open(proxy, &service, from.addr.to_string(), cert.as_ref());
+            let agent = Box::pin(agent).await?;
+            Box::pin(relay_terminated(proxy, tls, route, agent)).await
         }
         _ => {
-            let upstream = connect(proxy, route).await?;
-            relay_terminated(proxy, tls, route, upstream).await
+            let upstream = Box::pin(connect(proxy, route)).await?;
+            Box::pin(relay_terminated(proxy, tls, route, upstream)).await
         }
     };
     Ok(Tls::Done(done))
+}
+
+/// A passthrough route: the ClientHello and whatever followed it go to the upstream (or,
+/// for a Kubernetes API server behind an agent, the agent's stream) as read, then the
+/// raw TLS is relayed. The preface's buffer is gone before the relay starts.
+async fn pass_through<C: ClientIo>(
+    proxy: &Proxy,
+    client: C,
+    pre: Preface,
+    route: &Route,
+    service: Option<Service>,
+    from: &Client,
+) -> Result<Finished, ConnError> {
+    let buffer = proxy.config.limits.relay_buffer_bytes;
+    if let Some(service) = &service {
+        let mut agent = dial::open(proxy, service, from.addr.to_string(), None).await?;
+        agent.write_all(pre.rest()).await?;
+        drop(pre);
+        let stats = relay(client, agent, buffer).await;
+        return Ok(Finished::relayed(&route.name, stats));
+    }
+    let mut upstream = connect(proxy, route).await?;
+    upstream.write_all(pre.rest()).await?;
+    let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
+    drop(pre);
+    let mut stats = relay_client(client, upstream, consumed, buffer).await;
+    stats.client_to_upstream += sent;
+    Ok(Finished::relayed(&route.name, stats))
 }
 
 /// The TLS configuration for a connection to an agent's service: the route's own, or,
