@@ -251,6 +251,10 @@ fn reload(
     let build = |c| Proxy::new(c, metrics.clone(), stopping.clone(), shared.clone());
     match Config::load(path).and_then(build) {
         Ok(p) => {
+            let acme = |c: &Config| format!("{:?}", c.proxy_service.acme);
+            if acme(&p.config) != acme(&proxies.borrow().config) {
+                warn!("proxy_service.acme changed: it takes effect at the next start (the running ACME certificate is still served and renewed)");
+            }
             shared.admission.reconfigure(&p.config);
             info!(routes = p.table.entries().len(), config = %path.display(), "reloaded certificates, routes and class budgets");
             let _ = proxies.send(Arc::new(p));
