@@ -2,7 +2,7 @@
 //! on loopback ports only, for the ACME tests ([`Pebble`]).
 //!
 //! The DNS responder answers every A query with 127.0.0.1 (and no AAAA), so every name the
-//! CA validates resolves to the proxy; Pebble dials TLS-ALPN-01 validations at
+//! CA validates resolves to the proxy (unless [`Pebble::servfail`]); Pebble dials TLS-ALPN-01 validations at
 //! `tlsPort`, the proxy's port. Pebble's own HTTPS certificate comes from the test PKI, so
 //! the proxy trusts the directory through `proxy_service.acme.ca_file` = the PKI's CA.
 //! The certificates Pebble issues chain to a root made at its start, served by its
@@ -28,6 +28,7 @@ pub struct Pebble {
     pub https_ca: PathBuf,
     pebble: Option<Proc>,
     _dns: Proc,
+    dns_management: String,
     dir: TempDir,
 }
 
@@ -39,7 +40,7 @@ impl Pebble {
         let dns_bin = require_tool("pebble-challtestsrv", "pebble", &[])?;
         let dir = TempDir::new("pebble")?;
         let tls = pki.issue_server("pebble", "localhost", &["localhost", "127.0.0.1"])?;
-        let (dns, dns_addr) = start_dns(&dns_bin, &dir)?;
+        let (dns, dns_addr, dns_management) = start_dns(&dns_bin, &dir)?;
         for _ in 0..5 {
             let (listen, management) = (free_port(), free_port());
             let mut config = serde_json::json!({"pebble": {
@@ -76,6 +77,7 @@ impl Pebble {
                         https_ca: pki.ca_cert(),
                         pebble: Some(proc),
                         _dns: dns,
+                        dns_management,
                         dir,
                     })
                 }
@@ -103,6 +105,17 @@ impl Pebble {
         Ok(path)
     }
 
+    /// Makes the DNS responder answer SERVFAIL for `host`: the CA cannot resolve it.
+    pub fn servfail(&self, host: &str) -> Result<()> {
+        let url = format!("http://{}/set-servfail", self.dns_management);
+        let body = serde_json::json!({ "host": host }).to_string();
+        let out = curl(["-f", "-d", body.as_str(), url.as_str()])?;
+        if !out.success() {
+            bail!("curl {url}: {}", out.stderr);
+        }
+        Ok(())
+    }
+
     /// Stops the CA (the DNS responder stays): the ACME directory is unreachable.
     pub fn stop(&mut self) {
         self.pebble = None;
@@ -116,7 +129,7 @@ impl Pebble {
 
 /// `pebble-challtestsrv` answering DNS on a loopback port (UDP and TCP), every other
 /// challenge server off.
-fn start_dns(bin: &std::path::Path, dir: &TempDir) -> Result<(Proc, String)> {
+fn start_dns(bin: &std::path::Path, dir: &TempDir) -> Result<(Proc, String, String)> {
     for _ in 0..5 {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(bin);
@@ -130,15 +143,15 @@ fn start_dns(bin: &std::path::Path, dir: &TempDir) -> Result<(Proc, String)> {
             "-tlsalpn01",
             "",
         ])
-        .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-        .arg("-management")
-        .arg(format!("127.0.0.1:{}", free_port()));
+        .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]);
+        let management = format!("127.0.0.1:{}", free_port());
+        cmd.arg("-management").arg(&management);
         let mut proc = Proc::spawn("challtestsrv", cmd, dir.path())?;
         let up = proc.wait_for_line(Stream::Stdout, Duration::from_secs(10), |l| {
             l.contains("Starting management server").then_some(())
         });
         match up {
-            Ok(()) => return Ok((proc, addr)),
+            Ok(()) => return Ok((proc, addr, management)),
             Err(e) if format!("{e:#}").contains("address already in use") => continue,
             Err(e) => return Err(e).context("pebble-challtestsrv"),
         }

@@ -31,10 +31,37 @@ struct Setup {
 }
 
 fn setup(validity: Option<u64>) -> Result<Setup> {
+    setup_with(validity, Fault::None)
+}
+
+/// What goes wrong in [`setup_with`].
+#[derive(Clone, Copy)]
+enum Fault {
+    None,
+    /// `uri` is a path of Pebble's that is no directory.
+    Directory,
+    /// The CA's DNS answers SERVFAIL for the name.
+    Dns,
+    /// Pebble dials TLS-ALPN-01 at a port where nothing listens.
+    Challenge,
+}
+
+fn setup_with(validity: Option<u64>, fault: Fault) -> Result<Setup> {
     let pki = TestPki::new()?;
     let web = DemoUpstream::http("web")?;
     let port = free_port();
-    let pebble = Pebble::start(&pki, port, validity)?;
+    let tls_port = match fault {
+        Fault::Challenge => free_port(),
+        _ => port,
+    };
+    let mut pebble = Pebble::start(&pki, tls_port, validity)?;
+    match fault {
+        Fault::Directory => {
+            pebble.directory = pebble.directory.replace("/dir", "/not-the-directory")
+        }
+        Fault::Dns => pebble.servfail(NAME)?,
+        Fault::None | Fault::Challenge => {}
+    }
     let config = config_text(port, &pebble, web.addr);
     let proxy = Switchyard::start_text(&pki, &config, None)?;
     Ok(Setup {
@@ -330,5 +357,64 @@ fn with_the_ca_stopped_renewal_fails_loudly_and_the_certificate_keeps_serving() 
         metric_sum(&metrics, "switchyard_acme_renewals_total", &unreachable),
         1.0
     );
+    Ok(())
+}
+
+#[test]
+fn bad_answers_are_one_line_each_and_the_placeholder_keeps_serving() -> Result<()> {
+    let cases = [
+        (
+            Fault::Directory,
+            "directory",
+            "ACME directory misconfigured",
+        ),
+        (Fault::Dns, "name_unresolvable", "ACME name not resolvable"),
+        (
+            Fault::Challenge,
+            "challenge_failed",
+            "ACME challenge failed for",
+        ),
+    ];
+    for (fault, result, line) in cases {
+        let s = setup_with(None, fault)?;
+        let failed = wait_log(
+            &s.proxy,
+            Duration::from_secs(60),
+            &[
+                line,
+                "still serving the self-signed placeholder",
+                "next attempt in",
+            ],
+        )?;
+        println!("{failed}");
+        assert!(failed.contains("ERROR"), "{failed}");
+        let errors = s
+            .proxy
+            .log()
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .count();
+        assert_eq!(errors, 1, "{}", s.proxy.log());
+        let labels = [("name", NAME), ("result", result)];
+        let metrics = s.proxy.metrics()?;
+        assert_eq!(
+            metric_sum(&metrics, "switchyard_acme_renewals_total", &labels),
+            1.0,
+            "{result}"
+        );
+        // The proxy goes on serving, with the placeholder.
+        let port = s.proxy.web.port();
+        let out = curl([
+            "-k".to_owned(),
+            "--resolve".to_owned(),
+            format!("{NAME}:{port}:127.0.0.1"),
+            format!("https://{NAME}:{port}/placeholder"),
+        ])?;
+        assert_eq!(
+            out.stdout, "upstream=web path=/placeholder\n",
+            "{}",
+            out.stderr
+        );
+    }
     Ok(())
 }

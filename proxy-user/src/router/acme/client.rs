@@ -1,7 +1,9 @@
 //! The HTTPS client the ACME protocol runs over: hyper-util's pooled client with
 //! hyper-rustls on the proxy's crypto provider, trusting `proxy_service.acme.ca_file` (a
 //! private CA) or else the system's roots. Transport failures come back as
-//! [`Unreachable`], so the life cycle can tell "the CA is down" from what the CA said.
+//! [`Unreachable`] and a directory URL that does not answer success as [`NotADirectory`],
+//! so the life cycle can tell "the CA is down" and "this is not the CA" from what the CA
+//! said.
 
 use crate::config::ConfigError;
 use crate::io::tls::provider;
@@ -26,15 +28,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[error("{0}")]
 pub(crate) struct Unreachable(String);
 
+/// The directory URL answered, but not with success (a wrong path, a web page).
+#[derive(Debug, thiserror::Error)]
+#[error("GET {uri} answered {status}")]
+pub(crate) struct NotADirectory {
+    uri: String,
+    status: http::StatusCode,
+}
+
 type Inner = Client<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>;
 
-/// The client handed to `instant-acme`.
+/// The client handed to `instant-acme`, knowing the directory's URL.
 #[derive(Clone)]
-pub(crate) struct AcmeHttp(Inner);
+pub(crate) struct AcmeHttp {
+    inner: Inner,
+    directory: String,
+}
 
 impl AcmeHttp {
-    /// Trusts the PEM bundle at `ca_file`, or the system's roots without one.
-    pub(crate) fn new(ca_file: Option<&Path>) -> Result<AcmeHttp, ConfigError> {
+    /// A client for the directory at `directory`, trusting the PEM bundle at `ca_file`, or
+    /// the system's roots without one.
+    pub(crate) fn new(directory: &str, ca_file: Option<&Path>) -> Result<AcmeHttp, ConfigError> {
         let key = "proxy_service.acme.ca_file";
         let mut roots = RootCertStore::empty();
         let (added, source) = match ca_file {
@@ -69,7 +83,10 @@ impl AcmeHttp {
             .https_only()
             .enable_http1()
             .build();
-        Ok(AcmeHttp(Client::builder(TokioExecutor::new()).build(https)))
+        Ok(AcmeHttp {
+            inner: Client::builder(TokioExecutor::new()).build(https),
+            directory: directory.to_owned(),
+        })
     }
 }
 
@@ -79,10 +96,19 @@ impl HttpClient for AcmeHttp {
         req: http::Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
         let uri = req.uri().clone();
-        let fut = self.0.request(req);
+        let directory = req.method() == http::Method::GET && uri == self.directory.as_str();
+        let fut = self.inner.request(req);
         Box::pin(async move {
             let unreachable = |m: String| instant_acme::Error::Other(Box::new(Unreachable(m)));
             match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+                Ok(Ok(rsp)) if directory && !rsp.status().is_success() => {
+                    let status = rsp.status();
+                    let uri = uri.to_string();
+                    Err(instant_acme::Error::Other(Box::new(NotADirectory {
+                        uri,
+                        status,
+                    })))
+                }
                 Ok(Ok(rsp)) => Ok(BytesResponse::from(rsp)),
                 Ok(Err(e)) => Err(unreachable(format!("{uri}: {}", error_chain(&e)))),
                 Err(_) => Err(unreachable(format!(

@@ -92,8 +92,8 @@ impl Acme {
         let dir = config.acme_state_dir();
         let store =
             Store::open(&dir).map_err(|e| bad("state_dir", format!("{}: {e}", dir.display())))?;
-        let http =
-            client::AcmeHttp::new(section.ca_file.as_ref().map(|p| config.path(p)).as_deref())?;
+        let ca_file = section.ca_file.as_ref().map(|p| config.path(p));
+        let http = client::AcmeHttp::new(config.acme_uri(), ca_file.as_deref())?;
         let challenges = Arc::new(Challenges::default());
         let challenge_tls = challenge::server_config(challenges.clone())
             .map_err(|e| bad("uri", format!("TLS-ALPN-01 configuration: {e}")))?;

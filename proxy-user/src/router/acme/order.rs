@@ -8,7 +8,7 @@
 //! TLS-ALPN-01 answers put up ([`super::challenge`]) and taken down whatever happens, then
 //! a fresh key, the CSR, the chain, the files, and the swap.
 
-use super::client::Unreachable;
+use super::client::{NotADirectory, Unreachable};
 use super::{rfc3339, served_from, Acme, Served};
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, Key, NewOrder, Order, OrderStatus,
@@ -69,6 +69,10 @@ impl Failure {
                 }
                 Failure::CaUnreachable(line)
             }
+            E::Other(inner) if inner.is::<NotADirectory>() => Failure::Directory {
+                uri: uri.to_owned(),
+                detail: inner.to_string(),
+            },
             E::Json(j) if doing == OPENING => Failure::Directory {
                 uri: uri.to_owned(),
                 detail: format!("its answer is not the directory's JSON: {j}"),
@@ -88,8 +92,12 @@ impl Failure {
         let kind = kind.rsplit(':').next().unwrap_or(kind);
         let detail = p.detail.clone().unwrap_or_else(|| kind.to_owned());
         let name = name.unwrap_or("the order").to_owned();
+        // Boulder (Let's Encrypt) says `dns`; Pebble says `malformed` with "Could not
+        // resolve"; both mean the CA's lookup of the name failed.
+        let lookup = ["resolve", "NXDOMAIN", "SERVFAIL", "no such host"];
+        let dns = kind == "dns" || lookup.iter().any(|w| detail.contains(w));
         match kind {
-            "dns" => Failure::NameUnresolvable { name, detail },
+            _ if dns => Failure::NameUnresolvable { name, detail },
             "connection" | "tls" | "incorrectResponse" | "unauthorized" | "caa" => {
                 Failure::ChallengeFailed { name, detail }
             }
@@ -336,5 +344,11 @@ mod tests {
         assert_eq!(kind("connection"), "challenge_failed");
         assert_eq!(kind("unauthorized"), "challenge_failed");
         assert_eq!(kind("rateLimited"), "refused");
+        let pebble = Problem {
+            detail: Some("Could not resolve URL \"a.test\"".into()),
+            ..p("malformed")
+        };
+        let failure = Failure::problem(Some("a.test"), &pebble, "validating");
+        assert_eq!(failure.result(), "name_unresolvable");
     }
 }
