@@ -74,11 +74,23 @@ fn setup_with(validity: Option<u64>, fault: Fault) -> Result<Setup> {
 
 /// The configuration of these tests (printed by the first, for the record).
 fn config_text(port: u16, pebble: &Pebble, web: std::net::SocketAddr) -> String {
+    config_with(port, pebble, web, &format!("{NAME}:{port}"), "")
+}
+
+/// [`config_text`] with `public_addr` (YAML) and extra `proxy_service` lines.
+fn config_with(
+    port: u16,
+    pebble: &Pebble,
+    web: std::net::SocketAddr,
+    public_addr: &str,
+    extra: &str,
+) -> String {
     format!(
         "version: v2\n\
          proxy_service:\n\
          \x20 web_listen_addr: 127.0.0.1:{port}\n\
-         \x20 public_addr: {NAME}:{port}\n\
+         \x20 public_addr: {public_addr}\n\
+         {extra}\
          \x20 acme:\n\
          \x20   enabled: \"yes\"\n\
          \x20   email: ops@switchyard.test\n\
@@ -416,5 +428,44 @@ fn bad_answers_are_one_line_each_and_the_placeholder_keeps_serving() -> Result<(
             out.stderr
         );
     }
+    Ok(())
+}
+
+#[test]
+fn an_explicit_keypair_wins_for_its_names_and_acme_serves_the_rest() -> Result<()> {
+    let pki = TestPki::new()?;
+    let web = DemoUpstream::http("web")?;
+    let port = free_port();
+    let pebble = Pebble::start(&pki, port, None)?;
+    // The test PKI's certificate (proxy.crt) covers proxy.example.test and *.example.test.
+    let public = format!("[proxy.example.test:{port}, {NAME}:{port}]");
+    let keypairs = "  https_keypairs: [{cert_file: proxy.crt, key_file: proxy.key}]\n";
+    let config = config_with(port, &pebble, web.addr, &public, keypairs);
+    let proxy = Switchyard::start_text(&pki, &config, None)?;
+    wait_log(
+        &proxy,
+        Duration::from_secs(5),
+        &["served from https_keypairs", "proxy.example.test"],
+    )?;
+    let issued = wait_log(
+        &proxy,
+        Duration::from_secs(60),
+        &["ACME: certificate issued"],
+    )?;
+    assert!(issued.contains(&format!("names=[\"{NAME}\"]")), "{issued}");
+    // Each name gets its own certificate, verified by its own CA.
+    let root = pebble.root()?;
+    assert_eq!(
+        curl_verified(&proxy, &root, "/acme")?,
+        "upstream=web path=/acme\n"
+    );
+    let out = curl([
+        "--cacert".to_owned(),
+        pki.ca_cert().display().to_string(),
+        "--resolve".to_owned(),
+        format!("proxy.example.test:{port}:127.0.0.1"),
+        format!("https://proxy.example.test:{port}/file"),
+    ])?;
+    assert_eq!(out.stdout, "upstream=web path=/file\n", "{}", out.stderr);
     Ok(())
 }
