@@ -12,6 +12,7 @@
 //! load the eBPF front end (root and CAP_BPF) are `#[ignore]`d unless `CI=true`
 //! (`tests/build.rs`), so elsewhere they show as ignored, not as passed.
 
+pub mod acme;
 pub mod agent;
 pub mod balancer;
 pub mod browser;

@@ -130,9 +130,7 @@ pub(crate) async fn serve(
             release_rx,
         ));
     }
-    if let Some(acme) = acme {
-        tokio::spawn(acme::order::run(acme));
-    }
+    let renewals = acme.map(|a| tokio::spawn(acme::order::run(a)));
     let mut tasks = tokio::task::JoinSet::new();
     let accept = |listener, ingress| {
         listener::serve(
@@ -179,6 +177,11 @@ pub(crate) async fn serve(
         }
     };
     upgrades.close();
+    // Draining or handed over: no more orders from this process (a successor runs its own,
+    // from the same state directory).
+    if let Some(task) = &renewals {
+        task.abort();
+    }
     match successor {
         Some(successor) => {
             // The successor is the service now: its diagnostics answer on the shared port.

@@ -2,13 +2,15 @@
 //! [`Acme`] holds the names, the certificate being served (swapped in place, so reloads
 //! and live connections never see a gap), the pending TLS-ALPN-01 answers and the state
 //! directory; [`order`] runs the life cycle (obtain, renew at two thirds of the lifetime,
-//! back off on failure), [`challenge`] the RFC 8737 certificates, [`store`] the files,
-//! [`client`] the HTTPS client the protocol runs over.
+//! back off on failure) and [`failure`] tells its failures apart; [`challenge`] makes the
+//! RFC 8737 certificates, [`store`] keeps the files, [`client`] is the HTTPS client the
+//! protocol runs over.
 //!
 //! Until a certificate is issued the names are served with a self-signed placeholder.
 
 mod challenge;
 mod client;
+mod failure;
 pub(crate) mod order;
 mod store;
 

@@ -2,17 +2,17 @@
 //! only the placeholder is served, renew two thirds into the lifetime, and after a failure
 //! try again after 1 min, 2 min, 4 min … up to 1 h (each ±20 %, so proxies that failed
 //! together do not retry together), keeping the current certificate. Every failure is one
-//! line saying which kind it is ([`Failure`]) and when the next attempt is.
+//! line saying which kind it is ([`Failure`], in `failure`) and when the next attempt is.
 //!
 //! One attempt: the account (from the stored key), an order for every name, the
 //! TLS-ALPN-01 answers put up ([`super::challenge`]) and taken down whatever happens, then
 //! a fresh key, the CSR, the chain, the files, and the swap.
 
-use super::client::{NotADirectory, Unreachable};
+use super::failure::{Failure, OPENING};
 use super::{rfc3339, served_from, Acme, Served};
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, Key, NewOrder, Order, OrderStatus,
-    Problem, RetryPolicy,
+    RetryPolicy,
 };
 use rand::Rng;
 use rustls::pki_types::pem::PemObject;
@@ -28,85 +28,6 @@ const POLL: RetryPolicy = RetryPolicy::new()
     .initial_delay(Duration::from_millis(250))
     .backoff(1.5)
     .timeout(Duration::from_secs(120));
-
-/// Why an attempt failed: one kind per line, one `result` label per kind.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Failure {
-    #[error("ACME CA unreachable: {0}")]
-    CaUnreachable(String),
-    #[error("ACME directory misconfigured: {uri} is not an ACME directory ({detail}); check proxy_service.acme.uri")]
-    Directory { uri: String, detail: String },
-    #[error("ACME name not resolvable: the CA cannot resolve {name} ({detail}); its DNS must point at this proxy")]
-    NameUnresolvable { name: String, detail: String },
-    #[error("ACME challenge failed for {name}: {detail} (the CA must reach this proxy's port with TLS-ALPN-01 for the name)")]
-    ChallengeFailed { name: String, detail: String },
-    #[error("ACME CA refused: {0}")]
-    Refused(String),
-    #[error("ACME: {0}")]
-    Local(String),
-}
-
-impl Failure {
-    fn result(&self) -> &'static str {
-        match self {
-            Failure::CaUnreachable(_) => "ca_unreachable",
-            Failure::Directory { .. } => "directory",
-            Failure::NameUnresolvable { .. } => "name_unresolvable",
-            Failure::ChallengeFailed { .. } => "challenge_failed",
-            Failure::Refused(_) => "refused",
-            Failure::Local(_) => "local",
-        }
-    }
-
-    /// `e`, from a request made while `doing`; `uri` is the directory.
-    fn acme(doing: &str, uri: &str, e: instant_acme::Error) -> Failure {
-        use instant_acme::Error as E;
-        match e {
-            E::Other(inner) if inner.is::<Unreachable>() => {
-                let mut line = format!("{doing}: {inner}");
-                if line.contains("certificate") {
-                    line += " (does proxy_service.acme.ca_file hold the CA of the directory's certificate?)";
-                }
-                Failure::CaUnreachable(line)
-            }
-            E::Other(inner) if inner.is::<NotADirectory>() => Failure::Directory {
-                uri: uri.to_owned(),
-                detail: inner.to_string(),
-            },
-            E::Json(j) if doing == OPENING => Failure::Directory {
-                uri: uri.to_owned(),
-                detail: format!("its answer is not the directory's JSON: {j}"),
-            },
-            E::Http(_) | E::InvalidUri(_) => Failure::Directory {
-                uri: uri.to_owned(),
-                detail: e.to_string(),
-            },
-            E::Api(p) => Failure::problem(None, &p, doing),
-            other => Failure::Refused(format!("{doing}: {other}")),
-        }
-    }
-
-    /// What the CA said about `name` (or the order).
-    fn problem(name: Option<&str>, p: &Problem, doing: &str) -> Failure {
-        let kind = p.r#type.as_deref().unwrap_or("");
-        let kind = kind.rsplit(':').next().unwrap_or(kind);
-        let detail = p.detail.clone().unwrap_or_else(|| kind.to_owned());
-        let name = name.unwrap_or("the order").to_owned();
-        // Boulder (Let's Encrypt) says `dns`; Pebble says `malformed` with "Could not
-        // resolve"; both mean the CA's lookup of the name failed.
-        let lookup = ["resolve", "NXDOMAIN", "SERVFAIL", "no such host"];
-        let dns = kind == "dns" || lookup.iter().any(|w| detail.contains(w));
-        match kind {
-            _ if dns => Failure::NameUnresolvable { name, detail },
-            "connection" | "tls" | "incorrectResponse" | "unauthorized" | "caa" => {
-                Failure::ChallengeFailed { name, detail }
-            }
-            _ => Failure::Refused(format!("{doing}: {kind}: {detail}")),
-        }
-    }
-}
-
-const OPENING: &str = "opening the account";
 
 /// Runs for the life of the process.
 pub(crate) async fn run(acme: Arc<Acme>) {
@@ -128,7 +49,7 @@ pub(crate) async fn run(acme: Arc<Acme>) {
             let at = unix(SystemTime::now() + wait);
             info!(names = ?acme.names, renew_at = %rfc3339(at), "ACME: renewal scheduled");
         }
-        tokio::time::sleep(wait).await;
+        sleep_until(SystemTime::now() + wait).await;
         let before = acme.served();
         match attempt(&acme, &mut account).await {
             Ok(new) => {
@@ -173,6 +94,17 @@ fn backoff(n: u32) -> Duration {
         .saturating_mul(1 << (n - 1).min(16))
         .min(MAX_RETRY);
     base.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// Sleeps until the wall clock reads `at`, looking at it at least hourly: a months-long
+/// timer would not notice a suspended machine or a corrected clock.
+async fn sleep_until(at: SystemTime) {
+    while let Ok(left) = at.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(Duration::from_secs(3600))).await;
+    }
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -329,26 +261,5 @@ mod tests {
             let base = (60.0 * 2f64.powi(n as i32 - 1)).min(3600.0);
             assert!(d >= base * 0.8 && d <= base * 1.2, "n={n} d={d}");
         }
-    }
-
-    #[test]
-    fn problems_are_told_apart() {
-        let p = |t: &str| Problem {
-            r#type: Some(format!("urn:ietf:params:acme:error:{t}")),
-            detail: Some("x".into()),
-            status: Some(400),
-            subproblems: vec![],
-        };
-        let kind = |t| Failure::problem(Some("a.test"), &p(t), "validating").result();
-        assert_eq!(kind("dns"), "name_unresolvable");
-        assert_eq!(kind("connection"), "challenge_failed");
-        assert_eq!(kind("unauthorized"), "challenge_failed");
-        assert_eq!(kind("rateLimited"), "refused");
-        let pebble = Problem {
-            detail: Some("Could not resolve URL \"a.test\"".into()),
-            ..p("malformed")
-        };
-        let failure = Failure::problem(Some("a.test"), &pebble, "validating");
-        assert_eq!(failure.result(), "name_unresolvable");
     }
 }
