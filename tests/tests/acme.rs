@@ -117,6 +117,9 @@ fn a_short_lived_certificate_is_renewed_under_an_open_connection() -> Result<()>
         "{second_expiry} <= {first_expiry}"
     );
     let metrics = s.proxy.metrics()?;
+    for line in metrics.lines().filter(|l| l.starts_with("switchyard_acme")) {
+        println!("{line}");
+    }
     let issued = [("name", NAME), ("result", "issued")];
     assert_eq!(
         metric_sum(&metrics, "switchyard_acme_renewals_total", &issued),
