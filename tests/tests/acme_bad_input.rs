@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use switchyard_tests::acme::{config_with, curl_verified, setup_with, wait_log, Fault, NAME};
+use switchyard_tests::acme::{config_with, curl_verified, now, setup_with, wait_log, Fault, NAME};
 use switchyard_tests::pebble::Pebble;
 use switchyard_tests::switchyard::metric_sum;
 use switchyard_tests::{curl, free_port, DemoUpstream, Switchyard, TestPki};
@@ -106,5 +106,13 @@ fn an_explicit_keypair_wins_for_its_names_and_acme_serves_the_rest() -> Result<(
         format!("https://proxy.example.test:{port}/file"),
     ])?;
     assert_eq!(out.stdout, "upstream=web path=/file\n", "{}", out.stderr);
+    // Both certificates' expiries are on /metrics.
+    let metrics = proxy.metrics()?;
+    let file = [("name", "proxy.example.test")];
+    let name = "switchyard_certificate_expiry_timestamp_seconds";
+    assert!(metric_sum(&metrics, name, &file) > now(), "{metrics}");
+    let acme = [("name", NAME)];
+    let name = "switchyard_acme_certificate_expiry_timestamp_seconds";
+    assert!(metric_sum(&metrics, name, &acme) > now(), "{metrics}");
     Ok(())
 }

@@ -225,6 +225,18 @@ pub(crate) struct Terminator {
 }
 
 impl Terminator {
+    /// Each configured certificate's first DNS name and its expiry (Unix seconds).
+    pub(crate) fn expiries(&self) -> Vec<(String, i64)> {
+        let expiry = |key: &CertifiedKey| {
+            let der = key.end_entity_cert().ok()?;
+            let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+            Some(cert.validity().not_after.timestamp())
+        };
+        let keys = self.resolver.keys.iter();
+        keys.filter_map(|(names, key)| Some((names.first()?.clone(), expiry(key)?)))
+            .collect()
+    }
+
     /// Loads the certificates and the client CA; the route table says which are needed.
     /// `acme` serves the names no configured certificate covers.
     pub(crate) fn new(

@@ -72,6 +72,7 @@ impl Proxy {
             legacy_route(&config, key)?;
         }
         let front = Front::new(&config, &metrics)?;
+        metrics.acme.keypairs(&terminator.expiries());
         Ok(Proxy {
             config,
             table,

@@ -1,6 +1,8 @@
-//! The ACME certificates' metric families (`switchyard_acme_*`), labelled by the
-//! certificate's `name` (its first DNS name): when the served certificate expires, how the
-//! last renewal went, and when the next one is due.
+//! The certificates' metric families, labelled by the certificate's `name` (its first DNS
+//! name): when each `https_keypairs` certificate expires
+//! (`switchyard_certificate_expiry_timestamp_seconds`), and for the ACME one
+//! (`switchyard_acme_*`) when the served certificate expires, how the last renewal went,
+//! and when the next one is due.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +27,7 @@ pub(crate) struct RenewalLabel {
 /// Per ACME certificate.
 #[derive(Default)]
 pub(crate) struct AcmeMetrics {
+    pub(crate) keypairs: Family<CertLabel, Gauge>,
     pub(crate) expiry: Family<CertLabel, Gauge>,
     pub(crate) last_success: Family<CertLabel, Gauge>,
     pub(crate) last_attempt: Family<CertLabel, Gauge>,
@@ -34,6 +37,11 @@ pub(crate) struct AcmeMetrics {
 
 impl AcmeMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "switchyard_certificate_expiry_timestamp_seconds",
+            "When each https_keypairs certificate expires (Unix time)",
+            self.keypairs.clone(),
+        );
         registry.register(
             "switchyard_acme_certificate_expiry_timestamp_seconds",
             "When the ACME certificate being served expires (Unix time; absent while the placeholder is served)",
@@ -64,6 +72,16 @@ impl AcmeMetrics {
     fn label(name: &str) -> CertLabel {
         CertLabel {
             name: name.to_owned(),
+        }
+    }
+
+    /// The configured certificates now (start, or a reload): `(name, not_after)`.
+    pub(crate) fn keypairs(&self, expiries: &[(String, i64)]) {
+        self.keypairs.clear();
+        for (name, not_after) in expiries {
+            self.keypairs
+                .get_or_create(&Self::label(name))
+                .set(*not_after);
         }
     }
 
