@@ -24,6 +24,9 @@ pub(crate) const TELEPORT_PREFIX: &str = "teleport-";
 /// then the payload; length 0 is a ping).
 pub(crate) const PING_SUFFIX: &str = "-ping";
 
+/// ALPN of the TLS-ALPN-01 challenge (RFC 8737): an ACME CA validating a name.
+pub(crate) const ACME_TLS_ALPN: &str = "acme-tls/1";
+
 /// HTTP/2 and HTTP/1.1, the web route's ALPN values in server preference order.
 pub(crate) const H2_ALPN: &str = "h2";
 pub(crate) const HTTP1_ALPN: &str = "http/1.1";

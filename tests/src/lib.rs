@@ -3,7 +3,7 @@
 //! Everything here starts REAL processes bound to 127.0.0.1 only and stops them on `Drop`:
 //! the `switchyard` binary ([`switchyard`]), an OpenSSH `sshd` ([`sshd`]), a PostgreSQL
 //! server ([`postgres`]), real clients (`openssl s_client`, `curl`, `ssh`, `psql`,
-//! [`clients`]) and a headless Chromium ([`browser`]). Certificates come from
+//! [`clients`]), a headless Chromium ([`browser`]) and an ACME test CA ([`pebble`]). Certificates come from
 //! [`pki::TestPki`], built on rcgen. [`netns::Netns`] is a network namespace of the
 //! test's own, for servers the proxy must not reach except through a forwarder out.
 //!
@@ -12,6 +12,7 @@
 //! load the eBPF front end (root and CAP_BPF) are `#[ignore]`d unless `CI=true`
 //! (`tests/build.rs`), so elsewhere they show as ignored, not as passed.
 
+pub mod acme;
 pub mod agent;
 pub mod balancer;
 pub mod browser;
@@ -20,6 +21,7 @@ pub mod kube;
 pub mod local_proxy;
 pub mod mariadb;
 pub mod netns;
+pub mod pebble;
 pub mod pki;
 pub mod postgres;
 pub mod process;

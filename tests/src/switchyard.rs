@@ -293,6 +293,11 @@ impl Switchyard {
         Ok((status, proc.stderr()))
     }
 
+    /// The directory of its config file (relative paths in the config resolve here).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// The proxy's process id.
     pub fn pid(&self) -> u32 {
         self.proc.pid()

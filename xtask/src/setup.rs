@@ -33,6 +33,8 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     "wrk",
     "nghttp2-client",
+    // The ACME test CA and its DNS responder (tests/tests/acme.rs, tests/src/pebble.rs).
+    "pebble",
 ];
 
 /// Tools the tests need and the Debian package that provides them when they are not on

@@ -3,12 +3,14 @@
 //! ([`validate`]) with messages that name the key. [`addr`] holds the address types both
 //! the router and the client parse (`host:port`, listen addresses, DNS labels); [`trust`]
 //! the trust settings (address ranges, `trust_x_forwarded_for`, the `allow_from` section);
-//! [`tunnel`] the reverse-tunnel service (which agents may serve what).
+//! [`tunnel`] the reverse-tunnel service (which agents may serve what); [`acme`] the
+//! `proxy_service.acme` section (certificates from an ACME CA).
 //!
 //! Keys follow the reference (`version`, `auth_service.*`, `proxy_service.*`) so its
 //! migration guide reads literally; `upstreams`, `routes`, `limits` and `diag_addr` are
 //! Switchyard's own. Every key is documented for operators in `docs/config.md`.
 
+mod acme;
 mod addr;
 mod apps;
 mod classes;
@@ -17,6 +19,7 @@ mod trust;
 mod tunnel;
 mod validate;
 
+pub(crate) use acme::AcmeConfig;
 pub(crate) use addr::{dns_label, host_port, listen_addr, HostPort};
 pub(crate) use apps::{http_target, AppConfig, HttpProtocol, HttpTarget, HttpUpstream};
 pub(crate) use classes::{budget, Budget, ClassLimits, CLASSES};

@@ -83,6 +83,11 @@ pub(crate) struct ProxyService {
     /// asks for a client certificate.
     #[serde(default)]
     pub(crate) client_ca_file: Option<PathBuf>,
+    /// Certificates from an ACME CA for the names of `public_addr` and the apps, with the
+    /// TLS-ALPN-01 challenge answered on this port; an `https_keypairs` entry wins for its
+    /// names.
+    #[serde(default)]
+    pub(crate) acme: Option<super::AcmeConfig>,
 }
 
 /// A string or a list of strings.

@@ -38,6 +38,7 @@ impl Config {
         if let Some(ca) = &p.client_ca_file {
             readable("proxy_service.client_ca_file", &self.path(ca))?;
         }
+        self.validate_acme()?;
         self.validate_trust()?;
         self.validate_tunnel()?;
         let u = &self.upstreams;

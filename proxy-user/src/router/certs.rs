@@ -1,10 +1,12 @@
-//! TLS termination set-up: the proxy's certificates chosen by SNI, the client-certificate
+//! TLS termination set-up: the proxy's certificates chosen by SNI (`https_keypairs`, then
+//! the ACME certificate for its names, `router::acme`), the client-certificate
 //! verifier (cluster CA plus a route's allow list), and one rustls `ServerConfig` per
 //! terminated route, which the route table then carries in the route's entry.
 //!
 //! A client certificate that fails the allow list is refused *inside* the handshake, so the
 //! client gets a TLS alert (`access_denied`) rather than a silent close.
 
+use super::acme::Acme;
 use super::route::{Mode, Table};
 use crate::config::{Config, ConfigError};
 use crate::io::tls::{provider, CertIdentity};
@@ -59,20 +61,32 @@ pub(crate) fn load_certified_key(
     Ok(Arc::new(ck))
 }
 
-/// Chooses the proxy's certificate by SNI: a certificate whose DNS names match (exactly or
-/// by wildcard), else the first configured one.
-#[derive(Debug)]
+/// Chooses the proxy's certificate by SNI: a configured certificate whose DNS names match
+/// (exactly or by wildcard), else the ACME certificate for one of its names, else the
+/// first configured one (or the ACME one when none is configured).
 pub(crate) struct SniResolver {
     keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    acme: Option<Arc<Acme>>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.keys.iter().map(|(n, _)| n).collect();
+        let acme = self.acme.as_ref().map(|a| &a.names);
+        f.debug_struct("SniResolver")
+            .field("keys", &names)
+            .field("acme", &acme)
+            .finish()
+    }
 }
 
 impl SniResolver {
-    pub(crate) fn new(keys: Vec<Arc<CertifiedKey>>) -> SniResolver {
+    pub(crate) fn new(keys: Vec<Arc<CertifiedKey>>, acme: Option<Arc<Acme>>) -> SniResolver {
         let keys = keys
             .into_iter()
             .map(|k| (dns_names(k.end_entity_cert().ok()), k))
             .collect();
-        SniResolver { keys }
+        SniResolver { keys, acme }
     }
 
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
@@ -83,9 +97,35 @@ impl SniResolver {
                     return Some(key.clone());
                 }
             }
+            if let Some(acme) = self.acme.as_ref().filter(|a| a.covers(&sni)) {
+                return Some(acme.current_key());
+            }
         }
-        self.keys.first().map(|(_, k)| k.clone())
+        match (self.keys.first(), &self.acme) {
+            (Some((_, k)), _) => Some(k.clone()),
+            (None, Some(acme)) => Some(acme.current_key()),
+            (None, None) => None,
+        }
     }
+}
+
+/// Whether a certificate of `https_keypairs` (DNS names `keypair_names`) covers `name`.
+pub(crate) fn covered(keypair_names: &[String], name: &str) -> bool {
+    keypair_names.iter().any(|n| name_matches(n, name))
+}
+
+/// The DNS names of every `https_keypairs` certificate.
+pub(crate) fn keypair_names(config: &Config) -> Result<Vec<String>, ConfigError> {
+    let mut names = Vec::new();
+    for (i, kp) in config.proxy_service.https_keypairs.iter().enumerate() {
+        let key = load_certified_key(
+            &config.path(&kp.cert_file),
+            &config.path(&kp.key_file),
+            &format!("proxy_service.https_keypairs[{i}]"),
+        )?;
+        names.extend(dns_names(key.end_entity_cert().ok()));
+    }
+    Ok(names)
 }
 
 impl ResolvesServerCert for SniResolver {
@@ -185,8 +225,25 @@ pub(crate) struct Terminator {
 }
 
 impl Terminator {
+    /// Each configured certificate's first DNS name and its expiry (Unix seconds).
+    pub(crate) fn expiries(&self) -> Vec<(String, i64)> {
+        let expiry = |key: &CertifiedKey| {
+            let der = key.end_entity_cert().ok()?;
+            let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+            Some(cert.validity().not_after.timestamp())
+        };
+        let keys = self.resolver.keys.iter();
+        keys.filter_map(|(names, key)| Some((names.first()?.clone(), expiry(key)?)))
+            .collect()
+    }
+
     /// Loads the certificates and the client CA; the route table says which are needed.
-    pub(crate) fn new(config: &Config, table: &Table) -> Result<Terminator, ConfigError> {
+    /// `acme` serves the names no configured certificate covers.
+    pub(crate) fn new(
+        config: &Config,
+        table: &Table,
+        acme: Option<Arc<Acme>>,
+    ) -> Result<Terminator, ConfigError> {
         let p = &config.proxy_service;
         let terminated = |client_auth_needed: bool| {
             table.entries().iter().any(|e| match e.mode {
@@ -194,10 +251,10 @@ impl Terminator {
                 Mode::Passthrough => false,
             })
         };
-        if terminated(false) && p.https_keypairs.is_empty() {
+        if terminated(false) && p.https_keypairs.is_empty() && config.acme().is_none() {
             return Err(ConfigError::invalid(
                 "proxy_service.https_keypairs",
-                "at least one certificate is needed for terminated routes (web, teleport-*, routes with mode: terminate)",
+                "at least one certificate is needed for terminated routes (web, teleport-*, routes with mode: terminate), or proxy_service.acme",
             ));
         }
         let mut keys = Vec::new();
@@ -217,7 +274,7 @@ impl Terminator {
             (None, false) => None,
         };
         Ok(Terminator {
-            resolver: Arc::new(SniResolver::new(keys)),
+            resolver: Arc::new(SniResolver::new(keys, acme)),
             client_verifier,
         })
     }

@@ -8,8 +8,11 @@
 //! whether a route's `allow_from` admits it — and hands the bytes to `relay`. [`state`] is the routing state built from the configuration, [`run`] starts
 //! the listeners and handles signals (reload, drain), [`metrics`] and [`diag`] are what
 //! operators watch; [`tunnel`] serves the agents that dial in and reaches their services;
-//! [`upgrade`] hands the listening sockets to a new binary and [`notify`] tells systemd.
+//! [`upgrade`] hands the listening sockets to a new binary and [`notify`] tells systemd;
+//! [`acme`] obtains and renews the web certificate from an ACME CA and answers its
+//! TLS-ALPN-01 challenges.
 
+pub(crate) mod acme;
 pub(crate) mod admission;
 pub(crate) mod certs;
 pub(crate) mod conn;

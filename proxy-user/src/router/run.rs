@@ -6,13 +6,15 @@
 //! --takeover`) hands the listening sockets to a new process, and this one drains
 //! (`upgrade`); systemd hears of each step (`notify`).
 
+use super::acme::{self, Acme};
 use super::admission::Admission;
+use super::certs;
 use super::diag;
 use super::fdlimit;
 use super::listener::{self, Ingress};
 use super::metrics::Metrics;
 use super::notify;
-use super::state::{legacy_route, Proxy};
+use super::state::{legacy_route, Proxy, Shared};
 use super::tunnel::Registry;
 use super::upgrade::{self, Sockets};
 use crate::config::{self, Config};
@@ -94,12 +96,18 @@ pub(crate) async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let tunnels = Arc::new(Registry::new(metrics.clone()));
     let admission = Arc::new(Admission::new(&config, metrics.clone()));
+    let explicit = certs::keypair_names(&config)?;
+    let acme = Acme::new(&config, |n| certs::covered(&explicit, n), metrics.clone())?;
+    let shared = Shared {
+        tunnels: tunnels.clone(),
+        admission: admission.clone(),
+        acme: acme.clone(),
+    };
     let proxy = Arc::new(Proxy::new(
         config,
         metrics.clone(),
         stop_rx.clone(),
-        tunnels.clone(),
-        admission.clone(),
+        shared.clone(),
     )?);
     if let Some(f) = frontend {
         let ports = std::iter::once(&web).chain(legacy.iter().map(|(l, _)| l));
@@ -122,6 +130,7 @@ pub(crate) async fn serve(
             release_rx,
         ));
     }
+    let renewals = acme.map(|a| tokio::spawn(acme::order::run(a)));
     let mut tasks = tokio::task::JoinSet::new();
     let accept = |listener, ingress| {
         listener::serve(
@@ -158,7 +167,7 @@ pub(crate) async fn serve(
         tokio::select! {
             _ = hup.recv() => {
                 notify::reloading();
-                reload(path, &metrics, &proxy_tx, &stop_rx, (&tunnels, &admission));
+                reload(path, &metrics, &proxy_tx, &stop_rx, &shared);
                 notify::reloaded();
             }
             _ = usr2.recv() => upgrades.spawn_successor(),
@@ -168,6 +177,11 @@ pub(crate) async fn serve(
         }
     };
     upgrades.close();
+    // Draining or handed over: no more orders from this process (a successor runs its own,
+    // from the same state directory).
+    if let Some(task) = &renewals {
+        task.abort();
+    }
     match successor {
         Some(successor) => {
             // The successor is the service now: its diagnostics answer on the shared port.
@@ -203,7 +217,13 @@ pub(crate) fn check(path: &Path) -> anyhow::Result<()> {
     let (_stop, stopping) = watch::channel(false);
     let tunnels = Arc::new(Registry::new(metrics.clone()));
     let admission = Arc::new(Admission::new(&config, metrics.clone()));
-    Proxy::new(config, metrics, stopping, tunnels, admission)?;
+    // The ACME state is not opened: its directory and first order belong to `serve`.
+    let shared = Shared {
+        tunnels,
+        admission,
+        acme: None,
+    };
+    Proxy::new(config, metrics, stopping, shared)?;
     Ok(())
 }
 
@@ -222,21 +242,23 @@ fn warn_untrusted_headers(config: &Config) {
 }
 
 /// SIGHUP: reload certificates and routes; live connections keep the old ones. Listener
-/// addresses and limits need a restart.
+/// addresses, limits and the ACME section need a restart (the ACME certificate goes on
+/// being served and renewed).
 fn reload(
     path: &Path,
     metrics: &Arc<Metrics>,
     proxies: &watch::Sender<Arc<Proxy>>,
     stopping: &watch::Receiver<bool>,
-    (tunnels, admission): (&Arc<Registry>, &Arc<Admission>),
+    shared: &Shared,
 ) {
-    let build = |c| {
-        let shared = (tunnels.clone(), admission.clone());
-        Proxy::new(c, metrics.clone(), stopping.clone(), shared.0, shared.1)
-    };
+    let build = |c| Proxy::new(c, metrics.clone(), stopping.clone(), shared.clone());
     match Config::load(path).and_then(build) {
         Ok(p) => {
-            admission.reconfigure(&p.config);
+            let acme = |c: &Config| format!("{:?}", c.proxy_service.acme);
+            if acme(&p.config) != acme(&proxies.borrow().config) {
+                warn!("proxy_service.acme changed: it takes effect at the next start (the running ACME certificate is still served and renewed)");
+            }
+            shared.admission.reconfigure(&p.config);
             info!(routes = p.table.entries().len(), config = %path.display(), "reloaded certificates, routes and class budgets");
             let _ = proxies.send(Arc::new(p));
         }

@@ -3,6 +3,7 @@
 //! refusal log lines, and the registry of connected agents (which outlives reloads). Built once at start-up and again at each SIGHUP reload; a connection
 //! keeps the `Proxy` it was accepted with.
 
+use super::acme::Acme;
 use super::admission::Admission;
 use super::certs;
 use super::http::Front;
@@ -39,6 +40,16 @@ pub(crate) struct Proxy {
     pub(crate) terminator: certs::Terminator,
     /// The budgets of the connection classes (process-wide: reloads keep the counts).
     pub(crate) admission: Arc<Admission>,
+    /// The ACME certificate and its pending challenges (process-wide, like the agents).
+    pub(crate) acme: Option<Arc<Acme>>,
+}
+
+/// What outlives a reload: the agents, the class budgets' counts, the ACME state.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) tunnels: Arc<Registry>,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) acme: Option<Arc<Acme>>,
 }
 
 impl Proxy {
@@ -47,16 +58,21 @@ impl Proxy {
         config: Config,
         metrics: Arc<Metrics>,
         stopping: watch::Receiver<bool>,
-        tunnels: Arc<Registry>,
-        admission: Arc<Admission>,
+        shared: Shared,
     ) -> Result<Proxy, ConfigError> {
+        let Shared {
+            tunnels,
+            admission,
+            acme,
+        } = shared;
         let table = Table::new(&config);
-        let terminator = certs::Terminator::new(&config, &table)?;
+        let terminator = certs::Terminator::new(&config, &table, acme.clone())?;
         let table = certs::with_tls(&terminator, table)?;
         for (key, _) in config.legacy_listeners() {
             legacy_route(&config, key)?;
         }
         let front = Front::new(&config, &metrics)?;
+        metrics.acme.keypairs(&terminator.expiries());
         Ok(Proxy {
             config,
             table,
@@ -67,6 +83,7 @@ impl Proxy {
             tunnels,
             terminator,
             admission,
+            acme,
         })
     }
 }

@@ -19,6 +19,7 @@
 //! thread. Each failure is a [`ConnError`] with the metric outcome it counts as; the caller
 //! logs it once in the connection's span.
 
+mod acme;
 mod error;
 mod plaintext;
 mod preface;

@@ -1,9 +1,11 @@
-//! A TLS connection: read the whole ClientHello, route it (a TLS alert when there is no
+//! A TLS connection: read the whole ClientHello, answer an ACME TLS-ALPN-01 validation
+//! (`conn::acme`) before anything else, route it (a TLS alert when there is no
 //! route, or when the route's `allow_from` does not hold the client's address), then pass
 //! the raw TLS through to the upstream, or terminate it here (mTLS where the route asks
 //! for it) and relay the plaintext — through the ping framing for `-ping`
 //! ALPNs — or, on the web route and the HTTP apps, hand it to HTTP.
 
+use super::acme;
 use super::error::{ConnError, Finished};
 use super::over_budget;
 use super::preface::Preface;
@@ -65,6 +67,9 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         span.record("sni", sni.as_str());
     }
     span.record("alpn", tracing::field::debug(&hello.alpn));
+    if acme::offers_acme(&hello) {
+        return acme::answer(proxy, client, pre, &hello).await;
+    }
     let (route, service) = match proxy.table.route(&hello, &*proxy.tunnels) {
         Decision::Route(route) => (route, None),
         Decision::Agent { entry, service } => {

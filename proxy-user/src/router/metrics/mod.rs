@@ -1,13 +1,16 @@
 //! Prometheus metrics (every family is listed in `docs/config.md`, `diag_addr`): the metric
 //! `diag_addr` `/metrics`.
 //!
-//! The label sets are in [`labels`]; the reverse-tunnel families in [`tunnel`]. Label values are `&'static str` where the set is fixed
+//! The label sets are in [`labels`]; the reverse-tunnel families in [`tunnel`], the ACME
+//! certificates' in [`acme`]. Label values are `&'static str` where the set is fixed
 //! and `String` where it comes from the configuration (route names), so they stay bounded.
 
+mod acme;
 mod classes;
 mod labels;
 mod tunnel;
 
+pub(crate) use acme::AcmeMetrics;
 pub(crate) use classes::{ClassLabel, ClassMetrics, ClassRefusal};
 pub(crate) use labels::*;
 pub(crate) use tunnel::TunnelMetrics;
@@ -37,6 +40,7 @@ pub(crate) struct Metrics {
     pub(crate) tunnel: TunnelMetrics,
     pub(crate) refused: Family<Reason, Counter>,
     pub(crate) classes: ClassMetrics,
+    pub(crate) acme: AcmeMetrics,
 }
 
 impl Default for Metrics {
@@ -67,6 +71,7 @@ impl Metrics {
             tunnel: TunnelMetrics::default(),
             refused: Family::default(),
             classes: ClassMetrics::default(),
+            acme: AcmeMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +146,7 @@ impl Metrics {
         );
         m.tunnel.register(&mut registry);
         m.classes.register(&mut registry);
+        m.acme.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -40,7 +40,12 @@ fn fixture() -> Fixture {
     let (stop, stopping) = watch::channel(false);
     let registry = Arc::new(Registry::new(metrics.clone()));
     let admission = Arc::new(Admission::new(&config, metrics.clone()));
-    let proxy = Proxy::new(config, metrics, stopping, registry, admission).unwrap();
+    let shared = crate::router::state::Shared {
+        tunnels: registry,
+        admission,
+        acme: None,
+    };
+    let proxy = Proxy::new(config, metrics, stopping, shared).unwrap();
     Fixture {
         proxy: Arc::new(proxy),
         stop,

@@ -47,7 +47,7 @@ pub(crate) fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerCo
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver::new(vec![ck])));
+        .with_cert_resolver(Arc::new(SniResolver::new(vec![ck], None)));
     Ok(Arc::new(config))
 }
 
