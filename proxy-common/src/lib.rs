@@ -52,8 +52,21 @@ pub struct SockStats {
     pub spliced: u64,
     /// [`ROLE_ACCEPTED`], [`ROLE_UPSTREAM`], or 0 when unknown.
     pub role: u32,
-    /// 1 once the first bytes have been classified (accepted sockets only).
+    /// 0 until the first bytes have been classified (accepted sockets only), then the
+    /// [`Counter::index`] of their class plus one: userspace reads it by socket cookie at
+    /// accept ([`SockStats::first_bytes`]).
     pub classified: u32,
+}
+
+impl SockStats {
+    /// The class of the socket's first bytes, once the kernel has seen them.
+    pub fn first_bytes(&self) -> Option<Counter> {
+        let index = self.classified.checked_sub(1)?;
+        Counter::ALL
+            .iter()
+            .copied()
+            .find(|c| c.index() == index && c.class().is_some())
+    }
 }
 
 /// A socket that userspace marked spliced: where its bytes go, and how many of the bytes
@@ -171,5 +184,26 @@ mod tests {
             assert_eq!(counter.index() as usize, i);
         }
         assert_eq!(Counter::COUNT as usize, Counter::ALL.len());
+    }
+
+    #[test]
+    fn the_first_bytes_class_is_read_back_from_its_stored_value() {
+        let unseen = SockStats::default();
+        assert_eq!(unseen.first_bytes(), None);
+        for class in Counter::ALL.iter().filter(|c| c.class().is_some()) {
+            let seen = SockStats {
+                classified: class.index() + 1,
+                ..SockStats::default()
+            };
+            assert_eq!(seen.first_bytes(), Some(*class));
+        }
+        // A value that names no class (a counter that is not one, or out of range).
+        for bogus in [Counter::Passed.index() + 1, 1000] {
+            let odd = SockStats {
+                classified: bogus,
+                ..SockStats::default()
+            };
+            assert_eq!(odd.first_bytes(), None);
+        }
     }
 }

@@ -56,9 +56,10 @@ fn try_first_bytes(ctx: &SkBuffContext) -> Result<i32, i32> {
         b[0] = ctx.load::<u8>(payload).map_err(|_| ALLOW)?;
         1
     };
-    // SAFETY: see above.
-    unsafe { classified.write(1) };
-    bump(classify(&b, n), 0);
+    let class = classify(&b, n);
+    // SAFETY: see above. The class, plus one: userspace looks it up by cookie at accept.
+    unsafe { classified.write(class.index() + 1) };
+    bump(class, 0);
     Ok(ALLOW)
 }
 

@@ -240,6 +240,11 @@ pub(crate) struct Limits {
     /// Pending connections each listener keeps for accept (`4096`; the kernel caps it at
     /// `net.core.somaxconn`).
     pub(crate) listen_backlog: u32,
+    /// `TCP_DEFER_ACCEPT` on the single port (`1s`; `0s` off): a connection reaches the
+    /// proxy once its first bytes are there (so the kernel's first-bytes class is known
+    /// at accept), a silent one only after about this long.
+    #[serde(with = "humantime_serde")]
+    pub(crate) defer_accept: Duration,
     /// Budgets per connection class (`unclassified`, `ssh`, `web`, …): connections,
     /// handshakes in progress and connections per source at once.
     pub(crate) classes: BTreeMap<String, super::ClassLimits>,
@@ -260,6 +265,7 @@ impl Default for Limits {
             max_http_head_bytes: 64 * 1024,
             http2_max_streams: 100,
             listen_backlog: crate::io::LISTEN_BACKLOG,
+            defer_accept: Duration::from_secs(1),
             classes: BTreeMap::new(),
         }
     }

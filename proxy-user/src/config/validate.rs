@@ -117,6 +117,12 @@ impl Config {
                 "at least 1 (the kernel caps it at net.core.somaxconn)",
             ));
         }
+        if l.defer_accept > std::time::Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "limits.defer_accept",
+                "at most 60s (a silent client waits that long in the kernel before the proxy sees it)",
+            ));
+        }
         if l.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "limits.max_connections",

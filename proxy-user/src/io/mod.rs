@@ -23,6 +23,8 @@ pub(crate) use copy::both_directions;
 pub(crate) use prefixed::Prefixed;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -46,6 +48,31 @@ pub(crate) fn listen_with(addr: SocketAddr, backlog: u32) -> std::io::Result<Tcp
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+/// `TCP_DEFER_ACCEPT` on a listener: a connection is handed to accept only once its first
+/// bytes have arrived, or after about `wait` without them (the kernel counts it in SYN-ACK
+/// retransmissions, so it is rounded up); `0s` turns it off. Only for protocols where the
+/// client speaks first.
+pub(crate) fn set_defer_accept(listener: &impl AsFd, wait: Duration) -> std::io::Result<()> {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket descriptor and a pointer to a c_int that outlives the call,
+    // with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const secs).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A byte stream that can be held behind a pointer and sent between tasks.

@@ -77,6 +77,18 @@ pub(crate) async fn serve(
         &config.proxy_service.web_listen_addr,
         backlog,
     )?;
+    // The single port's protocols all speak first; the legacy listeners' may not (MySQL).
+    // Not with the eBPF front end: a first segment that completes a deferred handshake is
+    // filtered against the listener, so the kernel could not classify it for its socket
+    // (the proxy waits for the first bytes instead: `conn::first_bytes`).
+    let defer = if frontend.is_some() {
+        std::time::Duration::ZERO
+    } else {
+        config.limits.defer_accept
+    };
+    if let Err(e) = crate::io::set_defer_accept(&web, defer) {
+        warn!("limits.defer_accept not applied to the single port: {e}");
+    }
     let mut legacy = Vec::new();
     for (key, addr) in config.legacy_listeners() {
         let route = legacy_route(&config, key)?;

@@ -12,7 +12,9 @@
 //! not believed is `claimed_client`).
 //!
 //! A connection counts against the `unclassified` budget from accept until its route is
-//! known, then against its route's class (`router::admission`).
+//! known, then against its route's class (`router::admission`); one whose first bytes
+//! ([`first_bytes`]: the kernel's classification, else a peek) are a legacy plaintext
+//! protocol counts against `legacy-plaintext` from accept.
 //!
 //! Everything before the relay reads through one [`Preface`] and runs under its one
 //! [`Deadline`] (`limits.handshake_timeout`), so a slow or silent client costs a timer, not a
@@ -21,6 +23,7 @@
 
 mod acme;
 mod error;
+mod first_bytes;
 mod plaintext;
 mod preface;
 mod tls;
@@ -34,13 +37,14 @@ pub(crate) use plaintext::fixed;
 use super::admission::{Admitted, Refusal, LEGACY, UNCLASSIFIED};
 use super::detect::{detect, Detected, PgRequest, ProxyHeader};
 use super::http;
-use super::metrics::Accepted;
+use super::metrics::{Accepted, FirstBytesLabel};
 use super::state::Proxy;
 use super::trust::{proxy_verdict, Client, ClientAddr, ClientFrom, Verdict};
 use super::webapi::Forwarded;
 use crate::config::ProxyProtocol;
 use crate::io::BoxedIo;
 use error::hex_preview;
+use first_bytes::FirstBytes;
 use preface::{Deadline, Preface};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,12 +102,45 @@ pub(crate) async fn handle(
     peer: SocketAddr,
 ) -> Result<Finished, ConnError> {
     let limits = &proxy.config.limits;
-    // Until its route is known, a connection counts against the `unclassified` budget.
-    let pending = proxy
-        .admission
-        .admit(UNCLASSIFIED, peer.ip())
-        .map_err(|r| over_budget(UNCLASSIFIED, r))?;
+    // Until its route is known, a connection counts against the `unclassified` budget,
+    // unless its first bytes already say it is a legacy plaintext protocol.
     let deadline = Deadline::after(limits.handshake_timeout);
+    let mut first = FirstBytes::at_accept(&stream);
+    let mut early = if first.is_legacy() {
+        LEGACY
+    } else {
+        UNCLASSIFIED
+    };
+    let mut pending = proxy
+        .admission
+        .admit(early, peer.ip())
+        .map_err(|r| over_budget(early, r))?;
+    if first.class.is_none() {
+        // Nothing had arrived (the eBPF front end's single port has no TCP_DEFER_ACCEPT):
+        // once the first segment is here, the kernel has classified it.
+        if deadline
+            .run("protocol preface", stream.readable())
+            .await
+            .is_ok()
+        {
+            first = FirstBytes::at_accept(&stream);
+        }
+        if first.is_legacy() {
+            pending = proxy
+                .admission
+                .admit(LEGACY, peer.ip())
+                .map_err(|r| over_budget(LEGACY, r))?;
+            early = LEGACY;
+        }
+    }
+    let (source, class) = first.labels();
+    let label = FirstBytesLabel { source, class };
+    proxy
+        .metrics
+        .classes
+        .first_bytes
+        .get_or_create(&label)
+        .inc();
     let mut pre = Preface::accepted(deadline, limits.max_hello_bytes);
     let mut client = Client::peer(peer);
     let detected = first_bytes(proxy, &mut stream, &mut pre, peer, &mut client).await;
@@ -131,11 +168,16 @@ pub(crate) async fn handle(
         Routable::Http => "web",
         Routable::Postgres(_) => "postgres",
     };
-    let _class = proxy
-        .admission
-        .admit(LEGACY, client.addr.ip())
-        .map_err(|r| over_budget(LEGACY, r))?;
-    drop(pending);
+    let _class = if early == LEGACY {
+        pending
+    } else {
+        let class = proxy
+            .admission
+            .admit(LEGACY, client.addr.ip())
+            .map_err(|r| over_budget(LEGACY, r))?;
+        drop(pending);
+        class
+    };
     // Boxed, as each stage that lives on: the task holds the stage it is in.
     match Box::pin(plaintext::plaintext(proxy, stream, pre, route, &client)).await? {
         plaintext::Plain::Done(done) => Ok(done),

@@ -68,7 +68,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     }
     span.record("alpn", tracing::field::debug(&hello.alpn));
     if acme::offers_acme(&hello) {
-        return acme::answer(proxy, client, pre, &hello).await;
+        return Box::pin(acme::answer(proxy, client, pre, &hello)).await;
     }
     let (route, service) = match proxy.table.route(&hello, &*proxy.tunnels) {
         Decision::Route(route) => (route, None),

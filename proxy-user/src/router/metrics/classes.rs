@@ -18,13 +18,23 @@ pub(crate) struct ClassRefusal {
     pub(crate) reason: &'static str,
 }
 
-/// Per class: connections now, handshakes now, admitted and refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FirstBytesLabel {
+    /// `kernel` (the eBPF front end, by socket cookie), `peek`, or `none` (no byte yet).
+    pub(crate) source: &'static str,
+    /// `tls`, `ssh`, `http`, `postgres`, `proxy`, `unknown`, or `none`.
+    pub(crate) class: &'static str,
+}
+
+/// Per class: connections now, handshakes now, admitted and refused; and how each
+/// connection's first bytes were known at accept.
 #[derive(Default)]
 pub(crate) struct ClassMetrics {
     pub(crate) active: Family<ClassLabel, Gauge>,
     pub(crate) handshakes: Family<ClassLabel, Gauge>,
     pub(crate) admitted: Family<ClassLabel, Counter>,
     pub(crate) refused: Family<ClassRefusal, Counter>,
+    pub(crate) first_bytes: Family<FirstBytesLabel, Counter>,
 }
 
 impl ClassMetrics {
@@ -48,6 +58,11 @@ impl ClassMetrics {
             "switchyard_class_refused",
             "Connections refused by their class's budget, by class and reason",
             self.refused.clone(),
+        );
+        registry.register(
+            "switchyard_first_bytes_at_accept",
+            "Accepted connections by what their first bytes were known as at accept, and from where",
+            self.first_bytes.clone(),
         );
     }
 }

@@ -11,7 +11,7 @@ mod labels;
 mod tunnel;
 
 pub(crate) use acme::AcmeMetrics;
-pub(crate) use classes::{ClassLabel, ClassMetrics, ClassRefusal};
+pub(crate) use classes::{ClassLabel, ClassMetrics, ClassRefusal, FirstBytesLabel};
 pub(crate) use labels::*;
 pub(crate) use tunnel::TunnelMetrics;
 
