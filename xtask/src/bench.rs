@@ -21,6 +21,9 @@ mod load;
 mod peers;
 mod quiet;
 mod report;
+mod scale;
+mod scale_peers;
+mod scale_report;
 mod throughput;
 mod tunnel;
 mod tunnel_report;
@@ -88,6 +91,14 @@ pub struct Options {
     /// Proxy restarts of the tunnel's reconnect rows.
     #[arg(long, default_value_t = 10)]
     tunnel_restarts: usize,
+    /// Measure only memory per idle connection (and rewrite only its block of
+    /// docs/benchmarks.md).
+    #[arg(long, conflicts_with_all = ["http_only", "throughput_only", "tunnel_only"])]
+    scale_only: bool,
+    /// Idle connections per scale row, comma-separated (the machine's hard open-file
+    /// limit of 20000 caps one process at about 9,900 relayed pairs).
+    #[arg(long, value_delimiter = ',', default_values_t = [2000, 9000])]
+    scale_connections: Vec<usize>,
 }
 
 /// What a scenario does on each connection. The eBPF issue adds bulk throughput here.
@@ -204,13 +215,20 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let out = target_dir.join("bench");
     let pki = env::make_pki(&binary, &out)?;
     let started = Instant::now();
-    let cells = if opts.throughput_only || opts.http_only || opts.tunnel_only {
+    let doc = root.join("docs").join("benchmarks.md");
+    let only = opts.throughput_only || opts.http_only || opts.tunnel_only;
+    if opts.scale_only || !only {
+        scale_rows(root, &binary, &out, &pki, opts, &doc)?;
+        if opts.scale_only {
+            return Ok(());
+        }
+    }
+    let cells = if only {
         Vec::new()
     } else {
         connections(&binary, &out, &pki, opts)?
     };
     let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
-    let doc = root.join("docs").join("benchmarks.md");
     if !opts.http_only && !opts.tunnel_only {
         let bulk = bulk::run(
             &binary,
@@ -282,6 +300,29 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     std::fs::write(&json, report::json(&facts, &cells, http_json)?)
         .with_context(|| format!("write {}", json.display()))?;
     eprintln!("xtask: wrote {}", json.display());
+    Ok(())
+}
+
+/// The memory-per-idle-connection rows, printed and written to their block.
+fn scale_rows(
+    root: &Path,
+    binary: &Path,
+    out: &Path,
+    pki: &Path,
+    opts: &Options,
+    doc: &Path,
+) -> Result<()> {
+    if opts.scale_connections.contains(&0) {
+        bail!("--scale-connections must be positive");
+    }
+    let measured = report::Facts::collect(root, opts.seconds, opts.runs, 0).measured();
+    let results = scale::run(binary, out, pki, &opts.scale_connections)?;
+    let block = scale_report::markdown(&measured, &opts.scale_connections, &results);
+    println!("{block}");
+    if !opts.no_docs {
+        report::update_doc(doc, scale_report::BLOCK, &block)?;
+        eprintln!("xtask: updated the scale block of {}", doc.display());
+    }
     Ok(())
 }
 
