@@ -28,6 +28,7 @@ mod plaintext;
 mod preface;
 mod tls;
 mod tls_end;
+mod tls_relay;
 mod upstream;
 mod web;
 
@@ -255,6 +256,7 @@ async fn tls_connection<C: ClientIo>(
 ) -> Result<Finished, ConnError> {
     match Box::pin(tls::tls(proxy, stream, pre, &client, Some(pending))).await? {
         Tls::Done(done) => Ok(done),
+        Tls::Relay(relay) => Ok(Box::pin(tls_relay::run(proxy, relay)).await),
         Tls::Web {
             stream,
             preface,
@@ -320,6 +322,7 @@ async fn inner_connection(
 ) -> Result<Finished, ConnError> {
     match Box::pin(tls::tls(proxy, tunnel, pre, &client, None)).await? {
         Tls::Done(done) => Ok(done),
+        Tls::Relay(relay) => Ok(Box::pin(tls_relay::run(proxy, relay)).await),
         Tls::Web {
             stream,
             preface,

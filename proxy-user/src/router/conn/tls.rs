@@ -10,12 +10,11 @@ use super::error::{ConnError, Finished};
 use super::over_budget;
 use super::preface::Preface;
 use super::tls_end::{handshake_reason, linger, send_alert};
-use super::upstream::{connect, relay_client, ClientIo};
+use super::tls_relay::{pass_through, Relay};
+use super::upstream::{connect, ClientIo};
 use crate::io::tunnel::{Kind, Service};
-use crate::io::wire;
-use crate::io::{tls::CertIdentity, Prefixed};
-use crate::protocol::{H2_ALPN, PING_SUFFIX, REVERSE_TUNNEL_ALPN};
-use crate::relay::relay;
+use crate::io::{tls::CertIdentity, BoxedIo, Prefixed};
+use crate::protocol::{H2_ALPN, REVERSE_TUNNEL_ALPN};
 use crate::router::admission::{class_of, Admitted};
 use crate::router::hello;
 use crate::router::route::{Decision, Mode, RejectAlert, Role, TUNNEL_PROBE};
@@ -25,15 +24,16 @@ use crate::router::trust::{self, Client};
 use crate::router::tunnel::{self, dial};
 use rustls::ServerConfig;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn, Span};
 
 /// How a TLS connection goes on after [`tls`].
 pub(crate) enum Tls<'a, C> {
-    /// Relayed, or answered: over.
+    /// Answered, or over: nothing more to do.
     Done(Finished),
+    /// Routed: the relay comes next, once this stage's state is gone (`tls_relay`).
+    Relay(Relay<'a, C>),
     /// The web route or an HTTP app, terminated: HTTP comes next, on the plaintext
     /// `stream` with a fresh `preface` under the same deadline.
     Web {
@@ -108,9 +108,8 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         },
         Mode::Passthrough => {
             proxy.metrics.route(&route.name, "passthrough");
-            let _admitted = admitted;
-            let done = Box::pin(pass_through(proxy, client, pre, route, service, from)).await?;
-            return Ok(Tls::Done(done));
+            let relay = pass_through(proxy, client, pre, route, service, from, admitted);
+            return Ok(Tls::Relay(Box::pin(relay).await?));
         }
     };
     proxy.metrics.route(&route.name, "terminate");
@@ -195,57 +194,24 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         });
     }
     let tls = Box::new(tls);
-    let done = match (route.role, service) {
+    let upstream: BoxedIo = match (route.role, service) {
         (Role::TunnelService, _) => {
             let cert = cert.unwrap_or_default();
-            return Box::pin(tunnel::serve::serve(
-                proxy,
-                tls,
-                cert,
-                from.addr.to_string(),
-            ))
-            .await
-            .map(Tls::Done);
+            let serve = tunnel::serve::serve(proxy, tls, cert, from.addr.to_string());
+            return Box::pin(serve).await.map(Tls::Done);
         }
         (Role::Agent(_), Some(service)) => {
             let agent = dial::open(proxy, &service, from.addr.to_string(), cert.as_ref());
-            let agent = Box::pin(agent).await?;
-            Box::pin(relay_terminated(proxy, tls, route, agent)).await
+            Box::new(Box::pin(agent).await?)
         }
-        _ => {
-            let upstream = Box::pin(connect(proxy, route)).await?;
-            Box::pin(relay_terminated(proxy, tls, route, upstream)).await
-        }
+        _ => Box::new(Box::pin(connect(proxy, route)).await?),
     };
-    Ok(Tls::Done(done))
-}
-
-/// A passthrough route: the ClientHello and whatever followed it go to the upstream (or,
-/// for a Kubernetes API server behind an agent, the agent's stream) as read, then the
-/// raw TLS is relayed. The preface's buffer is gone before the relay starts.
-async fn pass_through<C: ClientIo>(
-    proxy: &Proxy,
-    client: C,
-    pre: Preface,
-    route: &Route,
-    service: Option<Service>,
-    from: &Client,
-) -> Result<Finished, ConnError> {
-    let buffer = proxy.config.limits.relay_buffer_bytes;
-    if let Some(service) = &service {
-        let mut agent = dial::open(proxy, service, from.addr.to_string(), None).await?;
-        agent.write_all(pre.rest()).await?;
-        drop(pre);
-        let stats = relay(client, agent, buffer).await;
-        return Ok(Finished::relayed(&route.name, stats));
-    }
-    let mut upstream = connect(proxy, route).await?;
-    upstream.write_all(pre.rest()).await?;
-    let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
-    drop(pre);
-    let mut stats = relay_client(client, upstream, consumed, buffer).await;
-    stats.client_to_upstream += sent;
-    Ok(Finished::relayed(&route.name, stats))
+    Ok(Tls::Relay(Relay::Terminated {
+        tls,
+        upstream,
+        route,
+        admitted,
+    }))
 }
 
 /// The TLS configuration for a connection to an agent's service: the route's own, or,
@@ -265,34 +231,6 @@ fn agent_tls(
         .terminator
         .config(&route.alpn, true, &allow)
         .map_err(|e| ConnError::Tunnel(format!("TLS configuration for {service}: {e}")))
-}
-
-/// Relays the plaintext of a terminated connection to its upstream (or agent stream),
-/// through the ping framing when the negotiated ALPN is a `-ping` one.
-async fn relay_terminated<S, U>(
-    proxy: &Proxy,
-    tls: Box<TlsStream<S>>,
-    route: &Route,
-    upstream: U,
-) -> Finished
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let ping = tls
-        .get_ref()
-        .1
-        .alpn_protocol()
-        .is_some_and(|p| p.ends_with(PING_SUFFIX.as_bytes()));
-    let limits = &proxy.config.limits;
-    let buffer = limits.relay_buffer_bytes;
-    let stats = if ping {
-        let framed = wire::ping_framed(tls, Some(limits.ping_interval), limits.max_ws_frame_bytes);
-        relay(framed, upstream, buffer).await
-    } else {
-        relay(tls, upstream, buffer).await
-    };
-    Finished::relayed(&route.name, stats)
 }
 
 /// The clients' layer-7 detection handshake offers exactly `teleport-reversetunnel`

@@ -1,0 +1,131 @@
+//! The relays a routed TLS connection ends in: raw TLS to a passthrough upstream, or the
+//! plaintext of a terminated connection to its upstream or an agent's stream. `tls::tls`
+//! prepares them (dials, sends the ClientHello on) and returns; its caller runs them, so a
+//! long-lived connection's task holds the relay alone, not the routing and handshake
+//! stage's state beside it (an idle connection's memory).
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::error::{ConnError, Finished};
+use super::preface::Preface;
+use super::upstream::{connect, relay_client, ClientIo};
+use crate::io::tunnel::Service;
+use crate::io::{wire, BoxedIo, Prefixed};
+use crate::protocol::PING_SUFFIX;
+use crate::relay::relay;
+use crate::router::admission::Admitted;
+use crate::router::state::{Proxy, Route};
+use crate::router::trust::Client;
+use crate::router::tunnel::dial;
+
+/// A routed TLS connection's relay, ready to run with [`run`].
+pub(crate) enum Relay<'a, C> {
+    /// Passthrough: the ClientHello and what followed it are already upstream.
+    Pass {
+        client: C,
+        upstream: PassUpstream,
+        /// Bytes read from the client before (for the splice's ordering), and of those,
+        /// the ones sent on.
+        consumed: u64,
+        sent: u64,
+        route: &'a Route,
+        admitted: Admitted,
+    },
+    /// Terminated: the plaintext to the upstream or an agent's stream.
+    Terminated {
+        tls: Box<TlsStream<Prefixed<C>>>,
+        upstream: BoxedIo,
+        route: &'a Route,
+        admitted: Admitted,
+    },
+}
+
+/// Where a passthrough connection's raw TLS goes.
+pub(crate) enum PassUpstream {
+    /// The route's upstream: spliced when the client is the socket itself.
+    Tcp(TcpStream),
+    /// A Kubernetes API server behind an agent: its tunnel stream.
+    Agent(BoxedIo),
+}
+
+/// A passthrough route: dials the upstream (or, for a Kubernetes API server behind an
+/// agent, opens the agent's stream) and sends on the ClientHello and whatever followed it,
+/// as read; the preface's buffer is gone before the relay starts.
+pub(super) async fn pass_through<'a, C: ClientIo>(
+    proxy: &Proxy,
+    client: C,
+    pre: Preface,
+    route: &'a Route,
+    service: Option<Service>,
+    from: &Client,
+    admitted: Admitted,
+) -> Result<Relay<'a, C>, ConnError> {
+    let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
+    let upstream = if let Some(service) = &service {
+        let mut agent = dial::open(proxy, service, from.addr.to_string(), None).await?;
+        agent.write_all(pre.rest()).await?;
+        PassUpstream::Agent(Box::new(agent))
+    } else {
+        let mut upstream = connect(proxy, route).await?;
+        upstream.write_all(pre.rest()).await?;
+        PassUpstream::Tcp(upstream)
+    };
+    Ok(Relay::Pass {
+        client,
+        upstream,
+        consumed,
+        sent,
+        route,
+        admitted,
+    })
+}
+
+/// Runs `relay` to its end: raw TLS both ways, or the terminated plaintext through the
+/// ping framing when the negotiated ALPN is a `-ping` one.
+pub(crate) async fn run<C: ClientIo>(proxy: &Proxy, relay_: Relay<'_, C>) -> Finished {
+    let limits = &proxy.config.limits;
+    let buffer = limits.relay_buffer_bytes;
+    match relay_ {
+        Relay::Pass {
+            client,
+            upstream,
+            consumed,
+            sent,
+            route,
+            admitted: _admitted,
+        } => match upstream {
+            PassUpstream::Agent(agent) => {
+                let mut stats = relay(client, agent, buffer).await;
+                stats.client_to_upstream += sent;
+                Finished::relayed(&route.name, stats)
+            }
+            PassUpstream::Tcp(upstream) => {
+                let mut stats = relay_client(client, upstream, consumed, buffer).await;
+                stats.client_to_upstream += sent;
+                Finished::relayed(&route.name, stats)
+            }
+        },
+        Relay::Terminated {
+            tls,
+            upstream,
+            route,
+            admitted: _admitted,
+        } => {
+            let ping = tls
+                .get_ref()
+                .1
+                .alpn_protocol()
+                .is_some_and(|p| p.ends_with(PING_SUFFIX.as_bytes()));
+            let stats = if ping {
+                let framed =
+                    wire::ping_framed(tls, Some(limits.ping_interval), limits.max_ws_frame_bytes);
+                relay(framed, upstream, buffer).await
+            } else {
+                relay(tls, upstream, buffer).await
+            };
+            Finished::relayed(&route.name, stats)
+        }
+    }
+}
