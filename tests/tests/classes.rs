@@ -130,6 +130,13 @@ fn a_handshake_storm_from_one_source_meets_its_cap_and_psql_from_another_goes_on
     // Meanwhile psql from 127.0.0.1 connects through proxy db, every time.
     psql_through_proxy_db(&pki, &proxy, 5);
 
+    // The classes while the storm still holds its places (shown in the closing note).
+    let during = proxy.metrics().unwrap();
+    let classes: Vec<&str> = during
+        .lines()
+        .filter(|l| l.starts_with("switchyard_class_") || l.starts_with("switchyard_first_bytes"))
+        .collect();
+    println!("during the storm:\n{}", classes.join("\n"));
     let metric = |name: &str, labels: &[(&str, &str)]| proxy.metric(name, labels).unwrap();
     let by_source = [("class", "ssh"), ("reason", "per_source")];
     assert_eq!(
