@@ -17,6 +17,8 @@ mod bulk;
 mod chart;
 mod env;
 mod http;
+mod isolation;
+mod isolation_report;
 mod load;
 mod peers;
 mod quiet;
@@ -99,6 +101,10 @@ pub struct Options {
     /// limit of 20000 caps one process at about 9,900 relayed pairs).
     #[arg(long, value_delimiter = ',', default_values_t = [2000, 9000])]
     scale_connections: Vec<usize>,
+    /// Measure only the isolation rows (postgres connect time during an SSH-handshake
+    /// flood; rewrite only their block of docs/benchmarks.md).
+    #[arg(long, conflicts_with_all = ["http_only", "throughput_only", "tunnel_only", "scale_only"])]
+    isolation_only: bool,
 }
 
 /// What a scenario does on each connection. The eBPF issue adds bulk throughput here.
@@ -217,9 +223,22 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let started = Instant::now();
     let doc = root.join("docs").join("benchmarks.md");
     let only = opts.throughput_only || opts.http_only || opts.tunnel_only;
-    if opts.scale_only || !only {
+    if opts.scale_only || (!only && !opts.isolation_only) {
         scale_rows(root, &binary, &out, &pki, opts, &doc)?;
         if opts.scale_only {
+            return Ok(());
+        }
+    }
+    if opts.isolation_only || !only {
+        let measured = report::Facts::collect(root, opts.seconds, opts.runs, 0).measured();
+        let rows = isolation::run(&binary, &out, &pki)?;
+        let block = isolation_report::markdown(&measured, &rows);
+        println!("{block}");
+        if !opts.no_docs {
+            report::update_doc(&doc, isolation_report::BLOCK, &block)?;
+            eprintln!("xtask: updated the isolation block of {}", doc.display());
+        }
+        if opts.isolation_only {
             return Ok(());
         }
     }

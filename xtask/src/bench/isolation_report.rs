@@ -1,0 +1,76 @@
+//! The isolation rows as the Markdown block of docs/benchmarks.md (`bench:isolation`):
+//! postgres connect time idle and under the SSH-handshake flood, the goal (p99 under flood
+//! ≤ 2× idle), the proxy's CPU during the flood, and Switchyard's per-class refusals.
+
+use std::fmt::Write as _;
+
+use super::{
+    isolation::{Row, Who, HAPROXY_LIMITS, SSH_BUDGET, UNCLASSIFIED},
+    load::percentile,
+};
+
+/// The block of docs/benchmarks.md the isolation rows rewrite.
+pub const BLOCK: &str = "isolation";
+
+pub fn markdown(measured: &str, rows: &[Row]) -> String {
+    let mut s = format!(
+        "{measured}; loopback. Probe: `teleport-postgres` connections one after the other for \
+         5 s per phase (TCP connect, mTLS handshake with client certificate, one line echoed \
+         by the plaintext upstream), from 127.0.0.1. Flood: 64 clients bound to 127.0.0.2 on a \
+         one-thread runtime, each opening TLS connections with ALPN `teleport-proxy-ssh` and \
+         client certificate and closing each right after its handshake, as fast as they can; \
+         the probe runs 1 s after the flood starts. Proxy CPU from /proc/PID/stat during the \
+         probe (100% = one core). Switchyard `--ebpf off`; `limits.classes.ssh: {SSH_BUDGET}` \
+         in the budget rows, the second with `unclassified: {UNCLASSIFIED}` as well (the \
+         default unclassified rate, 5000/s, is one bucket for all sources), none set in the \
+         default row (ssh: 256 handshakes, 4096 per source). \
+         HAProxy: one TLS-terminating frontend with both ALPNs routing by `ssl_fc_alpn`, and \
+         per-source limits (the closest it has to a class budget before the handshake: a \
+         frontend `maxconn` would hold postgres back as much as ssh; the rate is 1000/s \
+         rather than 300 because HAProxy's `conn_rate` is per source, and the probe's own ~300–700/s must stay under it; \
+         rejected connections count in it too): `{HAPROXY_LIMITS}`.\n\n"
+    );
+    let _ = writeln!(
+        s,
+        "| proxy | idle p50 / p99 µs | flood p50 / p99 µs | p99 flood ÷ idle | goal ≤ 2× | \
+         probe errors idle / flood | proxy CPU % | flood handshakes/s | \
+         flood refused or failed/s |\n\
+         |---|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let q = |v: &[f64], p| percentile(v, p);
+        let ratio = q(&r.flood.us, 0.99) / q(&r.idle.us, 0.99);
+        let goal = match (r.who, ratio <= 2.0) {
+            (Who::Haproxy, _) => "—",
+            (_, true) => "met",
+            (_, false) => "not met",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {ratio:.2} | {goal} | {} / {} | {:.0} | \
+             {:.0} | {:.0} |",
+            r.who.name(),
+            q(&r.idle.us, 0.5),
+            q(&r.idle.us, 0.99),
+            q(&r.flood.us, 0.5),
+            q(&r.flood.us, 0.99),
+            r.idle.errors,
+            r.flood.errors,
+            r.proxy_cpu,
+            r.flood_ok,
+            r.flood_refused
+        );
+    }
+    for r in rows.iter().filter(|r| !r.refused.is_empty()) {
+        let _ = write!(
+            s,
+            "\n`/metrics` of {} after the flood:\n\n```\n",
+            r.who.name()
+        );
+        for line in &r.refused {
+            let _ = writeln!(s, "{line}");
+        }
+        s.push_str("```\n");
+    }
+    s
+}
