@@ -11,11 +11,70 @@
 //! ClientHello say more. Either way detection still reads and checks the bytes: this only
 //! chooses the first budget.
 
+use std::net::SocketAddr;
+
 use proxy_common::{classify, Counter, SockKey, CLASSIFY_BYTES};
 use rustix::net::RecvFlags;
 use tokio::net::TcpStream;
 
+use super::error::ConnError;
+use super::over_budget;
+use super::preface::Deadline;
 use crate::ebpf::{self, sockopt::cookie};
+use crate::router::admission::{Admitted, LEGACY, UNCLASSIFIED};
+use crate::router::metrics::FirstBytesLabel;
+use crate::router::state::Proxy;
+
+/// Admits a connection just accepted from `peer` into its first budget: `legacy-plaintext`
+/// when its first bytes say so, else `unclassified` until its route is known. When nothing
+/// has arrived yet (the eBPF front end's single port has no `TCP_DEFER_ACCEPT`), it waits
+/// under `deadline` for the first segment, which the kernel has classified by then, still
+/// holding its `unclassified` place. Returns the place and its class.
+pub(crate) async fn admit(
+    proxy: &Proxy,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    deadline: Deadline,
+) -> Result<(Admitted, &'static str), ConnError> {
+    let budget = |class| {
+        proxy
+            .admission
+            .admit(class, peer.ip())
+            .map_err(|r| over_budget(class, r))
+    };
+    let mut first = FirstBytes::at_accept(stream);
+    let mut class = if first.is_legacy() {
+        LEGACY
+    } else {
+        UNCLASSIFIED
+    };
+    let mut place = budget(class)?;
+    if first.class.is_none() {
+        if deadline
+            .run("protocol preface", stream.readable())
+            .await
+            .is_ok()
+        {
+            first = FirstBytes::at_accept(stream);
+        }
+        if first.is_legacy() {
+            place = budget(LEGACY)?;
+            class = LEGACY;
+        }
+    }
+    let (source, label) = first.labels();
+    let label = FirstBytesLabel {
+        source,
+        class: label,
+    };
+    proxy
+        .metrics
+        .classes
+        .first_bytes
+        .get_or_create(&label)
+        .inc();
+    Ok((place, class))
+}
 
 /// Where the class came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

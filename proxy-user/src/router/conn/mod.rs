@@ -35,17 +35,16 @@ mod web;
 pub(crate) use error::{ConnError, Finished};
 pub(crate) use plaintext::fixed;
 
-use super::admission::{Admitted, Refusal, LEGACY, UNCLASSIFIED};
+use super::admission::{Admitted, Refusal, LEGACY};
 use super::detect::{detect, Detected, PgRequest, ProxyHeader};
 use super::http;
-use super::metrics::{Accepted, FirstBytesLabel};
+use super::metrics::Accepted;
 use super::state::Proxy;
 use super::trust::{proxy_verdict, Client, ClientAddr, ClientFrom, Verdict};
 use super::webapi::Forwarded;
 use crate::config::ProxyProtocol;
 use crate::io::BoxedIo;
 use error::hex_preview;
-use first_bytes::FirstBytes;
 use preface::{Deadline, Preface};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,45 +102,8 @@ pub(crate) async fn handle(
     peer: SocketAddr,
 ) -> Result<Finished, ConnError> {
     let limits = &proxy.config.limits;
-    // Until its route is known, a connection counts against the `unclassified` budget,
-    // unless its first bytes already say it is a legacy plaintext protocol.
     let deadline = Deadline::after(limits.handshake_timeout);
-    let mut first = FirstBytes::at_accept(&stream);
-    let mut early = if first.is_legacy() {
-        LEGACY
-    } else {
-        UNCLASSIFIED
-    };
-    let mut pending = proxy
-        .admission
-        .admit(early, peer.ip())
-        .map_err(|r| over_budget(early, r))?;
-    if first.class.is_none() {
-        // Nothing had arrived (the eBPF front end's single port has no TCP_DEFER_ACCEPT):
-        // once the first segment is here, the kernel has classified it.
-        if deadline
-            .run("protocol preface", stream.readable())
-            .await
-            .is_ok()
-        {
-            first = FirstBytes::at_accept(&stream);
-        }
-        if first.is_legacy() {
-            pending = proxy
-                .admission
-                .admit(LEGACY, peer.ip())
-                .map_err(|r| over_budget(LEGACY, r))?;
-            early = LEGACY;
-        }
-    }
-    let (source, class) = first.labels();
-    let label = FirstBytesLabel { source, class };
-    proxy
-        .metrics
-        .classes
-        .first_bytes
-        .get_or_create(&label)
-        .inc();
+    let (pending, early) = first_bytes::admit(proxy, &stream, peer, deadline).await?;
     let mut pre = Preface::accepted(deadline, limits.max_hello_bytes);
     let mut client = Client::peer(peer);
     let detected = first_bytes(proxy, &mut stream, &mut pre, peer, &mut client).await;
