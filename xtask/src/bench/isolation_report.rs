@@ -27,7 +27,8 @@ pub fn markdown(measured: &str, rows: &[Row]) -> String {
          HAProxy: one TLS-terminating frontend with both ALPNs routing by `ssl_fc_alpn`, and \
          per-source limits (the closest it has to a class budget before the handshake: a \
          frontend `maxconn` would hold postgres back as much as ssh; the rate is 1000/s \
-         rather than 300 because HAProxy's `conn_rate` is per source, and the probe's own ~300–700/s must stay under it; \
+         rather than 300 because HAProxy's `conn_rate` is per source, and the probe's own \
+         ~300–700/s must stay under it; \
          rejected connections count in it too): `{HAPROXY_LIMITS}`.\n\n"
     );
     let _ = writeln!(

@@ -24,7 +24,7 @@ use tokio::{
 use tokio_rustls::{client::TlsStream, TlsConnector};
 
 use super::{
-    load, quiet,
+    load,
     scale_peers::{self, Upstreams, Via},
     tunnel_servers::rss_kb,
 };
@@ -120,8 +120,9 @@ pub fn run(binary: &Path, out: &Path, pki: &Path, counts: &[usize]) -> Result<Re
                     Route::Passthrough => proxy.passthrough,
                     Route::Terminated => proxy.terminated,
                 };
+                // No quiet::wait(): RSS does not depend on what else runs, and a shared
+                // machine's builds would hold every row for minutes.
                 let pids = proxy.peer.pids();
-                quiet::wait()?;
                 let before_kb = settled_rss(&pids)?;
                 let client = Client::new(addr, tls.clone(), sni)?;
                 let started = Instant::now();
