@@ -36,9 +36,9 @@ const FLOOD_CLIENTS: usize = 64;
 const FLOOD_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 /// Switchyard's budgets for the flooded class.
 pub const SSH_BUDGET: &str = "{max_handshakes: 16, per_source: 32, rate: 300, burst: 100}";
-/// The second budget row also lifts the `unclassified` class's rate (default 5000/s, shared
-/// by every source): a flood faster than that is refused there, before its class is known,
-/// and takes the other classes' connections down with it.
+/// The second budget row sets an `unclassified` rate (one bucket shared by every source;
+/// none by default, since a 5000/s default let a flood faster than that, refused before its
+/// class was known, take the other classes' connections down with it).
 pub const UNCLASSIFIED: &str = "{rate: 100000, burst: 100000}";
 /// HAProxy's closest equivalent: per-source limits on the one terminating frontend.
 pub const HAPROXY_LIMITS: &str = "stick-table type ip size 100k expire 30s store \
