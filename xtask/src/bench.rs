@@ -14,12 +14,12 @@
 //! through an agent's tunnel against a terminated route of the same proxy).
 
 mod bulk;
-mod chart;
-mod env;
+pub(crate) mod chart;
+pub(crate) mod env;
 mod http;
 mod isolation;
 mod isolation_report;
-mod load;
+pub(crate) mod load;
 mod peers;
 mod quiet;
 mod report;
@@ -29,8 +29,8 @@ mod scale_report;
 mod throughput;
 mod tunnel;
 mod tunnel_report;
-mod tunnel_servers;
-mod upstream;
+pub(crate) mod tunnel_servers;
+pub(crate) mod upstream;
 
 use std::{
     env as std_env,

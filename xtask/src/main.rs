@@ -6,6 +6,7 @@
 mod bench;
 mod fuzz;
 mod setup;
+mod soak;
 
 use std::{
     env,
@@ -44,6 +45,10 @@ enum Task {
     /// Build the fuzz targets (nightly `cargo fuzz`) and run them one at a time over their
     /// corpora; `--smoke` is the short run of `test` (docs/fuzzing.md).
     Fuzz(fuzz::Options),
+    /// Build release, then run every kind of route for N minutes with SIGHUPs and one
+    /// binary upgrade, sampling RSS, open fds and errors; chart in target/soak/
+    /// (docs/soak.md).
+    Soak(soak::Options),
 }
 
 fn main() -> Result<()> {
@@ -56,6 +61,7 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Bench(opts) => bench::run(&root, &opts),
         Task::Fuzz(opts) => fuzz::run(&root, &opts),
+        Task::Soak(opts) => soak::run(&root, &opts),
     }
 }
 

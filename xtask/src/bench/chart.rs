@@ -17,7 +17,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 /// Where Debian's `fonts-dejavu-core` puts the font.
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 /// The font family name the chart asks plotters for.
-const FAMILY: &str = "sans-serif";
+pub(crate) const FAMILY: &str = "sans-serif";
 const SIZE: (u32, u32) = (1500, 860);
 
 /// One peer under one load, as the chart shows it.
@@ -31,7 +31,7 @@ pub struct Bar {
 }
 
 /// Registers DejaVu Sans with plotters once per process.
-fn font() -> Result<()> {
+pub(crate) fn font() -> Result<()> {
     static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
     LOADED
         .get_or_init(|| {

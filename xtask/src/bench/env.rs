@@ -142,7 +142,7 @@ pub fn path(p: &Path) -> Result<&str> {
 }
 
 /// Runs a short `switchyard` command to completion.
-fn run(binary: &Path, args: &[&str]) -> Result<()> {
+pub(crate) fn run(binary: &Path, args: &[&str]) -> Result<()> {
     let out = Command::new(binary)
         .args(args)
         .output()

@@ -118,7 +118,7 @@ enum Event {
 }
 
 /// A `switchyard agent`.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     events: mpsc::Receiver<Event>,
     log: PathBuf,
@@ -126,7 +126,7 @@ struct Agent {
 
 impl Agent {
     /// Starts `agent --proxy localhost:PORT --identity IDENTITY --tunnels N --tcp …`.
-    fn start(
+    pub(crate) fn start(
         binary: &Path,
         port: u16,
         identity: &Path,
@@ -179,7 +179,7 @@ impl Agent {
     }
 
     /// Waits for `n` `tunnel up` lines.
-    fn wait_up(&self, n: usize) -> Result<()> {
+    pub(crate) fn wait_up(&self, n: usize) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut up = 0;
         while up < n {
