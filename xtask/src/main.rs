@@ -84,6 +84,7 @@ fn test() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     cargo_test()?;
+    soak::smoke(&workspace_root()?)?;
     fuzz::smoke(&workspace_root()?)
 }
 
