@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz [TARGET] [--seconds N] [--smoke]`: builds the fuzz targets of `fuzz/`
+//! `cargo xtask fuzz [TARGET] [--seconds N] [--runs N] [--smoke]`: builds the fuzz targets of `fuzz/`
 //! with nightly `cargo fuzz` and runs them one at a time (libFuzzer, one job), each over
 //! its checked-in seeds (`fuzz/corpus/<target>`) and the corpus earlier runs grew
 //! (`fuzz/work/<target>`, not checked in), then prints a line per target with its
@@ -27,6 +27,10 @@ pub struct Options {
     /// Seconds of fuzzing per target, after its corpus has run.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Stop a target after this many executions if that comes before `--seconds`
+    /// (the long run: `--seconds 3600 --runs 10000000`).
+    #[arg(long)]
+    runs: Option<u64>,
     /// The CI smoke: every target over its corpus plus 10 s.
     #[arg(long)]
     smoke: bool,
@@ -61,7 +65,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     );
     let mut runs = Vec::new();
     for target in &chosen {
-        runs.push(fuzz_one(root, target, seconds)?);
+        runs.push(fuzz_one(root, target, seconds, opts.runs)?);
     }
     println!(
         "fuzz: {:<16} {:>8} {:>12} {:>10} {:>7}",
@@ -90,6 +94,7 @@ pub fn smoke(root: &Path) -> Result<()> {
     let opts = Options {
         target: None,
         seconds: SMOKE_SECONDS,
+        runs: None,
         smoke: true,
     };
     run(root, &opts)
@@ -134,8 +139,9 @@ fn build(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs one target's binary: its corpus, then `seconds` of fuzzing.
-fn fuzz_one(root: &Path, target: &str, seconds: u64) -> Result<Run> {
+/// Runs one target's binary: its corpus, then `seconds` of fuzzing (or `runs`
+/// executions, whichever comes first).
+fn fuzz_one(root: &Path, target: &str, seconds: u64, runs: Option<u64>) -> Result<Run> {
     let fuzz = root.join("fuzz");
     let binary = fuzz
         .join("target/x86_64-unknown-linux-gnu/release")
@@ -146,10 +152,15 @@ fn fuzz_one(root: &Path, target: &str, seconds: u64) -> Result<Run> {
     for dir in [&work, &artifacts] {
         std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
     }
-    eprintln!("xtask: fuzz {target} for {seconds} s after its corpus");
+    let limit = runs.map_or(String::new(), |n| format!(" or {n} executions"));
+    eprintln!("xtask: fuzz {target} for {seconds} s{limit} after its corpus");
     let start = Instant::now();
     // New inputs go to the first directory: the work corpus, never the seeds.
-    let out = Command::new(&binary)
+    let mut cmd = Command::new(&binary);
+    if let Some(n) = runs {
+        cmd.arg(format!("-runs={n}"));
+    }
+    let out = cmd
         .arg(&work)
         .arg(&seeds)
         .arg(format!("-max_total_time={seconds}"))
