@@ -110,24 +110,15 @@ where
 
 /// Drives both directions of a relay until each has ended; the first error ends both
 /// (the other direction's future is dropped) and is returned. Also drives the two halves
-/// of a framing pump (`wire`), whose errors are its own.
-pub(crate) async fn both_directions<U, D, E>(up: U, down: D) -> Option<E>
+/// of a framing pump (`wire`), whose errors are its own. Not an `async fn`: that would
+/// store `up` and `down` twice (as arguments, then pinned), and an idle relay's memory is
+/// this future.
+pub(crate) fn both_directions<U, D, E>(up: U, down: D) -> impl Future<Output = Option<E>>
 where
     U: Future<Output = Result<(), E>>,
     D: Future<Output = Result<(), E>>,
 {
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
-    while !(up_done && down_done) {
-        let result = tokio::select! {
-            r = &mut up, if !up_done => { up_done = true; r }
-            r = &mut down, if !down_done => { down_done = true; r }
-        };
-        if let Err(e) = result {
-            return Some(e);
-        }
-    }
-    None
+    futures_util::future::try_join(up, down).map(|ended| ended.err())
 }
 
 /// The buffer a direction starts with: an interactive connection never needs more, so it

@@ -14,6 +14,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+mod burst;
 pub(crate) mod kernel;
 pub(crate) mod pipe_pool;
 pub(crate) mod splice_pipe;
@@ -58,8 +59,8 @@ pub(crate) async fn relay_plain(
     client_read: u64,
     buffer: usize,
 ) -> RelayStats {
-    // Each relay is boxed: the connection's task then holds only the one it runs, sized
-    // for it, rather than room for the largest of the three (an idle pair's memory).
+    // The kernel splice is boxed: the connection's task then holds only the relay it runs,
+    // sized for it, rather than room for the largest (an idle pair's memory).
     match crate::ebpf::frontend() {
         Some(f) => {
             Box::pin(kernel::relay_spliced(
@@ -71,11 +72,10 @@ pub(crate) async fn relay_plain(
             ))
             .await
         }
+        // A `SpliceRelay` is a few hundred bytes: no box needed.
         None => match PlainRelay::chosen() {
-            PlainRelay::Splice => {
-                Box::pin(relay_splice(client, upstream, buffer, Mover::Splice)).await
-            }
-            PlainRelay::Copy => Box::pin(relay_splice(client, upstream, buffer, Mover::Copy)).await,
+            PlainRelay::Splice => relay_splice(client, upstream, buffer, Mover::Splice).await,
+            PlainRelay::Copy => relay_splice(client, upstream, buffer, Mover::Copy).await,
         },
     }
 }

@@ -4,12 +4,14 @@
 //! socket with `splice(2)`, so the kernel moves page references instead of the proxy
 //! copying through a userspace buffer. A direction holds a pipe only while its bytes move
 //! (`pipe_pool`): an idle pair holds its two sockets and nothing else. When no pipe can be
-//! had (the descriptor limit), that burst is copied through a small buffer instead. The contract is the userspace
-//! relay's (`relay::relay`): EOF from one side becomes a write shutdown on the other while
+//! had (the descriptor limit), that burst is copied through a small buffer instead. The
+//! pair is a [`SpliceRelay`] polled by hand, one `burst::Direction` each way. The contract
+//! is the userspace relay's (`relay::relay`): EOF from one side becomes a write shutdown on the other while
 //! the reverse direction keeps flowing, the first error ends both, and the byte counts
 //! (bytes written to the destination) are kept even when the relay ends in an error.
 //!
-//! Readiness comes from tokio (`TcpStream::readable`/`writable` + `try_io`); the sockets
+//! Readiness comes from tokio (`TcpStream::poll_read_ready`/`poll_write_ready` +
+//! `try_io`); the sockets
 //! are non-blocking and every `splice` call carries `SPLICE_F_NONBLOCK`, so `EAGAIN` always
 //! means "the socket is not ready" — a direction empties its pipe before it reads again,
 //! so the pipe is never what blocks.
@@ -19,17 +21,18 @@
 //! before `main`, so the error comes back here like any other; a binary that restored the
 //! default action would be killed instead.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, PipeFlags, SpliceFlags};
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::pipe_pool::{Lent, Pool, POOL};
+use super::burst::{Direction, Movers};
+use super::pipe_pool::{Pool, POOL};
 use super::RelayStats;
-use crate::io::both_directions;
 use crate::io::copy::Copied;
 
 /// Pipe capacity asked for with `F_SETPIPE_SZ` (the unprivileged maximum by default,
@@ -38,9 +41,9 @@ pub(crate) const PIPE_SIZE: usize = 1 << 20;
 
 /// One direction's pipe: `[read end, write end]`, and its capacity.
 pub(crate) struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-    capacity: usize,
+    pub(crate) read: OwnedFd,
+    pub(crate) write: OwnedFd,
+    pub(crate) capacity: usize,
 }
 
 impl Pipe {
@@ -59,7 +62,7 @@ impl Pipe {
 }
 
 /// `splice(from → to)` of up to `len` bytes, non-blocking; `EINTR` retried.
-fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+pub(crate) fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
         match rustix::pipe::splice(&from, None, &to, None, len, flags) {
@@ -81,154 +84,84 @@ pub(crate) enum Mover {
 
 /// Relays `client` and `upstream` with `splice(2)` or a copy (`mover`). `buffer` bounds a
 /// copied burst's buffer.
-pub(crate) async fn relay_splice(
+pub(crate) fn relay_splice(
     client: TcpStream,
     upstream: TcpStream,
     buffer: usize,
     mover: Mover,
-) -> RelayStats {
-    relay_with(client, upstream, buffer, mover, &POOL).await
+) -> SpliceRelay {
+    relay_with(client, upstream, buffer, mover, &POOL)
 }
 
 /// [`relay_splice`] with pipes from `pool`.
-async fn relay_with(
+fn relay_with(
     client: TcpStream,
     upstream: TcpStream,
     buffer: usize,
     mover: Mover,
     pool: &'static Pool,
-) -> RelayStats {
-    let to_upstream = AtomicU64::new(0);
-    let to_client = AtomicU64::new(0);
-    let error = both_directions(
-        half(&client, &upstream, buffer, (mover, pool), &to_upstream),
-        half(&upstream, &client, buffer, (mover, pool), &to_client),
-    )
-    .await;
-    let copied = Copied {
-        a_to_b: to_upstream.load(Ordering::Relaxed),
-        b_to_a: to_client.load(Ordering::Relaxed),
-        error,
-    };
-    let mode = match mover {
-        Mover::Splice => "splice",
-        Mover::Copy => "userspace",
-    };
-    RelayStats::copied(mode, copied)
-}
-
-/// What one burst of a direction ended with.
-enum Burst {
-    /// The source has nothing more for now.
-    Idle,
-    /// The source sent its EOF.
-    Eof,
-}
-
-/// One direction: `src` → pipe → `dst` until EOF, then `dst`'s write side is shut down.
-/// `count` is the bytes that reached `dst`.
-async fn half(
-    src: &TcpStream,
-    dst: &TcpStream,
-    buffer: usize,
-    (mover, pool): (Mover, &'static Pool),
-    count: &AtomicU64,
-) -> io::Result<()> {
-    loop {
-        src.readable().await?;
-        let pipe = match mover {
-            Mover::Splice => pool.take().map_err(|e| {
-                tracing::debug!("no pipe for splice(2) ({e}); copying this burst");
-            }),
-            Mover::Copy => Err(()),
-        };
-        // Boxed: between bursts, the pair's task holds no room for one.
-        let burst = match pipe {
-            Ok(pipe) => Box::pin(spliced_burst(src, dst, pipe, count)).await?,
-            Err(()) => Box::pin(copied_burst(src, dst, buffer, count)).await?,
-        };
-        if let Burst::Eof = burst {
-            return shutdown_write(dst);
-        }
+) -> SpliceRelay {
+    SpliceRelay {
+        sockets: [client, upstream],
+        directions: [Direction::new(), Direction::new()],
+        how: Movers {
+            mover,
+            pool,
+            buffer,
+        },
     }
 }
 
-/// Splices what `src` has through `pipe` into `dst`, as long as reads return bytes; the
-/// pipe goes back to the pool empty when `src` would block.
-async fn spliced_burst(
-    src: &TcpStream,
-    dst: &TcpStream,
-    mut pipe: Lent,
-    count: &AtomicU64,
-) -> io::Result<Burst> {
-    loop {
-        // The pipe is empty here, so EAGAIN can only be the socket's.
-        let capacity = pipe.pipe().capacity;
-        let n = match src.try_io(Interest::READABLE, || {
-            splice(src, &pipe.pipe().write, capacity)
-        }) {
-            Ok(0) => return Ok(Burst::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Idle),
-            Err(e) => return Err(e),
-        };
-        pipe.pending = n;
-        while pipe.pending > 0 {
-            dst.writable().await?;
-            let left = pipe.pending;
-            match dst.try_io(Interest::WRITABLE, || splice(&pipe.pipe().read, dst, left)) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => {
-                    pipe.pending -= m;
-                    count.fetch_add(m as u64, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+/// A relayed pair, polled by hand (`burst`): an idle one holds its two sockets, two
+/// small direction states and nothing else — no buffer, no pipe, no stored future.
+pub(crate) struct SpliceRelay {
+    /// `[client, upstream]`; direction 0 is client → upstream.
+    sockets: [TcpStream; 2],
+    directions: [Direction; 2],
+    how: Movers,
+}
+
+impl Future for SpliceRelay {
+    type Output = RelayStats;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayStats> {
+        let this = self.get_mut();
+        for (i, (src, dst)) in [(0, 1), (1, 0)].into_iter().enumerate() {
+            let (src, dst) = (&this.sockets[src], &this.sockets[dst]);
+            if let Poll::Ready(Err(e)) = this.directions[i].poll(cx, src, dst, this.how) {
+                // The first error ends both directions.
+                return Poll::Ready(this.stats(Some(e)));
             }
         }
+        if this.directions.iter().all(Direction::done) {
+            return Poll::Ready(this.stats(None));
+        }
+        Poll::Pending
     }
 }
 
-/// Copies what `src` has into `dst` as long as reads return bytes, through a buffer that
-/// starts at [`FIRST_BUFFER`] and doubles, up to `buffer`, each time a read fills it (an
-/// interactive burst costs a page, a bulk one reaches the full size within a few reads).
-async fn copied_burst(
-    src: &TcpStream,
-    dst: &TcpStream,
-    buffer: usize,
-    count: &AtomicU64,
-) -> io::Result<Burst> {
-    let mut buf = vec![0u8; FIRST_BUFFER.min(buffer)];
-    loop {
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => return Ok(Burst::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Idle),
-            Err(e) => return Err(e),
+impl SpliceRelay {
+    /// Whether both directions are between bursts (no pipe, no buffer).
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> bool {
+        self.directions.iter().all(Direction::idle)
+    }
+
+    fn stats(&mut self, error: Option<io::Error>) -> RelayStats {
+        // Whatever a direction still holds goes now (a pipe with bytes is closed).
+        let [up, down] =
+            std::mem::replace(&mut self.directions, [Direction::new(), Direction::new()]);
+        let copied = Copied {
+            a_to_b: up.count,
+            b_to_a: down.count,
+            error,
         };
-        let mut data = &buf[..n];
-        while !data.is_empty() {
-            dst.writable().await?;
-            match dst.try_write(data) {
-                Ok(m) => data = &data[m..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        count.fetch_add(n as u64, Ordering::Relaxed);
-        if n == buf.len() && buf.len() < buffer {
-            buf.resize((buf.len() * 2).min(buffer), 0);
-        }
+        let mode = match self.how.mover {
+            Mover::Splice => "splice",
+            Mover::Copy => "userspace",
+        };
+        RelayStats::copied(mode, copied)
     }
-}
-
-/// The first buffer of a copied burst.
-const FIRST_BUFFER: usize = 4096;
-
-/// Passes the half-close on: `shutdown(SHUT_WR)`, as `AsyncWriteExt::shutdown` does on a
-/// `TcpStream`.
-fn shutdown_write(s: &TcpStream) -> io::Result<()> {
-    Ok(rustix::net::shutdown(s, rustix::net::Shutdown::Write)?)
 }
 
 #[cfg(test)]

@@ -203,3 +203,33 @@ async fn a_reset_ends_both_directions_and_keeps_the_counts() {
     let _ = client_peer.read_to_end(&mut rest).await;
     assert!(rest.is_empty());
 }
+
+/// Between bursts a direction holds nothing: after bytes have passed and a read would
+/// block, neither direction of a copy relay keeps a buffer (nor a splice relay a pipe),
+/// and the whole pair is a few hundred bytes.
+#[tokio::test]
+async fn an_idle_pair_holds_no_buffer_and_stays_small() {
+    assert!(
+        std::mem::size_of::<SpliceRelay>() <= 256,
+        "SpliceRelay is {} bytes",
+        std::mem::size_of::<SpliceRelay>()
+    );
+    for mover in [Mover::Copy, Mover::Splice] {
+        let (client, mut client_peer) = pair().await;
+        let (upstream, mut upstream_peer) = pair().await;
+        let mut relay = std::pin::pin!(relay_splice(client, upstream, 64 * 1024, mover));
+        client_peer.write_all(&[9u8; 10_000]).await.unwrap();
+        let mut got = vec![0u8; 10_000];
+        let read = upstream_peer.read_exact(&mut got);
+        tokio::pin!(read);
+        // Drive the relay by hand until the bytes are through.
+        tokio::select! {
+            r = &mut read => assert_eq!(r.unwrap(), 10_000),
+            _ = &mut relay => panic!("the relay ended"),
+        }
+        assert_eq!(got, vec![9u8; 10_000]);
+        // One more poll: the read that would block ends the burst.
+        assert!(futures_util::poll!(&mut relay).is_pending());
+        assert!(relay.idle(), "{mover:?}: a direction still holds its burst");
+    }
+}

@@ -12,11 +12,12 @@ use super::conn::{self, ConnError};
 use super::fdlimit::{self, Reserve};
 use super::state::Proxy;
 use super::state::Route;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, field, info, info_span, warn, Instrument};
 
 /// What a listener does with its connections.
@@ -24,8 +25,9 @@ use tracing::{error, field, info, info_span, warn, Instrument};
 pub(crate) enum Ingress {
     /// The single port: detect, route, relay.
     Multiplex,
-    /// A legacy per-protocol listener: relay everything to one upstream.
-    Fixed(Route),
+    /// A legacy per-protocol listener: relay everything to one upstream (shared: each
+    /// connection's task holds a pointer, not a copy).
+    Fixed(Arc<Route>),
 }
 
 /// Accepts connections until `shutdown` turns true. Each connection uses the [`Proxy`]
@@ -62,11 +64,7 @@ pub(crate) async fn serve(
             _ = shutdown.changed() => break,
         };
         let proxy = proxies.borrow().clone();
-        let ingress = ingress.clone();
-        tokio::spawn(async move {
-            connection(proxy, ingress, stream, peer).await;
-            drop(permit);
-        });
+        tokio::spawn(connection(proxy, ingress.clone(), stream, peer, permit));
     }
 }
 
@@ -111,8 +109,17 @@ pub(crate) async fn drain(permits: &Semaphore, max: usize, deadline: Duration) {
     }
 }
 
-/// Runs one connection inside its span and logs how it ended.
-async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer: SocketAddr) {
+/// One connection's task: runs it inside its span, logs how it ended, then gives its
+/// `permit` back. Not an `async fn`: an idle relayed connection's memory is this task, and
+/// each async layer would store the arguments again; the stages are boxed for the same
+/// reason, so the task holds the one it is in rather than room for the largest.
+fn connection(
+    proxy: Arc<Proxy>,
+    ingress: Ingress,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> {
     let span = info_span!(
         "conn",
         peer = %peer,
@@ -130,9 +137,9 @@ async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer
     async move {
         let _ = stream.set_nodelay(true);
         let started = Instant::now();
-        let result = match ingress {
-            Ingress::Multiplex => conn::handle(&proxy, stream, peer).await,
-            Ingress::Fixed(route) => conn::fixed(&proxy, stream, peer, &route).await,
+        let result = match &ingress {
+            Ingress::Multiplex => Box::pin(conn::handle(&proxy, stream, peer)).await,
+            Ingress::Fixed(route) => Box::pin(conn::fixed(&proxy, stream, peer, route)).await,
         };
         let ms = started.elapsed().as_millis() as u64;
         match result {
@@ -156,9 +163,9 @@ async fn connection(proxy: Arc<Proxy>, ingress: Ingress, stream: TcpStream, peer
             }
             Err(e) => log_failure(&proxy, &e, ms),
         }
+        drop(permit);
     }
     .instrument(span)
-    .await
 }
 
 /// Counts and logs a failed connection. Refusals are rate-limited (a flood of bad

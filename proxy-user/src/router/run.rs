@@ -156,7 +156,7 @@ pub(crate) async fn serve(
     tasks.spawn(accept(web, Ingress::Multiplex));
     for (listener, route) in legacy {
         info!(listen = %listener.local_addr()?, route = %route.name, upstream = route.upstream.as_deref().unwrap_or("-"), "legacy listener");
-        tasks.spawn(accept(listener, Ingress::Fixed(route)));
+        tasks.spawn(accept(listener, Ingress::Fixed(Arc::new(route))));
     }
     // Before systemd (or a predecessor) hears of this process: a reload or an upgrade
     // signal from then on must find its handler.

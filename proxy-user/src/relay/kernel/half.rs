@@ -51,7 +51,11 @@ impl Half<'_> {
         let mut buf: Option<Vec<u8>> = None;
         let [from, to] = self.names;
         loop {
-            src.readable().await.map_err(|e| at(e, "reading", from))?;
+            // `poll_read_ready` keeps the waker in the socket's readiness slot: the wait
+            // stores no `Readiness` future (an idle pair's memory).
+            std::future::poll_fn(|cx| src.as_ref().poll_read_ready(cx))
+                .await
+                .map_err(|e| at(e, "reading", from))?;
             let b = buf.get_or_insert_with(|| vec![0u8; buffer]);
             let n = match src.try_read(b) {
                 Ok(n) => n,
@@ -70,15 +74,17 @@ impl Half<'_> {
                             "the kernel dropped {lost} bytes queued on a closed socket"
                         )));
                     }
-                    tokio::time::sleep(POLL).await;
+                    Box::pin(tokio::time::sleep(POLL)).await;
                     continue;
                 }
-                self.drained()
+                // Boxed, as the write below: the future of an idle direction holds only
+                // its wait for the source.
+                Box::pin(self.drained())
                     .await
                     .map_err(|e| at(e, "waiting for the send queue of", to))?;
                 return dst.shutdown().await.map_err(|e| at(e, "shutting down", to));
             }
-            dst.write_all(&b[..n])
+            Box::pin(dst.write_all(&b[..n]))
                 .await
                 .map_err(|e| at(e, "writing", to))?;
             self.copied.fetch_add(n as u64, Ordering::Relaxed);

@@ -41,15 +41,18 @@ pub(crate) async fn relay_spliced(
 ) -> RelayStats {
     let keys = cookie(&client).and_then(|c| Ok((c, cookie(&upstream)?)));
     let Ok((c, u)) = keys else {
-        return relay(client, upstream, buffer).await;
+        return Box::pin(relay(client, upstream, buffer)).await;
     };
     let (ck, uk) = (SockKey { cookie: c }, SockKey { cookie: u });
     if f.stats(uk).is_none() {
         tracing::debug!("upstream socket not registered by sock_ops; relaying in userspace");
-        return relay(client, upstream, buffer).await;
+        return Box::pin(relay(client, upstream, buffer)).await;
     }
     let mut pair = Pair { f, keys: [ck, uk] };
-    let (drained, joined) = match join(f, &client, &upstream, [ck, uk], client_read, buffer).await {
+    // Boxed, as every stage that does not last: an idle spliced pair's task holds the two
+    // directions' waits and nothing sized for the switch or the fallback copy.
+    let joining = Box::pin(join(f, &client, &upstream, [ck, uk], client_read, buffer));
+    let (drained, joined) = match joining.await {
         Ok(j) => (j.0, Ok(j.1)),
         Err((n, e)) => (n, Err(e)),
     };
@@ -58,7 +61,7 @@ pub(crate) async fn relay_spliced(
         Err(e) => {
             tracing::debug!("pair not spliced, relaying in userspace: {e}");
             drop(pair);
-            let mut stats = relay(client, upstream, buffer).await;
+            let mut stats = Box::pin(relay(client, upstream, buffer)).await;
             stats.client_to_upstream += drained[0];
             stats.upstream_to_client += drained[1];
             return stats;

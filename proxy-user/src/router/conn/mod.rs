@@ -103,10 +103,11 @@ pub(crate) async fn handle(
 ) -> Result<Finished, ConnError> {
     let limits = &proxy.config.limits;
     let deadline = Deadline::after(limits.handshake_timeout);
-    let (pending, early) = first_bytes::admit(proxy, &stream, peer, deadline).await?;
+    // Each stage boxed, so the relay's state is not sized for them (an idle pair's memory).
+    let (pending, early) = Box::pin(first_bytes::admit(proxy, &stream, peer, deadline)).await?;
     let mut pre = Preface::accepted(deadline, limits.max_hello_bytes);
     let mut client = Client::peer(peer);
-    let detected = first_bytes(proxy, &mut stream, &mut pre, peer, &mut client).await;
+    let detected = Box::pin(first_bytes(proxy, &mut stream, &mut pre, peer, &mut client)).await;
     // Once, whatever detection ended with: every closing line names the client.
     record_client(&Span::current(), &client);
     let (routable, header) = detected?;
@@ -143,7 +144,7 @@ pub(crate) async fn handle(
     };
     // Boxed, as each stage that lives on: the task holds the stage it is in.
     match Box::pin(plaintext::plaintext(proxy, stream, pre, route, &client)).await? {
-        plaintext::Plain::Done(done) => Ok(done),
+        plaintext::Plain::Relay(relay) => Ok(Box::pin(relay.run(proxy)).await),
         plaintext::Plain::Web(stream, pre, route) => {
             let conn = http_conn(proxy, route, false, false, None, &client, true);
             Box::pin(web_connection(proxy, stream, pre, route, conn, client)).await

@@ -19,9 +19,31 @@ use tracing::Span;
 
 /// How a plaintext connection goes on after [`plaintext`].
 pub(crate) enum Plain<'a> {
-    Done(Finished),
+    /// Dialed, with the bytes read so far sent on: the relay comes next.
+    Relay(PlainRelay),
     /// Plaintext HTTP: the web route's own endpoints come next.
     Web(TcpStream, Preface, &'a Route),
+}
+
+/// A legacy plaintext pair ready to relay. [`plaintext`] returns it rather than relaying
+/// itself, so that a long-lived pair's task holds the relay alone.
+pub(crate) struct PlainRelay {
+    client: TcpStream,
+    upstream: TcpStream,
+    route: &'static str,
+    /// Bytes read from the client before (for the splice's ordering), and of those, the
+    /// ones sent on.
+    consumed: u64,
+    sent: u64,
+}
+
+impl PlainRelay {
+    pub(crate) async fn run(self, proxy: &Proxy) -> Finished {
+        let buffer = proxy.config.limits.relay_buffer_bytes;
+        let mut stats = relay_plain(self.client, self.upstream, self.consumed, buffer).await;
+        stats.client_to_upstream += self.sent;
+        Finished::relayed(self.route, stats)
+    }
 }
 
 /// A legacy plaintext protocol on the single port: `route` is `ssh`, `web` or `postgres`;
@@ -30,7 +52,7 @@ pub(crate) async fn plaintext<'a>(
     proxy: &'a Proxy,
     mut client: TcpStream,
     pre: Preface,
-    route: &str,
+    route: &'static str,
     from: &Client,
 ) -> Result<Plain<'a>, ConnError> {
     let Some(entry) = proxy.table.plaintext(route) else {
@@ -59,12 +81,13 @@ pub(crate) async fn plaintext<'a>(
     let mut upstream = connect(proxy, entry).await?;
     upstream.write_all(pre.rest()).await?;
     let (consumed, sent) = (pre.consumed(), pre.rest().len() as u64);
-    // Its buffer is not needed while the pair is relayed.
-    drop(pre);
-    let buffer = proxy.config.limits.relay_buffer_bytes;
-    let mut stats = relay_plain(client, upstream, consumed, buffer).await;
-    stats.client_to_upstream += sent;
-    Ok(Plain::Done(Finished::relayed(route, stats)))
+    Ok(Plain::Relay(PlainRelay {
+        client,
+        upstream,
+        route,
+        consumed,
+        sent,
+    }))
 }
 
 /// A legacy listener's connection from `peer` (no PROXY header is read here): straight to
@@ -88,8 +111,8 @@ pub(crate) async fn fixed(
     }
     proxy.metrics.route(&route.name, "relay");
     let _active = proxy.metrics.active_guard("legacy");
-    let upstream = connect(proxy, route).await?;
+    let upstream = Box::pin(connect(proxy, route)).await?;
     let buffer = proxy.config.limits.relay_buffer_bytes;
-    let stats = relay_plain(stream, upstream, 0, buffer).await;
+    let stats = Box::pin(relay_plain(stream, upstream, 0, buffer)).await;
     Ok(Finished::relayed(&route.name, stats))
 }

@@ -97,12 +97,12 @@ pub(crate) async fn run<C: ClientIo>(proxy: &Proxy, relay_: Relay<'_, C>) -> Fin
             admitted: _admitted,
         } => match upstream {
             PassUpstream::Agent(agent) => {
-                let mut stats = relay(client, agent, buffer).await;
+                let mut stats = Box::pin(relay(client, agent, buffer)).await;
                 stats.client_to_upstream += sent;
                 Finished::relayed(&route.name, stats)
             }
             PassUpstream::Tcp(upstream) => {
-                let mut stats = relay_client(client, upstream, consumed, buffer).await;
+                let mut stats = Box::pin(relay_client(client, upstream, consumed, buffer)).await;
                 stats.client_to_upstream += sent;
                 Finished::relayed(&route.name, stats)
             }
@@ -121,9 +121,9 @@ pub(crate) async fn run<C: ClientIo>(proxy: &Proxy, relay_: Relay<'_, C>) -> Fin
             let stats = if ping {
                 let framed =
                     wire::ping_framed(tls, Some(limits.ping_interval), limits.max_ws_frame_bytes);
-                relay(framed, upstream, buffer).await
+                Box::pin(relay(framed, upstream, buffer)).await
             } else {
-                relay(tls, upstream, buffer).await
+                Box::pin(relay(tls, upstream, buffer)).await
             };
             Finished::relayed(&route.name, stats)
         }

@@ -41,7 +41,8 @@ pub(crate) async fn relay_client<C: ClientIo>(
 ) -> RelayStats {
     match client.into_tcp() {
         Ok(tcp) => relay_plain(tcp, upstream, consumed, buffer).await,
-        Err(client) => relay(client, upstream, buffer).await,
+        // Boxed: the copy's state is far larger than the plaintext relay's.
+        Err(client) => Box::pin(relay(client, upstream, buffer)).await,
     }
 }
 
