@@ -66,7 +66,10 @@ pub fn header() -> String {
 }
 
 pub fn line(s: &Sample, prev: Option<&Sample>) -> String {
-    let rate = prev.map_or(0.0, |p| (s.done - p.done) as f64 / (s.t - p.t).max(1e-3));
+    let rate = match prev {
+        Some(p) if s.t - p.t >= 1.0 => format!("{:.0}", (s.done - p.done) as f64 / (s.t - p.t)),
+        _ => "-".to_owned(),
+    };
     let old = s.old.map_or(String::new(), |(pid, rss, fds)| {
         format!(
             " [draining {pid}: {:.1} MiB, {fds} fds]",
