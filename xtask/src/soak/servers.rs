@@ -4,8 +4,9 @@
 //! --upgrade-socket`, a `switchyard agent` serving one TCP app through a reverse tunnel, and
 //! two local `switchyard proxy tcp` listeners that reach the proxy through the web route's
 //! connection upgrade (WebSocket and legacy `Upgrade: alpn-ping`), as clients behind a
-//! layer-7 balancer do. Also the operator's side: SIGHUP, the binary upgrade, and which
-//! process serves now. Everything is stopped when [`Servers`] drops, also on error.
+//! layer-7 balancer do; all from a copy of the binary in `target/soak/`. Also the
+//! operator's side: SIGHUP, the binary upgrade, and which process serves now. Everything
+//! is stopped when [`Servers`] drops, also on error.
 
 use std::{
     fs::File,
@@ -62,13 +63,14 @@ pub struct Servers {
 
 impl Servers {
     /// Starts everything under `out` (`pki/`, `logs/`) and waits for the agent's tunnels.
-    pub fn start(binary: &Path, out: &Path, ebpf: &str) -> Result<Servers> {
-        let pki = env::make_pki(binary, out)?;
-        let dir = path(&pki)?;
-        run(
-            binary,
-            &["ca", "issue", "--dir", dir, "--name", "edge", "--agent"],
-        )?;
+    pub fn start(built: &Path, out: &Path, ebpf: &str) -> Result<Servers> {
+        let pki = env::make_pki(built, out)?;
+        // A copy: a build replacing target/*/switchyard mid-run breaks the upgrade (docs/soak.md).
+        let binary = &out.join("switchyard");
+        let _ = std::fs::remove_file(binary);
+        std::fs::copy(built, binary).with_context(|| format!("copy to {}", binary.display()))?;
+        #[rustfmt::skip]
+        run(binary, &["ca", "issue", "--dir", path(&pki)?, "--name", "edge", "--agent"])?;
         let logs = out.join("logs");
         let mut upstreams = Children::new(logs.clone());
         let mut echo = |name: &str, extra: &[&str]| {
