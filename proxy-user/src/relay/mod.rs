@@ -9,8 +9,11 @@
 //! asks for it ([`PlainRelay`]).
 
 use crate::io::copy::{copy_both, Copied, Until};
-use splice_pipe::{relay_splice, Mover};
+use futures_util::future::Either;
+use splice_pipe::{relay_splice, Mover, SpliceRelay};
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -53,32 +56,33 @@ impl RelayStats {
 /// Relays two plaintext TCP sockets: the seam where the kernel splice plugs in.
 /// `client_read` is how many bytes were read from the client before (detection, PROXY
 /// header, ClientHello) and already dealt with; the splice needs it to switch over in order.
-pub(crate) async fn relay_plain(
+///
+/// Not an `async fn` (that would store the sockets again beside the relay): the kernel
+/// splice is boxed, the `splice(2)`/copy relay is a [`SpliceRelay`] of a few hundred bytes.
+pub(crate) fn relay_plain(
     client: TcpStream,
     upstream: TcpStream,
     client_read: u64,
     buffer: usize,
-) -> RelayStats {
-    // The kernel splice is boxed: the connection's task then holds only the relay it runs,
-    // sized for it, rather than room for the largest (an idle pair's memory).
+) -> PlainRelayFuture {
     match crate::ebpf::frontend() {
-        Some(f) => {
-            Box::pin(kernel::relay_spliced(
-                f,
-                client,
-                upstream,
-                client_read,
-                buffer,
-            ))
-            .await
-        }
-        // A `SpliceRelay` is a few hundred bytes: no box needed.
-        None => match PlainRelay::chosen() {
-            PlainRelay::Splice => relay_splice(client, upstream, buffer, Mover::Splice).await,
-            PlainRelay::Copy => relay_splice(client, upstream, buffer, Mover::Copy).await,
-        },
+        Some(f) => Either::Left(Box::pin(kernel::relay_spliced(
+            f,
+            client,
+            upstream,
+            client_read,
+            buffer,
+        ))),
+        None => Either::Right(match PlainRelay::chosen() {
+            PlainRelay::Splice => relay_splice(client, upstream, buffer, Mover::Splice),
+            PlainRelay::Copy => relay_splice(client, upstream, buffer, Mover::Copy),
+        }),
     }
 }
+
+/// The future of [`relay_plain`]: the boxed kernel splice, or the `splice(2)`/copy relay.
+pub(crate) type PlainRelayFuture =
+    Either<Pin<Box<dyn Future<Output = RelayStats> + Send>>, SpliceRelay>;
 
 /// How plaintext pairs are relayed when the eBPF front end is not attached:
 /// `SWITCHYARD_RELAY=copy` forces the userspace copy (for measurements and as an escape

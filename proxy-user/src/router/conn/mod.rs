@@ -22,6 +22,7 @@
 //! logs it once in the connection's span.
 
 mod acme;
+mod detection;
 mod error;
 mod first_bytes;
 mod plaintext;
@@ -36,17 +37,17 @@ pub(crate) use error::{ConnError, Finished};
 pub(crate) use plaintext::fixed;
 
 use super::admission::{Admitted, Refusal, LEGACY};
-use super::detect::{detect, Detected, PgRequest, ProxyHeader};
 use super::http;
-use super::metrics::Accepted;
 use super::state::Proxy;
-use super::trust::{proxy_verdict, Client, ClientAddr, ClientFrom, Verdict};
+use super::trust::{Client, ClientFrom};
 use super::webapi::Forwarded;
-use crate::config::ProxyProtocol;
 use crate::io::BoxedIo;
-use error::hex_preview;
-use preface::{Deadline, Preface};
+use detection::{Found, Routable};
+use futures_util::FutureExt as _;
+use preface::Preface;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use tls::Tls;
 use tokio::net::TcpStream;
@@ -54,85 +55,86 @@ use tracing::{field, Instrument, Span};
 use upstream::ClientIo;
 use web::{http_conn, Web};
 
-/// What detection found that can be routed: detection itself never returns anything else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Routable {
-    Tls,
-    Ssh,
-    Http,
-    Postgres(PgRequest),
+/// Handles one connection accepted on the single port from `peer`.
+///
+/// Written so that its own future stays small while a pair is relayed (an idle
+/// connection's memory): each stage is boxed, and every value a stage needs is moved
+/// into it whole, never matched apart or borrowed here, so none of them is stored in this
+/// future across the relay.
+pub(crate) async fn handle(
+    proxy: &Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Result<Finished, ConnError> {
+    let found = Box::pin(detection::detect(proxy, stream, peer)).await?;
+    let _active = proxy.metrics.active_guard(found.routable.label());
+    let next = Box::pin(route(proxy, found)).await?;
+    next.run(proxy).await
 }
 
-impl Routable {
-    /// The `protocol` label of the accepted and active metrics.
-    fn label(self) -> &'static str {
+/// What a detected connection does next; [`Next::run`] runs it to its end.
+enum Next<'a> {
+    Tls(Found),
+    /// A legacy plaintext pair, and its admission by the `legacy-plaintext` class.
+    Relay(plaintext::PlainRelay, Admitted),
+    /// Plaintext HTTP to the web route.
+    Web {
+        stream: TcpStream,
+        pre: Preface,
+        route: &'a super::state::Route,
+        client: Client,
+        admitted: Admitted,
+    },
+}
+
+/// A stage's future, boxed.
+type Stage<'a> = Pin<Box<dyn Future<Output = Result<Finished, ConnError>> + Send + 'a>>;
+
+impl<'a> Next<'a> {
+    fn run(self, proxy: &'a Arc<Proxy>) -> Stage<'a> {
         match self {
-            Routable::Tls => "tls",
-            Routable::Ssh => "ssh",
-            Routable::Http => "http",
-            Routable::Postgres(_) => "postgres",
+            Next::Tls(found) => {
+                tls_connection(proxy, found.stream, found.pre, found.client, found.pending)
+            }
+            // A combinator, not an `async` block: that would store the relay twice.
+            Next::Relay(relay, admitted) => Box::pin(relay.run(proxy).map(move |done| {
+                drop(admitted);
+                Ok(done)
+            })),
+            Next::Web {
+                stream,
+                pre,
+                route,
+                client,
+                admitted,
+            } => Box::pin(async move {
+                let _admitted = admitted;
+                let conn = http_conn(proxy, route, false, false, None, &client, true);
+                web_connection(proxy, stream, pre, route, conn, client).await
+            }),
         }
     }
 }
 
-/// One answer of first-bytes detection.
-enum Step {
-    Proxy(ProxyHeader),
-    Routable(Routable),
-}
-
-/// Detection of the bytes read so far: `None` while more are needed.
-fn step(bytes: &[u8]) -> Result<Option<Step>, ConnError> {
-    Ok(Some(match detect(bytes) {
-        Detected::NeedMore => return Ok(None),
-        Detected::Proxy(h) => Step::Proxy(h),
-        Detected::BadProxy(m) => return Err(ConnError::BadProxy(m)),
-        Detected::Unknown => return Err(ConnError::Unknown(hex_preview(bytes))),
-        Detected::Tls => Step::Routable(Routable::Tls),
-        Detected::Ssh => Step::Routable(Routable::Ssh),
-        Detected::Http => Step::Routable(Routable::Http),
-        Detected::Postgres(r) => Step::Routable(Routable::Postgres(r)),
-    }))
-}
-
-/// Handles one connection accepted on the single port from `peer`.
-pub(crate) async fn handle(
-    proxy: &Arc<Proxy>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-) -> Result<Finished, ConnError> {
-    let limits = &proxy.config.limits;
-    let deadline = Deadline::after(limits.handshake_timeout);
-    // Each stage boxed, so the relay's state is not sized for them (an idle pair's memory).
-    let (pending, early) = Box::pin(first_bytes::admit(proxy, &stream, peer, deadline)).await?;
-    let mut pre = Preface::accepted(deadline, limits.max_hello_bytes);
-    let mut client = Client::peer(peer);
-    let detected = Box::pin(first_bytes(proxy, &mut stream, &mut pre, peer, &mut client)).await;
-    // Once, whatever detection ended with: every closing line names the client.
-    record_client(&Span::current(), &client);
-    let (routable, header) = detected?;
-    pre.settle();
-    let ingress = if header { "proxy_protocol" } else { "direct" };
-    let protocol = routable.label();
-    proxy.metrics.detect(protocol);
-    proxy
-        .metrics
-        .accepted
-        .get_or_create(&Accepted {
-            ingress_path: ingress,
-            protocol,
-        })
-        .inc();
-    let _active = proxy.metrics.active_guard(protocol);
-    let route = match routable {
-        Routable::Tls => {
-            return Box::pin(tls_connection(proxy, stream, pre, client, pending)).await
-        }
+/// Routes a detected connection: TLS goes on to its ClientHello; a legacy plaintext
+/// protocol is admitted by its class (from accept when its first bytes said so), then
+/// dialed or handed to the web route.
+async fn route<'a>(proxy: &'a Proxy, found: Found) -> Result<Next<'a>, ConnError> {
+    let route = match found.routable {
+        Routable::Tls => return Ok(Next::Tls(found)),
         Routable::Ssh => "ssh",
         Routable::Http => "web",
         Routable::Postgres(_) => "postgres",
     };
-    let _class = if early == LEGACY {
+    let Found {
+        stream,
+        pre,
+        client,
+        pending,
+        early,
+        ..
+    } = found;
+    let admitted = if early == LEGACY {
         pending
     } else {
         let class = proxy
@@ -142,94 +144,57 @@ pub(crate) async fn handle(
         drop(pending);
         class
     };
-    // Boxed, as each stage that lives on: the task holds the stage it is in.
-    match Box::pin(plaintext::plaintext(proxy, stream, pre, route, &client)).await? {
-        plaintext::Plain::Relay(relay) => Ok(Box::pin(relay.run(proxy)).await),
-        plaintext::Plain::Web(stream, pre, route) => {
-            let conn = http_conn(proxy, route, false, false, None, &client, true);
-            Box::pin(web_connection(proxy, stream, pre, route, conn, client)).await
-        }
-    }
+    Ok(
+        match plaintext::plaintext(proxy, stream, pre, route, client).await? {
+            plaintext::Plain::Relay(relay) => Next::Relay(relay, admitted),
+            plaintext::Plain::Web(stream, pre, route, client) => Next::Web {
+                stream,
+                pre,
+                route,
+                client,
+                admitted,
+            },
+        },
+    )
 }
 
-/// Detection of the first bytes, PROXY headers judged on the way
-/// (`proxy_service.proxy_protocol`, `trusted_proxies`): `client` becomes a trusted
-/// header's source; an untrusted one's is only `claimed_client`. Returns what was found
-/// and whether a header came first.
-async fn first_bytes(
-    proxy: &Proxy,
-    stream: &mut TcpStream,
-    pre: &mut Preface,
-    peer: SocketAddr,
-    client: &mut Client,
-) -> Result<(Routable, bool), ConnError> {
-    let service = &proxy.config.proxy_service;
-    let policy = service.proxy_protocol;
-    let peer_trusted = service.trusted_proxies.contains(peer.ip());
-    let mut header = false;
-    let routable = loop {
-        let h = match pre.read_until(stream, "protocol preface", step).await? {
-            Step::Routable(r) => break r,
-            Step::Proxy(h) => h,
-        };
-        if policy == Some(ProxyProtocol::Off) {
-            return Err(ConnError::ProxyForbidden);
-        }
-        if header {
-            return Err(ConnError::SecondProxy);
-        }
-        let from = ClientFrom::proxy(h.version);
-        proxy.metrics.detect(from.label());
-        let verdict = proxy_verdict(policy, peer_trusted);
-        if let Some(src) = h.source {
-            let outcome = match verdict {
-                Verdict::Believe => {
-                    *client = Client {
-                        addr: ClientAddr::Socket(src),
-                        from,
-                    };
-                    "believed"
-                }
-                Verdict::Claim => "ignored",
-                Verdict::Refuse => "refused",
-            };
-            if verdict != Verdict::Believe {
-                Span::current().record("claimed_client", field::display(src));
-            }
-            proxy.metrics.claim(from.label(), outcome);
-        }
-        if verdict == Verdict::Refuse {
-            return Err(ConnError::ProxyUntrusted { peer });
-        }
-        pre.skip(h.len);
-        header = true;
-    };
-    if policy == Some(ProxyProtocol::On) && !header {
-        return Err(ConnError::ProxyRequired);
-    }
-    Ok((routable, header))
-}
-/// A TLS connection on the socket, from `client` (as believed).
-async fn tls_connection<C: ClientIo>(
-    proxy: &Arc<Proxy>,
+/// A TLS connection on the socket, from `client` (as believed): its ClientHello, route
+/// and handshake ([`tls::tls`], boxed and gone once it returns), then what comes next.
+/// Chained with `then` rather than written as an `async fn`, which would keep its
+/// arguments and the stage's answer beside the relay for the connection's whole life.
+fn tls_connection<'a, C: ClientIo>(
+    proxy: &'a Arc<Proxy>,
     stream: C,
     pre: Preface,
     client: Client,
     pending: Admitted,
-) -> Result<Finished, ConnError> {
-    match Box::pin(tls::tls(proxy, stream, pre, &client, Some(pending))).await? {
-        Tls::Done(done) => Ok(done),
-        Tls::Relay(relay) => Ok(Box::pin(tls_relay::run(proxy, relay)).await),
+) -> Stage<'a> {
+    let routed = Box::pin(tls::tls(proxy, stream, pre, client, Some(pending)));
+    Box::pin(routed.then(move |tls| match tls {
+        Err(e) => Box::pin(std::future::ready(Err(e))),
+        Ok(tls) => after_tls(proxy, tls, client),
+    }))
+}
+
+/// What follows a routed TLS connection's stage.
+fn after_tls<'a, C: ClientIo>(proxy: &'a Arc<Proxy>, tls: Tls<'a, C>, client: Client) -> Stage<'a> {
+    match tls {
+        Tls::Done(done) => Box::pin(std::future::ready(Ok(done))),
+        Tls::Relay(relay) => Box::pin(tls_relay::run(proxy, relay).map(Ok)),
         Tls::Web {
             stream,
             preface,
             route,
             identity,
             h2,
-            admitted: _admitted,
+            admitted,
         } => {
             let conn = http_conn(proxy, route, true, h2, identity, &client, true);
-            Box::pin(web_connection(proxy, stream, preface, route, conn, client)).await
+            let web = web_connection(proxy, stream, preface, route, conn, client);
+            Box::pin(web.map(move |done| {
+                drop(admitted);
+                done
+            }))
         }
     }
 }
@@ -283,9 +248,9 @@ async fn inner_connection(
     pre: Preface,
     client: Client,
 ) -> Result<Finished, ConnError> {
-    match Box::pin(tls::tls(proxy, tunnel, pre, &client, None)).await? {
+    match Box::pin(tls::tls(proxy, tunnel, pre, client, None)).await? {
         Tls::Done(done) => Ok(done),
-        Tls::Relay(relay) => Ok(Box::pin(tls_relay::run(proxy, relay)).await),
+        Tls::Relay(relay) => Ok(tls_relay::run(proxy, relay).await),
         Tls::Web {
             stream,
             preface,

@@ -12,6 +12,8 @@ use crate::router::state::Proxy;
 use crate::router::state::Route;
 use crate::router::trust::{self, Client};
 use crate::router::webapi::Refused;
+use futures_util::FutureExt as _;
+use std::future::Future;
 use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -21,8 +23,8 @@ use tracing::Span;
 pub(crate) enum Plain<'a> {
     /// Dialed, with the bytes read so far sent on: the relay comes next.
     Relay(PlainRelay),
-    /// Plaintext HTTP: the web route's own endpoints come next.
-    Web(TcpStream, Preface, &'a Route),
+    /// Plaintext HTTP: the web route's own endpoints come next, for this client.
+    Web(TcpStream, Preface, &'a Route, Client),
 }
 
 /// A legacy plaintext pair ready to relay. [`plaintext`] returns it rather than relaying
@@ -38,11 +40,21 @@ pub(crate) struct PlainRelay {
 }
 
 impl PlainRelay {
-    pub(crate) async fn run(self, proxy: &Proxy) -> Finished {
+    /// The relay to its end. Not an `async fn`, which would store `self` beside the
+    /// relay's own state for the pair's whole life.
+    pub(crate) fn run(self, proxy: &Proxy) -> impl Future<Output = Finished> + Send {
         let buffer = proxy.config.limits.relay_buffer_bytes;
-        let mut stats = relay_plain(self.client, self.upstream, self.consumed, buffer).await;
-        stats.client_to_upstream += self.sent;
-        Finished::relayed(self.route, stats)
+        let PlainRelay {
+            client,
+            upstream,
+            route,
+            consumed,
+            sent,
+        } = self;
+        relay_plain(client, upstream, consumed, buffer).map(move |mut stats| {
+            stats.client_to_upstream += sent;
+            Finished::relayed(route, stats)
+        })
     }
 }
 
@@ -53,7 +65,7 @@ pub(crate) async fn plaintext<'a>(
     mut client: TcpStream,
     pre: Preface,
     route: &'static str,
-    from: &Client,
+    from: Client,
 ) -> Result<Plain<'a>, ConnError> {
     let Some(entry) = proxy.table.plaintext(route) else {
         proxy.metrics.route(route, "reject");
@@ -62,7 +74,7 @@ pub(crate) async fn plaintext<'a>(
         )));
     };
     Span::current().record("route", route);
-    if let Err(reason) = trust::allowed(entry.allow_from.as_ref(), from) {
+    if let Err(reason) = trust::allowed(entry.allow_from.as_ref(), &from) {
         proxy.metrics.route(route, "source_refused");
         if route == "web" {
             let answer = Refused::new(403, format!("the web route refused this client: {reason}"));
@@ -76,7 +88,7 @@ pub(crate) async fn plaintext<'a>(
     }
     proxy.metrics.route(route, "relay");
     if route == "web" {
-        return Ok(Plain::Web(client, pre, entry));
+        return Ok(Plain::Web(client, pre, entry, from));
     }
     let mut upstream = connect(proxy, entry).await?;
     upstream.write_all(pre.rest()).await?;

@@ -55,9 +55,10 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     proxy: &'a Proxy,
     mut client: C,
     mut pre: Preface,
-    from: &Client,
+    from: Client,
     pending: Option<Admitted>,
 ) -> Result<Tls<'a, C>, ConnError> {
+    let from = &from;
     let max = proxy.config.limits.max_hello_bytes;
     let hello = pre
         .read_until(&mut client, "ClientHello", |b| hello::parse(b, max))

@@ -4,6 +4,9 @@
 //! long-lived connection's task holds the relay alone, not the routing and handshake
 //! stage's state beside it (an idle connection's memory).
 
+use futures_util::FutureExt as _;
+use std::future::Future;
+use std::pin::Pin;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -14,7 +17,7 @@ use super::upstream::{connect, relay_client, ClientIo};
 use crate::io::tunnel::Service;
 use crate::io::{wire, BoxedIo, Prefixed};
 use crate::protocol::PING_SUFFIX;
-use crate::relay::relay;
+use crate::relay::{relay, RelayStats};
 use crate::router::admission::Admitted;
 use crate::router::state::{Proxy, Route};
 use crate::router::trust::Client;
@@ -83,8 +86,14 @@ pub(super) async fn pass_through<'a, C: ClientIo>(
 }
 
 /// Runs `relay` to its end: raw TLS both ways, or the terminated plaintext through the
-/// ping framing when the negotiated ALPN is a `-ping` one.
-pub(crate) async fn run<C: ClientIo>(proxy: &Proxy, relay_: Relay<'_, C>) -> Finished {
+/// ping framing when the negotiated ALPN is a `-ping` one. Not an `async fn`: that would
+/// store `relay` again beside the relay's own state for the connection's whole life; each
+/// way is a future of its own, boxed, with the route's name and the admission carried by
+/// a `map`.
+pub(crate) fn run<'a, C: ClientIo>(
+    proxy: &Proxy,
+    relay_: Relay<'a, C>,
+) -> Pin<Box<dyn Future<Output = Finished> + Send + 'a>> {
     let limits = &proxy.config.limits;
     let buffer = limits.relay_buffer_bytes;
     match relay_ {
@@ -94,38 +103,42 @@ pub(crate) async fn run<C: ClientIo>(proxy: &Proxy, relay_: Relay<'_, C>) -> Fin
             consumed,
             sent,
             route,
-            admitted: _admitted,
-        } => match upstream {
-            PassUpstream::Agent(agent) => {
-                let mut stats = Box::pin(relay(client, agent, buffer)).await;
+            admitted,
+        } => {
+            let moved: Pin<Box<dyn Future<Output = RelayStats> + Send>> = match upstream {
+                PassUpstream::Agent(agent) => Box::pin(relay(client, agent, buffer)),
+                PassUpstream::Tcp(upstream) => {
+                    Box::pin(relay_client(client, upstream, consumed, buffer))
+                }
+            };
+            Box::pin(moved.map(move |mut stats| {
+                drop(admitted);
                 stats.client_to_upstream += sent;
                 Finished::relayed(&route.name, stats)
-            }
-            PassUpstream::Tcp(upstream) => {
-                let mut stats = Box::pin(relay_client(client, upstream, consumed, buffer)).await;
-                stats.client_to_upstream += sent;
-                Finished::relayed(&route.name, stats)
-            }
-        },
+            }))
+        }
         Relay::Terminated {
             tls,
             upstream,
             route,
-            admitted: _admitted,
+            admitted,
         } => {
             let ping = tls
                 .get_ref()
                 .1
                 .alpn_protocol()
                 .is_some_and(|p| p.ends_with(PING_SUFFIX.as_bytes()));
-            let stats = if ping {
+            let moved: Pin<Box<dyn Future<Output = RelayStats> + Send>> = if ping {
                 let framed =
                     wire::ping_framed(tls, Some(limits.ping_interval), limits.max_ws_frame_bytes);
-                Box::pin(relay(framed, upstream, buffer)).await
+                Box::pin(relay(framed, upstream, buffer))
             } else {
-                Box::pin(relay(tls, upstream, buffer)).await
+                Box::pin(relay(tls, upstream, buffer))
             };
-            Finished::relayed(&route.name, stats)
+            Box::pin(moved.map(move |stats| {
+                drop(admitted);
+                Finished::relayed(&route.name, stats)
+            }))
         }
     }
 }

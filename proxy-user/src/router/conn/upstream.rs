@@ -5,11 +5,14 @@
 
 use super::error::ConnError;
 use crate::io::{BoxedIo, Prefixed};
-use crate::relay::{relay, relay_plain, RelayStats};
+use crate::relay::{relay, relay_plain, PlainRelayFuture, RelayStats};
 use crate::router::metrics::UpstreamLabel;
 use crate::router::state::Proxy;
 use crate::router::state::Route;
+use futures_util::future::Either;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -33,16 +36,17 @@ impl<S: ClientIo> ClientIo for Box<tokio_rustls::server::TlsStream<Prefixed<S>>>
 
 /// Relays a client stream and an upstream: spliced when the client is the socket itself.
 /// `consumed` counts every byte read from the socket before (for the splice's ordering).
-pub(crate) async fn relay_client<C: ClientIo>(
+/// Not an `async fn`, which would store the streams again beside the relay.
+pub(crate) fn relay_client<C: ClientIo>(
     client: C,
     upstream: TcpStream,
     consumed: u64,
     buffer: usize,
-) -> RelayStats {
+) -> Either<PlainRelayFuture, Pin<Box<dyn Future<Output = RelayStats> + Send>>> {
     match client.into_tcp() {
-        Ok(tcp) => relay_plain(tcp, upstream, consumed, buffer).await,
+        Ok(tcp) => Either::Left(relay_plain(tcp, upstream, consumed, buffer)),
         // Boxed: the copy's state is far larger than the plaintext relay's.
-        Err(client) => Box::pin(relay(client, upstream, buffer)).await,
+        Err(client) => Either::Right(Box::pin(relay(client, upstream, buffer))),
     }
 }
 
