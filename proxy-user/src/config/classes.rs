@@ -36,6 +36,11 @@ pub(crate) struct ClassLimits {
     /// New connections of the class at once beyond `rate` (the bucket's size; default:
     /// one second of `rate`).
     pub(crate) burst: Option<u32>,
+    /// New connections of the class per second from one source, on average (a token
+    /// bucket per source). On `unclassified` it is checked at accept, before any read.
+    pub(crate) per_source_rate: Option<f64>,
+    /// The size of each source's bucket (default: one second of `per_source_rate`).
+    pub(crate) per_source_burst: Option<u32>,
 }
 
 /// A class's budget with the defaults filled in.
@@ -46,6 +51,8 @@ pub(crate) struct Budget {
     pub(crate) per_source: usize,
     /// `(rate per second, burst)`; `None`: no rate limit.
     pub(crate) rate: Option<(f64, f64)>,
+    /// The same for each source; `None`: none.
+    pub(crate) per_source_rate: Option<(f64, f64)>,
 }
 
 /// The budget of `class`: its `limits.classes` entry over the defaults — generous for
@@ -64,25 +71,42 @@ pub(crate) fn budget(
             // would spend it for all the others (measured: a flood from 127.0.0.2 had
             // postgres from 127.0.0.1 refused at 5000/s); `per_source` bounds each client.
             rate: None,
+            // None by default: many clients behind one NAT address are one source.
+            per_source_rate: None,
         },
         _ => Budget {
             max_connections,
             max_handshakes: 256,
             per_source: 4096,
             rate: None,
+            per_source_rate: None,
         },
     };
     let set = classes.get(class).cloned().unwrap_or_default();
-    let rate = match (set.rate, set.burst) {
-        (Some(r), burst) => Some((r, burst.map_or(r.max(1.0), f64::from))),
-        (None, Some(b)) => default.rate.map(|(r, _)| (r, f64::from(b))),
-        (None, None) => default.rate,
-    };
     Budget {
         max_connections: set.max_connections.unwrap_or(default.max_connections),
         max_handshakes: set.max_handshakes.unwrap_or(default.max_handshakes),
         per_source: set.per_source.unwrap_or(default.per_source),
-        rate,
+        rate: bucket(set.rate, set.burst, default.rate),
+        per_source_rate: bucket(
+            set.per_source_rate,
+            set.per_source_burst,
+            default.per_source_rate,
+        ),
+    }
+}
+
+/// A `(rate, burst)` from the keys set over the default; the burst defaults to one
+/// second of the rate (at least 1).
+fn bucket(
+    rate: Option<f64>,
+    burst: Option<u32>,
+    default: Option<(f64, f64)>,
+) -> Option<(f64, f64)> {
+    match (rate, burst) {
+        (Some(r), burst) => Some((r, burst.map_or(r.max(1.0), f64::from))),
+        (None, Some(b)) => default.map(|(r, _)| (r, f64::from(b))),
+        (None, None) => default,
     }
 }
 
@@ -95,18 +119,31 @@ pub(crate) fn validate(classes: &BTreeMap<String, ClassLimits>) -> Result<(), Co
                 format!("unknown class (classes: {})", CLASSES.join(", ")),
             ));
         }
-        if limits.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        for (k, rate) in [
+            ("rate", limits.rate),
+            ("per_source_rate", limits.per_source_rate),
+        ] {
+            if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                return Err(ConfigError::invalid(
+                    format!("limits.classes.{name}.{k}"),
+                    "a number of connections per second above 0",
+                ));
+            }
+        }
+        if limits.per_source_burst.is_some() && limits.per_source_rate.is_none() {
             return Err(ConfigError::invalid(
-                format!("limits.classes.{name}.rate"),
-                "a number of connections per second above 0",
+                format!("limits.classes.{name}.per_source_burst"),
+                "needs per_source_rate",
             ));
         }
         let burst = limits.burst.map(|b| b as usize);
+        let source_burst = limits.per_source_burst.map(|b| b as usize);
         for (k, v) in [
             ("max_connections", limits.max_connections),
             ("max_handshakes", limits.max_handshakes),
             ("per_source", limits.per_source),
             ("burst", burst),
+            ("per_source_burst", source_burst),
         ] {
             if v == Some(0) {
                 return Err(ConfigError::invalid(

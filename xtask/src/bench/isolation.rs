@@ -36,10 +36,10 @@ const FLOOD_CLIENTS: usize = 64;
 const FLOOD_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 /// Switchyard's budgets for the flooded class.
 pub const SSH_BUDGET: &str = "{max_handshakes: 16, per_source: 32, rate: 300, burst: 100}";
-/// The second budget row sets an `unclassified` rate (one bucket shared by every source;
-/// none by default, since a 5000/s default let a flood faster than that, refused before its
-/// class was known, take the other classes' connections down with it).
-pub const UNCLASSIFIED: &str = "{rate: 100000, burst: 100000}";
+/// The second budget row also refuses a source opening more than 1000 connections a second
+/// at accept, before anything is read (`unclassified.per_source_rate`; HAProxy's row has
+/// the same 1000/s per source; the probe's own ~300–700/s stay under it).
+pub const UNCLASSIFIED: &str = "{per_source_rate: 1000, per_source_burst: 1000}";
 /// HAProxy's closest equivalent: per-source limits on the one terminating frontend.
 pub const HAPROXY_LIMITS: &str = "stick-table type ip size 100k expire 30s store \
     conn_cur,conn_rate(1s); tcp-request connection track-sc0 src; tcp-request connection \
@@ -60,7 +60,7 @@ impl Who {
     pub fn name(self) -> &'static str {
         match self {
             Who::Budgets => "switchyard, ssh budget",
-            Who::BudgetsWide => "switchyard, ssh budget + unclassified rate 100000",
+            Who::BudgetsWide => "switchyard, ssh budget + per-source rate at accept",
             Who::Defaults => "switchyard, default budgets",
             Who::Haproxy => "haproxy, per-source limits",
         }

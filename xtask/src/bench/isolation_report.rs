@@ -21,10 +21,10 @@ pub fn markdown(measured: &str, rows: &[Row]) -> String {
          client certificate and closing each right after its handshake, as fast as they can; \
          the probe runs 1 s after the flood starts. Proxy CPU from /proc/PID/stat during the \
          probe (100% = one core). Switchyard `--ebpf off`; `limits.classes.ssh: {SSH_BUDGET}` \
-         in the budget rows, the second with `unclassified: {UNCLASSIFIED}` as well (a rate \
-         for the not-yet-routed, one bucket for all sources; there is none by default since \
-         the 5000/s one made one source's flood refuse everyone's), none set in the \
-         default row (ssh: 256 handshakes, 4096 per source). \
+         in the budget rows, the second with `unclassified: {UNCLASSIFIED}` as well (one \
+         token bucket per source, checked at accept before anything is read: a flooding \
+         source is closed at once), none set in the default row (ssh: 256 handshakes, 4096 \
+         per source, no rates). \
          HAProxy: one TLS-terminating frontend with both ALPNs routing by `ssl_fc_alpn`, and \
          per-source limits (the closest it has to a class budget before the handshake: a \
          frontend `maxconn` would hold postgres back as much as ssh; the rate is 1000/s \

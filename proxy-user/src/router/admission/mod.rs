@@ -6,7 +6,11 @@
 //! client's address as believed, held for its life, with a handshake permit of that class
 //! around a terminated route's TLS handshake. Each check is a counter or a semaphore's
 //! `try_acquire`, so a refusal costs no crypto: the caller closes (or sends a TLS alert)
-//! at once. Sources are IPv4 addresses and IPv6 /64s.
+//! at once. Sources are IPv4 addresses and IPv6 /64s. A class's `rate` is one token
+//! bucket for all its sources, its `per_source_rate` one bucket per source ([`bucket`]):
+//! set on `unclassified`, it refuses a flooding source at accept, before anything is read.
+
+mod bucket;
 
 use super::metrics::{ClassLabel, ClassRefusal, Metrics};
 use super::route::{Mode, Role};
@@ -14,6 +18,7 @@ use super::state::Route;
 use crate::config::{budget, Budget, Config, CLASSES};
 use crate::io::tunnel::Kind;
 use crate::protocol::{AUTH_ALPN_PREFIX, MONGODB_ALPN, MYSQL_ALPN, POSTGRES_ALPN, SSH_ALPN};
+use bucket::{SourceBuckets, TokenBucket};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +36,7 @@ pub(crate) const LEGACY: &str = "legacy-plaintext";
 pub(crate) enum Refusal {
     MaxConnections,
     PerSource,
+    PerSourceRate,
     MaxHandshakes,
     Rate,
 }
@@ -40,6 +46,7 @@ impl Refusal {
         match self {
             Refusal::MaxConnections => "max_connections",
             Refusal::PerSource => "per_source",
+            Refusal::PerSourceRate => "per_source_rate",
             Refusal::MaxHandshakes => "max_handshakes",
             Refusal::Rate => "rate",
         }
@@ -60,25 +67,26 @@ struct State {
     budget: Budget,
     active: usize,
     per_source: HashMap<IpAddr, usize>,
-    /// The token bucket of `budget.rate`: tokens left, when last filled.
-    tokens: f64,
-    filled: Instant,
+    /// The token bucket of `budget.rate`.
+    bucket: TokenBucket,
+    /// The buckets of `budget.per_source_rate`.
+    sources: SourceBuckets,
 }
 
 impl State {
     /// Takes a token when the rate allows one more connection now.
     fn take_token(&mut self, now: Instant) -> bool {
-        let Some((rate, burst)) = self.budget.rate else {
-            return true;
-        };
-        let elapsed = now.saturating_duration_since(self.filled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
-        self.filled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        match self.budget.rate {
+            Some(limit) => self.bucket.take(limit, now),
+            None => true,
+        }
+    }
+
+    /// Takes a token from `source`'s bucket when its rate allows one more now.
+    fn take_source_token(&mut self, source: IpAddr, now: Instant) -> bool {
+        match self.budget.per_source_rate {
+            Some(limit) => self.sources.take(source, limit, now),
+            None => true,
         }
     }
 }
@@ -110,8 +118,11 @@ impl Admission {
                         budget,
                         active: 0,
                         per_source: HashMap::new(),
-                        tokens: budget.rate.map_or(0.0, |(_, burst)| burst),
-                        filled: Instant::now(),
+                        bucket: TokenBucket::full(
+                            budget.rate.map_or(0.0, |(_, burst)| burst),
+                            Instant::now(),
+                        ),
+                        sources: SourceBuckets::default(),
                     }),
                     handshakes: Arc::new(Semaphore::new(handshake_permits(budget))),
                     deficit: Arc::default(),
@@ -139,7 +150,10 @@ impl Admission {
                     .fetch_add(old - now - forgotten, Ordering::Relaxed);
             }
             if new.rate != st.budget.rate {
-                st.tokens = new.rate.map_or(0.0, |(_, burst)| burst);
+                st.bucket = TokenBucket::full(new.rate.map_or(0.0, |(_, b)| b), Instant::now());
+            }
+            if new.per_source_rate != st.budget.per_source_rate {
+                st.sources.clear();
             }
             st.budget = new;
         }
@@ -175,7 +189,13 @@ impl Admission {
             if st.per_source.get(&source).is_some_and(|n| *n >= per_source) {
                 return Err(refused(Refusal::PerSource));
             }
-            if !st.take_token(Instant::now()) {
+            let now = Instant::now();
+            // The source's own bucket first: a flooding source must not spend the
+            // class's tokens.
+            if !st.take_source_token(source, now) {
+                return Err(refused(Refusal::PerSourceRate));
+            }
+            if !st.take_token(now) {
                 return Err(refused(Refusal::Rate));
             }
             *st.per_source.entry(source).or_default() += 1;
@@ -307,5 +327,5 @@ pub(crate) fn class_of(route: &Route) -> &'static str {
 }
 
 #[cfg(test)]
-#[path = "admission_tests.rs"]
+#[path = "tests.rs"]
 mod tests;
