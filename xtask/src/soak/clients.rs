@@ -140,23 +140,19 @@ impl Clients {
     /// Connects a client of `kind` and reads the upstream's greeting (and, for legacy SSH,
     /// the banner coming back).
     async fn open(&self, kind: Kind) -> Result<Box<dyn Io>> {
-        let (proxy, tls) = (self.addrs.proxy, |c: &TlsConnector, sni| (c.clone(), sni));
+        let proxy = self.addrs.proxy;
         let mut io: Box<dyn Io> = match kind {
             Kind::Legacy => {
                 let mut tcp = connect(proxy).await?;
                 tcp.write_all(SSH_BANNER).await?;
                 Box::new(tcp)
             }
-            Kind::Passthrough | Kind::Terminated | Kind::Tunnel => {
-                let (connector, sni) = match kind {
-                    Kind::Passthrough => {
-                        tls(&self.passthrough, "kube-teleport-proxy-alpn.bench.test")
-                    }
-                    Kind::Terminated => tls(&self.ssh, "ssh.bench.test"),
-                    _ => tls(&self.tcp, "tunnelled.bench.test"),
-                };
-                Box::new(handshake(&connector, proxy, sni).await?)
+            Kind::Passthrough => {
+                let sni = "kube-teleport-proxy-alpn.bench.test";
+                Box::new(handshake(&self.passthrough, proxy, sni).await?)
             }
+            Kind::Terminated => Box::new(handshake(&self.ssh, proxy, "ssh.bench.test").await?),
+            Kind::Tunnel => Box::new(handshake(&self.tcp, proxy, "tunnelled.bench.test").await?),
             Kind::UpgradeWs => Box::new(connect(self.addrs.upgrade_ws).await?),
             Kind::UpgradeLegacy => Box::new(connect(self.addrs.upgrade_legacy).await?),
             Kind::Web => bail!("the web route has no greeting"),
