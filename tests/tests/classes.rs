@@ -169,6 +169,76 @@ fn a_handshake_storm_from_one_source_meets_its_cap_and_psql_from_another_goes_on
     drop(held);
 }
 
+/// `unclassified.per_source_rate`: a source opening connections faster than its bucket
+/// allows is closed at accept, before the proxy reads a byte (no TLS alert: the
+/// ClientHello is never looked at), counted as `per_source_rate`; `psql` from another
+/// source keeps connecting.
+#[test]
+fn a_per_source_rate_closes_a_flooding_address_at_accept_and_psql_goes_on() {
+    // Each source has its own bucket of BURST: the storm spends 127.0.0.2's, psql and its
+    // local proxy use fewer than that of 127.0.0.1's.
+    const BURST: usize = 10;
+    let pki = TestPki::new().unwrap();
+    let pg = Postgres::start(&pki.server).unwrap();
+    let sshd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = ProxyConfig {
+        handshake_timeout: "30s".into(),
+        ..ProxyConfig::default()
+            .upstream("postgres", pg.addr)
+            .upstream("ssh", sshd.local_addr().unwrap())
+    };
+    config.extra = String::new();
+    let text = config.render().replace(
+        "limits: {handshake_timeout: 30s, max_connections: 1000}",
+        &format!(
+            "limits: {{handshake_timeout: 30s, max_connections: 1000, \
+             classes: {{unclassified: {{per_source_rate: 0.01, per_source_burst: {BURST}}}}}}}"
+        ),
+    );
+    assert!(text.contains("per_source_rate"), "{text}");
+    let proxy = Switchyard::start_text(&pki, &text, None).unwrap();
+
+    let hello = ssh_client_hello();
+    let stranger: IpAddr = "127.0.0.2".parse().unwrap();
+    let (mut answered, mut closed_silently) = (0, 0);
+    let mut held = Vec::new();
+    for _ in 0..STORM {
+        let mut s = connect_from(stranger, proxy.web).unwrap();
+        // The proxy may already have closed it: the write can fail.
+        let _ = s.write_all(&hello);
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut got = Vec::new();
+        match s.read_to_end(&mut got) {
+            Ok(_) if got.is_empty() => closed_silently += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed_silently += 1,
+            // A handshake answer (a ServerHello) or still waiting for our next flight.
+            _ => answered += 1,
+        }
+        held.push(s);
+    }
+    assert_eq!(
+        (answered, closed_silently),
+        (BURST, STORM - BURST),
+        "{}",
+        proxy.log()
+    );
+    psql_through_proxy_db(&pki, &proxy, 5);
+    let metric = |name: &str, labels: &[(&str, &str)]| proxy.metric(name, labels).unwrap();
+    let by_rate = [("class", "unclassified"), ("reason", "per_source_rate")];
+    assert_eq!(
+        metric("switchyard_class_refused_total", &by_rate),
+        (STORM - BURST) as f64
+    );
+    assert!(metric("switchyard_class_admitted_total", &[("class", "postgres")]) >= 5.0);
+    let log = proxy.log();
+    assert!(
+        log.contains("refused by the unclassified budget: per_source_rate"),
+        "{log}"
+    );
+    drop(held);
+}
+
 /// Whether the proxy has closed `s` (an end of stream or a reset, not silence).
 fn closed_by_proxy(mut s: &TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_millis(100)))
