@@ -51,6 +51,11 @@ fn start(drain_timeout: &str, env: &[(&str, &Path)]) -> Old {
 /// [`start`] with `extra` top-level YAML and public address `example.test` (so that an
 /// agent's TCP app `NAME.example.test` is covered by the test certificate).
 fn start_with(drain_timeout: &str, env: &[(&str, &Path)], extra: &str) -> Old {
+    start_from(&switchyard_bin().unwrap(), drain_timeout, env, extra)
+}
+
+/// [`start_with`] running the binary at `bin`.
+fn start_from(bin: &Path, drain_timeout: &str, env: &[(&str, &Path)], extra: &str) -> Old {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("echo").unwrap();
     let mut config = ProxyConfig::default().upstream("ssh", echo.addr);
@@ -81,7 +86,7 @@ fn start_with(drain_timeout: &str, env: &[(&str, &Path)], extra: &str) -> Old {
     std::fs::copy(pki.ca_cert(), dir.join("ca.crt")).unwrap();
     std::fs::write(dir.join("config.yaml"), text).unwrap();
     let socket = dir.join("upgrade.sock");
-    let mut cmd = serve_command(&dir, &socket);
+    let mut cmd = serve_command(bin, &dir, &socket);
     for (key, value) in env {
         cmd.env(key, value);
     }
@@ -100,8 +105,8 @@ fn start_with(drain_timeout: &str, env: &[(&str, &Path)], extra: &str) -> Old {
     }
 }
 
-fn serve_command(dir: &TempDir, socket: &Path) -> Command {
-    let mut cmd = Command::new(switchyard_bin().unwrap());
+fn serve_command(bin: &Path, dir: &TempDir, socket: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--config")
         .arg(dir.join("config.yaml"))
@@ -572,7 +577,9 @@ fn strangers_and_mistakes_on_the_upgrade_socket_get_clear_errors() {
         .unwrap();
 
     // A second fresh process on the same socket: refused, naming --takeover.
-    let second = serve_command(&old.dir, &old.socket).output().unwrap();
+    let second = serve_command(&switchyard_bin().unwrap(), &old.dir, &old.socket)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success());
     assert!(
@@ -582,7 +589,7 @@ fn strangers_and_mistakes_on_the_upgrade_socket_get_clear_errors() {
 
     // --takeover with nothing running there.
     let nowhere = old.dir.join("nobody.sock");
-    let lone = serve_command(&old.dir, &nowhere)
+    let lone = serve_command(&switchyard_bin().unwrap(), &old.dir, &nowhere)
         .arg("--takeover")
         .output()
         .unwrap();
@@ -748,4 +755,47 @@ fn another_user_is_refused_even_when_the_socket_is_open_to_all() {
         "{err}"
     );
     assert_eq!(old.serving(), [old.proc.pid()], "{}", old.log());
+}
+
+/// The usual way to upgrade: the new binary is installed over the running one's path (a
+/// package manager or `mv` puts a new file there, unlinking the old), then `switchyard
+/// upgrade`: the process started is the file now at that path, not the deleted one.
+#[test]
+fn an_upgrade_starts_the_binary_installed_over_the_running_one() {
+    let bin_dir = TempDir::new("upgrade-bin").unwrap();
+    let bin = bin_dir.join("switchyard");
+    let built = switchyard_bin().unwrap();
+    std::fs::copy(&built, &bin).unwrap();
+    let old = start_from(&bin, "2s", &[], "");
+    let pid = old.proc.pid();
+    // The "new build": another file (here the test's own binary, hard-linked, or copied
+    // across file systems) renamed over the running one's path.
+    let next = bin_dir.join("switchyard.new");
+    if std::fs::hard_link(&built, &next).is_err() {
+        std::fs::copy(&built, &next).unwrap();
+    }
+    std::fs::rename(&next, &bin).unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().ends_with(" (deleted)"),
+        "the running file is unlinked: {}",
+        exe.display()
+    );
+    let (ok, out, err) = upgrade_command(&old.socket);
+    assert!(ok, "{err}\n{}", old.log());
+    let new = old.serving()[1];
+    assert_eq!(
+        out.trim(),
+        format!("switchyard upgrade: pid {pid} handed its sockets over to pid {new}")
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{new}/exe")).unwrap(),
+        bin.canonicalize().unwrap(),
+        "the new process runs the file now at the path"
+    );
+    Conn::open(old.web, None)
+        .unwrap()
+        .round_trip(b"served by the new binary")
+        .unwrap();
+    switchyard_tests::process::signal(new, Signal::TERM).unwrap();
 }

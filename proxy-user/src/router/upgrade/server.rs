@@ -18,6 +18,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+/// This binary's path, read while it is still the file this process runs.
+fn started_from() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("the path of this binary: {e}"))
+}
+
 /// How long a connection may take to say hello.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
 /// How long a successor may take from the offer to serving (configuration, eBPF).
@@ -55,6 +60,10 @@ pub(crate) struct Upgrades {
     offer: Offer,
     socket: Option<PathBuf>,
     spawned: Arc<Successors>,
+    /// The binary's path as it was when this process started: `SIGUSR2` starts what is
+    /// at that path now (the new binary a package or `mv` put there). Read at start
+    /// because `/proc/self/exe` reads `… (deleted)` once the file has been replaced.
+    exe: Result<PathBuf, String>,
 }
 
 impl Upgrades {
@@ -66,6 +75,7 @@ impl Upgrades {
             offer: Arc::new(Mutex::new(None)),
             socket: None,
             spawned: Arc::default(),
+            exe: started_from(),
         }
     }
 
@@ -122,6 +132,7 @@ impl Upgrades {
             offer,
             socket: options.socket,
             spawned,
+            exe: started_from(),
         })
     }
 
@@ -152,11 +163,12 @@ impl Upgrades {
         if !args.iter().any(|a| a == "--takeover") {
             args.push("--takeover".into());
         }
-        let started = std::env::current_exe().and_then(|exe| {
+        let started = self.exe.clone().and_then(|exe| {
             let child = std::process::Command::new(&exe)
                 .args(&args)
                 .stdin(std::process::Stdio::null())
-                .spawn()?;
+                .spawn()
+                .map_err(|e| format!("{}: {e}", exe.display()))?;
             Ok((exe, child))
         });
         let (exe, mut child) = match started {
