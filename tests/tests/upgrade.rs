@@ -692,18 +692,58 @@ fn agents_redial_to_the_new_process_and_their_streams_in_flight_finish() {
     let mut in_flight = through_agent().unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
     in_flight.round_trip(b"before").unwrap();
 
-    let new = old.upgrade();
-    // The drain notice makes the agent dial two more tunnels, which the new process holds.
-    agent.wait_tunnels_up(4, LONG).unwrap();
-    wait_until(LONG, "the new process to list the agent's tunnels", || {
-        let (_, body) = http_get(old.diag, "/agents").unwrap();
-        let agents: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let tunnels = agents["agents"][0]["tunnels"]
-            .as_array()
-            .map_or(0, Vec::len);
-        Ok((tunnels == 2).then_some(()))
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", old.log(), agent.log()));
+    // Connections to the agent's app one after the other across the handover: the new
+    // process accepts some before the agent's tunnels to it are up, and those wait for
+    // them rather than being refused.
+    let stop = AtomicBool::new(false);
+    let (done, failed) = (AtomicU64::new(0), Mutex::new(Vec::new()));
+    let new = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                match through_agent().and_then(|mut c| c.round_trip(b"across the upgrade")) {
+                    Ok(_) => done.fetch_add(1, Ordering::SeqCst),
+                    Err(e) => {
+                        failed.lock().unwrap().push(e.to_string());
+                        0
+                    }
+                };
+            }
+        });
+        let new = old.upgrade();
+        // The drain notice makes the agent dial two more tunnels, which the new process
+        // holds.
+        agent.wait_tunnels_up(4, LONG).unwrap();
+        wait_until(LONG, "the new process to list the agent's tunnels", || {
+            let (_, body) = http_get(old.diag, "/agents").unwrap();
+            let agents: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let tunnels = agents["agents"][0]["tunnels"]
+                .as_array()
+                .map_or(0, Vec::len);
+            Ok((tunnels == 2).then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", old.log(), agent.log()));
+        let at_handover = done.load(Ordering::SeqCst);
+        wait_until(LONG, "more connections through the new process", || {
+            Ok((done.load(Ordering::SeqCst) > at_handover + 20).then_some(()))
+        })
+        .unwrap();
+        stop.store(true, Ordering::SeqCst);
+        new
+    });
+    let failed = failed.into_inner().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections across the upgrade failed: {:?}\n{}\nagent:\n{}",
+        failed.len(),
+        failed.len() as u64 + done.load(Ordering::SeqCst),
+        &failed[..failed.len().min(5)],
+        old.log(),
+        agent.log()
+    );
+    println!(
+        "{} connections to the agent's app across the upgrade, none refused",
+        done.load(Ordering::SeqCst)
+    );
     assert_eq!(old.readyz().1.trim(), format!("ready pid={new}"));
     through_agent()
         .unwrap()

@@ -140,7 +140,7 @@ pub(crate) async fn run(agent: &Agent) -> Ended {
                 Ok(Control::Drain) => {
                     info!(proxy = proxy_id, streams = streams.len(), "drain notice: opening a new tunnel, streams in flight finish here");
                     drop(_held);
-                    tokio::spawn(finish(session, streams, ctl));
+                    tokio::spawn(finish(session, streams, ctl, agent.services.clone()));
                     return Ended::Lost { drained: true };
                 }
                 Ok(other) => break format!("unexpected control message {other:?}"),
@@ -163,17 +163,35 @@ pub(crate) async fn run(agent: &Agent) -> Ended {
     Ended::Lost { drained: false }
 }
 
-/// After a drain notice: serves what is in flight until no stream is left, answering
-/// the proxy's heartbeats meanwhile (the control stream must stay open: the proxy takes
-/// its end as the tunnel's), then closes the tunnel.
-async fn finish(mut session: mux::Session, mut streams: JoinSet<()>, mut ctl: ControlChannel) {
-    while !streams.is_empty() {
+/// After a drain notice: serves what is in flight, and the streams the draining proxy
+/// still opens (connections it accepted before handing its sockets over, routed a moment
+/// later), until none has been left for [`DRAIN_LINGER`], answering the proxy's
+/// heartbeats meanwhile (the control stream must stay open: the proxy takes its end as
+/// the tunnel's), then closes the tunnel.
+async fn finish(
+    mut session: mux::Session,
+    mut streams: JoinSet<()>,
+    mut ctl: ControlChannel,
+    services: Arc<BTreeMap<Service, String>>,
+) {
+    let mut idle_since = Instant::now();
+    loop {
+        if streams.is_empty() && idle_since.elapsed() >= DRAIN_LINGER {
+            break;
+        }
+        let linger = tokio::time::sleep_until(idle_since + DRAIN_LINGER);
         tokio::select! {
             s = session.inbound.recv() => match s {
-                Some(_) => {} // dropped: the proxy is going away
+                Some(s) => {
+                    let services = services.clone();
+                    streams.spawn(async move { stream::serve(s, &services).await });
+                }
                 None => break,
             },
-            _ = streams.join_next() => {}
+            Some(_) = streams.join_next(), if !streams.is_empty() => {
+                idle_since = Instant::now();
+            }
+            _ = linger, if streams.is_empty() => {}
             msg = ctl.recv() => match msg {
                 Ok(Control::Ping { seq }) => {
                     if ctl.send(&Control::Pong { seq }).await.is_err() {
@@ -188,6 +206,10 @@ async fn finish(mut session: mux::Session, mut streams: JoinSet<()>, mut ctl: Co
     ctl.close().await;
     session.close();
 }
+
+/// How long a drained tunnel stays open with no stream, for streams the draining proxy
+/// still opens.
+const DRAIN_LINGER: Duration = Duration::from_secs(2);
 
 /// Why the tunnel failed before it came up: the TLS layer's reason when there is one
 /// (a refused certificate shows up on the first read under TLS 1.3).

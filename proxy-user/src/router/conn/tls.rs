@@ -71,7 +71,10 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     if acme::offers_acme(&hello) {
         return Box::pin(acme::answer(proxy, client, pre, &hello)).await;
     }
-    let (route, service) = match proxy.table.route(&hello, &*proxy.tunnels) {
+    let waits = proxy.config.tunnel.is_some();
+    let deadline = pre.deadline.at();
+    let decision = tunnel::redial::route(&proxy.table, &hello, &proxy.tunnels, waits, deadline);
+    let (route, service) = match decision.await {
         Decision::Route(route) => (route, None),
         Decision::Agent { entry, service } => {
             span.record("service", tracing::field::display(&service));

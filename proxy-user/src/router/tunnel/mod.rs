@@ -8,11 +8,14 @@
 //!   notice at SIGTERM.
 //! - [`dial`]: one client stream through a tunnel — the client's identity checked
 //!   against the agent's `allow`, the stream header, the agent's reply.
+//! - [`redial`]: in a new process's first seconds (a binary upgrade's successor, a
+//!   restart), a connection for a name no agent serves yet waits for the agents to redial.
 //!
 //! Which client connections go to agents is decided by the route table
 //! (`router::route`, "agents"), before any crypto.
 
 pub(crate) mod dial;
+pub(crate) mod redial;
 pub(crate) mod registry;
 pub(crate) mod serve;
 

@@ -94,6 +94,11 @@ struct State {
 pub(crate) struct Registry {
     state: Mutex<State>,
     metrics: Arc<crate::router::metrics::Metrics>,
+    /// Woken when a tunnel is admitted (`redial`).
+    pub(super) changed: tokio::sync::Notify,
+    /// When this process's registry began: agents redial a new process in its first
+    /// moments (`redial`).
+    pub(super) started: tokio::time::Instant,
 }
 
 impl Registry {
@@ -101,6 +106,8 @@ impl Registry {
         Registry {
             state: Mutex::default(),
             metrics,
+            changed: tokio::sync::Notify::new(),
+            started: tokio::time::Instant::now(),
         }
     }
 
@@ -116,7 +123,23 @@ impl Registry {
 
     /// Decides a Hello and, unless `Full`, adds `tunnel` to the agent. `fixed` are the
     /// names the static configuration serves; `max_tunnels` bounds what an agent may ask.
+    /// Connections waiting for an agent to redial are woken once it is in.
     pub(crate) fn admit(
+        &self,
+        offer: &Offer<'_>,
+        grant: &Grant,
+        fixed: &BTreeSet<Service>,
+        max_tunnels: u32,
+        tunnel: Tunnel,
+    ) -> Result<Admit, String> {
+        let admitted = self.admit_locked(offer, grant, fixed, max_tunnels, tunnel);
+        if let Ok(Admit::Welcome { .. }) = &admitted {
+            self.changed.notify_waiters();
+        }
+        admitted
+    }
+
+    fn admit_locked(
         &self,
         offer: &Offer<'_>,
         grant: &Grant,
