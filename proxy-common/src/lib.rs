@@ -7,8 +7,10 @@
 #![no_std]
 
 mod classify;
+mod syn;
 
 pub use classify::{classify, CLASSIFY_BYTES};
+pub use syn::{SourceKey, SynLimit, SYN_LIMIT_MAP, SYN_SOURCES, SYN_SOURCES_MAP};
 
 /// Name of the `SockHash` holding the sockets of spliced pairs.
 pub const SOCKETS_MAP: &str = "SOCKETS";
@@ -103,11 +105,13 @@ pub enum Counter {
     Spliced = 9,
     /// Redirects the kernel refused (the skb was passed instead).
     RedirectFailed = 10,
+    /// SYNs dropped by the per-source rate ([`SynLimit`]).
+    SynDropped = 11,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::SockOps,
         Counter::Registered,
         Counter::ClassTls,
@@ -119,6 +123,7 @@ impl Counter {
         Counter::Passed,
         Counter::Spliced,
         Counter::RedirectFailed,
+        Counter::SynDropped,
     ];
     /// Number of slots in [`COUNTERS_MAP`].
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -162,6 +167,10 @@ mod user {
     unsafe impl aya::Pod for super::Splice {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Tally {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SynLimit {}
+    // SAFETY: as above (a byte array).
+    unsafe impl aya::Pod for super::SourceKey {}
 }
 
 #[cfg(test)]
@@ -176,6 +185,8 @@ mod tests {
         assert_eq!(size_of::<SockStats>(), 8 + 8 + 4 + 4);
         assert_eq!(size_of::<Splice>(), 8 + 8);
         assert_eq!(size_of::<Tally>(), 8 + 8);
+        assert_eq!(size_of::<SynLimit>(), 8 + 8);
+        assert_eq!(size_of::<SourceKey>(), 16);
     }
 
     #[test]

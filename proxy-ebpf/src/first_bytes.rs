@@ -1,17 +1,19 @@
 //! `cgroup_skb/ingress`: the first payload bytes of each connection the proxy accepted,
 //! classified with `proxy_common::classify` into the per-class counters. It sees every
 //! packet the proxy's sockets receive (IPv4 or IPv6, then TCP), looks only at sockets
-//! `sock_ops` marked accepted and not yet classified, and always lets the packet through.
+//! `sock_ops` marked accepted and not yet classified, and lets the packet through — except
+//! a SYN over its source's rate ([`crate::syn_limit`]), which it drops.
 
 use aya_ebpf::{
     helpers::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext, EbpfContext as _,
 };
-use proxy_common::{classify, SockKey, CLASSIFY_BYTES, ROLE_ACCEPTED};
+use proxy_common::{classify, Counter, SockKey, CLASSIFY_BYTES, ROLE_ACCEPTED};
 
 use crate::{bump, SOCK_STATS};
 
-/// `cgroup_skb` verdict: let the packet through.
+/// `cgroup_skb` verdicts: let the packet through, or drop it.
 const ALLOW: i32 = 1;
+const DROP: i32 = 0;
 const IPPROTO_TCP: u8 = 6;
 
 #[cgroup_skb(ingress)]
@@ -22,6 +24,10 @@ pub fn switchyard_first_bytes(ctx: SkBuffContext) -> i32 {
 }
 
 fn try_first_bytes(ctx: &SkBuffContext) -> Result<i32, i32> {
+    if crate::syn_limit::over_limit(ctx) {
+        bump(Counter::SynDropped, 0);
+        return Ok(DROP);
+    }
     // SAFETY: the context pointer is the program's own argument.
     let key = SockKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },

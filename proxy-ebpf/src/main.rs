@@ -13,7 +13,8 @@
 //!   marked spliced to the peer's egress once userspace has forwarded everything passed to
 //!   it before. Anything else, a failed redirect included, is passed up: never dropped.
 //! - `cgroup_skb/ingress` ([`first_bytes`]): classifies the first payload of each accepted
-//!   connection into per-class counters; it never drops either.
+//!   connection into per-class counters; it drops nothing but the SYNs of a source over
+//!   its rate ([`syn_limit`]).
 //!
 //! On a non-bpf target this is an empty binary so host builds of the workspace succeed.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
@@ -32,6 +33,7 @@ use aya_ebpf::{
 use proxy_common::{Counter, SockKey, SockStats, Splice, Tally, ROLE_ACCEPTED, ROLE_UPSTREAM};
 
 mod first_bytes;
+mod syn_limit;
 
 /// `sock_ops` return value: the callback was handled.
 const SOCK_OPS_OK: u32 = 1;
@@ -60,7 +62,7 @@ static SPLICED: HashMap<SockKey, Splice> = HashMap::with_max_entries(MAX_SOCKETS
 
 /// The proxy's listening ports, host order (`proxy_common::PORTS_MAP`).
 #[map]
-static PORTS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+pub(crate) static PORTS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
 /// Per-CPU tallies indexed by `Counter` (`proxy_common::COUNTERS_MAP`).
 #[map]

@@ -11,12 +11,13 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, SockHash};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockHash};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SkSkb, SockOps};
 use aya::Ebpf;
 use proxy_common::{
-    Counter, SockKey, SockStats, Splice, Tally, COUNTERS_MAP, FIRST_BYTES_PROGRAM, PORTS_MAP,
-    SOCKETS_MAP, SOCK_OPS_PROGRAM, SPLICE_MAP, STATS_MAP, STREAM_VERDICT_PROGRAM,
+    Counter, SockKey, SockStats, Splice, SynLimit, Tally, COUNTERS_MAP, FIRST_BYTES_PROGRAM,
+    PORTS_MAP, SOCKETS_MAP, SOCK_OPS_PROGRAM, SPLICE_MAP, STATS_MAP, STREAM_VERDICT_PROGRAM,
+    SYN_LIMIT_MAP,
 };
 
 use super::cgroup::Cgroup;
@@ -34,6 +35,7 @@ pub(crate) struct Frontend {
     stats: Mutex<HashMap<MapData, SockKey, SockStats>>,
     splice: Mutex<HashMap<MapData, SockKey, Splice>>,
     ports: Mutex<HashMap<MapData, u32, u32>>,
+    syn_limit: Mutex<Array<MapData, SynLimit>>,
     counters: PerCpuArray<MapData, Tally>,
     attached: Mutex<Option<Attached>>,
     live: AtomicBool,
@@ -97,6 +99,7 @@ impl Frontend {
             stats: Mutex::new(map(&mut ebpf, STATS_MAP)?),
             splice: Mutex::new(map(&mut ebpf, SPLICE_MAP)?),
             ports: Mutex::new(map(&mut ebpf, PORTS_MAP)?),
+            syn_limit: Mutex::new(map(&mut ebpf, SYN_LIMIT_MAP)?),
             counters: map(&mut ebpf, COUNTERS_MAP)?,
             attached: Mutex::new(Some(Attached {
                 _ebpf: ebpf,
@@ -115,6 +118,12 @@ impl Frontend {
     pub(crate) fn detach(&self) {
         self.live.store(false, Ordering::Release);
         lock(&self.attached).take();
+    }
+
+    /// Sets the per-source SYN rate (`limits.classes.unclassified.per_source_rate`);
+    /// [`SynLimit::OFF`] turns it off.
+    pub(crate) fn set_syn_limit(&self, limit: SynLimit) -> Result<(), MapError> {
+        lock(&self.syn_limit).set(0, limit, 0)
     }
 
     /// Registers sockets accepted on `port` (one of the proxy's listeners).

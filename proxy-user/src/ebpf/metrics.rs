@@ -1,5 +1,6 @@
 //! The front end's own metrics, read from its maps at each scrape: first-bytes classes
-//! counted in the kernel, bytes passed up or redirected, failed redirects, and how many
+//! counted in the kernel, bytes passed up or redirected, failed redirects, SYNs dropped by
+//! the per-source rate, and how many
 //! sockets are registered and spliced right now (zero when nothing is open: the maps
 //! leak no entries).
 
@@ -58,6 +59,13 @@ impl Collector for FrontendCollector {
             let c = ConstCounter::new(tally(counter).map_or(0, |t| t.bytes));
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
+        let dropped = ConstCounter::new(tally(Counter::SynDropped).map_or(0, |t| t.events));
+        dropped.encode(encoder.encode_descriptor(
+            "switchyard_ebpf_syn_dropped",
+            "SYNs the kernel dropped: their source was over limits.classes.unclassified.per_source_rate",
+            None,
+            dropped.metric_type(),
+        )?)?;
         let (sockets, spliced) = self.0.entries();
         for (name, help, value) in [
             (

@@ -127,6 +127,8 @@ pub(crate) async fn serve(
             f.watch_port(listener.local_addr()?.port())
                 .context("registering a listening port with the eBPF front end")?;
         }
+        f.set_syn_limit(syn_limit(&proxy.config))
+            .context("setting the per-source SYN rate of the eBPF front end")?;
     }
 
     let (proxy_tx, proxy_rx) = watch::channel(proxy.clone());
@@ -253,6 +255,18 @@ fn warn_untrusted_headers(config: &Config) {
     }
 }
 
+/// The kernel's per-source SYN rate: `limits.classes.unclassified.per_source_rate` (and
+/// its burst), off when unset.
+fn syn_limit(config: &Config) -> proxy_common::SynLimit {
+    let limits = &config.limits;
+    let unclassified =
+        crate::config::budget(&limits.classes, "unclassified", limits.max_connections);
+    match unclassified.per_source_rate {
+        Some((rate, burst)) => proxy_common::SynLimit::new(rate, burst),
+        None => proxy_common::SynLimit::OFF,
+    }
+}
+
 /// SIGHUP: reload certificates and routes; live connections keep the old ones. Listener
 /// addresses, limits and the ACME section need a restart (the ACME certificate goes on
 /// being served and renewed).
@@ -271,6 +285,11 @@ fn reload(
                 warn!("proxy_service.acme changed: it takes effect at the next start (the running ACME certificate is still served and renewed)");
             }
             shared.admission.reconfigure(&p.config);
+            if let Some(f) = crate::ebpf::frontend() {
+                if let Err(e) = f.set_syn_limit(syn_limit(&p.config)) {
+                    error!("reload: the eBPF front end kept its per-source SYN rate: {e}");
+                }
+            }
             info!(routes = p.table.entries().len(), config = %path.display(), "reloaded certificates, routes and class budgets");
             let _ = proxies.send(Arc::new(p));
         }

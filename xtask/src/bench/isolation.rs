@@ -50,17 +50,29 @@ pub const HAPROXY_LIMITS: &str = "stick-table type ip size 100k expire 30s store
 pub enum Who {
     Budgets,
     BudgetsWide,
+    /// As `BudgetsWide`, with the eBPF front end: the per-source rate also holds the
+    /// flood's SYNs back in the kernel.
+    Kernel,
     Defaults,
     Haproxy,
 }
 
-pub const ALL: [Who; 4] = [Who::Budgets, Who::BudgetsWide, Who::Defaults, Who::Haproxy];
+pub const ALL: [Who; 5] = [
+    Who::Budgets,
+    Who::BudgetsWide,
+    Who::Kernel,
+    Who::Defaults,
+    Who::Haproxy,
+];
 
 impl Who {
     pub fn name(self) -> &'static str {
         match self {
             Who::Budgets => "switchyard, ssh budget",
             Who::BudgetsWide => "switchyard, ssh budget + per-source rate at accept",
+            Who::Kernel => {
+                "switchyard --ebpf require, ssh budget + per-source rate (SYNs in the kernel)"
+            }
             Who::Defaults => "switchyard, default budgets",
             Who::Haproxy => "haproxy, per-source limits",
         }
@@ -115,7 +127,13 @@ pub fn run(binary: &Path, out: &Path, pki: &Path) -> Result<Vec<Row>> {
         let n1 = flood.counts();
         drop(flood);
         let refused = match diag {
-            Some(d) => metrics(d, "switchyard_class_refused_total")?,
+            Some(d) => metrics(
+                d,
+                &[
+                    "switchyard_class_refused_total",
+                    "switchyard_ebpf_syn_dropped_total",
+                ],
+            )?,
             None => Vec::new(),
         };
         let row = Row {
@@ -188,7 +206,9 @@ fn start(
         let diag = SocketAddr::from(([127, 0, 0, 1], peers::free_port()?));
         let classes = match who {
             Who::Budgets => format!("{{ssh: {SSH_BUDGET}}}"),
-            Who::BudgetsWide => format!("{{ssh: {SSH_BUDGET}, unclassified: {UNCLASSIFIED}}}"),
+            Who::BudgetsWide | Who::Kernel => {
+                format!("{{ssh: {SSH_BUDGET}, unclassified: {UNCLASSIFIED}}}")
+            }
             _ => "{}".to_owned(),
         };
         let extra = format!("diag_addr: \"{diag}\"\n");
@@ -196,7 +216,8 @@ fn start(
         let config = pki.join("isolation-switchyard.yaml");
         std::fs::write(&config, yaml)?;
         let mut c = Command::new(binary);
-        c.args(["serve", "--ebpf", "off", "--config"]).arg(&config);
+        let ebpf = if who == Who::Kernel { "require" } else { "off" };
+        c.args(["serve", "--ebpf", ebpf, "--config"]).arg(&config);
         c.env("SWITCHYARD_LOG", "warn");
         (c, Some(diag))
     };
@@ -280,7 +301,7 @@ impl Drop for Flood {
 }
 
 /// The lines of `diag`'s `/metrics` that start with `name`.
-fn metrics(diag: SocketAddr, name: &str) -> Result<Vec<String>> {
+fn metrics(diag: SocketAddr, names: &[&str]) -> Result<Vec<String>> {
     let mut s = TcpStream::connect(diag).context("diag_addr")?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -291,7 +312,7 @@ fn metrics(diag: SocketAddr, name: &str) -> Result<Vec<String>> {
     s.read_to_string(&mut body)?;
     Ok(body
         .lines()
-        .filter(|l| l.starts_with(name))
+        .filter(|l| names.iter().any(|n| l.starts_with(n)))
         .map(str::to_owned)
         .collect())
 }

@@ -20,11 +20,15 @@ pub fn markdown(measured: &str, rows: &[Row]) -> String {
          one-thread runtime, each opening TLS connections with ALPN `teleport-proxy-ssh` and \
          client certificate and closing each right after its handshake, as fast as they can; \
          the probe runs 1 s after the flood starts. Proxy CPU from /proc/PID/stat during the \
-         probe (100% = one core). Switchyard `--ebpf off`; `limits.classes.ssh: {SSH_BUDGET}` \
+         probe (100% = one core). Switchyard `--ebpf off` except in the third row; \
+         `limits.classes.ssh: {SSH_BUDGET}` \
          in the budget rows, the second with `unclassified: {UNCLASSIFIED}` as well (one \
          token bucket per source, checked at accept before anything is read: a flooding \
-         source is closed at once), none set in the default row (ssh: 256 handshakes, 4096 \
-         per source, no rates). \
+         source is closed at once); the third row is the second with `--ebpf require`, where \
+         the same per-source rate also drops the flood's SYNs in the kernel \
+         (`cgroup_skb/ingress`), so the flooding clients wait on their SYN retransmits \
+         instead of costing a handshake, an accept and a close; none set in the default row \
+         (ssh: 256 handshakes, 4096 per source, no rates). \
          HAProxy: one TLS-terminating frontend with both ALPNs routing by `ssl_fc_alpn`, and \
          per-source limits (the closest it has to a class budget before the handshake: a \
          frontend `maxconn` would hold postgres back as much as ssh; the rate is 1000/s \
