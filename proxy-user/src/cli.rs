@@ -77,10 +77,16 @@ struct ServeArgs {
     /// Diagnostics address in dev mode.
     #[arg(long, default_value = "127.0.0.1:3081", requires = "dev")]
     diag: SocketAddr,
-    /// Kernel splice of plaintext pairs (eBPF): `auto` uses it when the kernel and
-    /// privileges allow, `require` refuses to start without it, `off` never loads it.
+    /// The eBPF front end (first-bytes classification, the per-source SYN rate, the
+    /// kernel splice): `auto` loads it when the kernel and privileges allow, `require`
+    /// refuses to start without it, `off` never loads it.
     #[arg(long, value_enum, default_value_t = ebpf::Mode::Auto)]
     ebpf: ebpf::Mode,
+    /// How plaintext pairs are relayed, over the configuration's `relay:` key: `auto`
+    /// (`splice(2)` on the hosts measured, docs/ebpf.md), `kernel` (the eBPF splice;
+    /// needs the front end), `splice` or `copy`.
+    #[arg(long, value_enum)]
+    relay: Option<crate::relay::choice::RelayMode>,
     /// Unix socket where this process hands its listening sockets to a new binary
     /// (`SIGUSR2` starts it; docs/deploy.md).
     #[arg(long, value_name = "PATH")]
@@ -271,7 +277,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         socket: a.upgrade_socket,
         takeover: a.takeover,
     };
-    run::serve(&path, a.ebpf, &upgrade, |web, diag| {
+    run::serve(&path, a.ebpf, a.relay, &upgrade, |web, diag| {
         if let (Some(dev), Some(diag)) = (&dev, diag) {
             demo::start_agent(dev);
             println!("{}", demo::instructions(dev, web, diag));

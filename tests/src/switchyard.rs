@@ -112,6 +112,8 @@ pub struct ProxyConfig {
     pub routes: Vec<String>,
     /// `serve --ebpf <mode>` (`auto`, `require`, `off`); omitted uses the binary's default.
     pub ebpf: Option<String>,
+    /// The top-level `relay:` key (`auto`, `kernel`, `splice`, `copy`); omitted: `auto`.
+    pub relay: Option<String>,
     /// Top-level YAML appended as is (e.g. a `tunnel:` section, [`crate::agent::tunnel_section`]).
     pub extra: String,
     /// `proxy_service.web_listen_addr` (default `127.0.0.1:0`): a fixed one lets a test
@@ -130,6 +132,7 @@ impl Default for ProxyConfig {
             upstreams: Vec::new(),
             routes: Vec::new(),
             ebpf: None,
+            relay: None,
             extra: String::new(),
             listen: "127.0.0.1:0".into(),
         }
@@ -242,6 +245,9 @@ impl ProxyConfig {
             }
         }
         y += "diag_addr: 127.0.0.1:0\n";
+        if let Some(relay) = &self.relay {
+            y += &format!("relay: {relay}\n");
+        }
         y += &self.extra;
         y
     }
@@ -285,8 +291,17 @@ impl Switchyard {
     /// Runs `serve` with raw config text expected to be rejected; returns the exit
     /// status and stderr.
     pub fn expect_exit(pki: &TestPki, config_text: &str) -> Result<(ExitStatus, String)> {
+        Self::expect_exit_ebpf(pki, config_text, None)
+    }
+
+    /// [`Switchyard::expect_exit`] with `serve --ebpf <mode>`.
+    pub fn expect_exit_ebpf(
+        pki: &TestPki,
+        config_text: &str,
+        ebpf: Option<&str>,
+    ) -> Result<(ExitStatus, String)> {
         let (dir, config_path) = write_config(pki, config_text)?;
-        let mut proc = spawn_serve(&dir, &config_path, None)?;
+        let mut proc = spawn_serve(&dir, &config_path, ebpf)?;
         let status = proc
             .wait_exit(Duration::from_secs(10))?
             .with_context(|| format!("serve kept running\n{}", proc.logs()))?;

@@ -480,7 +480,7 @@ fn the_units_capabilities_are_enough_for_ebpf_a_low_port_and_an_upgrade() {
     // The unit's user (here nobody), only its capabilities, no new privileges, its cgroup.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(r#"echo $$ > "$0/cgroup.procs" && exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps="$1" --ambient-caps="$1" --bounding-set="-all,$1" --no-new-privs "$2" serve --config "$3" --ebpf require --upgrade-socket "$4""#)
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps="$1" --ambient-caps="$1" --bounding-set="-all,$1" --no-new-privs "$2" serve --config "$3" --ebpf require --relay kernel --upgrade-socket "$4""#)
         .arg(&cgroup.0)
         .arg(&caps)
         .arg(switchyard_bin().unwrap())

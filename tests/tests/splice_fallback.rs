@@ -146,7 +146,7 @@ fn bulk(route: &str, preface: &'static [u8], banner: &'static [u8]) {
     }
     let log = proxy.log();
     assert!(
-        log.contains("relaying in userspace with splice(2) through pipes"),
+        log.contains("plaintext pairs are relayed with splice(2) through pipes relay=Auto"),
         "start-up line\n{log}"
     );
 }
@@ -189,4 +189,49 @@ fn half_close_from_the_upstream_reaches_the_client_which_can_still_send() {
         Ok((up == 21.0).then_some(()))
     })
     .unwrap();
+}
+
+/// `relay:` picks the relay: `copy` relays legacy SSH with userspace copies (counted under
+/// `mode="userspace"`, `relay="userspace"` in the audit line), and `kernel` without the
+/// front end is refused at start with the reason and what to do.
+#[test]
+fn the_relay_key_picks_the_relay_and_kernel_needs_the_front_end() {
+    let pki = TestPki::new().unwrap();
+    let demo = switchyard_tests::DemoUpstream::echo("ssh").unwrap();
+    let echo = demo.addr;
+    let config = ProxyConfig {
+        ebpf: Some("off".into()),
+        relay: Some("copy".into()),
+        ..ProxyConfig::default().upstream("ssh", echo)
+    };
+    let proxy = Switchyard::start(&pki, &config).unwrap();
+    let mut s = TcpStream::connect(proxy.web).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"SSH-2.0-copied\r\n").unwrap();
+    expect_bytes(&mut s, b"upstream=ssh\nSSH-2.0-copied\r\n");
+    drop(s);
+    wait_until(T, "the copied connection's audit line", || {
+        Ok(proxy.log().contains("relay=\"userspace\"").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    assert!(proxy
+        .log()
+        .contains("plaintext pairs are relayed with userspace copies relay=Copy"));
+    assert!(relayed(&proxy, "client_to_upstream", "userspace") > 0.0);
+    assert_eq!(relayed(&proxy, "client_to_upstream", "splice"), 0.0);
+
+    let kernel = ProxyConfig {
+        relay: Some("kernel".into()),
+        ..ProxyConfig::default().upstream("ssh", echo)
+    };
+    let (status, err) = Switchyard::expect_exit_ebpf(&pki, &kernel.render(), Some("off")).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("relay: kernel needs the eBPF front end, which is not attached (--ebpf off)"),
+        "{err}"
+    );
+    let bad = ProxyConfig::default().upstream("ssh", echo).render() + "relay: fastest\n";
+    let (status, err) = Switchyard::expect_exit(&pki, &bad).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("relay"), "{err}");
 }

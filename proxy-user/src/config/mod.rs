@@ -89,6 +89,10 @@ pub(crate) struct Config {
     /// Deadlines, connection and buffer limits.
     #[serde(default)]
     pub(crate) limits: Limits,
+    /// How plaintext pairs are relayed: `auto`, `kernel`, `splice` or `copy`
+    /// (`relay::choice`; `serve --relay` wins).
+    #[serde(default)]
+    pub(crate) relay: crate::relay::choice::RelayMode,
     /// Address of the diagnostics HTTP server (`/metrics`, `/healthz`, `/readyz`); off when unset.
     #[serde(default)]
     pub(crate) diag_addr: Option<String>,

@@ -63,21 +63,19 @@ static FRONTEND: OnceLock<Frontend> = OnceLock::new();
 /// proxy relays in userspace with `fallback` (how the relay moves plaintext pairs without
 /// the front end). Only `Mode::Require` turns a failure into an error. Call once, before
 /// creating listeners.
-pub(crate) fn start(mode: Mode, fallback: &str) -> Result<Option<&'static Frontend>, EbpfError> {
+pub(crate) fn start(mode: Mode) -> Result<Option<&'static Frontend>, EbpfError> {
     if mode == Mode::Off {
-        tracing::info!("eBPF front end off (--ebpf off): relaying in userspace with {fallback}");
+        tracing::info!("eBPF front end off (--ebpf off)");
         return Ok(None);
     }
     match Frontend::load() {
         Ok(f) => {
             let f = FRONTEND.get_or_init(|| f);
-            tracing::info!("eBPF front end attached: plaintext pairs are spliced in the kernel");
+            tracing::info!("eBPF front end attached");
             Ok(Some(f))
         }
         Err(e) if mode == Mode::Auto => {
-            tracing::warn!(
-                "eBPF front end unavailable, relaying in userspace with {fallback}: {e}"
-            );
+            tracing::warn!("eBPF front end unavailable (first-bytes classification and the kernel's SYN rate are off; relay: kernel is refused): {e}");
             Ok(None)
         }
         Err(e) => Err(e),

@@ -3,12 +3,13 @@
 //! [`relay`] is the userspace copy: two directions with bounded buffers, half-close passed
 //! on (EOF from one side becomes a write shutdown on the other while the reverse direction
 //! keeps flowing), an error on either side ending both, and byte counts kept even when the
-//! connection ends in an error. [`relay_plain`] is the seam for plaintext pairs: the kernel
-//! splice of the eBPF front end ([`kernel`]) when it is attached, otherwise `splice(2)`
-//! through a pipe per direction ([`splice_pipe`]), or this copy when `SWITCHYARD_RELAY=copy`
-//! asks for it ([`PlainRelay`]).
+//! connection ends in an error. [`relay_plain`] is the seam for plaintext pairs: the relay
+//! chosen at start ([`choice`]: `relay: auto|kernel|splice|copy`) — the kernel splice of
+//! the eBPF front end ([`kernel`]), `splice(2)` through pooled pipes ([`splice_pipe`]), or
+//! the userspace copy.
 
 use crate::io::copy::{copy_both, Copied, Until};
+use choice::Chosen;
 use futures_util::future::Either;
 use splice_pipe::{relay_splice, Mover, SpliceRelay};
 use std::future::Future;
@@ -18,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 mod burst;
+pub(crate) mod choice;
 pub(crate) mod kernel;
 pub(crate) mod pipe_pool;
 pub(crate) mod splice_pipe;
@@ -65,7 +67,8 @@ pub(crate) fn relay_plain(
     client_read: u64,
     buffer: usize,
 ) -> PlainRelayFuture {
-    match crate::ebpf::frontend() {
+    let chosen = choice::chosen();
+    match crate::ebpf::frontend().filter(|_| chosen == Chosen::Kernel) {
         Some(f) => Either::Left(Box::pin(kernel::relay_spliced(
             f,
             client,
@@ -73,9 +76,13 @@ pub(crate) fn relay_plain(
             client_read,
             buffer,
         ))),
-        None => Either::Right(match PlainRelay::chosen() {
-            PlainRelay::Splice => relay_splice(client, upstream, buffer, Mover::Splice),
-            PlainRelay::Copy => relay_splice(client, upstream, buffer, Mover::Copy),
+        // A `SpliceRelay` is a few hundred bytes: no box needed. `splice(2)` is also what
+        // the kernel's choice falls back to once the front end is detached (at exit).
+        None => Either::Right(match chosen {
+            Chosen::Copy => relay_splice(client, upstream, buffer, Mover::Copy),
+            Chosen::Splice | Chosen::Kernel => {
+                relay_splice(client, upstream, buffer, Mover::Splice)
+            }
         }),
     }
 }
@@ -83,42 +90,6 @@ pub(crate) fn relay_plain(
 /// The future of [`relay_plain`]: the boxed kernel splice, or the `splice(2)`/copy relay.
 pub(crate) type PlainRelayFuture =
     Either<Pin<Box<dyn Future<Output = RelayStats> + Send>>, SpliceRelay>;
-
-/// How plaintext pairs are relayed when the eBPF front end is not attached:
-/// `SWITCHYARD_RELAY=copy` forces the userspace copy (for measurements and as an escape
-/// hatch); anything else, or nothing, means `splice(2)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PlainRelay {
-    Splice,
-    Copy,
-}
-
-impl PlainRelay {
-    /// The environment variable read once per process.
-    pub(crate) const ENV: &'static str = "SWITCHYARD_RELAY";
-
-    /// Parses the variable's value (`None` when unset).
-    pub(crate) fn parse(value: Option<&str>) -> PlainRelay {
-        match value.map(str::trim) {
-            Some(v) if v.eq_ignore_ascii_case("copy") => PlainRelay::Copy,
-            _ => PlainRelay::Splice,
-        }
-    }
-
-    /// The process's choice, from [`PlainRelay::ENV`] at first use.
-    pub(crate) fn chosen() -> PlainRelay {
-        static CHOSEN: std::sync::OnceLock<PlainRelay> = std::sync::OnceLock::new();
-        *CHOSEN.get_or_init(|| PlainRelay::parse(std::env::var(Self::ENV).ok().as_deref()))
-    }
-
-    /// What the start-up log line calls it.
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            PlainRelay::Splice => "splice(2) through pipes",
-            PlainRelay::Copy => "userspace copies (SWITCHYARD_RELAY=copy)",
-        }
-    }
-}
 
 /// The userspace copy of both directions (`io::copy`), as a relay.
 pub(crate) async fn relay<A, B>(client: A, upstream: B, buffer: usize) -> RelayStats
@@ -141,15 +112,6 @@ mod tests {
     pub(super) fn assert_clean_counts(stats: &RelayStats, counts: (u64, u64)) {
         assert_eq!((stats.client_to_upstream, stats.upstream_to_client), counts);
         assert!(stats.error.is_none());
-    }
-
-    #[test]
-    fn plain_relay_is_splice_unless_copy_is_asked_for() {
-        assert_eq!(PlainRelay::parse(None), PlainRelay::Splice);
-        assert_eq!(PlainRelay::parse(Some("splice")), PlainRelay::Splice);
-        assert_eq!(PlainRelay::parse(Some("")), PlainRelay::Splice);
-        assert_eq!(PlainRelay::parse(Some("copy")), PlainRelay::Copy);
-        assert_eq!(PlainRelay::parse(Some(" COPY ")), PlainRelay::Copy);
     }
 
     #[tokio::test]

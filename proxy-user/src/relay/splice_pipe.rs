@@ -78,7 +78,7 @@ pub(crate) fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<u
 pub(crate) enum Mover {
     /// `splice(2)` through a lent pipe (a copy when none can be made).
     Splice,
-    /// Through a userspace buffer, held only during the burst (`SWITCHYARD_RELAY=copy`).
+    /// Through a userspace buffer, held only during the burst (`relay: copy`).
     Copy,
 }
 

@@ -19,7 +19,7 @@ use super::tunnel::Registry;
 use super::upgrade::{self, Sockets};
 use crate::config::{self, Config};
 use crate::ebpf;
-use crate::relay::PlainRelay;
+use crate::relay::choice::{self, RelayMode};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -42,6 +42,7 @@ fn bind(sockets: &mut Sockets, key: &str, addr: &str, backlog: u32) -> anyhow::R
 pub(crate) async fn serve(
     path: &Path,
     mode: ebpf::Mode,
+    relay: Option<RelayMode>,
     upgrade: &upgrade::Options,
     ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> anyhow::Result<()> {
@@ -62,8 +63,15 @@ pub(crate) async fn serve(
     // them over moves this process out of the predecessor's cgroup.
     let mut sockets = Sockets::open(upgrade).await?;
     // Before any listener: sockets belong to the cgroup of the process that creates them.
-    let fallback = PlainRelay::chosen().describe();
-    let frontend = ebpf::start(mode, fallback).context("--ebpf require")?;
+    let frontend = ebpf::start(mode).context("--ebpf require")?;
+    let asked = relay.unwrap_or(config.relay);
+    let why_not = match mode {
+        ebpf::Mode::Off => "--ebpf off",
+        _ => "it did not load: see the warning above",
+    };
+    let chosen = choice::resolve(asked, frontend.is_some(), why_not)?;
+    choice::choose(chosen);
+    info!(relay = ?asked, "plaintext pairs are relayed with {}", chosen.describe());
     let mut metrics = Metrics::new();
     if let Some(f) = frontend {
         metrics.ebpf_loaded.set(1);
@@ -280,6 +288,11 @@ fn reload(
     let build = |c| Proxy::new(c, metrics.clone(), stopping.clone(), shared.clone());
     match Config::load(path).and_then(build) {
         Ok(p) => {
+            if p.config.relay != proxies.borrow().config.relay {
+                warn!(
+                    "relay changed: it takes effect at the next start (the running relay goes on)"
+                );
+            }
             let acme = |c: &Config| format!("{:?}", c.proxy_service.acme);
             if acme(&p.config) != acme(&proxies.borrow().config) {
                 warn!("proxy_service.acme changed: it takes effect at the next start (the running ACME certificate is still served and renewed)");

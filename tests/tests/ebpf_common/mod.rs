@@ -24,6 +24,7 @@ const T: Duration = Duration::from_secs(30);
 pub fn start_spliced(pki: &TestPki, config: &ProxyConfig) -> Switchyard {
     let config = ProxyConfig {
         ebpf: Some("require".into()),
+        relay: Some("kernel".into()),
         ..config.clone()
     };
     let proxy = Switchyard::start(pki, &config)

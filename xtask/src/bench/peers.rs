@@ -1,7 +1,7 @@
 //! The proxies the throughput table compares, each a child process in front of the same
-//! bulk sink and routing by SNI: Switchyard with the kernel splice (`--ebpf require`),
-//! Switchyard with `splice(2)` through pipes (`--ebpf off`), Switchyard copying in
-//! userspace (`--ebpf off`, `SWITCHYARD_RELAY=copy`), HAProxy in TCP mode routing by
+//! bulk sink and routing by SNI: Switchyard with the kernel splice (`--ebpf require --relay kernel`),
+//! Switchyard with `splice(2)` through pipes (`--ebpf off --relay splice`), Switchyard
+//! copying in userspace (`--relay copy`), HAProxy in TCP mode routing by
 //! `req.ssl_sni`, and nginx `stream` with `ssl_preread`. HAProxy and nginx come from
 //! Debian's packages, installed here when missing (the bench's own dependencies, with the
 //! HTTP rows' load clients `wrk` and `h2load`).
@@ -197,18 +197,14 @@ pub fn start(via: Via, sink: SocketAddr, binary: &Path, dir: &Path, sni: &str) -
                 ),
             )?;
             let mut c = Command::new(binary);
-            let mode = if via == Via::KernelSplice {
-                "require"
-            } else {
-                "off"
+            let (mode, relay) = match via {
+                Via::KernelSplice => ("require", "kernel"),
+                Via::Userspace => ("off", "copy"),
+                _ => ("off", "splice"),
             };
-            c.args(["serve", "--ebpf", mode, "--config"]).arg(&config);
+            c.args(["serve", "--ebpf", mode, "--relay", relay, "--config"])
+                .arg(&config);
             c.env("SWITCHYARD_LOG", "warn").stdout(Stdio::null());
-            if via == Via::Userspace {
-                c.env("SWITCHYARD_RELAY", "copy");
-            } else {
-                c.env_remove("SWITCHYARD_RELAY");
-            }
             c
         }
         Via::Haproxy => {

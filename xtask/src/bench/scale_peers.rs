@@ -123,18 +123,14 @@ pub fn start(via: Via, up: &Upstreams, binary: &Path, pki: &Path, logs: &Path) -
             let classes = format!("{{legacy-plaintext: {budget}, kube: {budget}, ssh: {budget}}}");
             std::fs::write(&config, switchyard_yaml(a, up, "", &classes))?;
             cmd = Command::new(binary);
-            let mode = if via == Via::KernelSplice {
-                "require"
-            } else {
-                "off"
+            let (mode, relay) = match via {
+                Via::KernelSplice => ("require", "kernel"),
+                Via::Copy => ("off", "copy"),
+                _ => ("off", "splice"),
             };
-            cmd.args(["serve", "--ebpf", mode, "--config"]).arg(&config);
+            cmd.args(["serve", "--ebpf", mode, "--relay", relay, "--config"])
+                .arg(&config);
             cmd.env("SWITCHYARD_LOG", "warn");
-            if via == Via::Copy {
-                cmd.env("SWITCHYARD_RELAY", "copy");
-            } else {
-                cmd.env_remove("SWITCHYARD_RELAY");
-            }
             (a, a, a)
         }
         Via::Haproxy => {
