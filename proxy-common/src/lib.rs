@@ -107,11 +107,15 @@ pub enum Counter {
     RedirectFailed = 10,
     /// SYNs dropped by the per-source rate ([`SynLimit`]).
     SynDropped = 11,
+    /// Zero-length skbs (a pure FIN or ACK) the verdict dropped on a spliced socket.
+    EmptyDropped = 12,
+    /// Spliced sockets that closed while still in the splice (left the sockhash).
+    SplicedClosed = 13,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 14] = [
         Counter::SockOps,
         Counter::Registered,
         Counter::ClassTls,
@@ -124,6 +128,8 @@ impl Counter {
         Counter::Spliced,
         Counter::RedirectFailed,
         Counter::SynDropped,
+        Counter::EmptyDropped,
+        Counter::SplicedClosed,
     ];
     /// Number of slots in [`COUNTERS_MAP`].
     pub const COUNT: u32 = Self::ALL.len() as u32;

@@ -26,6 +26,7 @@ pub fn switchyard_first_bytes(ctx: SkBuffContext) -> i32 {
 fn try_first_bytes(ctx: &SkBuffContext) -> Result<i32, i32> {
     if crate::syn_limit::over_limit(ctx) {
         bump(Counter::SynDropped, 0);
+        aya_log_ebpf::debug!(ctx, "SYN dropped: its source is over the per-source rate");
         return Ok(DROP);
     }
     // SAFETY: the context pointer is the program's own argument.

@@ -16,6 +16,12 @@
 //!   connection into per-class counters; it drops nothing but the SYNs of a source over
 //!   its rate ([`syn_limit`]).
 //!
+//! Events userspace cannot see (a refused redirect, a dropped empty skb, a spliced socket
+//! that closed, a dropped SYN) are counted in `COUNTERS` and logged with aya-log at debug
+//! level, into the proxy's `tracing` (target `switchyard::ebpf::kernel`); the proxy sets
+//! `AYA_LOG_LEVEL` at load, so with debug off for that target a log statement costs one
+//! global load and compare.
+//!
 //! On a non-bpf target this is an empty binary so host builds of the workspace succeed.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
@@ -30,6 +36,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockOpsContext},
     EbpfContext as _,
 };
+use aya_log_ebpf::debug;
 use proxy_common::{Counter, SockKey, SockStats, Splice, Tally, ROLE_ACCEPTED, ROLE_UPSTREAM};
 
 mod first_bytes;
@@ -105,9 +112,18 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => ROLE_UPSTREAM,
         BPF_SOCK_OPS_STATE_CB => {
-            // SAFETY: plain map lookup; the value is not dereferenced.
-            if ctx.arg(1) == TCP_CLOSE && unsafe { SPLICED.get(key) }.is_none() {
-                let _ = SOCK_STATS.remove(key);
+            if ctx.arg(1) == TCP_CLOSE {
+                // SAFETY: plain map lookup; the value is not dereferenced.
+                if unsafe { SPLICED.get(key) }.is_none() {
+                    let _ = SOCK_STATS.remove(key);
+                } else {
+                    // The kernel takes a closed socket out of the sockhash by itself.
+                    bump(Counter::SplicedClosed, 0);
+                    debug!(
+                        ctx,
+                        "spliced socket {} closed: it left the sockhash", key.cookie
+                    );
+                }
             }
             return Ok(SOCK_OPS_OK);
         }
@@ -163,6 +179,8 @@ fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
         // EPIPE set on the *peer* socket and its transmit disabled (seen on 6.18 as
         // `reading the upstream: Broken pipe` after the client's FIN). Passed up, it would
         // queue an empty message. Dropping it loses nothing.
+        bump(Counter::EmptyDropped, 0);
+        debug!(ctx, "socket {}: a zero-length skb dropped", key.cookie);
         return Ok(sk_action::SK_DROP);
     }
     // SAFETY: read-only copy of a value userspace replaces whole.
@@ -177,6 +195,13 @@ fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
                 return Ok(sk_action::SK_PASS);
             }
             bump(Counter::RedirectFailed, len);
+            debug!(
+                ctx,
+                "socket {}: redirect to {} refused, {} bytes passed up instead",
+                key.cookie,
+                peer.cookie,
+                len
+            );
         }
     }
     // SAFETY: see `stats` above.

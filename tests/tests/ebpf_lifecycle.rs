@@ -56,6 +56,15 @@ fn thousand_concurrent_pairs_leave_no_map_entries() {
         Ok((left == (0.0, 0.0)).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    // Each client's FIN reached its spliced socket as a zero-length skb, which the verdict
+    // drops (userspace passes the half-close on), counted and logged by the kernel.
+    let empty = gauge(&proxy, "switchyard_ebpf_empty_skbs_dropped_total");
+    assert!(empty > 0.0, "empty skbs dropped: {empty}");
+    assert!(
+        proxy.log().contains("a zero-length skb dropped"),
+        "the kernel's debug record\n{}",
+        proxy.log()
+    );
     let kernel = proxy
         .metric("switchyard_relay_bytes_total", &[("mode", "kernel_splice")])
         .unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ebpf_common::expect_bytes;
 use switchyard_tests::raw::connect_from;
-use switchyard_tests::{DemoUpstream, ProxyConfig, Switchyard, TestPki};
+use switchyard_tests::{wait_until, DemoUpstream, ProxyConfig, Switchyard, TestPki};
 
 const BURST: usize = 10;
 const FLOOD: usize = 25;
@@ -77,5 +77,18 @@ fn a_source_over_its_syn_rate_is_held_back_in_the_kernel() {
         )
         .unwrap_or(0.0);
     assert_eq!(refused, 0.0, "{}", proxy.log());
+    // The kernel's own debug records (aya-log) reach the proxy's log: the tests run it
+    // with RUST_LOG=debug.
+    wait_until(Duration::from_secs(10), "the kernel's debug record", || {
+        let log = proxy.log();
+        Ok(log
+            .lines()
+            .any(|l| {
+                l.contains("switchyard::ebpf::kernel")
+                    && l.contains("SYN dropped: its source is over the per-source rate")
+            })
+            .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
     drop(connected);
 }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockHash};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SkSkb, SockOps};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use proxy_common::{
     Counter, SockKey, SockStats, Splice, SynLimit, Tally, COUNTERS_MAP, FIRST_BYTES_PROGRAM,
     PORTS_MAP, SOCKETS_MAP, SOCK_OPS_PROGRAM, SPLICE_MAP, STATS_MAP, STREAM_VERDICT_PROGRAM,
@@ -60,7 +60,11 @@ impl Frontend {
             return Err(EbpfError::NotEmbedded);
         }
         let cgroup = Cgroup::join()?;
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        let level = super::kernel_log::level();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(OBJECT)?;
+        super::kernel_log::start(&mut ebpf);
         let sockets: SockHash<MapData, SockKey> = map(&mut ebpf, SOCKETS_MAP)?;
         let program = |e| EbpfError::Program(STREAM_VERDICT_PROGRAM, e);
         let verdict: &mut SkSkb = ebpf

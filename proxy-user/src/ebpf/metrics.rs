@@ -59,13 +59,31 @@ impl Collector for FrontendCollector {
             let c = ConstCounter::new(tally(counter).map_or(0, |t| t.bytes));
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
-        let dropped = ConstCounter::new(tally(Counter::SynDropped).map_or(0, |t| t.events));
-        dropped.encode(encoder.encode_descriptor(
-            "switchyard_ebpf_syn_dropped",
-            "SYNs the kernel dropped: their source was over limits.classes.unclassified.per_source_rate",
-            None,
-            dropped.metric_type(),
-        )?)?;
+        for (name, help, counter) in [
+            (
+                "switchyard_ebpf_syn_dropped",
+                "SYNs the kernel dropped: their source was over limits.classes.unclassified.per_source_rate",
+                Counter::SynDropped,
+            ),
+            (
+                "switchyard_ebpf_empty_skbs_dropped",
+                "Zero-length skbs (a pure FIN or ACK) the verdict dropped on spliced sockets",
+                Counter::EmptyDropped,
+            ),
+            (
+                "switchyard_ebpf_spliced_sockets_closed",
+                "Spliced sockets that closed while in the sockhash (the kernel removes them)",
+                Counter::SplicedClosed,
+            ),
+            (
+                "switchyard_ebpf_redirects_failed",
+                "Redirects the kernel refused (each skb was passed up instead)",
+                Counter::RedirectFailed,
+            ),
+        ] {
+            let c = ConstCounter::new(tally(counter).map_or(0, |t| t.events));
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
         let (sockets, spliced) = self.0.entries();
         for (name, help, value) in [
             (

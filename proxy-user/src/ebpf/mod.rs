@@ -9,6 +9,7 @@
 //! afterwards [`frontend`] is what the relay asks.
 
 pub(crate) mod cgroup;
+mod kernel_log;
 pub(crate) mod loader;
 pub(crate) mod metrics;
 pub(crate) mod sockopt;
