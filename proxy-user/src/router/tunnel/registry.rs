@@ -11,7 +11,6 @@ use crate::config::ServePattern;
 use crate::io::tunnel::mux::Opener;
 use crate::io::tunnel::{Refusal, Service};
 use crate::router::metrics::TunnelMetrics;
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -284,39 +283,6 @@ impl Registry {
             }
         }
     }
-
-    /// The agents JSON of the diagnostics address (`/agents`).
-    pub(crate) fn snapshot(&self, proxy_id: &str, peers: &[String]) -> serde_json::Value {
-        let st = self.lock();
-        let rfc3339 = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
-        let agents: Vec<_> = st
-            .agents
-            .iter()
-            .map(|(id, a)| {
-                let tunnels: Vec<_> = a
-                    .tunnels
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "id": t.id,
-                            "peer": t.peer,
-                            "since": rfc3339(t.since),
-                            "streams": t.streams.load(Ordering::Relaxed),
-                            "draining": t.draining.load(Ordering::Relaxed),
-                        })
-                    })
-                    .collect();
-                json!({
-                    "agent_id": id,
-                    "identity": a.grant.identity,
-                    "since": rfc3339(a.since),
-                    "services": a.services.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                    "tunnels": tunnels,
-                })
-            })
-            .collect();
-        json!({ "proxy_id": proxy_id, "peers": peers, "agents": agents })
-    }
 }
 
 impl crate::router::route::Agents for Registry {
@@ -324,6 +290,9 @@ impl crate::router::route::Agents for Registry {
         Registry::serves(self, service)
     }
 }
+
+#[path = "registry_snapshot.rs"]
+mod snapshot;
 
 #[cfg(test)]
 #[path = "registry_tests.rs"]
