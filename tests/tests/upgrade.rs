@@ -661,7 +661,12 @@ fn switchyard_upgrade_reports_a_failed_successor_and_then_a_handover() {
         out.trim(),
         format!("switchyard upgrade: pid {pid} handed its sockets over to pid {new}")
     );
-    assert_eq!(old.readyz().1.trim(), format!("ready pid={new}"));
+    // The command returns once the new process serves; the old one may still take a
+    // last connection off the shared diagnostics port until it has seen the handover.
+    wait_until(LONG, "readyz answered by the new process", || {
+        Ok((old.readyz().1.trim() == format!("ready pid={new}")).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
     Conn::open(old.web, None)
         .unwrap()
         .round_trip(b"the new one")
