@@ -1,7 +1,8 @@
 //! The few socket facts the splice needs from the kernel: the socket cookie (the key of
 //! every per-socket map, through rustix) and how many bytes have been written into a TCP
 //! socket so far, by anyone (userspace `write`s and kernel redirects) — `TCP_INFO` and
-//! `SIOCOUTQ`, which rustix does not wrap, by raw `getsockopt`/`ioctl`.
+//! `SIOCOUTQ`, which rustix does not wrap, by raw `getsockopt`/`ioctl` — and, for the
+//! switch, how much waits in the receive queue and whether a read stopped at urgent data.
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -9,6 +10,9 @@ use std::os::fd::{AsFd, RawFd};
 
 /// `SIOCOUTQ` (= `TIOCOUTQ`): bytes in the send queue not yet acknowledged.
 const SIOCOUTQ: libc::Ioctl = libc::TIOCOUTQ;
+
+/// `SIOCATMARK` (asm-generic/sockios.h): whether the next byte to read is urgent data.
+const SIOCATMARK: libc::Ioctl = 0x8905;
 
 /// TCP states (the kernel's `enum tcp_state`) where the socket still sends.
 const TCP_ESTABLISHED: u8 = 1;
@@ -19,6 +23,22 @@ const TCP_CLOSE: u8 = 7;
 /// The socket cookie, as `bpf_get_socket_cookie` sees it.
 pub(crate) fn cookie(socket: &impl AsFd) -> io::Result<u64> {
     Ok(rustix::net::sockopt::socket_cookie(socket)?)
+}
+
+/// Bytes in the socket's receive queue, not read yet (`FIONREAD`).
+pub(crate) fn unread(socket: &impl AsFd) -> io::Result<u64> {
+    Ok(rustix::io::ioctl_fionread(socket)?)
+}
+
+/// Whether the next byte to read is the urgent mark (`SIOCATMARK`): a read stops there,
+/// possibly in the middle of a segment, even with room left in its buffer.
+pub(crate) fn at_urgent_mark(fd: RawFd) -> io::Result<bool> {
+    let mut at: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int.
+    if unsafe { libc::ioctl(fd, SIOCATMARK, &mut at) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(at != 0)
 }
 
 /// Bytes written into the socket so far and whether it can still send: acknowledged
@@ -82,5 +102,42 @@ mod tests {
         let w = written(a.as_raw_fd()).unwrap();
         assert_eq!(w.bytes - before, 1000);
         assert!(w.sending);
+    }
+
+    #[test]
+    fn unread_counts_the_receive_queue_and_a_read_stops_at_the_urgent_mark() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut b, _) = listener.accept().unwrap();
+        assert_eq!(unread(&b).unwrap(), 0);
+        // 100 bytes, then 1 urgent byte (the last of a MSG_OOB send), then 100 more.
+        a.set_nodelay(true).unwrap();
+        let send = |bytes: &[u8], flags| {
+            // SAFETY: sends from a live buffer of that length.
+            let n = unsafe { libc::send(a.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), flags) };
+            assert_eq!(n, bytes.len() as isize);
+        };
+        send(&[1u8; 101], libc::MSG_OOB);
+        send(&[2u8; 100], 0);
+        let mut fd = libc::pollfd {
+            fd: b.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, 10 s.
+        assert_eq!(
+            unsafe { libc::poll(&mut fd, 1, 10_000) },
+            1,
+            "urgent data arrives"
+        );
+        assert!(!at_urgent_mark(b.as_raw_fd()).unwrap());
+        // A read with room for everything stops short, at the mark.
+        let mut buf = [0u8; 1000];
+        assert_eq!(b.read(&mut buf).unwrap(), 100);
+        assert!(at_urgent_mark(b.as_raw_fd()).unwrap());
+        let mut rest = [0u8; 100];
+        b.read_exact(&mut rest).unwrap();
+        assert_eq!(rest, [2u8; 100]);
+        assert_eq!(unread(&b).unwrap(), 0);
     }
 }

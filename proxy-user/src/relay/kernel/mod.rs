@@ -51,7 +51,7 @@ pub(crate) async fn relay_spliced(
     let mut pair = Pair { f, keys: [ck, uk] };
     // Boxed, as every stage that does not last: an idle spliced pair's task holds the two
     // directions' waits and nothing sized for the switch or the fallback copy.
-    let joining = Box::pin(join(f, &client, &upstream, [ck, uk], client_read, buffer));
+    let joining = Box::pin(join(f, &client, &upstream, [ck, uk], client_read));
     let (drained, joined) = match joining.await {
         Ok(j) => (j.0, Ok(j.1)),
         Err((n, e)) => (n, Err(e)),
