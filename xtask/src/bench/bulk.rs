@@ -4,13 +4,18 @@
 //! plus `target/bench/throughput.json` and the chart `target/bench/throughput.png`
 //! (`chart.rs`).
 
-use std::{fmt::Write as _, path::Path, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
 
 use super::{
-    chart,
+    chart, isolation,
     peers::{self, Via},
     quiet,
     throughput::{self, Run},
@@ -24,6 +29,8 @@ struct Row {
     streams: usize,
     via: Via,
     runs: Vec<Run>,
+    /// Per run, the share of the clients' bytes the kernel moved (kernel splice only).
+    kernel_shares: Vec<f64>,
 }
 
 /// Median, min and max of one number over the runs.
@@ -62,6 +69,7 @@ pub fn run(
                 streams: n,
                 via,
                 runs: Vec::new(),
+                kernel_shares: Vec::new(),
             })
             .collect();
         for (via, peer) in &started {
@@ -72,8 +80,14 @@ pub fn run(
         for i in 1..=runs {
             for ((via, peer), r) in started.iter().zip(&mut row) {
                 quiet::wait()?;
+                let before = peer.diag.map(relayed).transpose()?;
                 let m = throughput::measure(peer.addr, n, duration, &peer.pids())
                     .with_context(|| format!("{} ×{n}", via.name()))?;
+                if let (Some(diag), Some(before)) = (peer.diag, before) {
+                    let share = kernel_share(diag, before, m.bytes)?;
+                    eprintln!("xtask: kernel splice ×{n} run {i}: {:.1}% of the bytes moved in the kernel", share * 100.0);
+                    r.kernel_shares.push(share);
+                }
                 eprintln!(
                     "xtask: throughput ×{n} {} run {i}/{runs}: {:.2} Gbit/s, peer {:.2} CPU s/GB, machine {:.2} CPU s/GB",
                     via.name(),
@@ -109,6 +123,49 @@ pub fn run(
     Ok(table(&rows, seconds, runs))
 }
 
+/// Bytes the proxy behind `diag` has relayed from its clients so far: (moved by the kernel,
+/// copied in userspace), as its `/metrics` count them when each connection ends.
+fn relayed(diag: SocketAddr) -> Result<(f64, f64)> {
+    let (mut kernel, mut user) = (0.0, 0.0);
+    for line in isolation::metrics(diag, &["switchyard_relay_bytes_total{"])? {
+        if !line.contains("direction=\"client_to_upstream\"") {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("a metric line without a value: {line}"))?;
+        if line.contains("mode=\"kernel_splice\"") {
+            kernel += value;
+        } else if line.contains("mode=\"userspace\"") {
+            user += value;
+        }
+    }
+    Ok((kernel, user))
+}
+
+/// The kernel's share of one run's client bytes: waits (at most 10 s) until the proxy has
+/// counted at least `bytes` more than `before` — it counts a connection when its relay ends,
+/// just after the client has read the sink's count.
+fn kernel_share(diag: SocketAddr, before: (f64, f64), bytes: u64) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = relayed(diag)?;
+        let (kernel, user) = (now.0 - before.0, now.1 - before.1);
+        if kernel + user >= bytes as f64 {
+            return Ok(kernel / (kernel + user));
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the kernel splice counted {} of the run's {bytes} bytes after 10 s",
+                kernel + user
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn median_of(rows: &[Row], streams: usize, via: Via) -> f64 {
     rows.iter()
         .find(|r| r.streams == streams && r.via == via)
@@ -120,8 +177,10 @@ fn table(rows: &[Row], seconds: f64, runs: usize) -> String {
         "\nThroughput through a TLS passthrough route (ClientHello, then raw bytes to a sink), \
          {runs} runs of {seconds} s per row, median (min–max). CPU s/GB: the peer's own \
          processes / the whole machine (client, sink and kernel work included).\n\n\
-         | streams | via | Gbit/s | × direct | × haproxy | peer CPU s/GB | machine CPU s/GB |\n\
-         |---|---|---|---|---|---|---|\n"
+         The kernel splice's last column is the share of the client's bytes the kernel \
+         moved (the rest was copied in userspace before or instead of the switch).\n\n\
+         | streams | via | Gbit/s | × direct | × haproxy | peer CPU s/GB | machine CPU s/GB | in the kernel |\n\
+         |---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         let (g, lo, hi) = spread(&r.runs, |x| x.gbit_per_s);
@@ -129,16 +188,26 @@ fn table(rows: &[Row], seconds: f64, runs: usize) -> String {
         let haproxy = median_of(rows, r.streams, Via::Haproxy);
         let _ = writeln!(
             t,
-            "| {} | {} | {g:.2} ({lo:.2}–{hi:.2}) | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {g:.2} ({lo:.2}–{hi:.2}) | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
             r.streams,
             r.via.name(),
             g / direct,
             g / haproxy,
             spread(&r.runs, |x| x.peer_cpu_per_gb).0,
             spread(&r.runs, |x| x.machine_cpu_per_gb).0,
+            share(&r.kernel_shares),
         );
     }
     t
+}
+
+/// The median share in percent with its range, or `—` where the peer has none.
+fn share(shares: &[f64]) -> String {
+    if shares.is_empty() {
+        return "—".to_owned();
+    }
+    let (m, lo, hi) = super::report::median_min_max(shares.iter().map(|s| s * 100.0).collect());
+    format!("{m:.1}% ({lo:.1}–{hi:.1})")
 }
 
 fn to_json(rows: &[Row]) -> serde_json::Value {
@@ -154,6 +223,7 @@ fn to_json(rows: &[Row]) -> serde_json::Value {
                 "peer_cpu_s_per_gb": x.peer_cpu_per_gb,
                 "machine_cpu_s_per_gb": x.machine_cpu_per_gb,
             })).collect::<Vec<_>>(),
+            "kernel_shares": r.kernel_shares,
         }))
         .collect::<Vec<_>>())
 }

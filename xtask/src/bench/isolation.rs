@@ -301,7 +301,7 @@ impl Drop for Flood {
 }
 
 /// The lines of `diag`'s `/metrics` that start with `name`.
-fn metrics(diag: SocketAddr, names: &[&str]) -> Result<Vec<String>> {
+pub(super) fn metrics(diag: SocketAddr, names: &[&str]) -> Result<Vec<String>> {
     let mut s = TcpStream::connect(diag).context("diag_addr")?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(

@@ -66,6 +66,9 @@ impl Via {
 /// A running peer: where clients connect, and its processes for CPU accounting.
 pub struct Peer {
     pub addr: SocketAddr,
+    /// The kernel-splice peer's diagnostics listener (its `/metrics` say how many bytes
+    /// crossed in the kernel); `None` for the others.
+    pub diag: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -75,6 +78,7 @@ impl Peer {
     pub fn spawned(addr: SocketAddr, child: Child, name: &str, logs: &Path) -> Result<Peer> {
         let peer = Peer {
             addr,
+            diag: None,
             child: Some(child),
         };
         wait_listening(addr, name, logs)?;
@@ -176,10 +180,12 @@ pub fn start(via: Via, sink: SocketAddr, binary: &Path, dir: &Path, sni: &str) -
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let log = |name: &str| File::create(dir.join(format!("{name}.log")));
+    let mut diag_addr = None;
     let mut cmd = match via {
         Via::Direct => {
             return Ok(Peer {
                 addr: sink,
+                diag: None,
                 child: None,
             })
         }
@@ -189,10 +195,19 @@ pub fn start(via: Via, sink: SocketAddr, binary: &Path, dir: &Path, sni: &str) -
                 Via::Splice => "throughput-splice.yaml",
                 _ => "throughput-copy.yaml",
             });
+            // The kernel splice's /metrics give its share of the bytes (bulk.rs).
+            let diag = match via {
+                Via::KernelSplice => {
+                    let d: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+                    diag_addr = Some(d);
+                    format!("diag_addr: \"{d}\"\n")
+                }
+                _ => String::new(),
+            };
             std::fs::write(
                 &config,
                 format!(
-                    "version: v2\nproxy_service: {{web_listen_addr: \"{addr}\"}}\n\
+                    "version: v2\n{diag}proxy_service: {{web_listen_addr: \"{addr}\"}}\n\
                      upstreams: {{kube: \"{sink}\"}}\nlimits: {{max_connections: 10000}}\n"
                 ),
             )?;
@@ -262,7 +277,9 @@ pub fn start(via: Via, sink: SocketAddr, binary: &Path, dir: &Path, sni: &str) -
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("spawn {}", via.name()))?;
-    Peer::spawned(addr, child, via.name(), dir)
+    let mut peer = Peer::spawned(addr, child, via.name(), dir)?;
+    peer.diag = diag_addr;
+    Ok(peer)
 }
 
 /// Waits up to 10 s until `addr` accepts a TCP connection.
