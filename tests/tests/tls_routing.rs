@@ -1,8 +1,8 @@
 //! TLS at the proxy port with real clients: the web upstream over h2 and http/1.1
 //! (`curl`), a `teleport-tcp` route that terminates TLS and requires a client cert from
 //! the cluster CA whose CN is on the allow list (`openssl s_client`), an SNI
-//! passthrough route where the client sees the upstream's own certificate, and a bad
-//! config rejected with exit code 64.
+//! passthrough route where the client sees the upstream's own certificate, session
+//! resumption on a terminated route, and a bad config rejected with exit code 64.
 
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ fn tcp_route() -> (TestPki, DemoUpstream, Switchyard) {
     let app = DemoUpstream::echo("grafana").unwrap();
     let mut config = ProxyConfig::default();
     config.routes.push(format!(
-        "{{sni: \"grafana.example.test\", alpn: teleport-tcp, mode: terminate, \
+        "{{name: grafana, sni: \"grafana.example.test\", alpn: teleport-tcp, mode: terminate, \
          upstream: \"{}\", allow: [alice]}}",
         app.addr
     ));
@@ -62,6 +62,57 @@ fn teleport_tcp_route_with_allowed_client_cert_reaches_app() {
         proxy.log()
     );
     assert!(out.stdout.contains("ping-123"), "{out:?}");
+}
+
+/// A client that resumes its TLS 1.3 session (the ticket of its first connection) skips the
+/// certificate exchange and still reaches the app as the same identity; `/metrics` count
+/// one full and one resumed handshake on the route.
+#[test]
+fn a_client_resuming_its_session_reaches_the_app_without_a_full_handshake() {
+    let (pki, _app, proxy) = tcp_route();
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("session.pem");
+    let connect = |line: &str, session_arg: &str| {
+        tcp_client(&proxy, &pki)
+            .cert(&pki.client.cert, &pki.client.key)
+            .args([std::ffi::OsStr::new(session_arg), session.as_os_str()])
+            .run(
+                format!("{line}\n").as_bytes(),
+                line,
+                Duration::from_secs(10),
+            )
+            .unwrap()
+    };
+    let first = connect("first-connection", "-sess_out");
+    assert!(first.stdout.contains("New, TLSv1.3"), "{first:?}");
+    assert!(first.stdout.contains("first-connection"), "{first:?}");
+    let ticket = std::fs::read_to_string(&session).unwrap();
+    assert!(ticket.contains("BEGIN SSL SESSION PARAMETERS"), "{ticket}");
+
+    let second = connect("second-connection", "-sess_in");
+    assert!(second.stdout.contains("Reused, TLSv1.3"), "{second:?}");
+    assert!(
+        second.stdout.contains("upstream=grafana\n"),
+        "{second:?}\n{}",
+        proxy.log()
+    );
+    assert!(second.stdout.contains("second-connection"), "{second:?}");
+    let handshakes = |kind: &str| {
+        proxy
+            .metric(
+                "switchyard_tls_handshakes_total",
+                &[("route", "grafana"), ("kind", kind)],
+            )
+            .unwrap()
+    };
+    assert_eq!((handshakes("full"), handshakes("resumed")), (1.0, 1.0));
+    // The resumed connection is still alice's: its log line names her.
+    let log = proxy.log();
+    let resumed = log.lines().find(|l| l.contains("resumed=true"));
+    assert!(
+        resumed.is_some_and(|l| l.contains("alice")),
+        "{resumed:?}\n{log}"
+    );
 }
 
 fn assert_refused(proxy: &Switchyard, pki: &TestPki, cert: Option<&CertFiles>) {

@@ -132,6 +132,7 @@ fn connection(
         route = field::Empty,
         service = field::Empty,
         identity = field::Empty,
+        resumed = field::Empty,
         upgrade = field::Empty,
     );
     async move {

@@ -18,7 +18,7 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
@@ -26,6 +26,11 @@ use rustls::{
 };
 use std::path::Path;
 use std::sync::Arc;
+
+/// TLS sessions each terminated route keeps for resumption (a few hundred bytes each, plus
+/// the client's certificate chain): clients that come back within the cache resume without
+/// a certificate exchange or a signature.
+const SESSIONS_PER_ROUTE: usize = 1024;
 
 /// Loads a PEM certificate chain and key, naming `key_prefix` in errors.
 pub(crate) fn load_certified_key(
@@ -204,6 +209,9 @@ impl Terminator {
         };
         let mut server = builder.with_cert_resolver(self.resolver.clone());
         server.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        // Resumption: each route keeps its own sessions (a ticket of one route never
+        // resumes on another, whose allow list may differ), more than rustls' default 256.
+        server.session_storage = ServerSessionMemoryCache::new(SESSIONS_PER_ROUTE);
         Ok(Arc::new(server))
     }
 }

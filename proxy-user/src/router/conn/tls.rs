@@ -22,7 +22,7 @@ use crate::router::state::Proxy;
 use crate::router::state::Route;
 use crate::router::trust::{self, Client};
 use crate::router::tunnel::{self, dial};
-use rustls::ServerConfig;
+use rustls::{HandshakeKind, ServerConfig};
 use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
@@ -163,6 +163,11 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         .handshake_seconds
         .observe(started.elapsed().as_secs_f64());
     let (_, session) = tls.get_ref();
+    let resumed = session.handshake_kind() == Some(HandshakeKind::Resumed);
+    proxy.metrics.handshake_done(&route.name, resumed);
+    if resumed {
+        span.record("resumed", true);
+    }
     let cert = session
         .peer_certificates()
         .and_then(|c| c.first())

@@ -47,6 +47,13 @@ pub(crate) struct RouteAction {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Handshake {
+    pub(crate) route: String,
+    /// `full`, or `resumed` (a session ticket: no certificate exchange, no signature).
+    pub(crate) kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct HandshakeFailure {
     pub(crate) route: String,
     /// `no_certificate`, `bad_certificate`, `not_allowed`, `timeout`, `other`.

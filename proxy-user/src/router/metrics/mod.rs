@@ -32,6 +32,7 @@ pub(crate) struct Metrics {
     pub(crate) routes: Family<RouteAction, Counter>,
     pub(crate) handshake_seconds: Histogram,
     pub(crate) handshake_failures: Family<HandshakeFailure, Counter>,
+    pub(crate) handshakes: Family<Handshake, Counter>,
     pub(crate) relay_bytes: Family<Bytes, Counter>,
     pub(crate) upstream_errors: Family<UpstreamLabel, Counter>,
     pub(crate) ebpf_loaded: Gauge,
@@ -61,6 +62,7 @@ impl Metrics {
             routes: Family::default(),
             handshake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             handshake_failures: Family::default(),
+            handshakes: Family::default(),
             relay_bytes: Family::default(),
             upstream_errors: Family::default(),
             ebpf_loaded: Gauge::default(),
@@ -108,6 +110,11 @@ impl Metrics {
             "switchyard_tls_handshake_seconds",
             "Time from accept to a completed TLS handshake on terminated routes",
             m.handshake_seconds.clone(),
+        );
+        registry.register(
+            "switchyard_tls_handshakes",
+            "Completed TLS handshakes on terminated routes, by route and kind (full or resumed)",
+            m.handshakes.clone(),
         );
         registry.register(
             "switchyard_tls_handshake_failures",
@@ -202,6 +209,16 @@ impl Metrics {
             .get_or_create(&RouteAction {
                 route: route.to_owned(),
                 action,
+            })
+            .inc();
+    }
+
+    pub(crate) fn handshake_done(&self, route: &str, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.handshakes
+            .get_or_create(&Handshake {
+                route: route.to_owned(),
+                kind,
             })
             .inc();
     }
