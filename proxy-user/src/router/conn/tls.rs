@@ -127,7 +127,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     let started = Instant::now();
     let deadline = pre.deadline;
     let inner = pre.inner();
-    let replay = Prefixed::new(pre.into_rest(), client);
+    let replay = Prefixed::reading_ahead(pre.into_rest(), client);
     // Boxed: the handshake's state is not kept in the connection's task for its life.
     let accept = Box::pin(
         tokio_rustls::TlsAcceptor::from(config)
