@@ -195,6 +195,19 @@ impl Sink {
         Ok(Sink { addr, total })
     }
 
+    /// A sink at `addr` served by someone else (`terminated.rs`'s TLS sink), who adds what
+    /// it reads to [`Sink::counter`].
+    pub fn counting(addr: SocketAddr) -> Sink {
+        Sink {
+            addr,
+            total: Arc::default(),
+        }
+    }
+
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.total.clone()
+    }
+
     fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
@@ -258,17 +271,18 @@ pub struct Row {
 }
 
 /// `streams` streams through `target` for `duration`: each writes for the duration, and
-/// the run ends when the sink has counted every byte written. `cpu` is (proxy, agent).
-fn throughput(
+/// the run ends when the sink has counted every byte written. The proxy's CPU is that of
+/// `proxy` (its processes), the agent's that of `agent`.
+pub(super) fn throughput(
     target: &Target,
     sink: &Sink,
     streams: usize,
     duration: Duration,
-    cpu: (u32, Option<u32>),
+    proxy: &[u32],
+    agent: Option<u32>,
 ) -> Result<Run> {
-    let (proxy, agent) = cpu;
     let cpu_of = |pid: Option<u32>| pid.map_or(0.0, |p| quiet::cpu_seconds(&[p]));
-    let before = (Sample::take(&[]), cpu_of(Some(proxy)), cpu_of(agent));
+    let before = (Sample::take(&[]), quiet::cpu_seconds(proxy), cpu_of(agent));
     let base = sink.total();
     let start = Instant::now();
     let deadline = start + duration;
@@ -308,7 +322,7 @@ fn throughput(
         thread::sleep(Duration::from_micros(500));
     }
     let seconds = start.elapsed().as_secs_f64();
-    let after = (Sample::take(&[]), cpu_of(Some(proxy)), cpu_of(agent));
+    let after = (Sample::take(&[]), quiet::cpu_seconds(proxy), cpu_of(agent));
     open.into_iter().for_each(close);
     let gb = sent as f64 / 1e9;
     Ok(Run {
@@ -324,7 +338,11 @@ fn throughput(
 
 /// Runs `f`, redone (up to `ATTEMPTS` times) when processes other than `pids` used more
 /// than `quiet::FOREIGN` of the CPUs during it; returns its value and that share.
-fn quietly<T>(pids: &[u32], what: &str, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
+pub(super) fn quietly<T>(
+    pids: &[u32],
+    what: &str,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<(T, f64)> {
     for attempt in 1..=ATTEMPTS {
         quiet::wait()?;
         let before = Sample::take(pids);
@@ -464,15 +482,16 @@ fn throughput_rows(
             .collect();
         for (via, t) in &targets {
             quiet::wait()?;
-            throughput(t, sink, n, WARMUP, servers.cpu_pids(*via))
+            let (proxy, agent) = servers.cpu_pids(*via);
+            throughput(t, sink, n, WARMUP, &[proxy], agent)
                 .with_context(|| format!("warm-up of {} ×{n}", via.name()))?;
         }
         for i in 1..=settings.runs {
             for ((via, t), r) in targets.iter().zip(&mut row) {
                 let what = format!("tunnel throughput ×{n} {}", via.name());
+                let (proxy, agent) = servers.cpu_pids(*via);
                 let (m, foreign) = quietly(&servers.pids(), &what, || {
-                    throughput(t, sink, n, duration, servers.cpu_pids(*via))
-                        .with_context(|| what.clone())
+                    throughput(t, sink, n, duration, &[proxy], agent).with_context(|| what.clone())
                 })?;
                 eprintln!(
                     "xtask: {what} run {i}/{}: {:.2} Gbit/s, proxy {:.2} agent {:.2} machine {:.2} CPU s/GB",
