@@ -1,20 +1,25 @@
 //! `cargo xtask bench`: speed is measured, not asserted. Starts the release `switchyard` and
 //! its upstreams as real processes on 127.0.0.1, drives them with a tokio + rustls load
 //! client, and reports each scenario DIRECT (client straight to the upstream) next to THROUGH
-//! a peer (Switchyard today), in one run, so the numbers share a machine and a moment.
+//! a peer, in one run, so the numbers share a machine and a moment.
 //!
-//! The shape is a list of scenarios × loads × peers; every cell is measured `--runs` times,
-//! interleaved across peers so drift hits them alike, and reported as median and min–max.
-//! Bulk throughput (`bulk.rs`: direct, kernel splice, `splice(2)` relay, userspace copy,
-//! HAProxy, nginx, single and parallel streams, CPU per GB; chart in `chart.rs`) follows
-//! the connection scenarios, then the HTTP request rate through the web route (`http.rs`:
-//! direct, Switchyard, nginx and HAProxy as TLS-terminating reverse proxies; HTTP/1.1 with
-//! `wrk`, HTTP/2 with `h2load`; CPU per 10k requests), then the reverse tunnels
-//! (`tunnel.rs`: throughput, connect latency, reconnect time and memory per idle stream
-//! through an agent's tunnel against a terminated route of the same proxy).
+//! The new-connection rows (`connections.rs`: passthrough and terminated × sequential and
+//! concurrent × direct, Switchyard, HAProxy and nginx, with each peer's CPU per connection)
+//! come first, then bulk throughput (`bulk.rs`: direct, kernel splice, `splice(2)` relay,
+//! userspace copy, HAProxy, nginx, single and parallel streams, CPU per GB; chart in
+//! `chart.rs`), then the HTTP request rate through the web route (`http.rs`: direct,
+//! Switchyard, nginx and HAProxy as TLS-terminating reverse proxies; HTTP/1.1 with `wrk`,
+//! HTTP/2 with `h2load`; CPU per 10k requests), then the reverse tunnels (`tunnel.rs`:
+//! throughput, connect latency, reconnect time and memory per idle stream through an agent's
+//! tunnel against a terminated route of the same proxy). Every cell is measured `--runs`
+//! times, interleaved across peers so drift hits them alike, and reported as median and
+//! min–max.
 
 mod bulk;
 pub(crate) mod chart;
+mod conn_peers;
+mod conn_report;
+mod connections;
 pub(crate) mod env;
 mod http;
 mod isolation;
@@ -26,6 +31,7 @@ mod report;
 mod scale;
 mod scale_peers;
 mod scale_report;
+mod terminated;
 mod throughput;
 mod tunnel;
 mod tunnel_report;
@@ -37,13 +43,10 @@ use std::{
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
-    sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{bail, Context as _, Result};
-
-use self::{env::Env, load::Target, report::Cell};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -64,9 +67,13 @@ pub struct Options {
     #[arg(long, default_value_t = 8)]
     streams: usize,
     /// Measure only throughput (skip the new-connection scenarios, the HTTP and the
-    /// reverse-tunnel rows).
+    /// reverse-tunnel rows; rewrite only the throughput block of docs/benchmarks.md).
     #[arg(long, conflicts_with = "http_only")]
     throughput_only: bool,
+    /// Measure only the new-connection rows (and rewrite only their block of
+    /// docs/benchmarks.md).
+    #[arg(long, conflicts_with_all = ["http_only", "throughput_only", "tunnel_only", "scale_only", "isolation_only"])]
+    connections_only: bool,
     /// Measure only the HTTP request rate through the web route (and rewrite only its
     /// block of docs/benchmarks.md).
     #[arg(long)]
@@ -101,97 +108,16 @@ pub struct Options {
     /// limit of 20000 caps one process at about 9,900 relayed pairs).
     #[arg(long, value_delimiter = ',', default_values_t = [2000, 9000])]
     scale_connections: Vec<usize>,
+    /// Measure only the terminated-route throughput rows (nothing is written to
+    /// docs/benchmarks.md: its throughput block holds them with the passthrough rows).
+    #[arg(long, conflicts_with_all = ["http_only", "throughput_only", "tunnel_only", "scale_only", "connections_only"])]
+    terminated_only: bool,
     /// Measure only the isolation rows (postgres connect time during an SSH-handshake
     /// flood; rewrite only their block of docs/benchmarks.md).
     #[arg(long, conflicts_with_all = ["http_only", "throughput_only", "tunnel_only", "scale_only"])]
     isolation_only: bool,
 }
 
-/// What a scenario does on each connection. The eBPF issue adds bulk throughput here.
-#[derive(Clone, Copy)]
-pub enum Workload {
-    /// TCP connect, full TLS handshake, write 1 byte, read the upstream's greeting line, close.
-    NewConnections(Route),
-}
-
-/// How Switchyard handles the scenario's TLS.
-#[derive(Clone, Copy)]
-pub enum Route {
-    /// SNI `kube-teleport-proxy-alpn.*`: raw TLS forwarded to a TLS upstream.
-    Passthrough,
-    /// ALPN `teleport-proxy-ssh` with a client certificate: TLS ends at the proxy, plaintext
-    /// to the upstream.
-    Terminated,
-}
-
-pub struct Scenario {
-    pub name: &'static str,
-    /// One line for the report: what the client does and what DIRECT is.
-    pub about: &'static str,
-    pub workload: Workload,
-}
-
-pub const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "passthrough",
-        about: "TLS handshake (SNI kube-teleport-proxy-alpn.bench.test) + 1 byte + greeting; \
-                direct = the same TLS upstream without the proxy",
-        workload: Workload::NewConnections(Route::Passthrough),
-    },
-    Scenario {
-        name: "terminated",
-        about: "mTLS handshake (ALPN teleport-proxy-ssh, client cert) + 1 byte + greeting; \
-                direct = an mTLS echo upstream doing the same TLS work",
-        workload: Workload::NewConnections(Route::Terminated),
-    },
-];
-
-/// Whom the client connects to. HAProxy and nginx join here as further peers.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Peer {
-    /// Straight to the upstream: the baseline every peer is compared with.
-    Direct,
-    Switchyard,
-}
-
-pub const PEERS: &[Peer] = &[Peer::Direct, Peer::Switchyard];
-
-impl Peer {
-    pub fn name(self) -> &'static str {
-        match self {
-            Peer::Direct => "direct",
-            Peer::Switchyard => "switchyard",
-        }
-    }
-}
-
-/// How many clients run at once.
-#[derive(Clone, Copy)]
-pub enum Load {
-    /// One client, one connection after the other: latency without queueing.
-    Sequential,
-    /// N clients in parallel: connections per second at saturation.
-    Concurrent(usize),
-}
-
-impl Load {
-    pub fn name(self) -> &'static str {
-        match self {
-            Load::Sequential => "sequential",
-            Load::Concurrent(_) => "concurrent",
-        }
-    }
-
-    pub fn clients(self) -> usize {
-        match self {
-            Load::Sequential => 1,
-            Load::Concurrent(n) => n,
-        }
-    }
-}
-
-/// Warm-up per scenario, load and peer before the measured runs (not reported).
-const WARMUP: Duration = Duration::from_millis(500);
 /// Attempts per run when other work shares the CPUs during it.
 const ATTEMPTS: usize = 3;
 
@@ -222,7 +148,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let pki = env::make_pki(&binary, &out)?;
     let started = Instant::now();
     let doc = root.join("docs").join("benchmarks.md");
-    let only = opts.throughput_only || opts.http_only || opts.tunnel_only;
+    if opts.terminated_only {
+        let rows = terminated::run(&binary, &out, &pki, opts.seconds, opts.runs, opts.streams)?;
+        println!("{rows}");
+        return Ok(());
+    }
+    let only = opts.throughput_only || opts.http_only || opts.tunnel_only || opts.connections_only;
     if opts.scale_only || (!only && !opts.isolation_only) {
         scale_rows(root, &binary, &out, &pki, opts, &doc)?;
         if opts.scale_only {
@@ -242,13 +173,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             return Ok(());
         }
     }
-    let cells = if only {
+    let cells = if only && !opts.connections_only {
         Vec::new()
     } else {
-        connections(&binary, &out, &pki, opts)?
+        connections::rows(root, &binary, &out, &pki, opts, &doc)?
     };
     let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
-    if !opts.http_only && !opts.tunnel_only {
+    if !opts.http_only && !opts.tunnel_only && !opts.connections_only {
         let bulk = bulk::run(
             &binary,
             &out,
@@ -257,12 +188,14 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             opts.streams,
             &facts.chart_subtitle(),
         )?;
+        let terminated =
+            terminated::run(&binary, &out, &pki, opts.seconds, opts.runs, opts.streams)?;
         // Written before the HTTP rows run, so a failure there keeps these.
-        let block = format!("{}\n{}{bulk}", facts.markdown(), report::table(&cells));
+        let block = format!("{}; loopback.\n{bulk}{terminated}", facts.measured());
         println!("{block}");
         if !opts.no_docs {
-            report::update_doc(&doc, report::RESULTS_BLOCK, &block)?;
-            eprintln!("xtask: updated the results block of {}", doc.display());
+            report::update_doc(&doc, report::THROUGHPUT_BLOCK, &block)?;
+            eprintln!("xtask: updated the throughput block of {}", doc.display());
             let png = out.join("throughput.png");
             if png.exists() {
                 let to = root.join("docs").join("benchmarks.png");
@@ -271,7 +204,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             }
         }
     }
-    let http = if opts.throughput_only || opts.tunnel_only {
+    let http = if opts.throughput_only || opts.tunnel_only || opts.connections_only {
         None
     } else {
         let settings = http::Settings {
@@ -290,7 +223,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         }
         Some(http)
     };
-    if !opts.throughput_only && !opts.http_only {
+    if !opts.throughput_only && !opts.http_only && !opts.connections_only {
         let settings = tunnel::Settings {
             seconds: opts.seconds,
             runs: opts.runs,
@@ -343,87 +276,4 @@ fn scale_rows(
         eprintln!("xtask: updated the scale block of {}", doc.display());
     }
     Ok(())
-}
-
-/// The new-connection scenarios: every scenario × load × peer, `--runs` times each.
-fn connections(binary: &Path, out: &Path, pki: &Path, opts: &Options) -> Result<Vec<Cell>> {
-    let env = Env::start(binary, out, pki)?;
-    let pids = env.pids();
-    let duration = Duration::from_secs_f64(opts.seconds);
-    let loads = [Load::Sequential, Load::Concurrent(opts.concurrency)];
-    let runtime = tokio::runtime::Runtime::new().context("starting the load client runtime")?;
-    let mut cells = Vec::new();
-    for scenario in SCENARIOS {
-        let targets = PEERS
-            .iter()
-            .map(|&peer| Ok((peer, Arc::new(env.target(scenario, peer)?))))
-            .collect::<Result<Vec<(Peer, Arc<Target>)>>>()?;
-        for load in loads {
-            let mut row: Vec<Cell> = targets
-                .iter()
-                .map(|(peer, _)| Cell::new(scenario, load, *peer))
-                .collect();
-            for (_, target) in &targets {
-                quiet::wait()?;
-                runtime.block_on(load::measure(target.clone(), load.clients(), WARMUP))?;
-            }
-            for run in 1..=opts.runs {
-                for ((peer, target), cell) in targets.iter().zip(&mut row) {
-                    let stats = measure_quietly(&runtime, target, load, duration, &pids)?;
-                    eprintln!(
-                        "xtask: {} {} {} run {run}/{}: {:.0} conn/s, p50 {:.0} us, p99 {:.0} us",
-                        scenario.name,
-                        load.name(),
-                        peer.name(),
-                        opts.runs,
-                        stats.conn_per_sec,
-                        stats.p50_us,
-                        stats.p99_us
-                    );
-                    cell.runs.push(stats);
-                }
-            }
-            cells.extend(row);
-        }
-    }
-    drop(runtime);
-    drop(env);
-    Ok(cells)
-}
-
-/// One measured run, redone when other work took more than `quiet::FOREIGN` of the CPUs
-/// during it (the machine is shared).
-fn measure_quietly(
-    runtime: &tokio::runtime::Runtime,
-    target: &Arc<Target>,
-    load: Load,
-    duration: Duration,
-    pids: &[u32],
-) -> Result<load::RunStats> {
-    for attempt in 1..=ATTEMPTS {
-        quiet::wait()?;
-        let before = quiet::Sample::take(pids);
-        let stats = runtime.block_on(load::measure(target.clone(), load.clients(), duration))?;
-        let foreign = quiet::Sample::take(pids).foreign_since(&before);
-        let stats = load::RunStats {
-            foreign_cpu: foreign,
-            ..stats
-        };
-        if foreign <= quiet::FOREIGN {
-            return Ok(stats);
-        }
-        eprintln!(
-            "xtask: other processes used {:.0}% of the CPUs during the run; {}",
-            foreign * 100.0,
-            if attempt < ATTEMPTS {
-                "redoing it"
-            } else {
-                "keeping it anyway"
-            }
-        );
-        if attempt == ATTEMPTS {
-            return Ok(stats);
-        }
-    }
-    unreachable!("the last attempt returns")
 }

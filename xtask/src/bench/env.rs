@@ -1,6 +1,7 @@
 //! The servers a bench run talks to: a fresh PKI from `switchyard ca`, the plaintext
 //! `demo-upstream` and `switchyard serve` as child processes (killed when `Env` drops, also
-//! on error), and the in-process TLS echo upstreams of `upstream.rs`.
+//! on error), the in-process TLS echo upstreams of `upstream.rs`, and HAProxy and nginx in
+//! front of the same upstreams (`conn_peers.rs`); and which processes' CPU counts as whose.
 
 use std::{
     fs::File,
@@ -16,9 +17,11 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::{
+    conn_peers::Proxies,
+    connections::{Peer, Route, Scenario, Workload},
     load::{self, Target},
+    quiet,
     upstream::TlsEchoes,
-    Peer, Route, Scenario, Workload,
 };
 
 /// How long a child may take to print its `switchyard ready` line.
@@ -34,6 +37,10 @@ pub struct Env {
     /// `switchyard serve`: kube passthrough to `tls.kube`, ssh terminated to a plaintext
     /// `demo-upstream`.
     proxy: SocketAddr,
+    /// The `switchyard serve` process, whose CPU is Switchyard's.
+    proxy_pid: u32,
+    /// HAProxy and nginx, with the same two routes on ports of their own.
+    proxies: Proxies,
     children: Children,
     tls: TlsEchoes,
 }
@@ -98,17 +105,37 @@ impl Env {
             "web",
             &["serve", "--config", path(&config)?],
         )?;
+        let proxy_pid = *children.pids().last().context("switchyard has no pid")?;
+        let proxies = Proxies::start(ssh, kube, &pki, &out.join("logs"))?;
         Ok(Env {
             proxy,
+            proxy_pid,
+            proxies,
             pki,
             children,
             tls,
         })
     }
 
-    /// Our processes for CPU accounting: this one (0, with the TLS echoes) and the children.
+    /// Our processes for CPU accounting: this one (0, with the TLS echoes), the children,
+    /// and HAProxy's and nginx's processes (read now: nginx forks its workers after start).
     pub fn pids(&self) -> Vec<u32> {
-        std::iter::once(0).chain(self.children.pids()).collect()
+        let proxies = [Peer::Haproxy, Peer::Nginx].map(|p| self.proxies.pids(p));
+        std::iter::once(0)
+            .chain(self.children.pids())
+            .chain(proxies.into_iter().flatten())
+            .collect()
+    }
+
+    /// CPU seconds `peer`'s own processes have used so far: Switchyard's process; HAProxy's,
+    /// nginx's master and workers; for direct, the threads of the TLS echo upstream, which is
+    /// then the server end of the handshake.
+    pub fn peer_cpu(&self, peer: Peer) -> f64 {
+        match peer {
+            Peer::Direct => self.tls.cpu_seconds(),
+            Peer::Switchyard => quiet::cpu_seconds(&[self.proxy_pid]),
+            Peer::Haproxy | Peer::Nginx => quiet::cpu_seconds(&self.proxies.pids(peer)),
+        }
     }
 
     /// Where and how the client connects for `scenario` through `peer`.
@@ -131,6 +158,7 @@ impl Env {
         let addr = match peer {
             Peer::Direct => direct,
             Peer::Switchyard => self.proxy,
+            Peer::Haproxy | Peer::Nginx => self.proxies.addr(peer, route)?,
         };
         Target::new(addr, tls, sni, greeting)
     }

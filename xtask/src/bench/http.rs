@@ -685,7 +685,7 @@ pub fn run(binary: &Path, out: &Path, pki: &Path, s: &Settings, measured: &str) 
 }
 
 /// First line of `program args` (stdout, else stderr), token `index`: its version.
-fn version(program: &str, args: &[&str], index: usize) -> String {
+pub fn version(program: &str, args: &[&str], index: usize) -> String {
     Command::new(program)
         .args(args)
         .output()

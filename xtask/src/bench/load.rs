@@ -149,6 +149,8 @@ pub struct RunStats {
     pub mean_us: f64,
     /// Share of all CPUs that processes other than the bench's used during the run.
     pub foreign_cpu: f64,
+    /// CPU µs the peer's own processes spent per completed connection.
+    pub peer_cpu_us: f64,
 }
 
 /// Runs `clients` tasks against `target` until `duration` has passed (connections already
@@ -205,6 +207,7 @@ pub async fn measure(target: Arc<Target>, clients: usize, duration: Duration) ->
         p99_us: percentile(&us, 0.99),
         mean_us: us.iter().sum::<f64>() / us.len() as f64,
         foreign_cpu: 0.0,
+        peer_cpu_us: 0.0,
     })
 }
 

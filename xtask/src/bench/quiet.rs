@@ -3,6 +3,7 @@
 //! it (from /proc), so a run that shared the machine with a build or a test is redone.
 
 use std::{
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -90,10 +91,29 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
 /// a child (`wrk`, `h2load`) counts as ours once it has exited. No other child is reaped
 /// while a run is measured.
 fn process_ticks(pid: u32) -> u64 {
-    let path = match pid {
-        0 => "/proc/self/stat".to_owned(),
-        pid => format!("/proc/{pid}/stat"),
+    match pid {
+        0 => stat_ticks("/proc/self/stat", true),
+        pid => stat_ticks(format!("/proc/{pid}/stat"), false),
+    }
+}
+
+/// CPU seconds (utime + stime) this process's threads named `name` have used so far.
+pub fn threads_cpu_seconds(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
     };
+    let ticks: u64 = tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .map(|t| stat_ticks(t.path().join("stat"), false))
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// utime + stime from a `stat` file, plus cutime + cstime when `reaped`; 0 when it is gone.
+fn stat_ticks(path: impl AsRef<Path>, reaped: bool) -> u64 {
     let Ok(stat) = std::fs::read_to_string(path) else {
         return 0;
     };
@@ -107,8 +127,8 @@ fn process_ticks(pid: u32) -> u64 {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let reaped = if pid == 0 { field(16) + field(17) } else { 0 };
-    field(14) + field(15) + reaped
+    let children = if reaped { field(16) + field(17) } else { 0 };
+    field(14) + field(15) + children
 }
 
 /// Waits until the CPUs are less than `QUIET` busy over `PROBE` (our servers idle).

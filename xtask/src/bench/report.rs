@@ -1,48 +1,23 @@
-//! Turns the measured runs into the report: a Markdown table (printed, and spliced into
-//! docs/benchmarks.md between markers), `target/bench/results.json`, and the machine facts
-//! that say what the numbers were measured on.
+//! What every report shares: the machine facts that say what the numbers were measured on,
+//! splicing a block into docs/benchmarks.md between its markers, median and min–max, and
+//! `target/bench/results.json` (the connection rows of `conn_report.rs` and the HTTP rows).
 
 use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use super::{load::RunStats, Load, Peer, Scenario, SCENARIOS};
+use super::{
+    conn_report::{self, Cell},
+    connections::SCENARIOS,
+};
 
-/// The block of docs/benchmarks.md the connection and throughput rows rewrite.
-pub const RESULTS_BLOCK: &str = "results";
+/// The block of docs/benchmarks.md the throughput rows rewrite.
+pub const THROUGHPUT_BLOCK: &str = "throughput";
 /// The block the HTTP rows rewrite (`--http-only` touches only this one).
 pub const HTTP_BLOCK: &str = "http";
 /// The block the reverse-tunnel rows rewrite (`--tunnel-only` touches only this one).
 pub const TUNNEL_BLOCK: &str = "tunnel";
-
-/// All runs of one scenario under one load against one peer.
-pub struct Cell {
-    scenario: &'static str,
-    load: Load,
-    peer: Peer,
-    pub runs: Vec<RunStats>,
-}
-
-impl Cell {
-    pub fn new(scenario: &Scenario, load: Load, peer: Peer) -> Cell {
-        Cell {
-            scenario: scenario.name,
-            load,
-            peer,
-            runs: Vec::new(),
-        }
-    }
-
-    fn spread(&self, metric: Metric) -> Spread {
-        let (median, min, max) = median_min_max(self.runs.iter().map(metric).collect());
-        Spread { median, min, max }
-    }
-
-    fn label(&self) -> String {
-        format!("{} ×{}", self.load.name(), self.load.clients())
-    }
-}
 
 /// Median, minimum and maximum of a non-empty sample.
 pub fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -54,28 +29,6 @@ pub fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
         (v[mid - 1] + v[mid]) / 2.0
     };
     (median, v[0], v[v.len() - 1])
-}
-
-/// Reads one number off a run.
-type Metric = fn(&RunStats) -> f64;
-
-const METRICS: [(&str, Metric); 4] = [
-    ("conn_per_sec", |r| r.conn_per_sec),
-    ("p50_us", |r| r.p50_us),
-    ("p99_us", |r| r.p99_us),
-    ("mean_us", |r| r.mean_us),
-];
-
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    fn cell(&self) -> String {
-        format!("{:.0} ({:.0}–{:.0})", self.median, self.min, self.max)
-    }
 }
 
 /// What the numbers were measured on and with.
@@ -141,11 +94,12 @@ impl Facts {
         )
     }
 
-    /// The facts, then one line per scenario saying what it measures.
-    pub fn markdown(&self) -> String {
+    /// The facts and the peers' `versions`, then one line per scenario saying what it
+    /// measures.
+    pub fn markdown(&self, versions: &str) -> String {
         let mut s = format!(
-            "{}; loopback, {} runs × {} s per row, concurrent = {} clients. Cells: median \
-             (min–max) over the runs.\n\n",
+            "{}; loopback, {} runs × {} s per row, concurrent = {} clients; {versions}. \
+             Cells: median (min–max) over the runs.\n\n",
             self.measured(),
             self.runs,
             self.seconds,
@@ -171,105 +125,9 @@ fn output(dir: &Path, program: &str, args: &[&str]) -> String {
         )
 }
 
-/// Results per row, then each peer against DIRECT: ratios through/direct and added latency.
-pub fn table(cells: &[Cell]) -> String {
-    let mut t = String::from(
-        "| scenario | load | mode | conn/s | p50 µs | p99 µs | mean µs | errors |\n\
-         |---|---|---|---:|---:|---:|---:|---:|\n",
-    );
-    for c in cells {
-        let errors: usize = c.runs.iter().map(|r| r.errors).sum();
-        let _ = write!(t, "| {} | {} | {} |", c.scenario, c.label(), c.peer.name());
-        for (_, metric) in METRICS {
-            let _ = write!(t, " {} |", c.spread(metric).cell());
-        }
-        let _ = writeln!(t, " {errors} |");
-    }
-    t.push_str(
-        "\n| scenario | load | peer | conn/s peer/direct | p50 peer/direct | p50 added µs | \
-         p99 peer/direct | p99 added µs |\n|---|---|---|---:|---:|---:|---:|---:|\n",
-    );
-    for (c, d) in comparisons(cells) {
-        let m = |metric| (c.spread(metric).median, d.spread(metric).median);
-        let (rate, rate_d) = m(METRICS[0].1);
-        let ((p50, p50_d), (p99, p99_d)) = (m(METRICS[1].1), m(METRICS[2].1));
-        let _ = writeln!(
-            t,
-            "| {} | {} | {} | {:.2} | {:.2} | {:+.0} | {:.2} | {:+.0} |",
-            c.scenario,
-            c.label(),
-            c.peer.name(),
-            rate / rate_d,
-            p50 / p50_d,
-            p50 - p50_d,
-            p99 / p99_d,
-            p99 - p99_d
-        );
-    }
-    t
-}
-
-/// Every non-direct cell with the direct cell of the same scenario and load.
-fn comparisons(cells: &[Cell]) -> impl Iterator<Item = (&Cell, &Cell)> {
-    cells
-        .iter()
-        .filter(|c| c.peer != Peer::Direct)
-        .filter_map(|c| {
-            let direct = cells.iter().find(|d| {
-                d.peer == Peer::Direct && d.scenario == c.scenario && d.load.name() == c.load.name()
-            })?;
-            Some((c, direct))
-        })
-}
-
 /// `results.json`: the facts, the connection rows and their comparisons, and `http`, the
 /// HTTP rows (an empty list when they were not measured).
 pub fn json(facts: &Facts, cells: &[Cell], http: Value) -> Result<String> {
-    let spread = |c: &Cell, metric| {
-        let s = c.spread(metric);
-        json!({"median": round(s.median), "min": round(s.min), "max": round(s.max)})
-    };
-    let results: Vec<Value> = cells
-        .iter()
-        .map(|c| {
-            let mut row = json!({
-                "scenario": c.scenario,
-                "load": c.load.name(),
-                "clients": c.load.clients(),
-                "mode": c.peer.name(),
-                "runs": c.runs.iter().map(|r| json!({
-                    "connections": r.connections,
-                    "errors": r.errors,
-                    "seconds": round(r.seconds),
-                    "conn_per_sec": round(r.conn_per_sec),
-                    "p50_us": round(r.p50_us),
-                    "p99_us": round(r.p99_us),
-                    "mean_us": round(r.mean_us),
-                    "foreign_cpu": round(r.foreign_cpu * 1000.0) / 1000.0,
-                })).collect::<Vec<_>>(),
-            });
-            for (name, metric) in METRICS {
-                row[name] = spread(c, metric);
-            }
-            row
-        })
-        .collect();
-    let comparisons: Vec<Value> = comparisons(cells)
-        .map(|(c, d)| {
-            let m = |i: usize| (c.spread(METRICS[i].1).median, d.spread(METRICS[i].1).median);
-            let ((r, rd), (p50, p50d), (p99, p99d)) = (m(0), m(1), m(2));
-            json!({
-                "scenario": c.scenario,
-                "load": c.load.name(),
-                "mode": c.peer.name(),
-                "conn_per_sec_ratio": ratio(r, rd),
-                "p50_ratio": ratio(p50, p50d),
-                "p99_ratio": ratio(p99, p99d),
-                "p50_added_us": round(p50 - p50d),
-                "p99_added_us": round(p99 - p99d),
-            })
-        })
-        .collect();
     let doc = json!({
         "date": facts.date,
         "machine": {
@@ -284,19 +142,19 @@ pub fn json(facts: &Facts, cells: &[Cell], http: Value) -> Result<String> {
             "concurrency": facts.concurrency,
             "tls_resumption": false,
         },
-        "results": results,
-        "comparisons": comparisons,
+        "results": conn_report::results_json(cells),
+        "comparisons": conn_report::comparisons_json(cells),
         "http": http,
     });
     Ok(serde_json::to_string_pretty(&doc)? + "\n")
 }
 
 /// One decimal is plenty for microseconds and connections per second.
-fn round(x: f64) -> f64 {
+pub fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub fn ratio(a: f64, b: f64) -> f64 {
     (a / b * 1000.0).round() / 1000.0
 }
 

@@ -2,7 +2,8 @@
 //! `switchyard demo-upstream` child processes (so the bench process keeps only the client
 //! sockets under the machine's open-file limit), and the proxies compared, each serving the
 //! three routes — legacy plaintext, TLS passthrough by SNI, TLS terminated with client
-//! certificates — on one port (Switchyard) or three (HAProxy, nginx).
+//! certificates — on one port (Switchyard) or three (HAProxy, nginx). The HAProxy and nginx
+//! configurations are also the new-connection rows' (`conn_peers.rs`).
 
 use std::{
     net::SocketAddr,
@@ -134,12 +135,9 @@ pub fn start(via: Via, up: &Upstreams, binary: &Path, pki: &Path, logs: &Path) -
             (a, a, a)
         }
         Via::Haproxy => {
-            let pem = pki.join("proxy.pem");
-            let both = std::fs::read_to_string(pki.join("proxy.crt"))?
-                + &std::fs::read_to_string(pki.join("proxy.key"))?;
-            std::fs::write(&pem, both)?;
+            write_haproxy_pem(pki)?;
             let config = pki.join("scale-haproxy.cfg");
-            std::fs::write(&config, haproxy_cfg([a, b, c], up, pki, "")?)?;
+            std::fs::write(&config, haproxy_cfg([a, b, c], up.ssh, up.kube, pki, "")?)?;
             cmd = Command::new("haproxy");
             cmd.arg("-db").arg("-f").arg(&config);
             (a, b, c)
@@ -148,7 +146,8 @@ pub fn start(via: Via, up: &Upstreams, binary: &Path, pki: &Path, logs: &Path) -
             let config = pki.join("scale-nginx.conf");
             let dir = pki.join("nginx");
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(&config, nginx_conf([a, b, c], up, pki, &dir))?;
+            let conf = nginx_conf([a, b, c], up.ssh, up.kube, pki, &dir, "1");
+            std::fs::write(&config, conf)?;
             cmd = Command::new("nginx");
             cmd.arg("-p").arg(&dir).arg("-e").arg(dir.join("nginx.err"));
             cmd.arg("-c").arg(&config);
@@ -170,12 +169,21 @@ pub fn start(via: Via, up: &Upstreams, binary: &Path, pki: &Path, logs: &Path) -
     })
 }
 
+/// `pki/proxy.pem`, the proxy's certificate and key in one file, as HAProxy's `crt` wants.
+pub fn write_haproxy_pem(pki: &Path) -> Result<()> {
+    let both = std::fs::read_to_string(pki.join("proxy.crt"))?
+        + &std::fs::read_to_string(pki.join("proxy.key"))?;
+    Ok(std::fs::write(pki.join("proxy.pem"), both)?)
+}
+
 /// HAProxy on three ports: plaintext TCP to `ssh`; passthrough by `req.ssl_sni` to `kube`;
-/// TLS terminated with a required client certificate (ALPN `teleport-proxy-ssh`) to `ssh`.
-/// `limits` goes into the terminated frontend (the isolation rows' budgets).
+/// TLS terminated with `pki/proxy.pem` ([`write_haproxy_pem`]) and a required client
+/// certificate (ALPN `teleport-proxy-ssh`) to `ssh`. `limits` goes into the terminated
+/// frontend.
 pub fn haproxy_cfg(
     [a, b, c]: [SocketAddr; 3],
-    up: &Upstreams,
+    ssh: SocketAddr,
+    kube: SocketAddr,
     pki: &Path,
     limits: &str,
 ) -> Result<String> {
@@ -191,28 +199,33 @@ pub fn haproxy_cfg(
          backend ssh\n  server ssh {ssh}\nbackend kube\n  server kube {kube}\n",
         pem = path(&pki.join("proxy.pem"))?,
         ca = path(&pki.join("ca.crt"))?,
-        ssh = up.ssh,
-        kube = up.kube,
     ))
 }
 
-/// nginx `stream` with one worker, the same three routes as [`haproxy_cfg`].
-fn nginx_conf([a, b, c]: [SocketAddr; 3], up: &Upstreams, pki: &Path, dir: &Path) -> String {
+/// nginx `stream` with `workers` worker processes (`1`, `auto`), the same three routes as
+/// [`haproxy_cfg`]; pid file and error log in `dir`. TLS 1.3 is enabled explicitly: nginx
+/// 1.22's default `ssl_protocols` ends at TLS 1.2.
+pub fn nginx_conf(
+    [a, b, c]: [SocketAddr; 3],
+    ssh: SocketAddr,
+    kube: SocketAddr,
+    pki: &Path,
+    dir: &Path,
+    workers: &str,
+) -> String {
     let f = |n: &str| pki.join(n).display().to_string();
     format!(
         "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\n\
-         worker_processes 1;\nworker_rlimit_nofile 20000;\npid {pid};\nerror_log {err} warn;\n\
+         worker_processes {workers};\nworker_rlimit_nofile 20000;\npid {pid};\nerror_log {err} warn;\n\
          events {{ worker_connections 19900; }}\nstream {{\n  \
          map $ssl_preread_server_name $up {{ ~^kube-teleport-proxy-alpn\\. {kube}; }}\n  \
          server {{ listen {a}; proxy_pass {ssh}; }}\n  \
          server {{ listen {b}; ssl_preread on; proxy_pass $up; }}\n  \
-         server {{ listen {c} ssl; ssl_certificate {crt}; ssl_certificate_key {key}; \
-         ssl_client_certificate {ca}; ssl_verify_client on; ssl_alpn teleport-proxy-ssh; \
-         proxy_pass {ssh}; }}\n}}\n",
+         server {{ listen {c} ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate {crt}; \
+         ssl_certificate_key {key}; ssl_client_certificate {ca}; ssl_verify_client on; \
+         ssl_alpn teleport-proxy-ssh; proxy_pass {ssh}; }}\n}}\n",
         pid = dir.join("nginx.pid").display(),
         err = dir.join("nginx.err").display(),
-        kube = up.kube,
-        ssh = up.ssh,
         crt = f("proxy.crt"),
         key = f("proxy.key"),
         ca = f("ca.crt"),

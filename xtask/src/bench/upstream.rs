@@ -14,7 +14,10 @@ use rustls::{server::WebPkiClientVerifier, ServerConfig};
 use tokio::{io::AsyncWriteExt as _, net::TcpListener, runtime::Runtime};
 use tokio_rustls::TlsAcceptor;
 
-use super::load;
+use super::{load, quiet};
+
+/// The upstream runtime's threads: their CPU is the direct rows' server end.
+const THREAD: &str = "bench-upstream";
 
 pub struct TlsEchoes {
     /// `upstream=kube`, the kube certificate, no client certificate: the passthrough upstream.
@@ -29,7 +32,7 @@ impl TlsEchoes {
     pub fn start(pki: &Path, ssh_alpn: &str) -> Result<TlsEchoes> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("bench-upstream")
+            .thread_name(THREAD)
             .enable_all()
             .build()
             .context("starting the upstream runtime")?;
@@ -59,6 +62,13 @@ impl TlsEchoes {
             ssh: serve(&runtime, ssh, "ssh")?,
             runtime: Some(runtime),
         })
+    }
+}
+
+impl TlsEchoes {
+    /// CPU seconds the upstreams' threads have used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        quiet::threads_cpu_seconds(THREAD)
     }
 }
 
