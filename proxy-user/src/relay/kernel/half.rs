@@ -59,6 +59,10 @@ impl Half<'_> {
             let b = buf.get_or_insert_with(|| vec![0u8; buffer]);
             let n = match src.try_read(b) {
                 Ok(n) => n,
+                // Not a wasted wake-up to be slowed down: a read of a socket in the sockhash
+                // first runs the verdict over skbs still in its receive queue, which is what
+                // moves a backed-up spliced transfer on. A 1 ms pause here stalled 1 GiB
+                // streams for minutes (docs/ebpf.md, "Not done / limits").
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     buf = None;
                     continue;
