@@ -58,6 +58,12 @@ pub struct SockStats {
     /// [`Counter::index`] of their class plus one: userspace reads it by socket cookie at
     /// accept ([`SockStats::first_bytes`]).
     pub classified: u32,
+    /// The TCP sequence number just past the last skb the stream verdict saw, valid once
+    /// `seq_known` is 1: an skb that starts before it repeats bytes already delivered
+    /// (see `Counter::OverlapTrimmed`).
+    pub next_seq: u32,
+    /// 1 once `next_seq` holds a sequence number.
+    pub seq_known: u32,
 }
 
 impl SockStats {
@@ -111,11 +117,17 @@ pub enum Counter {
     EmptyDropped = 12,
     /// Spliced sockets that closed while still in the splice (left the sockhash).
     SplicedClosed = 13,
+    /// Skbs (and the repeated bytes trimmed off them) that began before the end of the
+    /// socket's previous skb: a retransmission that partly overlapped received data, which
+    /// the kernel's `tcp_read_skb` hands to the verdict whole (`docs/ebpf.md`).
+    OverlapTrimmed = 14,
+    /// Overlapping skbs the verdict could not trim (the pair is then cut: see the verdict).
+    OverlapUntrimmed = 15,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 16] = [
         Counter::SockOps,
         Counter::Registered,
         Counter::ClassTls,
@@ -130,6 +142,8 @@ impl Counter {
         Counter::SynDropped,
         Counter::EmptyDropped,
         Counter::SplicedClosed,
+        Counter::OverlapTrimmed,
+        Counter::OverlapUntrimmed,
     ];
     /// Number of slots in [`COUNTERS_MAP`].
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -188,7 +202,7 @@ mod tests {
     #[test]
     fn shared_types_have_no_padding() {
         assert_eq!(size_of::<SockKey>(), 8);
-        assert_eq!(size_of::<SockStats>(), 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<SockStats>(), 8 + 8 + 4 + 4 + 4 + 4);
         assert_eq!(size_of::<Splice>(), 8 + 8);
         assert_eq!(size_of::<Tally>(), 8 + 8);
         assert_eq!(size_of::<SynLimit>(), 8 + 8);

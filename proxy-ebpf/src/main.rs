@@ -40,6 +40,7 @@ use aya_log_ebpf::debug;
 use proxy_common::{Counter, SockKey, SockStats, Splice, Tally, ROLE_ACCEPTED, ROLE_UPSTREAM};
 
 mod first_bytes;
+mod overlap;
 mod syn_limit;
 
 /// `sock_ops` return value: the callback was handled.
@@ -155,7 +156,7 @@ pub fn switchyard_stream_verdict(ctx: SkBuffContext) -> u32 {
 }
 
 fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
-    let len = u64::from(ctx.len());
+    let mut len = u64::from(ctx.len());
     // SAFETY: the context pointer is the program's own argument.
     let key = SockKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
@@ -182,6 +183,44 @@ fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
         bump(Counter::EmptyDropped, 0);
         debug!(ctx, "socket {}: a zero-length skb dropped", key.cookie);
         return Ok(sk_action::SK_DROP);
+    }
+    // SAFETY: see `stats` above.
+    let (next, known) = unsafe { (&raw mut (*stats).next_seq, &raw mut (*stats).seq_known) };
+    // SAFETY: see `stats` above.
+    let (head, now) = unsafe { overlap::check(ctx, len as u32, next.read(), known.read() != 0) };
+    if let Some(now) = now {
+        // SAFETY: see `stats` above.
+        unsafe {
+            next.write(now);
+            if known.read() == 0 {
+                known.write(1);
+            }
+        }
+    }
+    match head {
+        overlap::Head::New => {}
+        overlap::Head::Trimmed(repeated) => {
+            bump(Counter::OverlapTrimmed, u64::from(repeated));
+            debug!(
+                ctx,
+                "socket {}: {} repeated bytes trimmed off an skb of {}", key.cookie, repeated, len
+            );
+            len -= u64::from(repeated);
+        }
+        overlap::Head::Unusable => {
+            // Delivering it would repeat bytes; dropping it may lose some. Userspace cuts
+            // the pair when it sees `seq_known == 2` (`relay::kernel`).
+            bump(Counter::OverlapUntrimmed, len);
+            debug!(
+                ctx,
+                "socket {}: an overlapping skb of {} bytes could not be trimmed: dropped",
+                key.cookie,
+                len
+            );
+            // SAFETY: see `stats` above.
+            unsafe { known.write(2) };
+            return Ok(sk_action::SK_DROP);
+        }
     }
     // SAFETY: read-only copy of a value userspace replaces whole.
     if let Some(splice) = unsafe { SPLICED.get(key) }.copied() {
@@ -216,12 +255,12 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// The kernel's license string for this object. `bpf_sk_redirect_hash` and the sockmap
-/// update are not GPL-only; none of the helpers used here is.
+/// The kernel's license string for this object (the crate's `MIT OR GPL-2.0-only`):
+/// `bpf_probe_read_kernel` ([`overlap`]) is GPL-only, the other helpers used here are not.
 #[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 11] = *b"Apache-2.0\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -94,6 +94,10 @@ fn bulk(route: &str, preface: &'static [u8], banner: &'static [u8], len: u64) ->
             "{direction}: {user} bytes copied in userspace"
         );
     }
+    // A retransmission overlapping received data reaches the verdict whole; its repeated
+    // head is trimmed (proxy-ebpf `overlap`), which the byte checks above prove.
+    let overlaps = proxy.metric("switchyard_ebpf_overlapping_skbs_total", &[]);
+    eprintln!("overlapping skbs trimmed: {overlaps:?}");
     proxy
 }
 

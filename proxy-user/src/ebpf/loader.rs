@@ -161,6 +161,9 @@ impl Frontend {
             role,
             // Keep what `first_bytes` recorded: the first payload came long before.
             classified: map.get(&key, 0).map_or(0, |s| s.classified),
+            // The verdict learns the sequence from the first skb it sees.
+            next_seq: 0,
+            seq_known: 0,
         };
         map.insert(key, stats, 0)?;
         drop(map);

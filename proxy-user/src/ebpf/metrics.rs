@@ -55,6 +55,11 @@ impl Collector for FrontendCollector {
                 "Bytes whose redirect the kernel refused (passed up instead)",
                 Counter::RedirectFailed,
             ),
+            (
+                "switchyard_ebpf_overlap_trimmed_bytes",
+                "Repeated bytes trimmed off skbs that overlapped data already received (retransmissions)",
+                Counter::OverlapTrimmed,
+            ),
         ] {
             let c = ConstCounter::new(tally(counter).map_or(0, |t| t.bytes));
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
@@ -79,6 +84,16 @@ impl Collector for FrontendCollector {
                 "switchyard_ebpf_redirects_failed",
                 "Redirects the kernel refused (each skb was passed up instead)",
                 Counter::RedirectFailed,
+            ),
+            (
+                "switchyard_ebpf_overlapping_skbs",
+                "Skbs that began before the end of their socket's previous one (a retransmission overlapping received data); their repeated head was trimmed",
+                Counter::OverlapTrimmed,
+            ),
+            (
+                "switchyard_ebpf_overlaps_untrimmed",
+                "Overlapping skbs the verdict could not trim: dropped, and their pair cut",
+                Counter::OverlapUntrimmed,
             ),
         ] {
             let c = ConstCounter::new(tally(counter).map_or(0, |t| t.events));

@@ -13,10 +13,11 @@
 //! then for every byte bound for the other socket (forwarded here or redirected) to be in
 //! that socket's send queue, and only then shuts its write side, as the userspace relay does.
 
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use proxy_common::SockKey;
+use proxy_common::{SockKey, SockStats};
 use tokio::net::TcpStream;
 
 mod half;
@@ -99,7 +100,16 @@ pub(crate) async fn relay_spliced(
         down.run(upstream_r, client_w, buffer),
     )
     .await;
-    let [spliced_up, spliced_down] = pair.finish();
+    let [up_stats, down_stats] = pair.finish();
+    let [spliced_up, spliced_down] = [up_stats.spliced, down_stats.spliced];
+    // An overlapping skb the verdict could not trim was dropped (`proxy-ebpf` `overlap`):
+    // the stream lost bytes, so the relay is not reported clean.
+    let error = error.or_else(|| {
+        [up_stats, down_stats]
+            .iter()
+            .any(|s| s.seq_known == OVERLAP_UNTRIMMED)
+            .then(|| io::Error::other("the kernel dropped an overlapping skb it could not trim"))
+    });
     let [copied_up, copied_down] = copied.map(|c| c.load(Ordering::Relaxed));
     RelayStats {
         client_to_upstream: copied_up + spliced_up,
@@ -111,6 +121,9 @@ pub(crate) async fn relay_spliced(
     }
 }
 
+/// `SockStats::seq_known` once the verdict dropped an skb it could not trim.
+const OVERLAP_UNTRIMMED: u32 = 2;
+
 /// The map entries of one spliced pair; removed when the relay ends, however it ends.
 struct Pair<'a> {
     f: &'a Frontend,
@@ -118,10 +131,9 @@ struct Pair<'a> {
 }
 
 impl Pair<'_> {
-    /// Removes the entries and returns the bytes the kernel redirected from each socket.
-    fn finish(&mut self) -> [u64; 2] {
-        self.keys
-            .map(|k| self.f.release(k).map_or(0, |s| s.spliced))
+    /// Removes the entries and returns the kernel's last counters of each socket.
+    fn finish(&mut self) -> [SockStats; 2] {
+        self.keys.map(|k| self.f.release(k).unwrap_or_default())
     }
 }
 
