@@ -62,9 +62,15 @@ pub struct SockStats {
     /// `seq_known` is 1: an skb that starts before it repeats bytes already delivered
     /// (see `Counter::OverlapTrimmed`).
     pub next_seq: u32,
-    /// 1 once `next_seq` holds a sequence number.
+    /// 0, then [`SEQ_KNOWN`] once `next_seq` holds a sequence number, or
+    /// [`SEQ_UNTRIMMED`] once the verdict dropped an overlapping skb it could not trim.
     pub seq_known: u32,
 }
+
+/// [`SockStats::seq_known`]: `next_seq` is valid.
+pub const SEQ_KNOWN: u32 = 1;
+/// [`SockStats::seq_known`]: an overlapping skb was dropped; the pair's stream lost bytes.
+pub const SEQ_UNTRIMMED: u32 = 2;
 
 impl SockStats {
     /// The class of the socket's first bytes, once the kernel has seen them.

@@ -37,7 +37,10 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use aya_log_ebpf::debug;
-use proxy_common::{Counter, SockKey, SockStats, Splice, Tally, ROLE_ACCEPTED, ROLE_UPSTREAM};
+use proxy_common::{
+    Counter, SockKey, SockStats, Splice, Tally, ROLE_ACCEPTED, ROLE_UPSTREAM, SEQ_KNOWN,
+    SEQ_UNTRIMMED,
+};
 
 mod first_bytes;
 mod overlap;
@@ -193,7 +196,7 @@ fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
         unsafe {
             next.write(now);
             if known.read() == 0 {
-                known.write(1);
+                known.write(SEQ_KNOWN);
             }
         }
     }
@@ -208,8 +211,8 @@ fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
             len -= u64::from(repeated);
         }
         overlap::Head::Unusable => {
-            // Delivering it would repeat bytes; dropping it may lose some. Userspace cuts
-            // the pair when it sees `seq_known == 2` (`relay::kernel`).
+            // Delivering it would repeat bytes; dropping it may lose some. Userspace reports
+            // the relay as failed when it sees `SEQ_UNTRIMMED` (`relay::kernel`).
             bump(Counter::OverlapUntrimmed, len);
             debug!(
                 ctx,
@@ -218,7 +221,7 @@ fn try_stream_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
                 len
             );
             // SAFETY: see `stats` above.
-            unsafe { known.write(2) };
+            unsafe { known.write(SEQ_UNTRIMMED) };
             return Ok(sk_action::SK_DROP);
         }
     }

@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use proxy_common::{SockKey, SockStats};
+use proxy_common::{SockKey, SockStats, SEQ_UNTRIMMED};
 use tokio::net::TcpStream;
 
 mod half;
@@ -107,7 +107,7 @@ pub(crate) async fn relay_spliced(
     let error = error.or_else(|| {
         [up_stats, down_stats]
             .iter()
-            .any(|s| s.seq_known == OVERLAP_UNTRIMMED)
+            .any(|s| s.seq_known == SEQ_UNTRIMMED)
             .then(|| io::Error::other("the kernel dropped an overlapping skb it could not trim"))
     });
     let [copied_up, copied_down] = copied.map(|c| c.load(Ordering::Relaxed));
@@ -120,9 +120,6 @@ pub(crate) async fn relay_spliced(
         error,
     }
 }
-
-/// `SockStats::seq_known` once the verdict dropped an skb it could not trim.
-const OVERLAP_UNTRIMMED: u32 = 2;
 
 /// The map entries of one spliced pair; removed when the relay ends, however it ends.
 struct Pair<'a> {
