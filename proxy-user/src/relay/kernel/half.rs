@@ -88,6 +88,12 @@ impl Half<'_> {
                     .map_err(|e| at(e, "waiting for the send queue of", to))?;
                 return dst.shutdown().await.map_err(|e| at(e, "shutting down", to));
             }
+            // Bytes passed up once the pair is spliced come after bytes the kernel
+            // redirected (a redirect failed and fell back to pass): those may still wait
+            // in `dst`'s psock backlog, and a direct write would overtake them.
+            Box::pin(self.kernel_first())
+                .await
+                .map_err(|e| at(e, "waiting for the send queue of", to))?;
             Box::pin(dst.write_all(&b[..n]))
                 .await
                 .map_err(|e| at(e, "writing", to))?;
@@ -110,22 +116,41 @@ impl Half<'_> {
         (passed > read).then(|| passed - read)
     }
 
+    /// Waits until everything bound for `dst` so far, copied here or redirected by the
+    /// kernel, is in its send queue — only when the kernel has redirected anything, so a
+    /// pair that was never spliced writes at once. Stops waiting when `dst` cannot send.
+    async fn kernel_first(&self) -> io::Result<()> {
+        if self.f.stats(self.keys[0]).is_none_or(|s| s.spliced == 0) {
+            return Ok(());
+        }
+        self.until(|h| h.sent_all(false)).await
+    }
+
     /// Waits before shutting `dst` down until (1) everything bound for it, copied here or
     /// redirected by the kernel, is in its send queue, and (2) everything it received has
     /// been read by the other direction: our FIN may complete its close, and a socket that
     /// reaches TCP_CLOSE loses its psock and whatever still waits in it. Stops waiting when
     /// `dst` can no longer send.
     async fn drained(&self) -> io::Result<()> {
+        self.until(|h| h.sent_all(true)).await
+    }
+
+    /// True when `dst` can no longer send, or everything bound for it is in its send
+    /// queue (and, with `read_back`, nothing it received waits for the other direction).
+    fn sent_all(&self, read_back: bool) -> io::Result<bool> {
+        let spliced = self.f.stats(self.keys[0]).map_or(0, |s| s.spliced);
+        let expected = self.dst_base + self.copied.load(Ordering::Relaxed) + spliced;
+        let now = written(self.fds[1])?;
+        Ok(!now.sending || (now.bytes >= expected && !(read_back && self.pending(1).is_some())))
+    }
+
+    /// Polls `done` with a backoff from 200 µs to 20 ms until it says so.
+    async fn until(&self, done: impl Fn(&Self) -> io::Result<bool>) -> io::Result<()> {
         let mut pause = Duration::from_micros(200);
-        loop {
-            let spliced = self.f.stats(self.keys[0]).map_or(0, |s| s.spliced);
-            let expected = self.dst_base + self.copied.load(Ordering::Relaxed) + spliced;
-            let now = written(self.fds[1])?;
-            if !now.sending || (now.bytes >= expected && self.pending(1).is_none()) {
-                return Ok(());
-            }
+        while !done(self)? {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
         }
+        Ok(())
     }
 }
