@@ -505,6 +505,15 @@ fn the_units_capabilities_are_enough_for_ebpf_a_low_port_and_an_upgrade() {
             .read_exact(&mut got)
             .unwrap_or_else(|e| panic!("{e}\n{}", proc.logs()));
         assert_eq!(String::from_utf8_lossy(&got), want);
+        // A second round trip keeps the connection open until the pair has joined the
+        // kernel: the proxy may forward the first echo itself while it switches, and a
+        // client that closed by then (CLOSE_WAIT) could no longer be added to the sockmap.
+        stream.write_all(b"again\n").unwrap();
+        let mut again = [0u8; 6];
+        stream
+            .read_exact(&mut again)
+            .unwrap_or_else(|e| panic!("{e}\n{}", proc.logs()));
+        assert_eq!(&again, b"again\n");
     };
     legacy("SSH-2.0-before\r\n");
 

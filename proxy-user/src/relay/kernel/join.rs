@@ -2,6 +2,7 @@
 //! boundary and forwarded, each socket marked with what userspace has read, then both
 //! inserted in the sockhash, so that the verdict takes over in order.
 
+use aya::maps::MapError;
 use proxy_common::{SockKey, Splice, ROLE_ACCEPTED, ROLE_UPSTREAM};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -49,12 +50,26 @@ pub(super) async fn join(
     // Both targets first: from the moment either socket joins `SOCKETS`, the verdict's
     // redirect finds the other one (a redirect refused there would pass bytes up, and a
     // sender that never pauses would keep the pair in userspace catching up).
-    f.mark(ck, to(uk, read[0]))
-        .and_then(|()| f.register(ck, client, read[0], ROLE_ACCEPTED))
-        .and_then(|()| f.mark(uk, to(ck, read[1])))
-        .and_then(|()| f.register(uk, upstream, read[1], ROLE_UPSTREAM))
-        .map_err(|e| (drained, io::Error::other(e)))?;
+    let step = |what: &str, r: Result<(), MapError>| r.map_err(|e| (drained, refused(what, &e)));
+    step("marking the client", f.mark(ck, to(uk, read[0])))?;
+    step(
+        "adding the client",
+        f.register(ck, client, read[0], ROLE_ACCEPTED),
+    )?;
+    step("marking the upstream", f.mark(uk, to(ck, read[1])))?;
+    step(
+        "adding the upstream",
+        f.register(uk, upstream, read[1], ROLE_UPSTREAM),
+    )?;
     Ok((drained, bases))
+}
+
+/// A map update the kernel refused, with its errno (aya's message names only the call).
+fn refused(what: &str, e: &MapError) -> io::Error {
+    match std::error::Error::source(e) {
+        Some(cause) => io::Error::other(format!("{what}: {e}: {cause}")),
+        None => io::Error::other(format!("{what}: {e}")),
+    }
 }
 
 /// Reads `src` until one read ends at an skb boundary, writing everything to `dst`: a
