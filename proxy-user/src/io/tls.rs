@@ -11,6 +11,13 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A stateless session-ticket maker of the same provider: its own random keys, rotated
+/// every 6 hours (rustls' `TicketRotator`). A session lives in the ticket the client
+/// holds, encrypted, not in the proxy's memory.
+pub(crate) fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    rustls::crypto::ring::Ticketer::new()
+}
+
 /// Who a certificate says it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct CertIdentity {

@@ -13,12 +13,12 @@ pub(crate) use sni::{covered, dns_names, keypair_names, SniResolver};
 use super::acme::Acme;
 use super::route::{Mode, Table};
 use crate::config::{Config, ConfigError};
-use crate::io::tls::{provider, CertIdentity};
+use crate::io::tls::{provider, ticketer, CertIdentity};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
@@ -26,11 +26,6 @@ use rustls::{
 };
 use std::path::Path;
 use std::sync::Arc;
-
-/// TLS sessions each terminated route keeps for resumption (a few hundred bytes each, plus
-/// the client's certificate chain): clients that come back within the cache resume without
-/// a certificate exchange or a signature.
-const SESSIONS_PER_ROUTE: usize = 1024;
 
 /// Loads a PEM certificate chain and key, naming `key_prefix` in errors.
 pub(crate) fn load_certified_key(
@@ -209,9 +204,19 @@ impl Terminator {
         };
         let mut server = builder.with_cert_resolver(self.resolver.clone());
         server.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-        // Resumption: each route keeps its own sessions (a ticket of one route never
-        // resumes on another, whose allow list may differ), more than rustls' default 256.
-        server.session_storage = ServerSessionMemoryCache::new(SESSIONS_PER_ROUTE);
+        // Resumption with stateless tickets: the session (with the client's certificate
+        // chain) is encrypted into the ticket the client keeps, so resumable sessions cost
+        // the proxy no memory (a cache of 1,024 per route held up to ~1 KB each, refilled
+        // after every reload). Each route, and each reload, has its own ticket keys: a
+        // ticket of one route never resumes on another, whose allow list may differ, nor
+        // after a reload that may have changed it. TLS 1.2 clients without tickets keep
+        // rustls' default cache of 256 session IDs.
+        server.ticketer = ticketer().map_err(|e| {
+            ConfigError::invalid(
+                "proxy_service.https_keypairs",
+                format!("session tickets: {e}"),
+            )
+        })?;
         Ok(Arc::new(server))
     }
 }
