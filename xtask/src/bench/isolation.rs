@@ -55,14 +55,19 @@ pub enum Who {
     Kernel,
     Defaults,
     Haproxy,
+    /// The control row: no flood at all, one core kept busy by a spinning thread of the
+    /// bench instead, so the table shows what a core's worth of unrelated CPU load alone
+    /// does to the probe on this machine.
+    Spin,
 }
 
-pub const ALL: [Who; 5] = [
+pub const ALL: [Who; 6] = [
     Who::Budgets,
     Who::BudgetsWide,
     Who::Kernel,
     Who::Defaults,
     Who::Haproxy,
+    Who::Spin,
 ];
 
 impl Who {
@@ -75,6 +80,7 @@ impl Who {
             }
             Who::Defaults => "switchyard, default budgets",
             Who::Haproxy => "haproxy, per-source limits",
+            Who::Spin => "switchyard, no flood: one core busy spinning (control)",
         }
     }
 }
@@ -85,8 +91,8 @@ pub struct Phase {
     pub errors: usize,
 }
 
-pub struct Row {
-    pub who: Who,
+/// One idle phase followed by one flood phase, on the same proxy.
+pub struct Round {
     pub idle: Phase,
     pub flood: Phase,
     /// CPU share of one core the proxy used during the flood phase (100 = one core).
@@ -94,9 +100,26 @@ pub struct Row {
     /// Flood connections per second: handshakes completed, and refused or failed.
     pub flood_ok: f64,
     pub flood_refused: f64,
-    /// `switchyard_class_refused_total` lines after the flood (Switchyard only).
+}
+
+impl Round {
+    /// p99 under flood ÷ p99 idle, within this round.
+    pub fn ratio(&self) -> f64 {
+        load::percentile(&self.flood.us, 0.99) / load::percentile(&self.idle.us, 0.99)
+    }
+}
+
+pub struct Row {
+    pub who: Who,
+    /// [`ROUNDS`] rounds, idle and flood alternating, so that the VM's slow minutes fall
+    /// on both phases alike.
+    pub rounds: Vec<Round>,
+    /// `switchyard_class_refused_total` lines after the floods (Switchyard only).
     pub refused: Vec<String>,
 }
+
+/// Idle/flood rounds per row.
+pub const ROUNDS: usize = 3;
 
 pub fn run(binary: &Path, out: &Path, pki: &Path) -> Result<Vec<Row>> {
     scale_peers::install()?;
@@ -115,17 +138,46 @@ pub fn run(binary: &Path, out: &Path, pki: &Path) -> Result<Vec<Row>> {
         let probe = Client::new(addr, Some(probe_tls.clone()), "postgres.bench.test")?;
         let mut flooder = Client::new(addr, Some(flood_tls.clone()), "ssh.bench.test")?;
         flooder.source = Some(FLOOD_SOURCE);
-        quiet::wait()?;
+        let flooder = Arc::new(flooder);
         probe_rt.block_on(probe_for(&probe, Duration::from_millis(300)));
-        let idle = probe_rt.block_on(probe_for(&probe, PHASE));
-        let flood = Flood::start(flooder)?;
-        std::thread::sleep(Duration::from_secs(1));
-        let (cpu0, t0, n0) = (quiet::cpu_seconds(&pids), Instant::now(), flood.counts());
-        let during = probe_rt.block_on(probe_for(&probe, PHASE));
-        let secs = t0.elapsed().as_secs_f64();
-        let proxy_cpu = (quiet::cpu_seconds(&pids) - cpu0) / secs * 100.0;
-        let n1 = flood.counts();
-        drop(flood);
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            quiet::wait()?;
+            let idle = probe_rt.block_on(probe_for(&probe, PHASE));
+            let flood = if who == Who::Spin {
+                Flood::spin()
+            } else {
+                Flood::start(flooder.clone())?
+            };
+            std::thread::sleep(Duration::from_secs(1));
+            let (cpu0, t0, n0) = (quiet::cpu_seconds(&pids), Instant::now(), flood.counts());
+            let during = probe_rt.block_on(probe_for(&probe, PHASE));
+            let secs = t0.elapsed().as_secs_f64();
+            let proxy_cpu = (quiet::cpu_seconds(&pids) - cpu0) / secs * 100.0;
+            let n1 = flood.counts();
+            drop(flood);
+            let round = Round {
+                idle,
+                flood: during,
+                proxy_cpu,
+                flood_ok: (n1.0 - n0.0) as f64 / secs,
+                flood_refused: (n1.1 - n0.1) as f64 / secs,
+            };
+            eprintln!(
+                "xtask: isolation {}: idle p50/p99 {:.0}/{:.0} us, flood p50/p99 {:.0}/{:.0} \
+                 us ({:.2}x), proxy CPU {:.0}%, flood {:.0} ok/s {:.0} refused/s",
+                who.name(),
+                load::percentile(&round.idle.us, 0.5),
+                load::percentile(&round.idle.us, 0.99),
+                load::percentile(&round.flood.us, 0.5),
+                load::percentile(&round.flood.us, 0.99),
+                round.ratio(),
+                round.proxy_cpu,
+                round.flood_ok,
+                round.flood_refused
+            );
+            rounds.push(round);
+        }
         let refused = match diag {
             Some(d) => metrics(
                 d,
@@ -136,28 +188,11 @@ pub fn run(binary: &Path, out: &Path, pki: &Path) -> Result<Vec<Row>> {
             )?,
             None => Vec::new(),
         };
-        let row = Row {
+        rows.push(Row {
             who,
-            idle,
-            flood: during,
-            proxy_cpu,
-            flood_ok: (n1.0 - n0.0) as f64 / secs,
-            flood_refused: (n1.1 - n0.1) as f64 / secs,
+            rounds,
             refused,
-        };
-        eprintln!(
-            "xtask: isolation {}: idle p50/p99 {:.0}/{:.0} us, flood p50/p99 {:.0}/{:.0} us, \
-             proxy CPU {:.0}%, flood {:.0} ok/s {:.0} refused/s",
-            who.name(),
-            load::percentile(&row.idle.us, 0.5),
-            load::percentile(&row.idle.us, 0.99),
-            load::percentile(&row.flood.us, 0.5),
-            load::percentile(&row.flood.us, 0.99),
-            row.proxy_cpu,
-            row.flood_ok,
-            row.flood_refused
-        );
-        rows.push(row);
+        });
     }
     Ok(rows)
 }
@@ -248,23 +283,24 @@ async fn probe_for(probe: &Client, d: Duration) -> Phase {
     Phase { us, errors }
 }
 
-/// The flood: its own one-worker runtime, [`FLOOD_CLIENTS`] tasks until dropped.
+/// The flood: its own one-worker runtime, [`FLOOD_CLIENTS`] tasks until dropped (or, for
+/// the control row, one thread spinning until dropped).
 struct Flood {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
     runtime: Option<tokio::runtime::Runtime>,
+    spinner: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Flood {
-    fn start(client: Client) -> Result<Flood> {
+    fn start(client: Arc<Client>) -> Result<Flood> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let client = Arc::new(client);
         for _ in 0..FLOOD_CLIENTS {
             let (client, stop) = (client.clone(), stop.clone());
             let (ok, refused) = (ok.clone(), refused.clone());
@@ -282,7 +318,26 @@ impl Flood {
             ok,
             refused,
             runtime: Some(runtime),
+            spinner: None,
         })
+    }
+
+    /// No connections: one thread burning a core, as the flood's runtime does.
+    fn spin() -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinning = stop.clone();
+        let spinner = std::thread::spawn(move || {
+            while !spinning.load(Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        Flood {
+            stop,
+            ok: Arc::new(AtomicUsize::new(0)),
+            refused: Arc::new(AtomicUsize::new(0)),
+            runtime: None,
+            spinner: Some(spinner),
+        }
     }
 
     /// Handshakes completed, and connections refused or failed, so far.
@@ -296,6 +351,9 @@ impl Drop for Flood {
         self.stop.store(true, Relaxed);
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(5));
+        }
+        if let Some(spinner) = self.spinner.take() {
+            let _ = spinner.join();
         }
     }
 }

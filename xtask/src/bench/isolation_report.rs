@@ -5,8 +5,9 @@
 use std::fmt::Write as _;
 
 use super::{
-    isolation::{Row, Who, HAPROXY_LIMITS, SSH_BUDGET, UNCLASSIFIED},
+    isolation::{Round, Row, Who, HAPROXY_LIMITS, ROUNDS, SSH_BUDGET, UNCLASSIFIED},
     load::percentile,
+    report::median_min_max,
 };
 
 /// The block of docs/benchmarks.md the isolation rows rewrite.
@@ -14,8 +15,10 @@ pub const BLOCK: &str = "isolation";
 
 pub fn markdown(measured: &str, rows: &[Row]) -> String {
     let mut s = format!(
-        "{measured}; loopback. Probe: `teleport-postgres` connections one after the other for \
-         5 s per phase (TCP connect, mTLS handshake with client certificate, one line echoed \
+        "{measured}; loopback. Each row: {ROUNDS} rounds on one proxy, each an idle phase and then a flood \
+         phase; cells are the median (min–max) over the rounds, and the ratio is taken \
+         within each round (this VM's p99 drifts by 2× from minute to minute). Probe: \
+         `teleport-postgres` connections one after the other for 5 s per phase (TCP connect, mTLS handshake with client certificate, one line echoed \
          by the plaintext upstream), from 127.0.0.1. Flood: 64 clients bound to 127.0.0.2 on a \
          one-thread runtime, each opening TLS connections with ALPN `teleport-proxy-ssh` and \
          client certificate and closing each right after its handshake, as fast as they can; \
@@ -34,7 +37,10 @@ pub fn markdown(measured: &str, rows: &[Row]) -> String {
          frontend `maxconn` would hold postgres back as much as ssh; the rate is 1000/s \
          rather than 300 because HAProxy's `conn_rate` is per source, and the probe's own \
          ~300–700/s must stay under it; \
-         rejected connections count in it too): `{HAPROXY_LIMITS}`.\n\n"
+         rejected connections count in it too): `{HAPROXY_LIMITS}`. The last row is a \
+         control, not a flood: Switchyard with default budgets while a thread of the bench \
+         spins on one core for the second phase, so it shows what losing a core to any busy \
+         process alone does to the probe on this machine.\n\n"
     );
     let _ = writeln!(
         s,
@@ -44,33 +50,38 @@ pub fn markdown(measured: &str, rows: &[Row]) -> String {
          |---|---:|---:|---:|---|---:|---:|---:|---:|"
     );
     for r in rows {
-        let q = |v: &[f64], p| percentile(v, p);
-        let ratio = q(&r.flood.us, 0.99) / q(&r.idle.us, 0.99);
+        let of = |f: &dyn Fn(&Round) -> f64| median_min_max(r.rounds.iter().map(f).collect());
+        let cell = |f: &dyn Fn(&Round) -> f64| {
+            let (m, lo, hi) = of(f);
+            format!("{m:.0} ({lo:.0}–{hi:.0})")
+        };
+        let (ratio, lo, hi) = of(&Round::ratio);
         let goal = match (r.who, ratio <= 2.0) {
-            (Who::Haproxy, _) => "—",
+            (Who::Haproxy | Who::Spin, _) => "—",
             (_, true) => "met",
             (_, false) => "not met",
         };
+        let errors = |f: &dyn Fn(&Round) -> usize| r.rounds.iter().map(f).sum::<usize>();
         let _ = writeln!(
             s,
-            "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {ratio:.2} | {goal} | {} / {} | {:.0} | \
-             {:.0} | {:.0} |",
+            "| {} | {} / {} | {} / {} | {ratio:.2} ({lo:.2}–{hi:.2}) | {goal} | {} / {} | {} | \
+             {} | {} |",
             r.who.name(),
-            q(&r.idle.us, 0.5),
-            q(&r.idle.us, 0.99),
-            q(&r.flood.us, 0.5),
-            q(&r.flood.us, 0.99),
-            r.idle.errors,
-            r.flood.errors,
-            r.proxy_cpu,
-            r.flood_ok,
-            r.flood_refused
+            cell(&|x| percentile(&x.idle.us, 0.5)),
+            cell(&|x| percentile(&x.idle.us, 0.99)),
+            cell(&|x| percentile(&x.flood.us, 0.5)),
+            cell(&|x| percentile(&x.flood.us, 0.99)),
+            errors(&|x| x.idle.errors),
+            errors(&|x| x.flood.errors),
+            cell(&|x| x.proxy_cpu),
+            cell(&|x| x.flood_ok),
+            cell(&|x| x.flood_refused),
         );
     }
     for r in rows.iter().filter(|r| !r.refused.is_empty()) {
         let _ = write!(
             s,
-            "\n`/metrics` of {} after the flood:\n\n```\n",
+            "\n`/metrics` of {} after its floods:\n\n```\n",
             r.who.name()
         );
         for line in &r.refused {
