@@ -89,8 +89,10 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// The CI smoke: every target over its corpus plus [`SMOKE_SECONDS`].
+/// The CI smoke: the seeds are still the generated ones, then every target over its corpus
+/// plus [`SMOKE_SECONDS`].
 pub fn smoke(root: &Path) -> Result<()> {
+    seed_check(root)?;
     let opts = Options {
         target: None,
         seconds: SMOKE_SECONDS,
@@ -99,6 +101,40 @@ pub fn smoke(root: &Path) -> Result<()> {
     };
     run(root, &opts)
 }
+
+/// `proxy-user`'s seed test (stable, `--features fuzzing`): the files under `fuzz/corpus/`
+/// must be what `proxy-user/src/fuzzing/seeds.rs` generates, so a seed cannot drift from
+/// the fixture it was made from without CI saying so.
+fn seed_check(root: &Path) -> Result<()> {
+    eprintln!("xtask: the fuzz seeds are the generated ones (proxy-user --features fuzzing)");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["test", "-p", "proxy-user", "--features", "fuzzing", "--lib"])
+        .args([SEED_TEST, "--", "--exact"])
+        .current_dir(root)
+        .env("AYA_BUILD_SKIP", "1")
+        .env_remove("SWITCHYARD_WRITE_SEEDS")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("spawn cargo test (the seed check)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    if !out.status.success() {
+        bail!(
+            "the fuzz seeds under fuzz/corpus/ are not the generated ones ({}); \
+             SWITCHYARD_WRITE_SEEDS=1 cargo test -p proxy-user --features fuzzing --lib \
+             fuzzing rewrites them",
+            out.status
+        );
+    }
+    if !stdout.contains("test result: ok. 1 passed") {
+        bail!("the seed check ran no test: is {SEED_TEST} still its name?");
+    }
+    Ok(())
+}
+
+/// The seed check's test, by its path in `proxy-user`'s library.
+const SEED_TEST: &str = "fuzzing::seeds::checked_in_seeds_are_the_generated_ones";
 
 /// The targets: the files of `fuzz/fuzz_targets/`, sorted.
 fn targets(root: &Path) -> Result<Vec<String>> {

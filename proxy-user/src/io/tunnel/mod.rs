@@ -16,6 +16,7 @@
 
 pub(crate) mod control;
 pub(crate) mod frame;
+mod guard;
 pub(crate) mod mux;
 
 use serde::{Deserialize, Serialize};

@@ -9,6 +9,9 @@
 //! stream this side opens: yamux, asked for a stream over its own limit, tears the whole
 //! session down (every stream with it), so yamux's limit is set well above ours and an
 //! open over ours fails alone, with [`OVER_LIMIT`].
+//!
+//! The peer's bytes reach yamux through [`Guard`], which ends the session on a frame that
+//! yamux would mishandle (an opening window credit that overflows).
 
 use futures_util::future::poll_fn;
 use std::future::Future;
@@ -19,6 +22,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+use super::guard::Guard;
 
 /// The error kind of an open refused by the stream limit (the session goes on).
 pub(crate) const OVER_LIMIT: io::ErrorKind = io::ErrorKind::ResourceBusy;
@@ -159,7 +164,7 @@ pub(crate) fn start<T>(io: T, mode: Mode, limits: Limits, inbound_queue: usize) 
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, io);
+    let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, Guard::new(io));
     let mut conn = yamux::Connection::new(io.compat(), limits.yamux(), mode);
     let (open_tx, mut open_rx) = mpsc::channel::<OpenReply>(64);
     let (in_tx, in_rx) = mpsc::channel(inbound_queue.max(1));
