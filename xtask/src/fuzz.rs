@@ -31,7 +31,7 @@ pub struct Options {
     /// (the long run: `--seconds 3600 --runs 10000000`).
     #[arg(long)]
     runs: Option<u64>,
-    /// The CI smoke: every target over its corpus plus 10 s.
+    /// The CI smoke: the seed check, then every target over its corpus plus 10 s.
     #[arg(long)]
     smoke: bool,
 }
@@ -57,6 +57,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     } else {
         opts.seconds
     };
+    if opts.smoke {
+        seed_check(root)?;
+    }
     let start = Instant::now();
     build(root)?;
     eprintln!(
@@ -92,7 +95,6 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
 /// The CI smoke: the seeds are still the generated ones, then every target over its corpus
 /// plus [`SMOKE_SECONDS`].
 pub fn smoke(root: &Path) -> Result<()> {
-    seed_check(root)?;
     let opts = Options {
         target: None,
         seconds: SMOKE_SECONDS,
