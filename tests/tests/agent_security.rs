@@ -2,7 +2,8 @@
 //! namespace whose only way out is a forwarder to the proxy): an agent certificate from
 //! another CA (even one named like the cluster's), an identity no `tunnel.agents` entry
 //! names, a service the rule does not let the agent serve, and a client not in the rule's
-//! `allow` — each with a line that says why, a metric, and the allowed case still working.
+//! `allow`, and a yamux frame that would overflow the window — each with a line that says
+//! why, a metric, and the allowed case still working.
 
 use std::net::SocketAddr;
 
@@ -261,4 +262,64 @@ fn a_client_not_in_the_allow_list_is_told_it_was_refused() {
     let line = line_with(&scene.bob.log(), BOB_FAILED).to_owned();
     // Like a refused certificate elsewhere: who was refused, not a TLS close.
     assert!(line.contains("CN=bob,O=guests"), "{line}");
+}
+
+/// The frame the `tunnel_session` fuzz target found (docs/fuzzing.md): a WindowUpdate with
+/// SYN whose credit overflows yamux's window. From a real TLS client with a valid agent
+/// certificate (`openssl s_client`), it ends that tunnel with a line that says so; the
+/// proxy is unharmed and a real agent's tunnel still carries bytes.
+#[test]
+fn a_yamux_frame_that_would_overflow_the_window_ends_only_that_tunnel_with_a_clear_line() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let pki = TestPki::new().unwrap();
+    let ns = Netns::new("yamux").unwrap();
+    let echo = DemoUpstream::echo_in(Some(&ns), "echo").unwrap();
+    let proxy = proxy_a(&pki, &[Rule::serving("edge", &["tcp:*"])]);
+    let _edge = Agent::up_in(&pki, &ns, &proxy, "edge", &[("tcp", "echo", echo.addr)], 1);
+
+    let hostile = agent_identity(&pki, "hostile");
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &proxy.web.to_string()])
+        .args([
+            "-servername",
+            "localhost",
+            "-alpn",
+            "teleport-reversetunnel",
+        ])
+        .arg("-CAfile")
+        .arg(pki.ca_cert())
+        .arg("-cert")
+        .arg(hostile.with_extension("crt"))
+        .arg("-key")
+        .arg(hostile.with_extension("key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // version 0, WindowUpdate, flags SYN|0x60, stream 0x27dff, credit 0xffff377d.
+    let frame = [0, 1, 0, 0x61, 0, 2, 0x7d, 0xff, 0xff, 0xff, 0x37, 0x7d];
+    client.stdin.as_mut().unwrap().write_all(&frame).unwrap();
+    let needle = "with a window credit of 4294915965 bytes, which overflows yamux's window";
+    wait_log("proxy", needle, || proxy.log());
+    let _ = client.kill();
+    let _ = client.wait();
+    let line = line_with(&proxy.log(), needle).to_owned();
+    assert!(
+        line.contains("identity=\"CN=hostile,O=switchyard-agent\"")
+            && line.contains("ended its tunnel before opening a control stream"),
+        "{line}"
+    );
+    let refused = [("outcome", "refused")];
+    assert!(metric(&proxy, "switchyard_tunnel_events_total", &refused) >= 1.0);
+
+    // The real agent's tunnel is still up and carries a client's bytes.
+    let local = app_proxy(&pki, &proxy, "echo", "client");
+    let (banner, back) = echo_once(local.addr, "still here\n").unwrap();
+    assert_eq!(
+        (banner.as_str(), back.as_str()),
+        ("upstream=echo\n", "still here\n")
+    );
+    assert_eq!(metric(&proxy, "switchyard_tunnel_tunnels", &[]), 1.0);
 }

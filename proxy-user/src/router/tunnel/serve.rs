@@ -52,12 +52,26 @@ where
         window_bytes: t.window_bytes,
     };
     let mut session = mux::start(tls, Mode::Server, limits, 1);
-    let control = timeout(HELLO_TIMEOUT, session.inbound.recv()).await;
-    let Ok(Some(control)) = control else {
-        metrics.event("refused");
-        return Err(ConnError::Tunnel(format!(
-            "agent {identity} opened no control stream within {HELLO_TIMEOUT:?}"
-        )));
+    let control = match timeout(HELLO_TIMEOUT, session.inbound.recv()).await {
+        Ok(Some(control)) => control,
+        Err(_) => {
+            metrics.event("refused");
+            return Err(ConnError::Tunnel(format!(
+                "agent {identity} opened no control stream within {HELLO_TIMEOUT:?}"
+            )));
+        }
+        // The session ended first: say why (a broken frame, the connection gone).
+        Ok(None) => {
+            metrics.event("refused");
+            let why = match (&mut session.done).await {
+                Ok(Ok(())) => "the agent closed the session".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("the session's task failed: {e}"),
+            };
+            return Err(ConnError::Tunnel(format!(
+                "agent {identity} ended its tunnel before opening a control stream: {why}"
+            )));
+        }
     };
     // Only the proxy opens client streams: the agent's are dropped (reset) from now on.
     session.inbound.close();
