@@ -7,9 +7,11 @@
 #![no_std]
 
 mod classify;
+mod flow;
 mod syn;
 
 pub use classify::{classify, CLASSIFY_BYTES};
+pub use flow::{FlowKey, AF_INET, AF_INET6, PENDING_CLASSES};
 pub use syn::{SourceKey, SynLimit, SYN_LIMIT_MAP, SYN_SOURCES, SYN_SOURCES_MAP};
 
 /// Name of the `SockHash` holding the sockets of spliced pairs.
@@ -129,11 +131,14 @@ pub enum Counter {
     OverlapTrimmed = 14,
     /// Overlapping skbs the verdict could not trim (the pair is then cut: see the verdict).
     OverlapUntrimmed = 15,
+    /// First bytes that completed a deferred handshake: classified on the listener and
+    /// handed to the new socket by `sock_ops` ([`FlowKey`]).
+    ClassHandedOver = 16,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::SockOps,
         Counter::Registered,
         Counter::ClassTls,
@@ -150,6 +155,7 @@ impl Counter {
         Counter::SplicedClosed,
         Counter::OverlapTrimmed,
         Counter::OverlapUntrimmed,
+        Counter::ClassHandedOver,
     ];
     /// Number of slots in [`COUNTERS_MAP`].
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -213,6 +219,7 @@ mod tests {
         assert_eq!(size_of::<Tally>(), 8 + 8);
         assert_eq!(size_of::<SynLimit>(), 8 + 8);
         assert_eq!(size_of::<SourceKey>(), 16);
+        assert_eq!(size_of::<FlowKey>(), 16 + 4 + 4);
     }
 
     #[test]

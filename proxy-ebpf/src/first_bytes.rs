@@ -3,18 +3,48 @@
 //! packet the proxy's sockets receive (IPv4 or IPv6, then TCP), looks only at sockets
 //! `sock_ops` marked accepted and not yet classified, and lets the packet through — except
 //! a SYN over its source's rate ([`crate::syn_limit`]), which it drops.
+//!
+//! A first segment that completes the handshake (always so with `TCP_DEFER_ACCEPT`, which
+//! the single port sets) is filtered against the *listener*: the connection's socket does
+//! not exist yet. Such a payload is classified here and left in [`PENDING`] under its
+//! `proxy_common::FlowKey`, where `sock_ops` finds it for the new socket ([`handed_over`]),
+//! moments later while the kernel processes the same segment.
 
 use aya_ebpf::{
-    helpers::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext, EbpfContext as _,
+    helpers::bpf_get_socket_cookie,
+    macros::{cgroup_skb, map},
+    maps::LruHashMap,
+    programs::SkBuffContext,
+    EbpfContext as _,
 };
-use proxy_common::{classify, Counter, SockKey, CLASSIFY_BYTES, ROLE_ACCEPTED};
+use proxy_common::{
+    classify, Counter, FlowKey, SockKey, CLASSIFY_BYTES, PENDING_CLASSES, ROLE_ACCEPTED,
+};
 
-use crate::{bump, SOCK_STATS};
+use crate::{bump, PORTS, SOCK_STATS};
 
 /// `cgroup_skb` verdicts: let the packet through, or drop it.
 const ALLOW: i32 = 1;
 const DROP: i32 = 0;
 const IPPROTO_TCP: u8 = 6;
+/// `TCP_LISTEN` from the kernel's TCP state enum.
+const TCP_LISTEN: u32 = 10;
+
+/// Classes of first segments seen on a listener, by connection, until `sock_ops` takes
+/// them for the connection's new socket (value: the class's `Counter::index` plus one).
+/// An LRU hash: a segment whose socket never came (the accept queue was full) is evicted.
+#[map]
+static PENDING: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(PENDING_CLASSES, 0);
+
+/// The class a listener saw in the first segment of the connection `flow`, taken out of
+/// [`PENDING`] (for `sock_ops`, when the socket is established).
+#[inline(always)]
+pub(crate) fn handed_over(flow: &FlowKey) -> Option<u32> {
+    // SAFETY: the value is copied out at once.
+    let class = unsafe { PENDING.get(flow) }.copied()?;
+    let _ = PENDING.remove(flow);
+    Some(class)
+}
 
 #[cgroup_skb(ingress)]
 pub fn switchyard_first_bytes(ctx: SkBuffContext) -> i32 {
@@ -33,7 +63,10 @@ fn try_first_bytes(ctx: &SkBuffContext) -> Result<i32, i32> {
     let key = SockKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
     };
-    let stats = SOCK_STATS.get_ptr_mut(key).ok_or(ALLOW)?;
+    let Some(stats) = SOCK_STATS.get_ptr_mut(key) else {
+        let _ = on_listener(ctx);
+        return Ok(ALLOW);
+    };
     // SAFETY (for both accesses below): a pointer to a live map value, valid for this
     // program run. Fields are accessed one at a time through the raw pointer, never as a
     // `&mut SockStats`: this program writes only `classified`, while the stream verdict
@@ -44,35 +77,71 @@ fn try_first_bytes(ctx: &SkBuffContext) -> Result<i32, i32> {
     if role != ROLE_ACCEPTED || unsafe { classified.read() } != 0 {
         return Ok(ALLOW);
     }
-    let payload = payload_offset(ctx).ok_or(ALLOW)?;
-    let len = (ctx.len() as usize).saturating_sub(payload);
-    if len == 0 {
-        return Ok(ALLOW);
-    }
-    let mut b = [0u8; CLASSIFY_BYTES];
-    let n = if len >= CLASSIFY_BYTES {
-        b = ctx
-            .load::<[u8; CLASSIFY_BYTES]>(payload)
-            .map_err(|_| ALLOW)?;
-        CLASSIFY_BYTES
-    } else if len >= 4 {
-        let head = ctx.load::<[u8; 4]>(payload).map_err(|_| ALLOW)?;
-        b[..4].copy_from_slice(&head);
-        4
-    } else {
-        b[0] = ctx.load::<u8>(payload).map_err(|_| ALLOW)?;
-        1
-    };
-    let class = classify(&b, n);
+    let (_, payload) = tcp_offsets(ctx).ok_or(ALLOW)?;
+    let class = classify_payload(ctx, payload).ok_or(ALLOW)?;
     // SAFETY: see above. The class, plus one: userspace looks it up by cookie at accept.
     unsafe { classified.write(class.index() + 1) };
     bump(class, 0);
     Ok(ALLOW)
 }
 
-/// Offset of the TCP payload in a packet that starts with its IP header.
+/// A packet on a socket without `SOCK_STATS`: when it is a listener's on one of `PORTS`
+/// and carries payload, the first segment of a connection whose socket is being created,
+/// its class goes to [`PENDING`] for `sock_ops`.
 #[inline(always)]
-fn payload_offset(ctx: &SkBuffContext) -> Option<usize> {
+fn on_listener(ctx: &SkBuffContext) -> Option<()> {
+    // SAFETY: `sk` of the context, checked for null; the kernel lets this program type
+    // read a socket's `state`.
+    let state = unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return None;
+        }
+        core::ptr::read_volatile(&raw const (*sk).state)
+    };
+    if state != TCP_LISTEN {
+        return None;
+    }
+    let (ip_len, payload) = tcp_offsets(ctx)?;
+    let local = u16::from_be_bytes(ctx.load::<[u8; 2]>(ip_len + 2).ok()?);
+    // SAFETY: the value is only tested for presence.
+    unsafe { PORTS.get(&u32::from(local)) }?;
+    let class = classify_payload(ctx, payload)?;
+    let remote = u16::from_be_bytes(ctx.load::<[u8; 2]>(ip_len).ok()?);
+    let flow = if ip_len == 40 && ctx.load::<u8>(0).ok()? >> 4 == 6 {
+        FlowKey::v6(ctx.load::<[u32; 4]>(8).ok()?, remote, local)
+    } else {
+        FlowKey::v4(ctx.load::<u32>(12).ok()?, remote, local)
+    };
+    PENDING.insert(&flow, &(class.index() + 1), 0).ok()
+}
+
+/// The class of the payload at `payload`, `None` when the packet has none.
+#[inline(always)]
+fn classify_payload(ctx: &SkBuffContext, payload: usize) -> Option<Counter> {
+    let len = (ctx.len() as usize).saturating_sub(payload);
+    if len == 0 {
+        return None;
+    }
+    let mut b = [0u8; CLASSIFY_BYTES];
+    let n = if len >= CLASSIFY_BYTES {
+        b = ctx.load::<[u8; CLASSIFY_BYTES]>(payload).ok()?;
+        CLASSIFY_BYTES
+    } else if len >= 4 {
+        let head = ctx.load::<[u8; 4]>(payload).ok()?;
+        b[..4].copy_from_slice(&head);
+        4
+    } else {
+        b[0] = ctx.load::<u8>(payload).ok()?;
+        1
+    };
+    Some(classify(&b, n))
+}
+
+/// Offsets of the TCP header and of the payload in a packet that starts with its IP
+/// header.
+#[inline(always)]
+fn tcp_offsets(ctx: &SkBuffContext) -> Option<(usize, usize)> {
     let first = ctx.load::<u8>(0).ok()?;
     let (ip_len, proto) = match first >> 4 {
         4 => (usize::from(first & 0x0f) * 4, ctx.load::<u8>(9).ok()?),
@@ -83,5 +152,5 @@ fn payload_offset(ctx: &SkBuffContext) -> Option<usize> {
         return None;
     }
     let data_offset = ctx.load::<u8>(ip_len + 12).ok()?;
-    Some(ip_len + usize::from(data_offset >> 4) * 4)
+    Some((ip_len, ip_len + usize::from(data_offset >> 4) * 4))
 }

@@ -6,7 +6,8 @@
 //!
 //! - `sock_ops` (attached to the proxy's own cgroup v2): every socket the proxy accepts on
 //!   one of its listening ports (`PORTS`) or connects (an upstream) gets a `SOCK_STATS`
-//!   entry keyed by its cookie and its role; both sockets of a pair join `SOCKETS` at the
+//!   entry keyed by its cookie and its role (and, for an accepted socket, the class its
+//!   first segment was given on the listener); both sockets of a pair join `SOCKETS` at the
 //!   splice, from userspace, once their receive queues are empty; when a socket closes, its
 //!   entry goes unless userspace still owns a splice for it.
 //! - `stream_verdict` (attached to `SOCKETS`): redirects each skb of a socket userspace
@@ -38,8 +39,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use proxy_common::{
-    Counter, SockKey, SockStats, Splice, Tally, ROLE_ACCEPTED, ROLE_UPSTREAM, SEQ_KNOWN,
-    SEQ_UNTRIMMED,
+    Counter, FlowKey, SockKey, SockStats, Splice, Tally, AF_INET6, ROLE_ACCEPTED, ROLE_UPSTREAM,
+    SEQ_KNOWN, SEQ_UNTRIMMED,
 };
 
 mod first_bytes;
@@ -82,7 +83,14 @@ static COUNTERS: PerCpuArray<Tally> = PerCpuArray::with_max_entries(Counter::COU
 /// Adds one event (and `bytes`) to `counter` on this CPU.
 #[inline(always)]
 pub(crate) fn bump(counter: Counter, bytes: u64) {
-    if let Some(tally) = COUNTERS.get_ptr_mut(counter.index()) {
+    bump_at(counter.index(), bytes)
+}
+
+/// Adds one event (and `bytes`) to the counter of index `index` (a class stored as its
+/// index).
+#[inline(always)]
+fn bump_at(index: u32, bytes: u64) {
+    if let Some(tally) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot returned by the kernel, valid for this program run; no other
         // program touches this CPU's slot concurrently.
         unsafe {
@@ -133,16 +141,41 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<u32, u32> {
         }
         _ => return Ok(SOCK_OPS_OK),
     };
+    // A first segment that completed the handshake was classified on the listener.
+    let classified = if role == ROLE_ACCEPTED {
+        let family = ctx.family();
+        let ip6 = if family == AF_INET6 {
+            ctx.remote_ip6()
+        } else {
+            [0; 4]
+        };
+        FlowKey::from_sock_ops(
+            family,
+            ctx.remote_ip4(),
+            ip6,
+            ctx.remote_port(),
+            ctx.local_port(),
+        )
+        .and_then(|flow| first_bytes::handed_over(&flow))
+        .unwrap_or(0)
+    } else {
+        0
+    };
     SOCK_STATS
         .insert(
             key,
             SockStats {
                 role,
+                classified,
                 ..SockStats::default()
             },
             0,
         )
         .map_err(|_| SOCK_OPS_OK)?;
+    if let Some(class) = classified.checked_sub(1) {
+        bump_at(class, 0);
+        bump(Counter::ClassHandedOver, 0);
+    }
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     // Both sockets of a pair join SOCKETS at the splice, from userspace, once their
     // receive queues are empty: see `ebpf::splice::join` in proxy-user.

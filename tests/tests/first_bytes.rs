@@ -64,15 +64,30 @@ fn without_the_kernel_a_peek_admits_legacy_ssh_by_its_class_from_accept() {
 #[test]
 #[cfg_attr(not(ci), ignore = "needs root and CAP_BPF (runs under CI=true)")]
 fn with_the_kernel_the_class_is_found_by_socket_cookie_at_accept() {
+    kernel_classifies_every_connection("127.0.0.1:0");
+}
+
+#[test]
+#[cfg_attr(not(ci), ignore = "needs root and CAP_BPF (runs under CI=true)")]
+fn with_the_kernel_ipv6_clients_are_classified_too() {
+    kernel_classifies_every_connection("\"[::1]:0\"");
+}
+
+/// 20 legacy SSH clients of a proxy listening on `listen`: each one's class came from the
+/// kernel at accept.
+fn kernel_classifies_every_connection(listen: &str) {
     let pki = TestPki::new().unwrap();
     let echo = DemoUpstream::echo("ssh").unwrap();
-    let config = ProxyConfig::default().upstream("ssh", echo.addr);
+    let config = ProxyConfig {
+        listen: listen.into(),
+        ..ProxyConfig::default().upstream("ssh", echo.addr)
+    };
     let proxy = start_spliced(&pki, &config);
     let _clients = ssh_clients(&proxy, 20);
     let log = proxy.log();
-    // The classes came from the kernel, by cookie. A first segment that itself completes
-    // the handshake (its ACK not yet seen) is filtered against the listener, so the kernel
-    // cannot classify it for its socket: a peek does (seen in parallel runs, a few of 20).
+    // The classes came from the kernel, by cookie. The single port defers accept, so each
+    // first segment completed its handshake and was classified on the listener, then
+    // handed to the new socket by `sock_ops`.
     let (kernel, peek) = (
         at_accept(&proxy, "kernel", "ssh"),
         at_accept(&proxy, "peek", "ssh"),
@@ -89,10 +104,14 @@ fn with_the_kernel_the_class_is_found_by_socket_cookie_at_accept() {
         .metric("switchyard_first_bytes_at_accept_total", &[])
         .unwrap();
     assert_eq!(all, 20.0, "{family:#?}\n{log}");
-    assert!(
-        kernel >= 10.0,
+    assert_eq!(
+        kernel, 20.0,
         "{kernel} of 20 from the kernel, {peek} from a peek\n{log}"
     );
+    let handed = proxy
+        .metric("switchyard_ebpf_first_bytes_handed_over_total", &[])
+        .unwrap();
+    assert!(handed >= 20.0, "{handed} handed over\n{log}");
     assert_eq!(admitted(&proxy, "legacy-plaintext"), 20.0, "{log}");
     // The kernel's own counter agrees for the ones it classified.
     let counted = proxy

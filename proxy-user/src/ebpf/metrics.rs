@@ -91,6 +91,11 @@ impl Collector for FrontendCollector {
                 Counter::OverlapTrimmed,
             ),
             (
+                "switchyard_ebpf_first_bytes_handed_over",
+                "First segments that completed a handshake, classified on the listener and handed to the new socket",
+                Counter::ClassHandedOver,
+            ),
+            (
                 "switchyard_ebpf_overlaps_untrimmed",
                 "Overlapping skbs the verdict could not trim: dropped, and their pair cut",
                 Counter::OverlapUntrimmed,

@@ -86,15 +86,10 @@ pub(crate) async fn serve(
         backlog,
     )?;
     // The single port's protocols all speak first; the legacy listeners' may not (MySQL).
-    // Not with the eBPF front end: a first segment that completes a deferred handshake is
-    // filtered against the listener, so the kernel could not classify it for its socket
-    // (the proxy waits for the first bytes instead: `conn::first_bytes`).
-    let defer = if frontend.is_some() {
-        std::time::Duration::ZERO
-    } else {
-        config.limits.defer_accept
-    };
-    if let Err(e) = crate::io::set_defer_accept(&web, defer) {
+    // With the eBPF front end, the first segment that completes a deferred handshake is
+    // classified on the listener and handed to the new socket (`proxy-ebpf`'s
+    // `first_bytes`), so the class is there at accept either way.
+    if let Err(e) = crate::io::set_defer_accept(&web, config.limits.defer_accept) {
         warn!("limits.defer_accept not applied to the single port: {e}");
     }
     let mut legacy = Vec::new();

@@ -1,9 +1,10 @@
 //! What a connection's first bytes are, known at accept as cheaply as it can be had, so
 //! the right budget admits it before the proxy reads a byte.
 //!
-//! With the eBPF front end loaded, its `cgroup_skb` program has classified the first
-//! segment and stored the class in the socket's `SockStats`, found here by socket cookie
-//! (`limits.defer_accept` holds the accept until that segment is there). Without it, a
+//! With the eBPF front end loaded, its programs have classified the first segment and
+//! stored the class in the socket's `SockStats`, found here by socket cookie
+//! (`limits.defer_accept` holds the accept until that segment is there; the kernel
+//! classifies it on the listener and hands the class to the new socket). Without it, a
 //! non-blocking `MSG_PEEK` of the first bytes is classified by the same function
 //! (`proxy_common::classify`). A legacy plaintext protocol (SSH, HTTP, a Postgres
 //! pre-startup request) goes straight to the `legacy-plaintext` budget; TLS, a PROXY
@@ -27,9 +28,9 @@ use crate::router::state::Proxy;
 
 /// Admits a connection just accepted from `peer` into its first budget: `legacy-plaintext`
 /// when its first bytes say so, else `unclassified` until its route is known. When nothing
-/// has arrived yet (the eBPF front end's single port has no `TCP_DEFER_ACCEPT`), it waits
-/// under `deadline` for the first segment, which the kernel has classified by then, still
-/// holding its `unclassified` place. Returns the place and its class.
+/// has arrived yet (`limits.defer_accept` ran out, or is off), it waits under `deadline`
+/// for the first segment, which the kernel has classified by then, still holding its
+/// `unclassified` place. Returns the place and its class.
 pub(crate) async fn admit(
     proxy: &Proxy,
     stream: &TcpStream,
