@@ -5,6 +5,7 @@
 
 mod bench;
 mod fuzz;
+mod ktls;
 mod setup;
 mod soak;
 
@@ -49,19 +50,28 @@ enum Task {
     /// binary upgrade, sampling RSS, open fds and errors; chart in target/soak/
     /// (docs/soak.md).
     Soak(soak::Options),
+    /// Boot Debian's stock kernel (it has CONFIG_TLS) under qemu and check there that a
+    /// rustls session handed to kTLS carries bytes, with and without splice(2)
+    /// (docs/ebpf.md, "kTLS"). Not part of `test`.
+    Ktls(ktls::Options),
 }
 
 fn main() -> Result<()> {
     forget_package_env();
+    let cli = Cli::parse();
     let root = workspace_root()?;
-    env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
-    match Cli::parse().task {
+    // The kTLS check inside its guest has no checkout around it.
+    if !matches!(&cli.task, Task::Ktls(opts) if opts.inside()) {
+        env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    }
+    match cli.task {
         Task::Setup => setup::run(),
         Task::Run { args } => run(&root, &args),
         Task::Test => test(),
         Task::Bench(opts) => bench::run(&root, &opts),
         Task::Fuzz(opts) => fuzz::run(&root, &opts),
         Task::Soak(opts) => soak::run(&root, &opts),
+        Task::Ktls(opts) => ktls::run(&root, &opts),
     }
 }
 

@@ -87,6 +87,17 @@ fn cargo_fuzz() -> Result<()> {
     Ok(())
 }
 
+/// Installs those of `packages` that are missing (for tasks outside `setup`'s list, such
+/// as `cargo xtask ktls`).
+pub fn apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !dpkg_installed(package))
+        .collect();
+    install(missing)
+}
+
 fn apt() -> Result<()> {
     let on_path = |tool: &str| {
         Command::new("sh")
@@ -105,6 +116,11 @@ fn apt() -> Result<()> {
                 .map(|(_, package)| *package),
         )
         .collect();
+    install(missing)
+}
+
+/// `apt-get install` of `missing` (nothing when empty), one line per package.
+fn install(missing: Vec<&str>) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
