@@ -225,7 +225,7 @@ fn bpf_linker() -> Result<()> {
 }
 
 /// Runs `command` with its output captured; on failure prints that output and errors.
-fn quiet(command: &mut Command) -> Result<Output> {
+pub fn quiet(command: &mut Command) -> Result<Output> {
     let out = command
         .output()
         .with_context(|| format!("spawn {command:?}"))?;

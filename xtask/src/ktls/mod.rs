@@ -271,17 +271,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `command`, failing with its stderr; returns its stdout.
+/// Runs `command` (its output shown only if it fails); returns its stdout.
 fn output(command: &mut Command) -> Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("spawn {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = crate::setup::quiet(command)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
