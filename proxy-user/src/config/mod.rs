@@ -135,7 +135,10 @@ impl Config {
     pub(crate) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<text>"),
-            message: e.to_string(),
+            message: match yaml_hint(text, &e) {
+                Some(hint) => format!("{e} ({hint})"),
+                None => e.to_string(),
+            },
         })?;
         config.base_dir = base_dir.to_owned();
         config.validate()?;
@@ -195,6 +198,19 @@ impl Config {
         add("mongo_listen_addr", &p.mongo_listen_addr, None);
         out
     }
+}
+
+/// A hint for a YAML mistake an operator is likely to make: an IPv6 address with a port
+/// written unquoted (`[::1]:3080` is a YAML sequence, so serde reads a list where it
+/// wanted a string).
+fn yaml_hint(text: &str, e: &serde_yaml_ng::Error) -> Option<&'static str> {
+    if !e.to_string().contains("invalid type: sequence") {
+        return None;
+    }
+    let line = text.lines().nth(e.location()?.line().checked_sub(1)?)?;
+    let value = line.split_once(':')?.1.trim_start();
+    (value.starts_with('[') && value.contains("]:"))
+        .then_some("an IPv6 address with a port must be quoted in YAML: \"[::1]:3080\"")
 }
 
 /// `host` from `host` or `host:port` (IPv6 in brackets keeps its brackets stripped).

@@ -231,3 +231,18 @@ fn trust_settings_without_trusted_proxies_and_bad_ranges_are_refused() {
     let e = err(&format!("{TLS}allow_from: {{postgress: [10.0.0.0/8]}}\n"));
     assert!(e.contains("unknown field `postgress`"), "{e}");
 }
+
+#[test]
+fn an_unquoted_ipv6_address_gets_a_hint() {
+    let unquoted = MINIMAL.replace("127.0.0.1:3080", "[::1]:3080");
+    let e = err(&unquoted);
+    assert!(e.contains("web_listen_addr"), "{e}");
+    assert!(e.contains("invalid type: sequence"), "{e}");
+    assert!(e.contains(r#"must be quoted in YAML: "[::1]:3080""#), "{e}");
+    // Quoted, it parses; another list where a string belongs gets no such hint.
+    let quoted = MINIMAL.replace("127.0.0.1:3080", "\"[::1]:3080\"");
+    let c = Config::parse(&quoted, Path::new(".")).unwrap();
+    assert_eq!(c.proxy_service.web_listen_addr, "[::1]:3080");
+    let listed = MINIMAL.replace("127.0.0.1:22", "[a, b]");
+    assert!(!err(&listed).contains("quoted"), "{}", err(&listed));
+}
