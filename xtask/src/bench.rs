@@ -57,6 +57,10 @@ pub struct Options {
     /// Runs per scenario, load and peer; the report gives their median and min–max.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// `switchyard serve --ebpf` of the new-connection rows (`off` measures the setup
+    /// without the eBPF front end; the block says which was used).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "require", "off"])]
+    proxy_ebpf: String,
     /// Clients of the concurrent load.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,

@@ -118,12 +118,13 @@ pub fn rows(
     opts: &Options,
     doc: &Path,
 ) -> Result<Vec<Cell>> {
-    let env = Env::start(binary, out, pki)?;
+    let env = Env::start(binary, out, pki, &opts.proxy_ebpf)?;
     let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
     let cells = measure(&env, opts)?;
     let block = format!(
-        "{}\n{}",
+        "{}\nSwitchyard ran `serve --ebpf {}`.\n\n{}",
         facts.markdown(&conn_peers::versions()),
+        opts.proxy_ebpf,
         conn_report::table(&cells)
     );
     drop(env);

@@ -76,8 +76,9 @@ pub fn make_pki(binary: &Path, out: &Path) -> Result<PathBuf> {
 }
 
 impl Env {
-    /// Writes `pki/switchyard.yaml` and starts every server (PKI from [`make_pki`]).
-    pub fn start(binary: &Path, out: &Path, pki: &Path) -> Result<Env> {
+    /// Writes `pki/switchyard.yaml` and starts every server (PKI from [`make_pki`]),
+    /// Switchyard with `--ebpf ebpf`.
+    pub fn start(binary: &Path, out: &Path, pki: &Path, ebpf: &str) -> Result<Env> {
         let pki = pki.to_path_buf();
         let mut children = Children::new(out.join("logs"));
         let tls = TlsEchoes::start(&pki, SSH_ALPN)?;
@@ -103,7 +104,7 @@ impl Env {
             binary,
             "switchyard",
             "web",
-            &["serve", "--config", path(&config)?],
+            &["serve", "--config", path(&config)?, "--ebpf", ebpf],
         )?;
         let proxy_pid = *children.pids().last().context("switchyard has no pid")?;
         let proxies = Proxies::start(ssh, kube, &pki, &out.join("logs"))?;
