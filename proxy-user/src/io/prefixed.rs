@@ -63,23 +63,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
         if !this.read_ahead || buf.remaining() >= READ_AHEAD {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        // Allocated for this read; dropped if nothing comes (an idle connection keeps
-        // nothing), kept as the prefix while some of it is still to be returned.
-        let mut ahead = vec![0u8; READ_AHEAD];
-        let mut into = ReadBuf::new(&mut ahead);
-        match Pin::new(&mut this.inner).poll_read(cx, &mut into) {
-            Poll::Ready(Ok(())) => {
-                let n = into.filled().len();
+        // Allocated for this read, not zeroed (the read fills what it returns); dropped if
+        // nothing comes (an idle connection keeps nothing), kept as the prefix while some
+        // of it is still to be returned.
+        let mut ahead = Vec::with_capacity(READ_AHEAD);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut ahead) {
+            Poll::Ready(Ok(n)) => {
                 let given = n.min(buf.remaining());
                 buf.put_slice(&ahead[..given]);
                 if given < n {
-                    ahead.truncate(n);
                     this.prefix = ahead;
                     this.pos = given;
                 }
                 Poll::Ready(Ok(()))
             }
-            other => other,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
