@@ -77,8 +77,8 @@ fn try_first_bytes(ctx: &SkBuffContext) -> Result<i32, i32> {
     if role != ROLE_ACCEPTED || unsafe { classified.read() } != 0 {
         return Ok(ALLOW);
     }
-    let (_, payload) = tcp_offsets(ctx).ok_or(ALLOW)?;
-    let class = classify_payload(ctx, payload).ok_or(ALLOW)?;
+    let tcp = tcp_header(ctx).ok_or(ALLOW)?;
+    let class = classify_payload(ctx, tcp.payload).ok_or(ALLOW)?;
     // SAFETY: see above. The class, plus one: userspace looks it up by cookie at accept.
     unsafe { classified.write(class.index() + 1) };
     bump(class, 0);
@@ -102,13 +102,11 @@ fn on_listener(ctx: &SkBuffContext) -> Option<()> {
     if state != TCP_LISTEN {
         return None;
     }
-    let (ip_len, payload) = tcp_offsets(ctx)?;
-    let local = u16::from_be_bytes(ctx.load::<[u8; 2]>(ip_len + 2).ok()?);
-    // SAFETY: the value is only tested for presence.
-    unsafe { PORTS.get(&u32::from(local)) }?;
-    let class = classify_payload(ctx, payload)?;
-    let remote = u16::from_be_bytes(ctx.load::<[u8; 2]>(ip_len).ok()?);
-    let flow = if ip_len == 40 && ctx.load::<u8>(0).ok()? >> 4 == 6 {
+    let tcp = tcp_header(ctx)?;
+    let local = our_port(ctx, &tcp)?;
+    let class = classify_payload(ctx, tcp.payload)?;
+    let remote = u16::from_be_bytes(ctx.load::<[u8; 2]>(tcp.ip_len).ok()?);
+    let flow = if tcp.version == 6 {
         FlowKey::v6(ctx.load::<[u32; 4]>(8).ok()?, remote, local)
     } else {
         FlowKey::v4(ctx.load::<u32>(12).ok()?, remote, local)
@@ -138,12 +136,22 @@ fn classify_payload(ctx: &SkBuffContext, payload: usize) -> Option<Counter> {
     Some(classify(&b, n))
 }
 
-/// Offsets of the TCP header and of the payload in a packet that starts with its IP
-/// header.
+/// Where a TCP packet's parts are, in a packet that starts with its IP header.
+pub(crate) struct Tcp {
+    /// 4 or 6.
+    pub(crate) version: u8,
+    /// Length of the IP header: where the TCP header starts.
+    pub(crate) ip_len: usize,
+    /// Where the payload starts.
+    pub(crate) payload: usize,
+}
+
+/// The TCP packet's layout, `None` for anything else (IPv6 extension headers included).
 #[inline(always)]
-fn tcp_offsets(ctx: &SkBuffContext) -> Option<(usize, usize)> {
+pub(crate) fn tcp_header(ctx: &SkBuffContext) -> Option<Tcp> {
     let first = ctx.load::<u8>(0).ok()?;
-    let (ip_len, proto) = match first >> 4 {
+    let version = first >> 4;
+    let (ip_len, proto) = match version {
         4 => (usize::from(first & 0x0f) * 4, ctx.load::<u8>(9).ok()?),
         6 => (40, ctx.load::<u8>(6).ok()?),
         _ => return None,
@@ -152,5 +160,18 @@ fn tcp_offsets(ctx: &SkBuffContext) -> Option<(usize, usize)> {
         return None;
     }
     let data_offset = ctx.load::<u8>(ip_len + 12).ok()?;
-    Some((ip_len, ip_len + usize::from(data_offset >> 4) * 4))
+    Some(Tcp {
+        version,
+        ip_len,
+        payload: ip_len + usize::from(data_offset >> 4) * 4,
+    })
+}
+
+/// The packet's destination port when it is one of the proxy's listening ports (`PORTS`).
+#[inline(always)]
+pub(crate) fn our_port(ctx: &SkBuffContext, tcp: &Tcp) -> Option<u16> {
+    let port = u16::from_be_bytes(ctx.load::<[u8; 2]>(tcp.ip_len + 2).ok()?);
+    // SAFETY: the value is only tested for presence.
+    unsafe { PORTS.get(&u32::from(port)) }?;
+    Some(port)
 }

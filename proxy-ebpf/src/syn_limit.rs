@@ -20,7 +20,6 @@ static SYN_LIMIT: Array<SynLimit> = Array::with_max_entries(1, 0);
 #[map]
 static SYN_SOURCES_TAT: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(SYN_SOURCES, 0);
 
-const IPPROTO_TCP: u8 = 6;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
@@ -50,26 +49,16 @@ pub(crate) fn over_limit(ctx: &SkBuffContext) -> bool {
     }
 }
 
-/// The source of a TCP SYN without ACK, `None` for any other packet.
+/// The source of a TCP SYN without ACK to one of our ports, `None` for any other packet.
 #[inline(always)]
 fn syn_source(ctx: &SkBuffContext) -> Option<SourceKey> {
-    let first = ctx.load::<u8>(0).ok()?;
-    let (ip_len, proto) = match first >> 4 {
-        4 => (usize::from(first & 0x0f) * 4, ctx.load::<u8>(9).ok()?),
-        6 => (40, ctx.load::<u8>(6).ok()?),
-        _ => return None,
-    };
-    if proto != IPPROTO_TCP || ip_len < 20 {
-        return None;
-    }
-    let flags = ctx.load::<u8>(ip_len + 13).ok()?;
+    let tcp = crate::first_bytes::tcp_header(ctx)?;
+    let flags = ctx.load::<u8>(tcp.ip_len + 13).ok()?;
     if flags & (SYN | ACK) != SYN {
         return None;
     }
-    let port = u16::from_be_bytes(ctx.load::<[u8; 2]>(ip_len + 2).ok()?);
-    // SAFETY: the value is only tested for presence.
-    unsafe { crate::PORTS.get(&u32::from(port)) }?;
-    Some(match first >> 4 {
+    crate::first_bytes::our_port(ctx, &tcp)?;
+    Some(match tcp.version {
         4 => SourceKey::v4(ctx.load::<[u8; 4]>(12).ok()?),
         _ => SourceKey::v6_64(ctx.load::<[u8; 8]>(8).ok()?),
     })
