@@ -87,6 +87,11 @@ struct ServeArgs {
     /// needs the front end), `splice` or `copy`.
     #[arg(long, value_enum)]
     relay: Option<crate::relay::choice::RelayMode>,
+    /// Terminated sessions handed to the kernel's TLS after the handshake, over the
+    /// configuration's `ktls:` key: `off`, `auto` (where the kernel takes the cipher) or
+    /// `require` (refuse to start without kernel TLS); docs/ebpf.md, "kTLS".
+    #[arg(long, value_enum)]
+    ktls: Option<crate::io::ktls::KtlsMode>,
     /// Unix socket where this process hands its listening sockets to a new binary
     /// (`SIGUSR2` starts it; docs/deploy.md).
     #[arg(long, value_name = "PATH")]
@@ -277,7 +282,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         socket: a.upgrade_socket,
         takeover: a.takeover,
     };
-    run::serve(&path, a.ebpf, a.relay, &upgrade, |web, diag| {
+    run::serve(&path, a.ebpf, a.relay, a.ktls, &upgrade, |web, diag| {
         if let (Some(dev), Some(diag)) = (&dev, diag) {
             demo::start_agent(dev);
             println!("{}", demo::instructions(dev, web, diag));

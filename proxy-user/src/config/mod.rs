@@ -93,6 +93,10 @@ pub(crate) struct Config {
     /// (`relay::choice`; `serve --relay` wins).
     #[serde(default)]
     pub(crate) relay: crate::relay::choice::RelayMode,
+    /// Whether terminated sessions go to the kernel's TLS after the handshake: `off`,
+    /// `auto` or `require` (`io::ktls`; `serve --ktls` wins).
+    #[serde(default)]
+    pub(crate) ktls: crate::io::ktls::KtlsMode,
     /// Address of the diagnostics HTTP server (`/metrics`, `/healthz`, `/readyz`); off when unset.
     #[serde(default)]
     pub(crate) diag_addr: Option<String>,

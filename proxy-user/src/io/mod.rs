@@ -7,6 +7,7 @@
 //! - [`wire`]: the framings that carry a byte stream inside another (WebSocket, the `u32`
 //!   ping framing) behind a plain byte stream.
 //! - [`tls`]: the rustls crypto provider and the identity read from a certificate.
+//! - [`ktls`]: handing a terminated session to the kernel's TLS after the handshake.
 //! - [`insecure`]: a server-certificate verifier that accepts anything (explicit opt-ins).
 //! - [`listen`]: listening sockets with a backlog for bursts of clients.
 //! - [`tunnel`]: the reverse tunnel's wire (control messages, stream headers) and its
@@ -14,6 +15,7 @@
 
 pub(crate) mod copy;
 pub(crate) mod insecure;
+pub(crate) mod ktls;
 pub(crate) mod prefixed;
 pub(crate) mod tls;
 pub(crate) mod tunnel;

@@ -4,12 +4,16 @@
 //! Under rustls it also reads ahead ([`Prefixed::reading_ahead`]): rustls asks for 4 KiB at
 //! a time, one `recv` per 4 KiB of a bulk transfer, so a small read is served from one
 //! large read of the socket kept here until it is used up — and only until then, so an
-//! idle connection holds no buffer.
+//! idle connection holds no buffer. Before a hand-over to kTLS it reads the other way
+//! ([`Prefixed::record_exact`]): never past the end of the TLS record in progress, so
+//! the kernel finds every byte rustls has not read still in the socket.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::ktls::records::RecordCursor;
 
 /// An I/O object whose reads first return `prefix`, then the inner reads.
 pub(crate) struct Prefixed<T> {
@@ -17,6 +21,8 @@ pub(crate) struct Prefixed<T> {
     pos: usize,
     inner: T,
     read_ahead: bool,
+    /// Record-exact reads: where the stream (prefix, then inner) stands in its records.
+    records: Option<RecordCursor>,
 }
 
 /// What a read ahead asks the inner stream for; reads asking for this much or more go
@@ -30,6 +36,7 @@ impl<T> Prefixed<T> {
             pos: 0,
             inner,
             read_ahead: false,
+            records: None,
         }
     }
 
@@ -41,6 +48,63 @@ impl<T> Prefixed<T> {
             ..Prefixed::new(prefix, inner)
         }
     }
+
+    /// Like [`Prefixed::new`], and no read goes past the end of the TLS record in
+    /// progress (prefix included): for a handshake whose session may go to the kernel.
+    pub(crate) fn record_exact(prefix: Vec<u8>, inner: T) -> Self {
+        Prefixed {
+            records: Some(RecordCursor::default()),
+            ..Prefixed::new(prefix, inner)
+        }
+    }
+
+    /// Whether the prefix is used up and what was read ends at a record boundary (always
+    /// true when not reading record by record).
+    pub(crate) fn settled(&self) -> bool {
+        let at_boundary = self.records.as_ref().is_none_or(RecordCursor::at_boundary);
+        self.pos >= self.prefix.len() && at_boundary
+    }
+
+    /// Reads ahead from now on ([`Prefixed::reading_ahead`]), record by record no more.
+    pub(crate) fn read_ahead_from_now(&mut self) {
+        self.records = None;
+        self.read_ahead = true;
+    }
+
+    /// The inner stream; what is left of the prefix is dropped (see [`Prefixed::settled`]).
+    pub(crate) fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> Prefixed<T> {
+    /// A record-exact read: at most up to the current record's end, from the prefix or
+    /// the inner stream, accounted in `cursor`.
+    fn poll_read_records(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(cursor) = self.records.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let limit = cursor.allowance().min(buf.remaining());
+        if self.pos < self.prefix.len() {
+            let n = limit.min(self.prefix.len() - self.pos);
+            let bytes = &self.prefix[self.pos..self.pos + n];
+            cursor.advance(bytes);
+            buf.put_slice(bytes);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        let room = buf.initialize_unfilled_to(limit);
+        let mut part = ReadBuf::new(room);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut part))?;
+        let n = part.filled().len();
+        cursor.advance(&room[..n]);
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
@@ -50,6 +114,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.records.is_some() {
+            return this.poll_read_records(cx, buf);
+        }
         if this.pos < this.prefix.len() {
             let n = buf.remaining().min(this.prefix.len() - this.pos);
             buf.put_slice(&this.prefix[this.pos..this.pos + n]);
@@ -192,5 +259,43 @@ mod tests {
         b.write_all(&[8u8; 10]).await.unwrap();
         assert_eq!(p.read(&mut small).await.unwrap(), 10);
         assert_eq!(small[..10], [8u8; 10]);
+    }
+
+    /// TLS records: type 22, version 3.3, length, body.
+    fn records(lens: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &len in lens {
+            out.extend_from_slice(&[22, 3, 3]);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out.extend(std::iter::repeat_n(0x5a, len));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn record_exact_reads_stop_at_record_ends_across_the_prefix() {
+        // Two records, the first partly in the prefix; then more the reader must not touch.
+        let stream = records(&[10, 3000]);
+        let (prefix, rest) = stream.split_at(7);
+        let (a, mut b) = duplex(1 << 16);
+        b.write_all(rest).await.unwrap();
+        b.write_all(b"not yet").await.unwrap();
+        let mut p = Prefixed::record_exact(prefix.to_vec(), a);
+        let (mut got, mut ends) = (Vec::new(), Vec::new());
+        let mut big = [0u8; 8192];
+        while got.len() < stream.len() {
+            let n = p.read(&mut big).await.unwrap();
+            got.extend_from_slice(&big[..n]);
+            ends.push((got.len(), p.settled()));
+        }
+        // Settled exactly at the record ends (15 and the whole stream), no read across.
+        let settled: Vec<usize> = ends.iter().filter(|e| e.1).map(|e| e.0).collect();
+        assert_eq!(settled, vec![15, stream.len()], "{ends:?}");
+        assert_eq!(got, stream);
+        assert!(p.settled());
+        // What follows is still in the inner stream, for whoever reads next.
+        p.read_ahead_from_now();
+        let n = p.read(&mut big).await.unwrap();
+        assert_eq!(&big[..n], b"not yet");
     }
 }

@@ -14,13 +14,23 @@
 //! destination's write side), so the two directions of a pair never take each other's
 //! wake-ups. The `poll_*_ready` calls take part in tokio's cooperative budget, so a busy
 //! pair yields to the other tasks of its worker.
+//!
+//! A kTLS end (a terminated client whose session the kernel holds, `io::ktls`) differs
+//! in two places ([`Ends`]): a read that stops at a control record (`EINVAL` from
+//! `splice`, `EIO` from `read`) reads that record, where a `close_notify` is the client's
+//! EOF and anything else ends the pair with its reason; and EOF passed on to it is a
+//! `close_notify` before the write shutdown.
 
 use std::io;
 use std::task::{ready, Context, Poll};
 
+use std::os::fd::AsFd;
+
 use rustix::net::Shutdown;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::io::ktls::{control, kernel};
 
 use super::pipe_pool::{Lent, Pool};
 use super::splice_pipe::{splice, Mover};
@@ -47,6 +57,8 @@ pub(crate) struct Direction {
     burst: Burst,
     eof: bool,
     done: bool,
+    /// A kTLS destination has been sent its `close_notify`.
+    notified: bool,
     /// Bytes that reached the destination.
     pub(crate) count: u64,
 }
@@ -60,12 +72,20 @@ pub(crate) struct Movers {
     pub(crate) buffer: usize,
 }
 
+/// Which of a direction's sockets are kTLS sockets.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Ends {
+    pub(crate) src_ktls: bool,
+    pub(crate) dst_ktls: bool,
+}
+
 impl Direction {
     pub(crate) fn new() -> Direction {
         Direction {
             burst: Burst::Idle,
             eof: false,
             done: false,
+            notified: false,
             count: 0,
         }
     }
@@ -89,6 +109,7 @@ impl Direction {
         src: &TcpStream,
         dst: &TcpStream,
         how: Movers,
+        ends: Ends,
     ) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -100,6 +121,14 @@ impl Direction {
             // Nothing is waiting to be written.
             if self.eof {
                 self.burst = Burst::Idle;
+                if ends.dst_ktls && !self.notified {
+                    ready!(dst.poll_write_ready(cx))?;
+                    match dst.try_io(Interest::WRITABLE, || kernel::send_close_notify(dst)) {
+                        Ok(()) => self.notified = true,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
                 self.done = true;
                 return Poll::Ready(shutdown_write(dst));
             }
@@ -112,6 +141,10 @@ impl Direction {
                 Ok(_) => {}
                 // The burst is over: its pipe goes back, its buffer is freed.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.burst = Burst::Idle,
+                Err(e) if ends.src_ktls => match ktls_stop(src, e) {
+                    Ok(()) => self.eof = true,
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
@@ -189,6 +222,22 @@ fn start(how: Movers) -> Burst {
         buf: vec![0u8; FIRST_BUFFER.min(how.buffer)],
         start: 0,
         end: 0,
+    }
+}
+
+/// A read of a kTLS socket failed with `e`: at a control record (`EINVAL` from `splice`,
+/// `EIO` from `read`), that record is read; `Ok` for the client's `close_notify` (its
+/// EOF), the reason the pair ends otherwise.
+fn ktls_stop(src: &TcpStream, e: io::Error) -> io::Result<()> {
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::EIO) => {
+            let (kind, content) = kernel::read_control(src.as_fd())?;
+            control::classify(kind, &content).map_err(io::Error::other)
+        }
+        Some(libc::EBADMSG) => Err(io::Error::other(
+            "a TLS record from the client failed to decrypt in the kernel (bad record MAC)",
+        )),
+        _ => Err(e),
     }
 }
 

@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, PipeFlags, SpliceFlags};
 use tokio::net::TcpStream;
 
-use super::burst::{Direction, Movers};
+use super::burst::{Direction, Ends, Movers};
 use super::pipe_pool::{Pool, POOL};
 use super::RelayStats;
 use crate::io::copy::Copied;
@@ -109,6 +109,21 @@ fn relay_with(
             pool,
             buffer,
         },
+        ktls: false,
+    }
+}
+
+/// Relays a kTLS `client` (the kernel holds its session, `io::ktls`) and its plaintext
+/// `upstream` with `splice(2)` (`relay: copy`: through a buffer): the kernel decrypts
+/// into the pipe and encrypts out of it. The pair's metrics `mode` is `ktls`.
+pub(crate) fn relay_ktls(client: TcpStream, upstream: TcpStream, buffer: usize) -> SpliceRelay {
+    let mover = match super::choice::chosen() {
+        super::choice::Chosen::Copy => Mover::Copy,
+        _ => Mover::Splice,
+    };
+    SpliceRelay {
+        ktls: true,
+        ..relay_with(client, upstream, buffer, mover, &POOL)
     }
 }
 
@@ -119,6 +134,8 @@ pub(crate) struct SpliceRelay {
     sockets: [TcpStream; 2],
     directions: [Direction; 2],
     how: Movers,
+    /// The client is a kTLS socket.
+    ktls: bool,
 }
 
 impl Future for SpliceRelay {
@@ -126,9 +143,20 @@ impl Future for SpliceRelay {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayStats> {
         let this = self.get_mut();
+        let ktls = this.ktls;
+        let ends = [
+            Ends {
+                src_ktls: ktls,
+                dst_ktls: false,
+            },
+            Ends {
+                src_ktls: false,
+                dst_ktls: ktls,
+            },
+        ];
         for (i, (src, dst)) in [(0, 1), (1, 0)].into_iter().enumerate() {
             let (src, dst) = (&this.sockets[src], &this.sockets[dst]);
-            if let Poll::Ready(Err(e)) = this.directions[i].poll(cx, src, dst, this.how) {
+            if let Poll::Ready(Err(e)) = this.directions[i].poll(cx, src, dst, this.how, ends[i]) {
                 // The first error ends both directions.
                 return Poll::Ready(this.stats(Some(e)));
             }
@@ -156,9 +184,10 @@ impl SpliceRelay {
             b_to_a: down.count,
             error,
         };
-        let mode = match self.how.mover {
-            Mover::Splice => "splice",
-            Mover::Copy => "userspace",
+        let mode = match (self.ktls, self.how.mover) {
+            (true, _) => "ktls",
+            (false, Mover::Splice) => "splice",
+            (false, Mover::Copy) => "userspace",
         };
         RelayStats::copied(mode, copied)
     }

@@ -133,6 +133,7 @@ fn connection(
         service = field::Empty,
         identity = field::Empty,
         resumed = field::Empty,
+        ktls = field::Empty,
         upgrade = field::Empty,
     );
     async move {

@@ -19,6 +19,7 @@ use super::tunnel::Registry;
 use super::upgrade::{self, Sockets};
 use crate::config::{self, Config};
 use crate::ebpf;
+use crate::io::ktls::KtlsMode;
 use crate::relay::choice::{self, RelayMode};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ pub(crate) async fn serve(
     path: &Path,
     mode: ebpf::Mode,
     relay: Option<RelayMode>,
+    ktls: Option<KtlsMode>,
     upgrade: &upgrade::Options,
     ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> anyhow::Result<()> {
@@ -72,6 +74,17 @@ pub(crate) async fn serve(
     let chosen = choice::resolve(asked, frontend.is_some(), why_not)?;
     choice::choose(chosen);
     info!(relay = ?asked, "plaintext pairs are relayed with {}", chosen.describe());
+    let ktls = ktls.unwrap_or(config.ktls);
+    match crate::io::ktls::choose(ktls)? {
+        Ok(offered) => info!(
+            ciphers = ?offered.names(),
+            "terminated sessions of relayed routes go to the kernel's TLS (kTLS) after the handshake"
+        ),
+        Err(why) if ktls == KtlsMode::Auto => {
+            warn!("ktls: auto, but terminated sessions stay in userspace: {why}")
+        }
+        Err(_) => {}
+    }
     let mut metrics = Metrics::new();
     if let Some(f) = frontend {
         metrics.ebpf_loaded.set(1);
@@ -287,6 +300,9 @@ fn reload(
                 warn!(
                     "relay changed: it takes effect at the next start (the running relay goes on)"
                 );
+            }
+            if p.config.ktls != proxies.borrow().config.ktls {
+                warn!("ktls changed: it takes effect at the next start");
             }
             let acme = |c: &Config| format!("{:?}", c.proxy_service.acme);
             if acme(&p.config) != acme(&proxies.borrow().config) {

@@ -62,6 +62,7 @@ pub fn run(pki: &Path) -> Result<()> {
             );
         }
     }
+    super::proxy::run(&runtime)?;
     println!("{}", super::PASSED);
     Ok(())
 }

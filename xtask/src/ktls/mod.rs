@@ -1,17 +1,21 @@
 //! `cargo xtask ktls`: whether Debian's stock kernel takes a rustls session over into kTLS,
-//! checked for real on a kernel that has it (issue 13, item 6).
+//! and whether `switchyard --ktls require` relays terminated routes through it, checked
+//! for real on a kernel that has it (issue 13, item 6).
 //!
 //! This machine's kernel has no `CONFIG_TLS`; Debian's (`linux-image-amd64`, 6.1, with
 //! `CONFIG_TLS=m`) does. The task downloads that kernel package into `target/ktls/`,
-//! builds an initramfs of busybox, the kernel's `tls` and crypto modules, this very xtask
-//! binary with its shared libraries, and a throwaway P-256 certificate, then boots it with
+//! builds the `switchyard` binary, and makes an initramfs of busybox, the kernel's `tls`
+//! and crypto modules, this very xtask binary, `switchyard` and `openssl` with their
+//! shared libraries, and a throwaway P-256 certificate. It boots that with
 //! `qemu-system-x86_64` (software emulation unless `--kvm`), where `/init` runs
-//! `xtask ktls --inside` ([`inside`]) and powers off. The serial console is printed and
-//! checked for the check's closing line. Not part of `cargo xtask test` (a kernel download
-//! of about 70 MB and a boot under emulation); speed under emulation says nothing, so
-//! this is a correctness check only.
+//! `xtask ktls --inside` and powers off: first the `ktls` crate's hand-over on its own
+//! ([`inside`]), then the proxy with real clients ([`proxy`]). The serial console is
+//! printed and checked for the check's closing line. Not part of `cargo xtask test` (a
+//! kernel download of about 70 MB and a boot under emulation); speed under emulation says
+//! nothing, so this is a correctness check only.
 
 mod inside;
+mod proxy;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -55,7 +59,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let dir = root.join("target").join("ktls");
     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let (vmlinuz, modules) = kernel(&dir)?;
-    let initrd = initramfs(&dir, &modules)?;
+    let switchyard = build_switchyard(root)?;
+    let initrd = initramfs(&dir, &modules, &switchyard)?;
     boot(&vmlinuz, &initrd, opts.kvm)
 }
 
@@ -109,18 +114,37 @@ fn kernel(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((vmlinuz, modules))
 }
 
-/// The guest's initramfs: busybox, the TLS and crypto modules, this binary and its
-/// libraries, a certificate, and `/init`.
-fn initramfs(dir: &Path, modules: &Path) -> Result<PathBuf> {
+/// Builds the `switchyard` binary the guest runs (debug: its crypto after the hand-over
+/// is the kernel's, and speed under emulation means nothing).
+fn build_switchyard(root: &Path) -> Result<PathBuf> {
+    let status = Command::new("cargo")
+        .args(["build", "-p", "proxy-user", "--bin", "switchyard"])
+        .current_dir(root)
+        .status()
+        .context("spawn cargo build")?;
+    if !status.success() {
+        bail!("cargo build of switchyard failed: {status}");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("debug").join("switchyard"))
+}
+
+/// The guest's initramfs: busybox, the TLS and crypto modules, this binary, `switchyard`
+/// and `openssl` with their libraries, a certificate, and `/init`.
+fn initramfs(dir: &Path, modules: &Path, switchyard: &Path) -> Result<PathBuf> {
     let tree = dir.join("initramfs");
     if tree.exists() {
         fs::remove_dir_all(&tree)?;
     }
-    for d in ["bin", "proc", "sys", "dev", "tmp", "pki"] {
+    for d in ["bin", "proc", "sys", "dev", "tmp", "pki", "etc"] {
         fs::create_dir_all(tree.join(d))?;
     }
     fs::copy("/bin/busybox", tree.join("bin/busybox")).context("copy busybox")?;
-    for applet in ["sh", "mount", "modprobe", "ip", "cat", "poweroff", "uname"] {
+    for applet in [
+        "sh", "mount", "modprobe", "ip", "cat", "poweroff", "uname", "timeout",
+    ] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
     }
     // The modules the check can need (tls and the AEADs), with the index modprobe reads.
@@ -140,15 +164,30 @@ fn initramfs(dir: &Path, modules: &Path) -> Result<PathBuf> {
             fs::copy(&path, guest_modules.join(path.file_name().context("name")?))?;
         }
     }
-    // This binary and what it links to, at the same paths.
+    // This binary, the proxy and openssl, and what they link to, at the same paths.
     let me = std::env::current_exe().context("current_exe")?;
-    fs::copy(&me, tree.join("bin/xtask")).context("copy xtask")?;
-    for lib in shared_libraries(&me)? {
-        let to = tree.join(lib.strip_prefix("/").context("relative library path")?);
-        fs::create_dir_all(to.parent().context("library directory")?)?;
-        fs::copy(&lib, &to).with_context(|| format!("copy {}", lib.display()))?;
+    let openssl =
+        PathBuf::from(output(Command::new("sh").args(["-c", "command -v openssl"]))?.trim());
+    for (binary, name) in [
+        (me.as_path(), "xtask"),
+        (switchyard, "switchyard"),
+        (&openssl, "openssl"),
+    ] {
+        fs::copy(binary, tree.join("bin").join(name))
+            .with_context(|| format!("copy {}", binary.display()))?;
+        for lib in shared_libraries(binary)? {
+            let to = tree.join(lib.strip_prefix("/").context("relative library path")?);
+            fs::create_dir_all(to.parent().context("library directory")?)?;
+            fs::copy(&lib, &to).with_context(|| format!("copy {}", lib.display()))?;
+        }
     }
     certificate(&tree.join("pki"))?;
+    // The dev agent dials `localhost`.
+    fs::create_dir_all(tree.join("etc"))?;
+    fs::write(
+        tree.join("etc/hosts"),
+        "127.0.0.1 localhost\n::1 localhost\n",
+    )?;
     let init = tree.join("init");
     fs::write(
         &init,

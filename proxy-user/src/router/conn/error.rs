@@ -44,6 +44,11 @@ pub(crate) enum ConnError {
         reason: &'static str,
         error: io::Error,
     },
+    #[error("route {route}: handing the session to the kernel's TLS failed: {error}")]
+    Ktls {
+        route: String,
+        error: crate::io::ktls::handover::HandOverError,
+    },
     #[error("upstream {upstream} of route {route} unreachable: {error}")]
     Upstream {
         route: String,

@@ -10,11 +10,11 @@ use super::error::{ConnError, Finished};
 use super::over_budget;
 use super::preface::Preface;
 use super::tls_end::{handshake_reason, linger, send_alert};
-use super::tls_relay::{pass_through, Relay};
+use super::tls_relay::{pass_through, terminated_tcp, Relay};
 use super::upstream::{connect, ClientIo};
 use crate::io::tunnel::{Kind, Service};
 use crate::io::{tls::CertIdentity, BoxedIo, Prefixed};
-use crate::protocol::{H2_ALPN, REVERSE_TUNNEL_ALPN};
+use crate::protocol::{H2_ALPN, PING_SUFFIX, REVERSE_TUNNEL_ALPN};
 use crate::router::admission::{class_of, Admitted};
 use crate::router::hello;
 use crate::router::route::{Decision, Mode, RejectAlert, Role, TUNNEL_PROBE};
@@ -127,7 +127,13 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     let started = Instant::now();
     let deadline = pre.deadline;
     let inner = pre.inner();
-    let replay = Prefixed::reading_ahead(pre.into_rest(), client);
+    // A session that may go to the kernel's TLS is read record by record until then.
+    let ktls = may_go_to_kernel(route, service.as_ref(), &client);
+    let replay = if ktls {
+        Prefixed::record_exact(pre.into_rest(), client)
+    } else {
+        Prefixed::reading_ahead(pre.into_rest(), client)
+    };
     // Boxed: the handshake's state is not kept in the connection's task for its life.
     let accept = Box::pin(
         tokio_rustls::TlsAcceptor::from(config)
@@ -213,6 +219,13 @@ pub(crate) async fn tls<'a, C: ClientIo>(
             let agent = dial::open(proxy, &service, from.addr.to_string(), cert.as_ref());
             Box::new(Box::pin(agent).await?)
         }
+        (Role::Relay, None) => {
+            let ping = negotiated
+                .as_deref()
+                .is_some_and(|p| p.ends_with(PING_SUFFIX));
+            let relay = terminated_tcp(proxy, tls, route, admitted, ktls && !ping, deadline);
+            return Box::pin(relay).await.map(Tls::Relay);
+        }
         _ => Box::new(Box::pin(connect(proxy, route)).await?),
     };
     Ok(Tls::Relay(Relay::Terminated {
@@ -221,6 +234,17 @@ pub(crate) async fn tls<'a, C: ClientIo>(
         route,
         admitted,
     }))
+}
+
+/// Whether a terminated session may go to the kernel's TLS after its handshake: this
+/// process hands sessions over (`ktls: auto|require` on a kernel that has it), the route
+/// relays to its own upstream (not HTTP, not an agent's stream) and the client is the
+/// accepted socket itself (not a connection upgrade's tunnel).
+fn may_go_to_kernel<C: ClientIo>(route: &Route, service: Option<&Service>, client: &C) -> bool {
+    crate::io::ktls::offered().is_some()
+        && route.role == Role::Relay
+        && service.is_none()
+        && client.is_tcp()
 }
 
 /// The TLS configuration for a connection to an agent's service: the route's own, or,

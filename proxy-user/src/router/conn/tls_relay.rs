@@ -1,5 +1,7 @@
-//! The relays a routed TLS connection ends in: raw TLS to a passthrough upstream, or the
-//! plaintext of a terminated connection to its upstream or an agent's stream. `tls::tls`
+//! The relays a routed TLS connection ends in: raw TLS to a passthrough upstream, the
+//! plaintext of a terminated connection to its upstream or an agent's stream, or — the
+//! session handed to the kernel's TLS (`io::ktls`) — the kTLS socket spliced to its
+//! upstream. `tls::tls`
 //! prepares them (dials, sends the ClientHello on) and returns; its caller runs them, so a
 //! long-lived connection's task holds the relay alone, not the routing and handshake
 //! stage's state beside it (an idle connection's memory).
@@ -10,15 +12,19 @@ use std::pin::Pin;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tracing::{debug, Span};
 
 use super::error::{ConnError, Finished};
-use super::preface::Preface;
+use super::preface::{Deadline, Preface};
 use super::upstream::{connect, relay_client, ClientIo};
+use crate::io::ktls::{hand_over, handover, HandOver};
 use crate::io::tunnel::Service;
 use crate::io::{wire, BoxedIo, Prefixed};
 use crate::protocol::PING_SUFFIX;
+use crate::relay::splice_pipe::relay_ktls;
 use crate::relay::{relay, RelayStats};
 use crate::router::admission::Admitted;
+use crate::router::route::Role;
 use crate::router::state::{Proxy, Route};
 use crate::router::trust::Client;
 use crate::router::tunnel::dial;
@@ -33,6 +39,15 @@ pub(crate) enum Relay<'a, C> {
         /// the ones sent on.
         consumed: u64,
         sent: u64,
+        route: &'a Route,
+        admitted: Admitted,
+    },
+    /// Terminated, the session in the kernel: the kTLS client socket and its upstream;
+    /// `early` bytes of plaintext rustls had decrypted are already sent on.
+    Ktls {
+        client: TcpStream,
+        upstream: TcpStream,
+        early: u64,
         route: &'a Route,
         admitted: Admitted,
     },
@@ -85,6 +100,76 @@ pub(super) async fn pass_through<'a, C: ClientIo>(
     })
 }
 
+/// A terminated route's own upstream: dialed, then, with `ktls`, the session handed to
+/// the kernel's TLS (within the handshake's deadline) when the kernel takes its cipher.
+pub(super) async fn terminated_tcp<'a, C: ClientIo>(
+    proxy: &Proxy,
+    mut tls: Box<TlsStream<Prefixed<C>>>,
+    route: &'a Route,
+    admitted: Admitted,
+    ktls: bool,
+    deadline: Deadline,
+) -> Result<Relay<'a, C>, ConnError> {
+    let mut upstream = connect(proxy, route).await?;
+    if !ktls {
+        // A `-ping` ALPN stays in userspace (its framing is added there).
+        if crate::io::ktls::offered().is_some() && route.role == Role::Relay {
+            proxy.metrics.ktls(&route.name, "kept_framing");
+        }
+        tls.get_mut().0.read_ahead_from_now();
+        let upstream: BoxedIo = Box::new(upstream);
+        return Ok(Relay::Terminated {
+            tls,
+            upstream,
+            route,
+            admitted,
+        });
+    }
+    let handed = match deadline
+        .run("kTLS hand-over", hand_over(tls, C::into_tcp))
+        .await
+    {
+        Err(timeout) => {
+            proxy.metrics.ktls(&route.name, "failed");
+            return Err(timeout);
+        }
+        Ok(Err(error)) => {
+            proxy.metrics.ktls(&route.name, "failed");
+            let route = route.name.clone();
+            return Err(ConnError::Ktls { route, error });
+        }
+        Ok(Ok(HandOver::Userspace { tls, why })) => {
+            let outcome = match why {
+                handover::CLIENT_CLOSED => "kept_closed",
+                _ => "kept_cipher",
+            };
+            proxy.metrics.ktls(&route.name, outcome);
+            debug!("the session stays in userspace: {why}");
+            let upstream: BoxedIo = Box::new(upstream);
+            return Ok(Relay::Terminated {
+                tls,
+                upstream,
+                route,
+                admitted,
+            });
+        }
+        Ok(Ok(HandOver::Kernel(handed))) => handed,
+    };
+    proxy.metrics.ktls(&route.name, "handed_over");
+    Span::current().record("ktls", tracing::field::debug(handed.cipher));
+    upstream.write_all(&handed.early).await?;
+    if handed.client_closed {
+        upstream.shutdown().await?;
+    }
+    Ok(Relay::Ktls {
+        client: handed.socket,
+        upstream,
+        early: handed.early.len() as u64,
+        route,
+        admitted,
+    })
+}
+
 /// Runs `relay` to its end: raw TLS both ways, or the terminated plaintext through the
 /// ping framing when the negotiated ALPN is a `-ping` one. Not an `async fn`: that would
 /// store `relay` again beside the relay's own state for the connection's whole life; each
@@ -117,6 +202,17 @@ pub(crate) fn run<'a, C: ClientIo>(
                 Finished::relayed(&route.name, stats)
             }))
         }
+        Relay::Ktls {
+            client,
+            upstream,
+            early,
+            route,
+            admitted,
+        } => Box::pin(relay_ktls(client, upstream, buffer).map(move |mut stats| {
+            drop(admitted);
+            stats.client_to_upstream += early;
+            Finished::relayed(&route.name, stats)
+        })),
         Relay::Terminated {
             tls,
             upstream,

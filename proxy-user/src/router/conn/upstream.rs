@@ -24,11 +24,20 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'stat
     fn into_tcp(self) -> Result<TcpStream, Self> {
         Err(self)
     }
+
+    /// Whether [`ClientIo::into_tcp`] gives the socket.
+    fn is_tcp(&self) -> bool {
+        false
+    }
 }
 
 impl ClientIo for TcpStream {
     fn into_tcp(self) -> Result<TcpStream, Self> {
         Ok(self)
+    }
+
+    fn is_tcp(&self) -> bool {
+        true
     }
 }
 impl ClientIo for BoxedIo {}

@@ -54,6 +54,13 @@ pub(crate) struct Handshake {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KtlsLabel {
+    pub(crate) route: String,
+    /// `handed_over`, `kept_cipher`, `kept_closed`, `kept_framing`, `failed`.
+    pub(crate) outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct HandshakeFailure {
     pub(crate) route: String,
     /// `no_certificate`, `bad_certificate`, `not_allowed`, `timeout`, `other`.
@@ -64,7 +71,8 @@ pub(crate) struct HandshakeFailure {
 pub(crate) struct Bytes {
     /// `client_to_upstream` or `upstream_to_client`.
     pub(crate) direction: &'static str,
-    /// `userspace`, or `kernel_splice` for bytes the eBPF front end redirected.
+    /// `userspace`, `splice` (`splice(2)`), `kernel_splice` for bytes the eBPF front end
+    /// redirected, or `ktls` for a terminated session the kernel's TLS held.
     pub(crate) mode: &'static str,
 }
 

@@ -34,6 +34,7 @@ pub(crate) struct Metrics {
     pub(crate) handshake_failures: Family<HandshakeFailure, Counter>,
     pub(crate) handshakes: Family<Handshake, Counter>,
     pub(crate) relay_bytes: Family<Bytes, Counter>,
+    pub(crate) ktls: Family<KtlsLabel, Counter>,
     pub(crate) upstream_errors: Family<UpstreamLabel, Counter>,
     pub(crate) ebpf_loaded: Gauge,
     pub(crate) http_requests: Family<HttpLabel, Counter>,
@@ -64,6 +65,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             handshakes: Family::default(),
             relay_bytes: Family::default(),
+            ktls: Family::default(),
             upstream_errors: Family::default(),
             ebpf_loaded: Gauge::default(),
             http_requests: Family::default(),
@@ -125,6 +127,12 @@ impl Metrics {
             "switchyard_relay_bytes",
             "Bytes relayed, by direction and relay mode",
             m.relay_bytes.clone(),
+        );
+        registry.register(
+            "switchyard_ktls_sessions",
+            "Terminated sessions on routes that may go to the kernel's TLS (ktls: auto or \
+             require), by route and outcome",
+            m.ktls.clone(),
         );
         registry.register(
             "switchyard_upstream_connect_errors",
@@ -223,6 +231,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a session of a route that may go to the kernel's TLS: `handed_over`,
+    /// `kept_cipher` (the kernel does not take its cipher), `kept_closed` (the client
+    /// closed first), `kept_framing` (a `-ping` ALPN, framed in userspace), `failed`.
+    pub(crate) fn ktls(&self, route: &str, outcome: &'static str) {
+        self.ktls
+            .get_or_create(&KtlsLabel {
+                route: route.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
     pub(crate) fn handshake_failed(&self, route: &str, reason: &'static str) {
         self.handshake_failures
             .get_or_create(&HandshakeFailure {
@@ -233,17 +253,18 @@ impl Metrics {
     }
 
     /// Counts a finished relay: the kernel's share as `kernel_splice`, the rest as `splice`
-    /// when the `splice(2)` relay moved it, else as `userspace`.
+    /// when the `splice(2)` relay moved it, as `ktls` when the kernel held the TLS
+    /// session, else as `userspace`.
     pub(crate) fn relayed(&self, s: &crate::relay::RelayStats) {
         let kernel = (s.kernel_to_upstream, s.kernel_to_client);
         if kernel != (0, 0) {
             self.bytes("kernel_splice", kernel.0, kernel.1);
         }
         self.bytes(
-            if s.mode == "splice" {
-                "splice"
-            } else {
-                "userspace"
+            match s.mode {
+                "splice" => "splice",
+                "ktls" => "ktls",
+                _ => "userspace",
             },
             s.client_to_upstream - kernel.0,
             s.upstream_to_client - kernel.1,
