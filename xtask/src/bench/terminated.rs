@@ -6,7 +6,10 @@
 //! Direct is the same client into a TLS sink in the bench process: the TLS work without
 //! a proxy. Switchyard's terminated `ssh` route, HAProxy (`mode tcp`, `ssl crt … verify
 //! required`) and nginx (`stream`, `ssl_verify_client on`, one worker) are compared in one
-//! run, with each proxy's own CPU seconds per GB and the whole machine's.
+//! run, with each proxy's own CPU seconds per GB and the whole machine's. Where the host's
+//! kernel has TLS, a second Switchyard with `--ktls require` adds the kTLS row (the
+//! session handed to the kernel after the handshake, `docs/ebpf.md`); elsewhere the table
+//! says why that row is missing.
 
 use std::{
     fmt::Write as _,
@@ -34,17 +37,34 @@ use super::{
 enum Via {
     Direct,
     Switchyard,
+    SwitchyardKtls,
     Haproxy,
     Nginx,
 }
 
-const ALL: [Via; 4] = [Via::Direct, Via::Switchyard, Via::Haproxy, Via::Nginx];
+/// Whether this kernel offers kernel TLS (the `tls` module loaded where there is one),
+/// or what it offers instead.
+fn kernel_tls() -> Result<(), String> {
+    let _ = Command::new("modprobe")
+        .arg("tls")
+        .stderr(Stdio::null())
+        .status();
+    let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+    if ulps.split_whitespace().any(|u| u == "tls") {
+        return Ok(());
+    }
+    Err(format!(
+        "this kernel has no TLS (tcp_available_ulp: {})",
+        ulps.trim()
+    ))
+}
 
 impl Via {
     fn name(self) -> &'static str {
         match self {
             Via::Direct => "direct (TLS sink)",
             Via::Switchyard => "switchyard terminate",
+            Via::SwitchyardKtls => "switchyard terminate, kTLS",
             Via::Haproxy => "haproxy (tcp, ssl crt)",
             Via::Nginx => "nginx (stream, ssl)",
         }
@@ -91,7 +111,7 @@ fn start(via: Via, sink: SocketAddr, binary: &Path, pki: &Path, logs: &Path) -> 
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut cmd = match via {
         Via::Direct => unreachable!("direct has no proxy"),
-        Via::Switchyard => {
+        Via::Switchyard | Via::SwitchyardKtls => {
             let config = pki.join("terminated-switchyard.yaml");
             std::fs::write(
                 &config,
@@ -105,6 +125,9 @@ fn start(via: Via, sink: SocketAddr, binary: &Path, pki: &Path, logs: &Path) -> 
             )?;
             let mut c = Command::new(binary);
             c.args(["serve", "--ebpf", "off", "--config"]).arg(&config);
+            if via == Via::SwitchyardKtls {
+                c.args(["--ktls", "require"]);
+            }
             c.env("SWITCHYARD_LOG", "warn");
             c
         }
@@ -133,10 +156,11 @@ fn start(via: Via, sink: SocketAddr, binary: &Path, pki: &Path, logs: &Path) -> 
             c
         }
     };
-    let log = std::fs::File::create(logs.join(format!(
-        "terminated-{}.log",
-        via.name().split(' ').next().unwrap_or("peer")
-    )))?;
+    let stem = match via {
+        Via::SwitchyardKtls => "switchyard-ktls",
+        _ => via.name().split(' ').next().unwrap_or("peer"),
+    };
+    let log = std::fs::File::create(logs.join(format!("terminated-{stem}.log")))?;
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -168,8 +192,14 @@ pub fn run(
     std::fs::create_dir_all(&logs)?;
     let plain = Sink::start()?;
     let direct = tls_sink(pki)?;
-    let proxies = [Via::Switchyard, Via::Haproxy, Via::Nginx]
-        .into_iter()
+    let ktls = kernel_tls();
+    let mut all = vec![Via::Direct, Via::Switchyard, Via::Haproxy, Via::Nginx];
+    if ktls.is_ok() {
+        all.insert(2, Via::SwitchyardKtls);
+    }
+    let proxies = all[1..]
+        .iter()
+        .copied()
         .map(|via| Ok((via, start(via, plain.addr, binary, pki, &logs)?)))
         .collect::<Result<Vec<_>>>()?;
     let tls = load::client_config(pki, Some("alice"), Some("teleport-proxy-ssh"))?;
@@ -190,7 +220,7 @@ pub fn run(
     let duration = Duration::from_secs_f64(seconds);
     let mut rows = Vec::new();
     for n in [1, streams] {
-        let mut row: Vec<Row> = ALL
+        let mut row: Vec<Row> = all
             .iter()
             .map(|&via| Row {
                 streams: n,
@@ -217,7 +247,11 @@ pub fn run(
         rows.extend(row);
     }
     drop(proxies);
-    Ok(table(&rows, seconds, runs))
+    let mut t = table(&rows, seconds, runs);
+    if let Err(why) = ktls {
+        let _ = writeln!(t, "\nNo `switchyard terminate, kTLS` row: {why}.");
+    }
+    Ok(t)
 }
 
 fn table(rows: &[Row], seconds: f64, runs: usize) -> String {

@@ -114,11 +114,18 @@ fn kernel(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((vmlinuz, modules))
 }
 
-/// Builds the `switchyard` binary the guest runs (debug: its crypto after the hand-over
-/// is the kernel's, and speed under emulation means nothing).
+/// Builds the `switchyard` binary the guest runs: release, as the bench runs it, so the
+/// guest's comparison of kTLS and userspace TLS is not one of debug code.
 fn build_switchyard(root: &Path) -> Result<PathBuf> {
     let status = Command::new("cargo")
-        .args(["build", "-p", "proxy-user", "--bin", "switchyard"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "proxy-user",
+            "--bin",
+            "switchyard",
+        ])
         .current_dir(root)
         .status()
         .context("spawn cargo build")?;
@@ -128,7 +135,7 @@ fn build_switchyard(root: &Path) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("debug").join("switchyard"))
+    Ok(target.join("release").join("switchyard"))
 }
 
 /// The guest's initramfs: busybox, the TLS and crypto modules, this binary, `switchyard`

@@ -223,7 +223,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
             let ping = negotiated
                 .as_deref()
                 .is_some_and(|p| p.ends_with(PING_SUFFIX));
-            let relay = terminated_tcp(proxy, tls, route, admitted, ktls && !ping, deadline);
+            let relay = terminated_tcp(proxy, tls, route, admitted, (ktls, ping), deadline);
             return Box::pin(relay).await.map(Tls::Relay);
         }
         _ => Box::new(Box::pin(connect(proxy, route)).await?),

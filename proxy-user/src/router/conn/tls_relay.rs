@@ -24,7 +24,6 @@ use crate::protocol::PING_SUFFIX;
 use crate::relay::splice_pipe::relay_ktls;
 use crate::relay::{relay, RelayStats};
 use crate::router::admission::Admitted;
-use crate::router::route::Role;
 use crate::router::state::{Proxy, Route};
 use crate::router::trust::Client;
 use crate::router::tunnel::dial;
@@ -100,20 +99,21 @@ pub(super) async fn pass_through<'a, C: ClientIo>(
     })
 }
 
-/// A terminated route's own upstream: dialed, then, with `ktls`, the session handed to
-/// the kernel's TLS (within the handshake's deadline) when the kernel takes its cipher.
+/// A terminated route's own upstream: dialed, then, when the session may go to the
+/// kernel's TLS (`ktls`, read record by record) and its ALPN is not a `-ping` one, handed
+/// over within the handshake's deadline if the kernel takes its cipher.
 pub(super) async fn terminated_tcp<'a, C: ClientIo>(
     proxy: &Proxy,
     mut tls: Box<TlsStream<Prefixed<C>>>,
     route: &'a Route,
     admitted: Admitted,
-    ktls: bool,
+    (ktls, ping): (bool, bool),
     deadline: Deadline,
 ) -> Result<Relay<'a, C>, ConnError> {
     let mut upstream = connect(proxy, route).await?;
-    if !ktls {
-        // A `-ping` ALPN stays in userspace (its framing is added there).
-        if crate::io::ktls::offered().is_some() && route.role == Role::Relay {
+    if !ktls || ping {
+        if ktls {
+            // The ping framing is added in userspace.
             proxy.metrics.ktls(&route.name, "kept_framing");
         }
         tls.get_mut().0.read_ahead_from_now();
