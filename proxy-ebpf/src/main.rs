@@ -45,6 +45,7 @@ use proxy_common::{
 
 mod first_bytes;
 mod overlap;
+mod packet;
 mod syn_limit;
 
 /// `sock_ops` return value: the callback was handled.

@@ -52,12 +52,12 @@ pub(crate) fn over_limit(ctx: &SkBuffContext) -> bool {
 /// The source of a TCP SYN without ACK to one of our ports, `None` for any other packet.
 #[inline(always)]
 fn syn_source(ctx: &SkBuffContext) -> Option<SourceKey> {
-    let tcp = crate::first_bytes::tcp_header(ctx)?;
+    let tcp = crate::packet::tcp_header(ctx)?;
     let flags = ctx.load::<u8>(tcp.ip_len + 13).ok()?;
     if flags & (SYN | ACK) != SYN {
         return None;
     }
-    crate::first_bytes::our_port(ctx, &tcp)?;
+    crate::packet::our_port(ctx, &tcp)?;
     Some(match tcp.version {
         4 => SourceKey::v4(ctx.load::<[u8; 4]>(12).ok()?),
         _ => SourceKey::v6_64(ctx.load::<[u8; 8]>(8).ok()?),

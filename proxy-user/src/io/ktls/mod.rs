@@ -50,7 +50,7 @@ pub(crate) struct NoKernelTls(pub(crate) io::Error);
 /// is lost with it (its secrets have left rustls, or its bytes did not come).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HandOverError {
-    #[error("reading the rest of a TLS record before the hand-over: {0}")]
+    #[error("the client's socket before the hand-over: {0}")]
     Io(#[from] io::Error),
     #[error("the client's TLS before the hand-over: {0}")]
     Tls(rustls::Error),
