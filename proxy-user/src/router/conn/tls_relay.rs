@@ -104,7 +104,7 @@ pub(super) async fn pass_through<'a, C: ClientIo>(
 /// over within the handshake's deadline if the kernel takes its cipher.
 pub(super) async fn terminated_tcp<'a, C: ClientIo>(
     proxy: &Proxy,
-    mut tls: Box<TlsStream<Prefixed<C>>>,
+    tls: Box<TlsStream<Prefixed<C>>>,
     route: &'a Route,
     admitted: Admitted,
     (ktls, ping): (bool, bool),
@@ -116,14 +116,7 @@ pub(super) async fn terminated_tcp<'a, C: ClientIo>(
             // The ping framing is added in userspace.
             proxy.metrics.ktls(&route.name, "kept_framing");
         }
-        tls.get_mut().0.read_ahead_from_now();
-        let upstream: BoxedIo = Box::new(upstream);
-        return Ok(Relay::Terminated {
-            tls,
-            upstream,
-            route,
-            admitted,
-        });
+        return Ok(in_userspace(tls, upstream, route, admitted));
     }
     let handed = match deadline
         .run("kTLS hand-over", hand_over(tls, C::into_tcp))
@@ -145,13 +138,7 @@ pub(super) async fn terminated_tcp<'a, C: ClientIo>(
             };
             proxy.metrics.ktls(&route.name, outcome);
             debug!("the session stays in userspace: {why}");
-            let upstream: BoxedIo = Box::new(upstream);
-            return Ok(Relay::Terminated {
-                tls,
-                upstream,
-                route,
-                admitted,
-            });
+            return Ok(in_userspace(tls, upstream, route, admitted));
         }
         Ok(Ok(HandOver::Kernel(handed))) => handed,
     };
@@ -168,6 +155,22 @@ pub(super) async fn terminated_tcp<'a, C: ClientIo>(
         route,
         admitted,
     })
+}
+
+/// A terminated session that stays in rustls (reading ahead again) relayed to `upstream`.
+fn in_userspace<'a, C: ClientIo>(
+    mut tls: Box<TlsStream<Prefixed<C>>>,
+    upstream: TcpStream,
+    route: &'a Route,
+    admitted: Admitted,
+) -> Relay<'a, C> {
+    tls.get_mut().0.read_ahead_from_now();
+    Relay::Terminated {
+        tls,
+        upstream: Box::new(upstream),
+        route,
+        admitted,
+    }
 }
 
 /// Runs `relay` to its end: raw TLS both ways, or the terminated plaintext through the
