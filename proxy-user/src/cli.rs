@@ -92,6 +92,11 @@ struct ServeArgs {
     /// `require` (refuse to start without kernel TLS); docs/ebpf.md, "kTLS".
     #[arg(long, value_enum)]
     ktls: Option<crate::io::ktls::KtlsMode>,
+    /// Who protects a terminated TLS 1.3 session's records after the handshake where the
+    /// kernel's TLS does not, over the configuration's `tls_records:` key: `proxy` (the
+    /// relay, decrypting in place) or `rustls`; docs/ebpf.md, "Terminated routes".
+    #[arg(long, value_enum)]
+    tls_records: Option<crate::io::records::RecordsMode>,
     /// Unix socket where this process hands its listening sockets to a new binary
     /// (`SIGUSR2` starts it; docs/deploy.md).
     #[arg(long, value_name = "PATH")]
@@ -282,12 +287,19 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         socket: a.upgrade_socket,
         takeover: a.takeover,
     };
-    run::serve(&path, a.ebpf, a.relay, a.ktls, &upgrade, |web, diag| {
-        if let (Some(dev), Some(diag)) = (&dev, diag) {
-            demo::start_agent(dev);
-            println!("{}", demo::instructions(dev, web, diag));
-        }
-    })
+    run::serve(
+        &path,
+        a.ebpf,
+        a.relay,
+        (a.ktls, a.tls_records),
+        &upgrade,
+        |web, diag| {
+            if let (Some(dev), Some(diag)) = (&dev, diag) {
+                demo::start_agent(dev);
+                println!("{}", demo::instructions(dev, web, diag));
+            }
+        },
+    )
     .await
 }
 

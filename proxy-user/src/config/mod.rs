@@ -97,6 +97,11 @@ pub(crate) struct Config {
     /// `auto` or `require` (`io::ktls`; `serve --ktls` wins).
     #[serde(default)]
     pub(crate) ktls: crate::io::ktls::KtlsMode,
+    /// Who protects a terminated TLS 1.3 session's records after the handshake where the
+    /// kernel's TLS does not: `proxy` (the default) or `rustls` (`io::records`;
+    /// `serve --tls-records` wins).
+    #[serde(default)]
+    pub(crate) tls_records: crate::io::records::RecordsMode,
     /// Address of the diagnostics HTTP server (`/metrics`, `/healthz`, `/readyz`); off when unset.
     #[serde(default)]
     pub(crate) diag_addr: Option<String>,

@@ -8,6 +8,8 @@
 //!   ping framing) behind a plain byte stream.
 //! - [`tls`]: the rustls crypto provider and the identity read from a certificate.
 //! - [`ktls`]: handing a terminated session to the kernel's TLS after the handshake.
+//! - [`records`]: the proxy's own record layer for a terminated session after the
+//!   handshake (decrypting in place in the relay's buffer).
 //! - [`insecure`]: a server-certificate verifier that accepts anything (explicit opt-ins).
 //! - [`listen`]: listening sockets with a backlog for bursts of clients.
 //! - [`tunnel`]: the reverse tunnel's wire (control messages, stream headers) and its
@@ -17,6 +19,7 @@ pub(crate) mod copy;
 pub(crate) mod insecure;
 pub(crate) mod ktls;
 pub(crate) mod prefixed;
+pub(crate) mod records;
 pub(crate) mod tls;
 pub(crate) mod tunnel;
 pub(crate) mod wire;

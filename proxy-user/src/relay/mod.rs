@@ -22,6 +22,7 @@ mod burst;
 pub(crate) mod choice;
 pub(crate) mod kernel;
 pub(crate) mod pipe_pool;
+pub(crate) mod records;
 pub(crate) mod splice_pipe;
 
 /// What a finished relay moved, and how it ended.

@@ -134,6 +134,7 @@ fn connection(
         identity = field::Empty,
         resumed = field::Empty,
         ktls = field::Empty,
+        records = field::Empty,
         upgrade = field::Empty,
     );
     async move {

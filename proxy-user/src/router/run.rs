@@ -20,6 +20,7 @@ use super::upgrade::{self, Sockets};
 use crate::config::{self, Config};
 use crate::ebpf;
 use crate::io::ktls::KtlsMode;
+use crate::io::records::RecordsMode;
 use crate::relay::choice::{self, RelayMode};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -44,7 +45,7 @@ pub(crate) async fn serve(
     path: &Path,
     mode: ebpf::Mode,
     relay: Option<RelayMode>,
-    ktls: Option<KtlsMode>,
+    (ktls, records): (Option<KtlsMode>, Option<RecordsMode>),
     upgrade: &upgrade::Options,
     ready: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> anyhow::Result<()> {
@@ -75,6 +76,16 @@ pub(crate) async fn serve(
     choice::choose(chosen);
     info!(relay = ?asked, "plaintext pairs are relayed with {}", chosen.describe());
     let ktls = ktls.unwrap_or(config.ktls);
+    let records = records.unwrap_or(config.tls_records);
+    crate::io::records::choose(records);
+    info!(
+        ?records,
+        "terminated TLS 1.3 sessions the kernel does not take have their records protected by {}",
+        match records {
+            RecordsMode::Proxy => "the proxy's relay after the handshake",
+            RecordsMode::Rustls => "rustls",
+        }
+    );
     match crate::io::ktls::choose(ktls)? {
         Ok(offered) => info!(
             ciphers = ?offered.names(),
@@ -303,6 +314,9 @@ fn reload(
             }
             if p.config.ktls != proxies.borrow().config.ktls {
                 warn!("ktls changed: it takes effect at the next start");
+            }
+            if p.config.tls_records != proxies.borrow().config.tls_records {
+                warn!("tls_records changed: it takes effect at the next start");
             }
             let acme = |c: &Config| format!("{:?}", c.proxy_service.acme);
             if acme(&p.config) != acme(&proxies.borrow().config) {

@@ -6,7 +6,9 @@
 //! Direct is the same client into a TLS sink in the bench process: the TLS work without
 //! a proxy. Switchyard's terminated `ssh` route, HAProxy (`mode tcp`, `ssl crt … verify
 //! required`) and nginx (`stream`, `ssl_verify_client on`, one worker) are compared in one
-//! run, with each proxy's own CPU seconds per GB and the whole machine's. Where the host's
+//! run, with each proxy's own CPU seconds per GB and the whole machine's; a second
+//! Switchyard with `--tls-records rustls` keeps the session in rustls' buffered
+//! connection (the record layer before `io::records`) for comparison. Where the host's
 //! kernel has TLS, a second Switchyard with `--ktls require` adds the kTLS row (the
 //! session handed to the kernel after the handshake, `docs/ebpf.md`); elsewhere the table
 //! says why that row is missing.
@@ -37,6 +39,8 @@ use super::{
 enum Via {
     Direct,
     Switchyard,
+    /// `--tls-records rustls`: the session stays in rustls' buffered connection.
+    SwitchyardRustls,
     SwitchyardKtls,
     Haproxy,
     Nginx,
@@ -64,6 +68,7 @@ impl Via {
         match self {
             Via::Direct => "direct (TLS sink)",
             Via::Switchyard => "switchyard terminate",
+            Via::SwitchyardRustls => "switchyard terminate, rustls records",
             Via::SwitchyardKtls => "switchyard terminate, kTLS",
             Via::Haproxy => "haproxy (tcp, ssl crt)",
             Via::Nginx => "nginx (stream, ssl)",
@@ -111,7 +116,7 @@ fn start(via: Via, sink: SocketAddr, binary: &Path, pki: &Path, logs: &Path) -> 
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut cmd = match via {
         Via::Direct => unreachable!("direct has no proxy"),
-        Via::Switchyard | Via::SwitchyardKtls => {
+        Via::Switchyard | Via::SwitchyardRustls | Via::SwitchyardKtls => {
             let config = pki.join("terminated-switchyard.yaml");
             std::fs::write(
                 &config,
@@ -127,6 +132,9 @@ fn start(via: Via, sink: SocketAddr, binary: &Path, pki: &Path, logs: &Path) -> 
             c.args(["serve", "--ebpf", "off", "--config"]).arg(&config);
             if via == Via::SwitchyardKtls {
                 c.args(["--ktls", "require"]);
+            }
+            if via == Via::SwitchyardRustls {
+                c.args(["--tls-records", "rustls"]);
             }
             c.env("SWITCHYARD_LOG", "warn");
             c
@@ -158,6 +166,7 @@ fn start(via: Via, sink: SocketAddr, binary: &Path, pki: &Path, logs: &Path) -> 
     };
     let stem = match via {
         Via::SwitchyardKtls => "switchyard-ktls",
+        Via::SwitchyardRustls => "switchyard-rustls",
         _ => via.name().split(' ').next().unwrap_or("peer"),
     };
     let log = std::fs::File::create(logs.join(format!("terminated-{stem}.log")))?;
@@ -193,9 +202,15 @@ pub fn run(
     let plain = Sink::start()?;
     let direct = tls_sink(pki)?;
     let ktls = kernel_tls();
-    let mut all = vec![Via::Direct, Via::Switchyard, Via::Haproxy, Via::Nginx];
+    let mut all = vec![
+        Via::Direct,
+        Via::Switchyard,
+        Via::SwitchyardRustls,
+        Via::Haproxy,
+        Via::Nginx,
+    ];
     if ktls.is_ok() {
-        all.insert(2, Via::SwitchyardKtls);
+        all.insert(3, Via::SwitchyardKtls);
     }
     let proxies = all[1..]
         .iter()

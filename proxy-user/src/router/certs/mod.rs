@@ -204,8 +204,10 @@ impl Terminator {
         };
         let mut server = builder.with_cert_resolver(self.resolver.clone());
         server.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-        // The keys leave rustls only for a hand-over to the kernel's TLS (`io::ktls`).
-        server.enable_secret_extraction = crate::io::ktls::offered().is_some();
+        // The keys leave rustls only for a hand-over to the kernel's TLS (`io::ktls`) or
+        // the proxy's record layer (`io::records`).
+        server.enable_secret_extraction =
+            crate::io::ktls::offered().is_some() || crate::io::records::in_proxy();
         // Resumption with stateless tickets: the session (with the client's certificate
         // chain) is encrypted into the ticket the client keeps, so resumable sessions cost
         // the proxy no memory (a cache of 1,024 per route held up to ~1 KB each, refilled

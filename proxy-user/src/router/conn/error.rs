@@ -44,7 +44,7 @@ pub(crate) enum ConnError {
         reason: &'static str,
         error: io::Error,
     },
-    #[error("route {route}: handing the session to the kernel's TLS failed: {error}")]
+    #[error("route {route}: taking the session out of rustls (to kTLS or the proxy's records) failed: {error}")]
     Ktls {
         route: String,
         error: crate::io::ktls::handover::HandOverError,

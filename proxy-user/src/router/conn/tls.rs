@@ -127,7 +127,7 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     let started = Instant::now();
     let deadline = pre.deadline;
     let inner = pre.inner();
-    // A session that may go to the kernel's TLS is read record by record until then.
+    // A session that may leave rustls is read record by record until then.
     let ktls = may_go_to_kernel(route, service.as_ref(), &client);
     let replay = if ktls {
         Prefixed::record_exact(pre.into_rest(), client)
@@ -236,12 +236,13 @@ pub(crate) async fn tls<'a, C: ClientIo>(
     }))
 }
 
-/// Whether a terminated session may go to the kernel's TLS after its handshake: this
-/// process hands sessions over (`ktls: auto|require` on a kernel that has it), the route
+/// Whether a terminated session may leave rustls after its handshake, to the kernel's TLS
+/// or the proxy's own record layer: this process hands sessions over (`ktls:
+/// auto|require` on a kernel that has it, or `tls_records: proxy`), the route
 /// relays to its own upstream (not HTTP, not an agent's stream) and the client is the
 /// accepted socket itself (not a connection upgrade's tunnel).
 fn may_go_to_kernel<C: ClientIo>(route: &Route, service: Option<&Service>, client: &C) -> bool {
-    crate::io::ktls::offered().is_some()
+    (crate::io::ktls::offered().is_some() || crate::io::records::in_proxy())
         && route.role == Role::Relay
         && service.is_none()
         && client.is_tcp()

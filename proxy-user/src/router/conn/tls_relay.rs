@@ -17,10 +17,12 @@ use tracing::{debug, Span};
 use super::error::{ConnError, Finished};
 use super::preface::{Deadline, Preface};
 use super::upstream::{connect, relay_client, ClientIo};
-use crate::io::ktls::{hand_over, handover, HandOver};
+use crate::io::ktls::{self, hand_over, handover, HandOver};
+use crate::io::records::Session;
 use crate::io::tunnel::Service;
 use crate::io::{wire, BoxedIo, Prefixed};
 use crate::protocol::PING_SUFFIX;
+use crate::relay::records::relay_records;
 use crate::relay::splice_pipe::relay_ktls;
 use crate::relay::{relay, RelayStats};
 use crate::router::admission::Admitted;
@@ -46,6 +48,17 @@ pub(crate) enum Relay<'a, C> {
     Ktls {
         client: TcpStream,
         upstream: TcpStream,
+        early: u64,
+        route: &'a Route,
+        admitted: Admitted,
+    },
+    /// Terminated, the session out of rustls, its records protected by the proxy
+    /// (`io::records`); `early` bytes of plaintext are already sent on.
+    Records {
+        client: TcpStream,
+        upstream: TcpStream,
+        session: Box<Session>,
+        client_closed: bool,
         early: u64,
         route: &'a Route,
         admitted: Admitted,
@@ -99,61 +112,87 @@ pub(super) async fn pass_through<'a, C: ClientIo>(
     })
 }
 
-/// A terminated route's own upstream: dialed, then, when the session may go to the
-/// kernel's TLS (`ktls`, read record by record) and its ALPN is not a `-ping` one, handed
-/// over within the handshake's deadline if the kernel takes its cipher.
+/// A terminated route's own upstream: dialed, then, when the session may leave rustls
+/// (`leave`: read record by record) and its ALPN is not a `-ping` one, handed to the
+/// kernel's TLS or the proxy's record layer within the handshake's deadline.
 pub(super) async fn terminated_tcp<'a, C: ClientIo>(
     proxy: &Proxy,
     tls: Box<TlsStream<Prefixed<C>>>,
     route: &'a Route,
     admitted: Admitted,
-    (ktls, ping): (bool, bool),
+    (leave, ping): (bool, bool),
     deadline: Deadline,
 ) -> Result<Relay<'a, C>, ConnError> {
     let mut upstream = connect(proxy, route).await?;
-    if !ktls || ping {
-        if ktls {
-            // The ping framing is added in userspace.
-            proxy.metrics.ktls(&route.name, "kept_framing");
+    // The kTLS outcome, counted where sessions may go to the kernel.
+    let ktls = |outcome| {
+        if ktls::offered().is_some() {
+            proxy.metrics.ktls(&route.name, outcome);
+        }
+    };
+    if !leave || ping {
+        if leave {
+            // The ping framing is added in rustls' stream.
+            ktls("kept_framing");
         }
         return Ok(in_userspace(tls, upstream, route, admitted));
     }
-    let handed = match deadline
-        .run("kTLS hand-over", hand_over(tls, C::into_tcp))
+    let (handed, session) = match deadline
+        .run("TLS hand-over", hand_over(tls, C::into_tcp))
         .await
     {
         Err(timeout) => {
-            proxy.metrics.ktls(&route.name, "failed");
+            ktls("failed");
             return Err(timeout);
         }
         Ok(Err(error)) => {
-            proxy.metrics.ktls(&route.name, "failed");
+            ktls("failed");
             let route = route.name.clone();
             return Err(ConnError::Ktls { route, error });
         }
         Ok(Ok(HandOver::Userspace { tls, why })) => {
-            let outcome = match why {
+            ktls(match why {
                 handover::CLIENT_CLOSED => "kept_closed",
                 _ => "kept_cipher",
-            };
-            proxy.metrics.ktls(&route.name, outcome);
-            debug!("the session stays in userspace: {why}");
+            });
+            debug!("the session stays in rustls: {why}");
             return Ok(in_userspace(tls, upstream, route, admitted));
         }
-        Ok(Ok(HandOver::Kernel(handed))) => handed,
+        Ok(Ok(HandOver::Kernel(handed))) => {
+            ktls("handed_over");
+            if let Some(cipher) = handed.cipher {
+                Span::current().record("ktls", tracing::field::debug(cipher));
+            }
+            (handed, None)
+        }
+        Ok(Ok(HandOver::Proxy(handed, session))) => {
+            ktls("kept_cipher");
+            Span::current().record("records", "proxy");
+            (handed, Some(session))
+        }
     };
-    proxy.metrics.ktls(&route.name, "handed_over");
-    Span::current().record("ktls", tracing::field::debug(handed.cipher));
     upstream.write_all(&handed.early).await?;
     if handed.client_closed {
         upstream.shutdown().await?;
     }
-    Ok(Relay::Ktls {
-        client: handed.socket,
-        upstream,
-        early: handed.early.len() as u64,
-        route,
-        admitted,
+    let early = handed.early.len() as u64;
+    Ok(match session {
+        None => Relay::Ktls {
+            client: handed.socket,
+            upstream,
+            early,
+            route,
+            admitted,
+        },
+        Some(session) => Relay::Records {
+            client: handed.socket,
+            upstream,
+            session: Box::new(session),
+            client_closed: handed.client_closed,
+            early,
+            route,
+            admitted,
+        },
     })
 }
 
@@ -216,6 +255,22 @@ pub(crate) fn run<'a, C: ClientIo>(
             stats.client_to_upstream += early;
             Finished::relayed(&route.name, stats)
         })),
+        Relay::Records {
+            client,
+            upstream,
+            session,
+            client_closed,
+            early,
+            route,
+            admitted,
+        } => {
+            let moved = relay_records(client, upstream, *session, buffer, client_closed);
+            Box::pin(moved.map(move |mut stats| {
+                drop(admitted);
+                stats.client_to_upstream += early;
+                Finished::relayed(&route.name, stats)
+            }))
+        }
         Relay::Terminated {
             tls,
             upstream,
