@@ -20,7 +20,10 @@ use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::FutureExt as _;
 use rustls::ContentType;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use super::RelayStats;
@@ -33,21 +36,23 @@ use crate::io::records::{Opener, Sealer, Session};
 /// with buffers of up to `buffer` bytes each way. `client_closed`: the client's
 /// `close_notify` came before the hand-over (the upstream has been shut down already).
 pub(crate) async fn relay_records(
-    client: TcpStream,
-    upstream: TcpStream,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
     session: Session,
     buffer: usize,
     client_closed: bool,
 ) -> RelayStats {
     let (to_upstream, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
     let Session { opener, sealer } = session;
+    let (client_r, client_w) = client.split();
+    let (upstream_r, upstream_w) = upstream.split();
     let up = async {
         if client_closed {
             return Ok(());
         }
-        up(&client, &upstream, opener, buffer, &to_upstream).await
+        up(client_r, upstream_w, opener, buffer, &to_upstream).await
     };
-    let down = down(&upstream, &client, sealer, buffer, &to_client);
+    let down = down(upstream_r, client_w, sealer, buffer, &to_client);
     let error = both_directions(up, down).await;
     RelayStats {
         client_to_upstream: to_upstream.load(Ordering::Relaxed),
@@ -59,24 +64,26 @@ pub(crate) async fn relay_records(
     }
 }
 
-/// How a direction waits for its source: `Ok(false)` when it has been idle for
-/// [`IDLE_AFTER`] with nothing held, and should free its buffer.
-async fn wait_readable(from: &TcpStream, holding: bool) -> io::Result<bool> {
-    if holding {
-        return from.readable().await.map(|()| true);
-    }
-    match tokio::time::timeout(IDLE_AFTER, from.readable()).await {
-        Ok(ready) => ready.map(|()| true),
-        Err(_idle) => Ok(false),
-    }
+/// What a direction's next read gave.
+enum Read {
+    Bytes(usize),
+    /// Idle for [`IDLE_AFTER`] with nothing held: the buffer should go.
+    Idle,
 }
 
-/// One read into `buf[at..]`: `None` when the socket had nothing after all.
-fn try_read(from: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    match from.try_read(buf) {
-        Ok(n) => Ok(Some(n)),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-        Err(e) => Err(e),
+/// Reads into `buf`: what is there now, else waits (up to [`IDLE_AFTER`] when nothing is
+/// `holding` in the buffer). A read that does not fill `buf` tells tokio the socket is
+/// drained, so the next one waits without a system call.
+async fn read(from: &mut ReadHalf<'_>, buf: &mut [u8], holding: bool) -> io::Result<Read> {
+    if let Some(read) = from.read(buf).now_or_never() {
+        return read.map(Read::Bytes);
+    }
+    if holding {
+        return from.read(buf).await.map(Read::Bytes);
+    }
+    match tokio::time::timeout(IDLE_AFTER, from.read(buf)).await {
+        Ok(read) => read.map(Read::Bytes),
+        Err(_idle) => Ok(Read::Idle),
     }
 }
 
@@ -87,8 +94,8 @@ fn grown(len: usize, cap: usize) -> usize {
 
 /// Client → upstream: records in, plaintext out, from the same buffer.
 async fn up(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    mut client: ReadHalf<'_>,
+    mut upstream: WriteHalf<'_>,
     mut opener: Opener,
     buffer: usize,
     count: &AtomicU64,
@@ -100,14 +107,16 @@ async fn up(
     let mut data: Vec<Range<usize>> = Vec::new();
     loop {
         if buf.is_empty() {
-            client.readable().await?;
+            // Idle: wait for the next bytes without a buffer.
+            client.peek(&mut [0u8; 1]).await?;
             buf = vec![0; MAX_RECORD];
         }
-        let Some(n) = try_read(client, &mut buf[held..])? else {
-            if !wait_readable(client, held > 0).await? {
+        let n = match read(&mut client, &mut buf[held..], held > 0).await? {
+            Read::Bytes(n) => n,
+            Read::Idle => {
                 buf = Vec::new();
+                continue;
             }
-            continue;
         };
         if n == 0 {
             if held > 0 {
@@ -117,7 +126,7 @@ async fn up(
                 ));
             }
             // No close_notify: an end all the same, as under kTLS.
-            return shutdown_write(upstream);
+            return upstream.shutdown().await;
         }
         let filled = held + n;
         data.clear();
@@ -125,10 +134,10 @@ async fn up(
         let mut slices: Vec<IoSlice<'_>> =
             data.iter().map(|r| IoSlice::new(&buf[r.clone()])).collect();
         let plain: usize = data.iter().map(|r| r.len()).sum();
-        write_all_vectored(upstream, &mut slices).await?;
+        write_all_vectored(&mut upstream, &mut slices).await?;
         count.fetch_add(plain as u64, Ordering::Relaxed);
         if opened.closed {
-            return shutdown_write(upstream);
+            return upstream.shutdown().await;
         }
         buf.copy_within(opened.consumed..filled, 0);
         held = filled - opened.consumed;
@@ -140,8 +149,8 @@ async fn up(
 
 /// Upstream → client: plaintext in, records out.
 async fn down(
-    upstream: &TcpStream,
-    client: &TcpStream,
+    mut upstream: ReadHalf<'_>,
+    mut client: WriteHalf<'_>,
     mut sealer: Sealer,
     buffer: usize,
     count: &AtomicU64,
@@ -151,24 +160,25 @@ async fn down(
     let mut records: Vec<Vec<u8>> = Vec::new();
     loop {
         if buf.is_empty() {
-            upstream.readable().await?;
+            upstream.peek(&mut [0u8; 1]).await?;
             buf = vec![0; MAX_PLAINTEXT];
         }
-        let Some(n) = try_read(upstream, &mut buf)? else {
-            if !wait_readable(upstream, false).await? {
+        let n = match read(&mut upstream, &mut buf, false).await? {
+            Read::Bytes(n) => n,
+            Read::Idle => {
                 buf = Vec::new();
+                continue;
             }
-            continue;
         };
         records.clear();
         if n == 0 {
             records.push(sealer.close_notify()?);
-            write_all_vectored(client, &mut [IoSlice::new(&records[0])]).await?;
-            return shutdown_write(client);
+            client.write_all(&records[0]).await?;
+            return client.shutdown().await;
         }
         sealer.seal(ContentType::ApplicationData, &buf[..n], &mut records)?;
         let mut slices: Vec<IoSlice<'_>> = records.iter().map(|r| IoSlice::new(r)).collect();
-        write_all_vectored(client, &mut slices).await?;
+        write_all_vectored(&mut client, &mut slices).await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         if n == buf.len() && buf.len() < cap {
             buf.resize(grown(buf.len(), cap), 0);
@@ -176,26 +186,19 @@ async fn down(
     }
 }
 
-/// Writes every byte of `slices` to `to`, waiting for room as needed.
-async fn write_all_vectored(to: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// Writes every byte of `slices` to `to` (one `writev` while the socket takes it all).
+async fn write_all_vectored(
+    to: &mut WriteHalf<'_>,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
-        match to.try_write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-            Err(e) => return Err(e),
+        match to.write_vectored(slices).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => IoSlice::advance_slices(&mut slices, n),
         }
     }
     Ok(())
-}
-
-/// The write half-close of a socket both directions share.
-fn shutdown_write(socket: &TcpStream) -> io::Result<()> {
-    match rustix::net::shutdown(socket, rustix::net::Shutdown::Write) {
-        Err(rustix::io::Errno::NOTCONN) => Ok(()),
-        other => other.map_err(Into::into),
-    }
 }
 
 #[cfg(test)]
