@@ -2,7 +2,8 @@
 //! (`curl`), a `teleport-tcp` route that terminates TLS and requires a client cert from
 //! the cluster CA whose CN is on the allow list (`openssl s_client`), an SNI
 //! passthrough route where the client sees the upstream's own certificate, session
-//! resumption on a terminated route, and a bad config rejected with exit code 64.
+//! resumption on a terminated route, a returning client certificate remembered and still
+//! checked, and a bad config rejected with exit code 64.
 
 use std::time::Duration;
 
@@ -113,6 +114,52 @@ fn a_client_resuming_its_session_reaches_the_app_without_a_full_handshake() {
         resumed.is_some_and(|l| l.contains("alice")),
         "{resumed:?}\n{log}"
     );
+}
+
+/// A client certificate seen before is not verified again (`limits.verified_chains`), but
+/// the route's allow list still holds for it every time, and a chain of another CA is
+/// never remembered; `/metrics` count each outcome.
+#[test]
+fn a_returning_client_certificate_is_remembered_and_still_checked() {
+    let (pki, _app, proxy) = tcp_route();
+    for line in ["first", "second"] {
+        let out = tcp_client(&proxy, &pki)
+            .cert(&pki.client.cert, &pki.client.key)
+            .run(
+                format!("{line}\n").as_bytes(),
+                line,
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert!(
+            out.stdout.contains("New, TLSv1.3"),
+            "a full handshake: {out:?}"
+        );
+        assert!(out.stdout.contains("upstream=grafana\n"), "{out:?}");
+    }
+    let chains = |result: &str| {
+        proxy
+            .metric("switchyard_client_chains_total", &[("result", result)])
+            .unwrap()
+    };
+    assert_eq!((chains("verified"), chains("remembered")), (1.0, 1.0));
+    // Bob's chain is the CA's (verified, then remembered); the allow list refuses him both times.
+    let bob = pki.issue_client("bob", "bob", Some("devs")).unwrap();
+    for _ in 0..2 {
+        let out = tcp_client(&proxy, &pki)
+            .cert(&bob.cert, &bob.key)
+            .run_to_end(b"ping-123\n", Duration::from_secs(10))
+            .unwrap();
+        assert!(
+            !out.stdout.contains("upstream=grafana"),
+            "bob got in: {out:?}"
+        );
+    }
+    assert_eq!((chains("verified"), chains("remembered")), (2.0, 2.0));
+    for _ in 0..2 {
+        assert_refused(&proxy, &pki, Some(&pki.wrong_client));
+    }
+    assert_eq!((chains("refused"), chains("remembered")), (2.0, 2.0));
 }
 
 fn assert_refused(proxy: &Switchyard, pki: &TestPki, cert: Option<&CertFiles>) {

@@ -61,6 +61,11 @@ pub struct Options {
     /// without the eBPF front end; the block says which was used).
     #[arg(long, default_value = "auto", value_parser = ["auto", "require", "off"])]
     proxy_ebpf: String,
+    /// Switchyard's `limits.verified_chains` in the new-connection rows (every bench
+    /// connection presents the same client certificate, so the default measures a
+    /// returning client; `0` makes each one verify the chain, as the direct echo does).
+    #[arg(long, default_value_t = 1024)]
+    verified_chains: usize,
     /// Clients of the concurrent load.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,

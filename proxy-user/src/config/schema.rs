@@ -245,6 +245,10 @@ pub(crate) struct Limits {
     /// at accept), a silent one only after about this long.
     #[serde(with = "humantime_serde")]
     pub(crate) defer_accept: Duration,
+    /// Client certificate chains the proxy remembers having verified (`1024`; `0` off): a
+    /// client presenting the same chain again skips the chain's signature checks (its
+    /// handshake signature and the allow list are still checked every time).
+    pub(crate) verified_chains: usize,
     /// Budgets per connection class (`unclassified`, `ssh`, `web`, …): connections,
     /// handshakes in progress and connections per source at once.
     pub(crate) classes: BTreeMap<String, super::ClassLimits>,
@@ -265,6 +269,7 @@ impl Default for Limits {
             max_http_head_bytes: 64 * 1024,
             http2_max_streams: 100,
             listen_backlog: crate::io::LISTEN_BACKLOG,
+            verified_chains: 1024,
             defer_accept: Duration::from_secs(1),
             classes: BTreeMap::new(),
         }

@@ -150,6 +150,8 @@ fn http_upstreams_and_apps_are_checked_key_by_key() {
         "{base}upstreams: {{web: {{uri: 'http://x'}}}}\nlimits: {{max_http_head_bytes: 100}}\n"
     ));
     assert!(e.contains("limits.max_http_head_bytes"), "{e}");
+    let e = err(&format!("{base}limits: {{verified_chains: 100001}}\n"));
+    assert!(e.contains("limits.verified_chains"), "{e}");
     let e = err(&format!("{base}limits: {{listen_backlog: 0}}\n"));
     assert!(e.contains("limits.listen_backlog"), "{e}");
 }

@@ -123,6 +123,12 @@ impl Config {
                 "at most 60s (a silent client waits that long in the kernel before the proxy sees it)",
             ));
         }
+        if l.verified_chains > 100_000 {
+            return Err(ConfigError::invalid(
+                "limits.verified_chains",
+                "at most 100000 (each remembered chain holds its certificates' bytes; 0 turns the memo off)",
+            ));
+        }
         if l.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "limits.max_connections",

@@ -66,7 +66,8 @@ impl Proxy {
             acme,
         } = shared;
         let table = Table::new(&config);
-        let terminator = certs::Terminator::new(&config, &table, acme.clone())?;
+        let terminator =
+            certs::Terminator::new(&config, &table, acme.clone(), &metrics.client_chains)?;
         let table = certs::with_tls(&terminator, table)?;
         for (key, _) in config.legacy_listeners() {
             legacy_route(&config, key)?;

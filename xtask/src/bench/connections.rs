@@ -118,13 +118,20 @@ pub fn rows(
     opts: &Options,
     doc: &Path,
 ) -> Result<Vec<Cell>> {
-    let env = Env::start(binary, out, pki, &opts.proxy_ebpf)?;
+    let env = Env::start(binary, out, pki, &opts.proxy_ebpf, opts.verified_chains)?;
     let facts = report::Facts::collect(root, opts.seconds, opts.runs, opts.concurrency);
     let cells = measure(&env, opts)?;
     let block = format!(
-        "{}\nSwitchyard ran `serve --ebpf {}`.\n\n{}",
+        "{}\nSwitchyard ran `serve --ebpf {}` with `limits.verified_chains: {}` (every \
+         connection presents the same client certificate: {}).\n\n{}",
         facts.markdown(&conn_peers::versions()),
         opts.proxy_ebpf,
+        opts.verified_chains,
+        if opts.verified_chains == 0 {
+            "each one verifies its chain, as the direct echo does"
+        } else {
+            "after the first, the proxy remembers the chain it verified"
+        },
         conn_report::table(&cells)
     );
     drop(env);

@@ -77,8 +77,8 @@ pub fn make_pki(binary: &Path, out: &Path) -> Result<PathBuf> {
 
 impl Env {
     /// Writes `pki/switchyard.yaml` and starts every server (PKI from [`make_pki`]),
-    /// Switchyard with `--ebpf ebpf`.
-    pub fn start(binary: &Path, out: &Path, pki: &Path, ebpf: &str) -> Result<Env> {
+    /// Switchyard with `--ebpf ebpf` and `limits.verified_chains: chains`.
+    pub fn start(binary: &Path, out: &Path, pki: &Path, ebpf: &str, chains: usize) -> Result<Env> {
         let pki = pki.to_path_buf();
         let mut children = Children::new(out.join("logs"));
         let tls = TlsEchoes::start(&pki, SSH_ALPN)?;
@@ -97,7 +97,7 @@ impl Env {
              https_keypairs: [{{cert_file: proxy.crt, key_file: proxy.key}}]\n  \
              client_ca_file: ca.crt\n\
              upstreams: {{ssh: {ssh}, kube: {kube}}}\n\
-             limits: {{max_connections: 10000}}\n"
+             limits: {{max_connections: 10000, verified_chains: {chains}}}\n"
         );
         std::fs::write(&config, yaml).with_context(|| format!("write {}", config.display()))?;
         let proxy = children.spawn(

@@ -6,6 +6,7 @@
 //! A client certificate that fails the allow list is refused *inside* the handshake, so the
 //! client gets a TLS alert (`access_denied`) rather than a silent close.
 
+mod memo;
 mod sni;
 
 pub(crate) use sni::{covered, dns_names, keypair_names, SniResolver};
@@ -14,6 +15,9 @@ use super::acme::Acme;
 use super::route::{Mode, Table};
 use crate::config::{Config, ConfigError};
 use crate::io::tls::{provider, ticketer, CertIdentity};
+use crate::router::metrics::ChainCheck;
+use memo::MemoVerifier;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -143,11 +147,13 @@ impl Terminator {
     }
 
     /// Loads the certificates and the client CA; the route table says which are needed.
-    /// `acme` serves the names no configured certificate covers.
+    /// `acme` serves the names no configured certificate covers; `checks` counts the
+    /// client chains verified and remembered.
     pub(crate) fn new(
         config: &Config,
         table: &Table,
         acme: Option<Arc<Acme>>,
+        checks: &Family<ChainCheck, Counter>,
     ) -> Result<Terminator, ConfigError> {
         let p = &config.proxy_service;
         let terminated = |client_auth_needed: bool| {
@@ -171,7 +177,11 @@ impl Terminator {
             )?);
         }
         let client_verifier = match (&p.client_ca_file, terminated(true)) {
-            (Some(path), _) => Some(client_ca_verifier(&config.path(path))?),
+            (Some(path), _) => Some(client_ca_verifier(
+                &config.path(path),
+                config.limits.verified_chains,
+                checks,
+            )?),
             (None, true) => return Err(ConfigError::invalid(
                 "proxy_service.client_ca_file",
                 "required: routes need client certificates (teleport-* protocols or allow lists)",
@@ -243,7 +253,12 @@ pub(crate) fn with_tls(
     })
 }
 
-fn client_ca_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
+/// The cluster CA's verifier, remembering up to `memo` verified chains (`memo::MemoVerifier`).
+fn client_ca_verifier(
+    path: &Path,
+    memo: usize,
+    checks: &Family<ChainCheck, Counter>,
+) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
     let key = "proxy_service.client_ca_file";
     let mut roots = RootCertStore::empty();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
@@ -260,7 +275,11 @@ fn client_ca_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, Config
             .add(c)
             .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|e| ConfigError::invalid(key, e.to_string()))
+        .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+    Ok(match memo {
+        0 => webpki,
+        n => Arc::new(MemoVerifier::new(webpki, n, checks.clone())),
+    })
 }

@@ -54,6 +54,13 @@ pub(crate) struct Handshake {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ChainCheck {
+    /// `verified` (the CA's signatures checked), `remembered` (the same chain verified
+    /// before, `limits.verified_chains`) or `refused`.
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KtlsLabel {
     pub(crate) route: String,
     /// `handed_over`, `kept_cipher`, `kept_closed`, `kept_framing`, `failed`.

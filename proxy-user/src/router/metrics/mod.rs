@@ -33,6 +33,7 @@ pub(crate) struct Metrics {
     pub(crate) handshake_seconds: Histogram,
     pub(crate) handshake_failures: Family<HandshakeFailure, Counter>,
     pub(crate) handshakes: Family<Handshake, Counter>,
+    pub(crate) client_chains: Family<ChainCheck, Counter>,
     pub(crate) relay_bytes: Family<Bytes, Counter>,
     pub(crate) ktls: Family<KtlsLabel, Counter>,
     pub(crate) upstream_errors: Family<UpstreamLabel, Counter>,
@@ -64,6 +65,7 @@ impl Metrics {
             handshake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             handshake_failures: Family::default(),
             handshakes: Family::default(),
+            client_chains: Family::default(),
             relay_bytes: Family::default(),
             ktls: Family::default(),
             upstream_errors: Family::default(),
@@ -117,6 +119,13 @@ impl Metrics {
             "switchyard_tls_handshakes",
             "Completed TLS handshakes on terminated routes, by route and kind (full or resumed)",
             m.handshakes.clone(),
+        );
+        registry.register(
+            "switchyard_client_chains",
+            "Client certificate chains checked on terminated routes, by result: verified (the \
+             CA's signatures checked), remembered (the same chain verified before, \
+             limits.verified_chains), refused",
+            m.client_chains.clone(),
         );
         registry.register(
             "switchyard_tls_handshake_failures",
