@@ -5,8 +5,8 @@
 //! What it remembers and why that is sound: webpki's verdict on a chain depends only on
 //! the chain's bytes (the end-entity certificate and the intermediates the client sent),
 //! the trust anchors, the usage checked (client authentication) and the time. The memo
-//! lives inside one verifier, so the anchors and the usage are fixed for its life (a
-//! reload builds a new verifier and an empty memo). The key is the chain's exact bytes.
+//! belongs to one cluster CA verifier, so the anchors and the usage are fixed for its life
+//! (a reload builds a new verifier and an empty memo). The key is the chain's exact bytes.
 //! The time is kept by storing, with each chain, the span in which every certificate of
 //! it is valid (the latest `notBefore`, the earliest `notAfter`): outside that span the
 //! chain is verified afresh, which gives the client webpki's own error. Only successes
@@ -14,52 +14,39 @@
 //! would have to consult them too.
 //!
 //! What a memo hit still does: the handshake's `CertificateVerify` signature, which proves
-//! the client holds the certificate's key, is checked on every connection
-//! (`verify_tls13_signature` is not memoised), and so is the route's allow list.
+//! the client holds the certificate's key, is checked on every connection (the route's
+//! verifier, `AllowListVerifier` in `certs`, consults the memo only for the chain, never
+//! for `verify_tls13_signature`), and so is the route's allow list.
 
 use crate::router::metrics::ChainCheck;
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-/// The cluster CA's verifier with a memo of the chains it accepted.
+/// The chains the cluster CA's verifier accepted, shared by every route's verifier.
 #[derive(Debug)]
-pub(crate) struct MemoVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+pub(crate) struct ChainMemo {
     memo: Mutex<Memo>,
     checks: Family<ChainCheck, Counter>,
 }
 
-impl MemoVerifier {
-    /// Wraps `inner`, remembering up to `capacity` chains (0: none).
-    pub(crate) fn new(
-        inner: Arc<dyn ClientCertVerifier>,
-        capacity: usize,
-        checks: Family<ChainCheck, Counter>,
-    ) -> MemoVerifier {
-        MemoVerifier {
-            inner,
+impl ChainMemo {
+    /// Remembers up to `capacity` chains; `checks` counts each outcome.
+    pub(crate) fn new(capacity: usize, checks: Family<ChainCheck, Counter>) -> ChainMemo {
+        ChainMemo {
             memo: Mutex::new(Memo::new(capacity)),
             checks,
         }
     }
 
-    fn count(&self, result: &'static str) {
-        self.checks.get_or_create(&ChainCheck { result }).inc();
-    }
-}
-
-impl ClientCertVerifier for MemoVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
+    /// `webpki`'s verdict on the chain: remembered when it accepted the same chain before
+    /// and every certificate of it is valid `now`, else asked afresh (and remembered when
+    /// it accepts).
+    pub(crate) fn verify(
         &self,
+        webpki: &dyn ClientCertVerifier,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
@@ -70,9 +57,7 @@ impl ClientCertVerifier for MemoVerifier {
             self.count("remembered");
             return Ok(ClientCertVerified::assertion());
         }
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now);
+        let verified = webpki.verify_client_cert(end_entity, intermediates, now);
         if verified.is_err() {
             self.count("refused");
             return verified;
@@ -86,26 +71,8 @@ impl ClientCertVerifier for MemoVerifier {
         verified
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+    fn count(&self, result: &'static str) {
+        self.checks.get_or_create(&ChainCheck { result }).inc();
     }
 }
 

@@ -2,6 +2,7 @@
 //! expired) and one of another CA, through rustls' webpki verifier, and whole in-memory
 //! handshakes for what a memo hit must still check.
 
+use super::super::{AllowListVerifier, ClusterCa};
 use super::*;
 use crate::io::tls::provider;
 use rcgen::{
@@ -11,8 +12,10 @@ use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
+use rustls::SignatureScheme;
 use rustls::{CertificateError, RootCertStore};
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -45,17 +48,27 @@ fn client(ca: &Ca, cn: &str, from: i64, until: i64) -> CertificateDer<'static> {
     params.signed_by(&key, &ca.issuer).unwrap().der().clone()
 }
 
-fn verifier(ca: &Ca, capacity: usize) -> MemoVerifier {
+/// A route's verifier as the proxy builds it (`certs::AllowListVerifier`, any identity
+/// allowed) over `ca`, with a memo of `capacity` chains.
+fn verifier(ca: &Ca, capacity: usize) -> AllowListVerifier {
     let mut roots = RootCertStore::empty();
     roots.add(ca.der.clone()).unwrap();
     let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .unwrap();
-    MemoVerifier::new(webpki, capacity, Family::default())
+    let memo = Some(Arc::new(ChainMemo::new(capacity, Family::default())));
+    AllowListVerifier {
+        ca: ClusterCa { webpki, memo },
+        allow: Vec::new(),
+    }
 }
 
-fn count(v: &MemoVerifier, result: &'static str) -> u64 {
-    v.checks.get_or_create(&ChainCheck { result }).get()
+fn memo(v: &AllowListVerifier) -> &ChainMemo {
+    v.ca.memo.as_deref().unwrap()
+}
+
+fn count(v: &AllowListVerifier, result: &'static str) -> u64 {
+    memo(v).checks.get_or_create(&ChainCheck { result }).get()
 }
 
 fn at(offset: i64) -> UnixTime {
@@ -149,7 +162,7 @@ fn the_memo_stays_within_its_capacity() {
     let v = verifier(&ca, 2);
     for c in certs.iter().chain(&certs) {
         v.verify_client_cert(c, &[], at(0)).unwrap();
-        assert!(v.memo.lock().unwrap().chains.len() <= 2);
+        assert!(memo(&v).memo.lock().unwrap().chains.len() <= 2);
     }
     assert_eq!(count(&v, "verified") + count(&v, "remembered"), 10);
 }
@@ -198,7 +211,7 @@ fn client_config(ca: &Ca, cert: CertificateDer<'static>, key: &KeyPair) -> Arc<C
     Arc::new(config)
 }
 
-fn server_config(ca: &Ca, verifier: Arc<MemoVerifier>) -> Arc<ServerConfig> {
+fn server_config(ca: &Ca, verifier: Arc<AllowListVerifier>) -> Arc<ServerConfig> {
     let key = KeyPair::generate().unwrap();
     let params = CertificateParams::new(vec!["proxy.test".into()]).unwrap();
     let cert = params.signed_by(&key, &ca.issuer).unwrap().der().clone();

@@ -16,7 +16,7 @@ use super::route::{Mode, Table};
 use crate::config::{Config, ConfigError};
 use crate::io::tls::{provider, ticketer, CertIdentity};
 use crate::router::metrics::ChainCheck;
-use memo::MemoVerifier;
+use memo::ChainMemo;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
@@ -69,16 +69,24 @@ pub(crate) fn load_certified_key(
     Ok(Arc::new(ck))
 }
 
+/// The cluster CA: its webpki verifier and the memo of the chains it accepted (`None`
+/// with `limits.verified_chains: 0`).
+#[derive(Debug, Clone)]
+struct ClusterCa {
+    webpki: Arc<dyn ClientCertVerifier>,
+    memo: Option<Arc<ChainMemo>>,
+}
+
 /// The cluster CA verifier plus a route's allow list.
 #[derive(Debug)]
 struct AllowListVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    ca: ClusterCa,
     allow: Vec<String>,
 }
 
 impl ClientCertVerifier for AllowListVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        self.ca.webpki.root_hint_subjects()
     }
 
     fn verify_client_cert(
@@ -87,9 +95,11 @@ impl ClientCertVerifier for AllowListVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let webpki = &*self.ca.webpki;
+        let verified = match &self.ca.memo {
+            Some(memo) => memo.verify(webpki, end_entity, intermediates, now),
+            None => webpki.verify_client_cert(end_entity, intermediates, now),
+        }?;
         let identity = CertIdentity::from_der(end_entity).ok_or(
             rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
         )?;
@@ -108,7 +118,7 @@ impl ClientCertVerifier for AllowListVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.ca.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -117,11 +127,11 @@ impl ClientCertVerifier for AllowListVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.ca.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.ca.webpki.supported_verify_schemes()
     }
 }
 
@@ -130,7 +140,7 @@ impl ClientCertVerifier for AllowListVerifier {
 /// agent's service can get a configuration with that agent's allow list.
 pub(crate) struct Terminator {
     resolver: Arc<SniResolver>,
-    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    client_verifier: Option<ClusterCa>,
 }
 
 impl Terminator {
@@ -206,8 +216,8 @@ impl Terminator {
             .with_safe_default_protocol_versions()
             .map_err(|e| ConfigError::invalid("proxy_service.https_keypairs", e.to_string()))?;
         let builder = match (&self.client_verifier, client_auth) {
-            (Some(inner), true) => builder.with_client_cert_verifier(Arc::new(AllowListVerifier {
-                inner: inner.clone(),
+            (Some(ca), true) => builder.with_client_cert_verifier(Arc::new(AllowListVerifier {
+                ca: ca.clone(),
                 allow: allow.to_vec(),
             })),
             _ => builder.with_no_client_auth(),
@@ -253,12 +263,12 @@ pub(crate) fn with_tls(
     })
 }
 
-/// The cluster CA's verifier, remembering up to `memo` verified chains (`memo::MemoVerifier`).
+/// The cluster CA's verifier, remembering up to `memo` verified chains (`memo`).
 fn client_ca_verifier(
     path: &Path,
     memo: usize,
     checks: &Family<ChainCheck, Counter>,
-) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
+) -> Result<ClusterCa, ConfigError> {
     let key = "proxy_service.client_ca_file";
     let mut roots = RootCertStore::empty();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
@@ -278,8 +288,6 @@ fn client_ca_verifier(
     let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
-    Ok(match memo {
-        0 => webpki,
-        n => Arc::new(MemoVerifier::new(webpki, n, checks.clone())),
-    })
+    let memo = (memo > 0).then(|| Arc::new(ChainMemo::new(memo, checks.clone())));
+    Ok(ClusterCa { webpki, memo })
 }
