@@ -25,6 +25,12 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// The longest chain remembered, bytes. Real client chains are 0.5–4 KB; a client may
+/// append certificates the path does not use, so without this bound one holder of a
+/// valid certificate could fill the memo with near-64 KiB keys (1024 of them: 64 MiB).
+/// With it the memo holds at most `capacity` × 8 KiB.
+const MAX_CHAIN_BYTES: usize = 8 * 1024;
+
 /// The chains the cluster CA's verifier accepted, shared by every route's verifier.
 #[derive(Debug)]
 pub(crate) struct ChainMemo {
@@ -141,8 +147,9 @@ impl Memo {
     /// Remembers a verified chain. When full, the chains no longer valid go first; if
     /// that frees nothing, the memo starts again empty (bounded memory, and a miss costs
     /// only one verification).
+    /// A chain longer than [`MAX_CHAIN_BYTES`] is not remembered.
     fn remember(&mut self, key: Box<[u8]>, span: Span, now: u64) {
-        if self.capacity == 0 {
+        if self.capacity == 0 || key.len() > MAX_CHAIN_BYTES {
             return;
         }
         if self.chains.len() >= self.capacity && !self.chains.contains_key(&key) {

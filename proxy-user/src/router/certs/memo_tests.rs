@@ -177,6 +177,10 @@ fn full_memo_drops_expired_chains_first() {
     assert!(!memo.holds(b"old", 50));
     assert!(memo.holds(b"live", 50) && memo.holds(b"new", 50));
     assert!(!memo.holds(b"live", 101), "past its span");
+    let long = vec![0u8; MAX_CHAIN_BYTES + 1].into_boxed_slice();
+    memo.remember(long.clone(), span(0, 100), 50);
+    assert!(!memo.holds(&long, 50), "longer than MAX_CHAIN_BYTES");
+    assert!(memo.holds(b"new", 50), "and nothing was dropped for it");
     let mut off = Memo::new(0);
     off.remember(Box::from(&b"x"[..]), span(0, 100), 5);
     assert!(!off.holds(b"x", 5));
